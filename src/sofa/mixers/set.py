@@ -1,0 +1,118 @@
+"""SeT attention (self-optimal transport), SETFORMER.md: tokens matched to a learned reference set by Sinkhorn.
+
+Per head: features f = x·W_f and values u = x·W_u; the Nyström embedding ψ(f) ∈ R^k (Gaussian kernel on the
+sphere with k learned unit-norm anchors); scores ψ(f_i)·y_j against a learned reference Y ∈ R^{m×k}; the
+entropic OT plan T (log-domain Sinkhorn, ε, rows 1/n, columns 1/m) multiplied by a position filter M; the
+references collect tokens, A = colnorm(T)ᵀ·u, and every token reads them back, out = rownorm(T)·A. The implied
+token-to-token attention rownorm(T)·colnorm(T)ᵀ is non-negative, rows sum to 1, rank ≤ m; cost O(n·m·(k+d)).
+
+Choices where the paper is silent (see SETFORMER.md): two projections (features and values); the row and
+column normalisations of T⊙M are done in the log domain (log T + log M normalised), which is the same
+arithmetic without underflow; the depthwise 3×3 local term on u (CSWin's LePE) is added after merging heads,
+before the output projection, as in CSWin; images only.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
+from sofa.ops import nystrom_embedding, sinkhorn_log
+from sofa.ops._util import no_autocast
+from sofa.ops.position import position_filter_2d, position_filter_sequence
+
+
+def reference_grid(m: int) -> tuple[int, int]:
+    side = math.isqrt(m)
+    if side * side != m:
+        raise ValueError(f"SeTAttention: images need a square reference grid, so num_refs must be a square; got {m}")
+    return side, side
+
+
+class SeTAttention(TokenMixer):
+    """SeT token mixer.
+
+    Args:
+        dim: channels C; num_heads: h (d = C/h).
+        num_refs: m, the reference size (49 = 7×7 for images: the reference sits on a √m×√m grid).
+        num_anchors: k, Nyström anchors per head. sigma: the kernel's bandwidth on the sphere.
+        eps: Sinkhorn's entropic regularisation ε. sinkhorn_iters: its iterations.
+        tau: τ of the position filter (None or 0 turns it off).
+        lepe: add a depthwise 3×3 convolution of u (images).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_refs: int = 49,
+        num_anchors: int = 32,
+        eps: float = 0.1,
+        sinkhorn_iters: int = 5,
+        tau: float | None = 0.1,
+        sigma: float = 0.5,
+        qkv_bias: bool = True,
+        lepe: bool = True,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"SeTAttention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.num_refs, self.num_anchors = num_refs, num_anchors
+        self.eps, self.sinkhorn_iters, self.tau, self.sigma = eps, sinkhorn_iters, tau, sigma
+        self.f = nn.Linear(dim, dim, bias=qkv_bias)
+        self.u = nn.Linear(dim, dim, bias=qkv_bias)
+        self.anchors = nn.Parameter(F.normalize(torch.randn(num_heads, num_anchors, self.head_dim), dim=-1))
+        self.reference = nn.Parameter(torch.randn(num_heads, num_refs, num_anchors) / math.sqrt(num_anchors))
+        self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if lepe else None
+        self.proj = nn.Linear(dim, dim)
+
+    def log_plan(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+        """log(T ⊙ M), (B, h, n, m), float32: the filtered transport plan of every head."""
+        f = split_heads(self.f(x), self.num_heads)
+        with no_autocast(x):
+            psi = nystrom_embedding(f.float(), self.anchors.float(), self.sigma)  # (B, h, n, k)
+            scores = psi @ self.reference.float().transpose(-1, -2)  # (B, h, n, m)
+            head_mask = None if mask is None else mask[:, None, :].expand(-1, self.num_heads, -1)
+            log_t = sinkhorn_log(scores, self.eps, self.sinkhorn_iters, head_mask)
+            if self.tau:
+                if hw is not None:
+                    log_m = position_filter_2d(hw, reference_grid(self.num_refs), self.tau, x.device, log=True)
+                else:
+                    valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
+                    log_m = position_filter_sequence(valid, self.num_refs, self.tau, log=True)[:, None]
+                log_t = log_t + log_m
+        return log_t
+
+    def attention(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+        """The implied token-to-token attention rownorm(T)·colnorm(T)ᵀ, (B, h, n, n): for tests and plots only
+        (it is quadratic in n)."""
+        log_t = self.log_plan(x, hw, mask)
+        return torch.softmax(log_t, -1) @ torch.softmax(log_t, -2).transpose(-1, -2)
+
+    def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+        self.check_input(x, hw, mask)
+        if hw is not None:
+            reference_grid(self.num_refs)
+        u_tokens = self.u(x)
+        log_t = self.log_plan(x, hw, mask)
+        with no_autocast(x):
+            u = split_heads(u_tokens, self.num_heads).float()
+            # colnorm/rownorm of T⊙M, each a normalisation of exp(log T + log M) along one axis
+            collect = torch.softmax(log_t, dim=-2)  # columns sum to 1: each reference a convex combination
+            read = torch.softmax(log_t, dim=-1)  # rows sum to 1
+            out = read @ (collect.transpose(-1, -2) @ u)
+        out = merge_heads(out).to(u_tokens.dtype)
+        if hw is not None and self.lepe is not None:
+            B, N, C = u_tokens.shape
+            out = out + self.lepe(u_tokens.transpose(1, 2).reshape(B, C, *hw)).flatten(2).transpose(1, 2)
+        return zero_padded(self.proj(out), mask)
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, refs={self.num_refs}, anchors={self.num_anchors}, eps={self.eps}, "
+            f"sinkhorn_iters={self.sinkhorn_iters}, tau={self.tau}, sigma={self.sigma}"
+        )

@@ -1,0 +1,177 @@
+"""SOFT attention: a Gaussian kernel made low-rank by Nyström landmarks and a Newton–Schulz pseudo-inverse.
+
+Per head (SOFT.md): Q = x·W_q / d^{1/4}, K = Q (no key projection), V = x·W_v; landmarks L from Q;
+K1 = exp(−½ dist²(Q, L)) (N×m), A = exp(−½ dist²(L, L)) (m×m); out = K1·(A⁺·(K1ᵀ·V)) + DWConv(V). The
+association on the right costs O(N·m·d). Kernels, landmarks and iterations run in float32 under autocast.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
+from sofa.ops.soft import soft_kernel_attention
+from sofa.ops._util import no_autocast
+
+
+def bounded_grid(gh: int, gw: int, max_landmarks: int | None) -> tuple[int, int]:
+    """The landmark grid size after bounding: (gh, gw) itself when gh·gw ≤ max_landmarks, else the largest
+    grid of about the same aspect ratio with at most max_landmarks cells."""
+    if max_landmarks is None or gh * gw <= max_landmarks:
+        return gh, gw
+    scale = math.sqrt(max_landmarks / (gh * gw))
+    mh = max(1, min(gh, round(gh * scale)))
+    mw = max(1, min(gw, max_landmarks // mh))
+    return mh, mw
+
+
+class SoftAttention(TokenMixer):
+    """SOFT token mixer (plain, or SOFT-Norm with ``normalized=True``).
+
+    Args:
+        dim: token channels C.
+        num_heads: heads h; ``head_dim`` d defaults to C/h (32 in every released model).
+        landmark_stride: r. Images: landmarks from one r×r stride-r convolution of each head's Q laid out as
+            a d-channel H×W image (shared by all heads), then LayerNorm(d) and exact GELU: m = ⌊H/r⌋·⌊W/r⌋.
+            A grid smaller than r is zero-padded up to r first (so m ≥ 1 at any size).
+            Sequences: m = ⌈N/r⌉ landmarks, each the mean of Q over one contiguous segment of the real tokens.
+        max_landmarks: None for the released stride mode, whose landmark count grows with the input (m = N/r²,
+            so the cost is O(N²/r²): quadratic in N). An integer bounds m: the strided landmark grid is
+            average-pooled to at most that many cells (7×7 for 49 on square inputs), keeping the cost linear in
+            N at any resolution; whenever the grid is already within the bound nothing changes.
+        dwconv_kernel: k of the depthwise convolution on V (one k×k filter per head, shared by its d channels);
+            0 turns it off. Images only.
+        normalized: SOFT-Norm: A⁺ by the SOFT-Norm Newton rule, then A⁺ ← D·A⁺·D with D = diag(ΣA)^{−½}.
+        newton_iters: Newton–Schulz iterations (20 as released).
+        batch_alpha: SOFT-Norm only: take the Newton α over the whole batch as the released code does (makes
+            one image's output depend on its batch; needed only for exact agreement with released weights).
+        qkv_bias: biases of the q and v projections.
+
+    Set ``record_residual = True`` to keep ‖I − A·A⁺‖₁ of the last forward (max over batch and heads) in
+    ``last_residual``: 20 iterations do not converge on badly conditioned landmark matrices.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        landmark_stride: int = 8,
+        dwconv_kernel: int = 9,
+        normalized: bool = False,
+        max_landmarks: int | None = None,
+        newton_iters: int = 20,
+        batch_alpha: bool = False,
+        qkv_bias: bool = True,
+    ):
+        super().__init__()
+        if head_dim is None and dim % num_heads:
+            raise ValueError(f"SoftAttention: dim {dim} is not divisible by num_heads {num_heads}")
+        head_dim = head_dim or dim // num_heads
+        if landmark_stride < 1:
+            raise ValueError(f"SoftAttention: landmark_stride must be ≥ 1, got {landmark_stride}")
+        if max_landmarks is not None and max_landmarks < 1:
+            raise ValueError(f"SoftAttention: max_landmarks must be ≥ 1 or None, got {max_landmarks}")
+        if dwconv_kernel and dwconv_kernel % 2 == 0:
+            raise ValueError(f"SoftAttention: dwconv_kernel must be odd (or 0), got {dwconv_kernel}")
+        if batch_alpha and not normalized:
+            raise ValueError("SoftAttention: batch_alpha applies to the normalised (SOFT-Norm) variant only")
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.landmark_stride, self.max_landmarks = landmark_stride, max_landmarks
+        self.normalized, self.newton_iters, self.batch_alpha = normalized, newton_iters, batch_alpha
+        inner = num_heads * head_dim
+        self.q = nn.Linear(dim, inner, bias=qkv_bias)
+        self.v = nn.Linear(dim, inner, bias=qkv_bias)
+        self.landmark = nn.Conv2d(head_dim, head_dim, landmark_stride, stride=landmark_stride, bias=False)
+        self.landmark_norm = nn.LayerNorm(head_dim)
+        self.dwconv = (
+            nn.Conv2d(num_heads, num_heads, dwconv_kernel, padding=dwconv_kernel // 2, groups=num_heads, bias=False)
+            if dwconv_kernel
+            else None
+        )
+        self.proj = nn.Linear(inner, dim)
+        self.record_residual = False
+        self.last_residual: torch.Tensor | None = None
+
+    # landmarks ------------------------------------------------------------------------------------------------
+    def image_landmarks(self, q: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """(B, h, N, d) scaled queries → (B, h, m, d) landmarks (before LayerNorm and GELU)."""
+        B, h, N, d = q.shape
+        r = self.landmark_stride
+        img = q.reshape(B * h, H, W, d).permute(0, 3, 1, 2)
+        if H < r or W < r:
+            img = F.pad(img, (0, max(0, r - W), 0, max(0, r - H)))
+        L = F.conv2d(img, self.landmark.weight.float(), stride=r)
+        grid = bounded_grid(L.shape[-2], L.shape[-1], self.max_landmarks)
+        if grid != tuple(L.shape[-2:]):
+            L = F.adaptive_avg_pool2d(L, grid)
+        return L.flatten(2).transpose(1, 2).reshape(B, h, -1, d)
+
+    def sequence_landmarks(self, q: torch.Tensor, mask: torch.Tensor | None):
+        """(B, h, N, d) → landmarks (B, h, m, d) as segment means over the real tokens, and (B, m) validity."""
+        B, h, N, d = q.shape
+        m = math.ceil(N / self.landmark_stride)
+        if self.max_landmarks is not None:
+            m = min(m, self.max_landmarks)
+        valid = torch.ones(B, N, device=q.device) if mask is None else mask.float()
+        rank = valid.cumsum(-1) - valid
+        n_valid = valid.sum(-1, keepdim=True).clamp_min(1.0)
+        segment = torch.floor(rank * m / n_valid).clamp_max(m - 1).long()
+        S = F.one_hot(segment, m).float() * valid.unsqueeze(-1)  # (B, N, m)
+        counts = S.sum(1)  # (B, m)
+        L = torch.einsum("bnm,bhnd->bhmd", S, q) / counts.clamp_min(1.0)[:, None, :, None]
+        return L, counts > 0
+
+    # forward ---------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+        self.check_input(x, hw, mask)
+        h, d = self.num_heads, self.head_dim
+        v_tokens = self.v(x)
+        q, v = split_heads(self.q(x), h), split_heads(v_tokens, h)
+        with no_autocast(x):
+            q = q.float() / d**0.25
+            v = v.float()
+            if hw is not None:
+                L, l_valid = self.image_landmarks(q, *hw), None
+            else:
+                L, l_valid = self.sequence_landmarks(q, mask)
+            L = F.gelu(F.layer_norm(L, (d,), self.landmark_norm.weight.float(), self.landmark_norm.bias.float(),
+                                    self.landmark_norm.eps))
+            result = soft_kernel_attention(
+                q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
+                token_mask=None if mask is None else mask[:, None, :].expand(-1, h, -1),
+                landmark_mask=None if l_valid is None else l_valid[:, None, :].expand(-1, h, -1),
+                return_residual=self.record_residual,
+            )
+            out, residual = result if self.record_residual else (result, None)
+            if residual is not None:
+                self.last_residual = residual.max()
+        out = merge_heads(out).to(v_tokens.dtype)
+        if hw is not None and self.dwconv is not None:
+            out = out + self._dwconv(v_tokens, *hw)
+        return zero_padded(self.proj(out), mask)
+
+    def _dwconv(self, v_tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """The per-head k×k filter on V, as one depthwise convolution over all h·d channels (each head's
+        filter repeated for its d channels): the same arithmetic as the released (B·d, h, H, W) layout."""
+        B, N, C = v_tokens.shape
+        weight = self.dwconv.weight.repeat_interleave(self.head_dim, dim=0).to(v_tokens.dtype)  # (h·d, 1, k, k)
+        img = v_tokens.transpose(1, 2).reshape(B, C, H, W)
+        return F.conv2d(img, weight, padding=self.dwconv.padding, groups=C).flatten(2).transpose(1, 2)
+
+    def num_landmarks(self, hw) -> int:
+        """m for an H×W input (stride mode grows with the input; bounded mode stops at max_landmarks)."""
+        H, W = hw
+        r = self.landmark_stride
+        gh, gw = max(H, r) // r, max(W, r) // r
+        mh, mw = bounded_grid(gh, gw, self.max_landmarks)
+        return mh * mw
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, landmark_stride={self.landmark_stride}, "
+            f"max_landmarks={self.max_landmarks}, normalized={self.normalized}, newton_iters={self.newton_iters}"
+        )

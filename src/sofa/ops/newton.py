@@ -1,0 +1,111 @@
+"""Newton–Schulz pseudo-inverse of SOFT's landmark kernel matrix, in the two released versions.
+
+Iteration: V₀ = α·P, then ``iters`` times V ← 2V − V·P·V, which converges to P⁺ when 0 < α < 2/σ_max(P)².
+
+rule="soft" (plain SOFT, the current released code):
+    P = A + 0.01·I; α = 0.9·2 / (max_i Σ_j A_ij)² per matrix (row sums of A, before the shift). The forward
+    records no graph; the backward treats the result as an exact inverse: ∂L/∂A = −Vᵀ·G·Vᵀ.
+rule="soft_norm" (SOFT-Norm):
+    P = A; α = 2 / (max_i Σ_j A_ij)², then while ‖I − P·αP‖₁ > 1.01 (max column abs-sum) and fewer than 10
+    tries, α ← α/2; ordinary autograd through the iterations (α included, as in the released code).
+    ``batch_alpha=False`` (default) takes the max and the norm per matrix, so one image's output does not
+    depend on the rest of its batch; ``batch_alpha=True`` takes them over the whole batch, as the released
+    code does, for exact agreement with released SOFT-Norm weights on batches.
+"""
+from __future__ import annotations
+
+import torch
+
+from sofa.ops._util import fp32, no_autocast
+
+RULES = ("soft", "soft_norm")
+SOFT_SHIFT = 0.01
+MAX_HALVINGS = 10
+
+
+def _iterate(V: torch.Tensor, P: torch.Tensor, iters: int) -> torch.Tensor:
+    for _ in range(iters):
+        V = 2 * V - V @ P @ V
+    return V
+
+
+def _eye_like(A: torch.Tensor) -> torch.Tensor:
+    return torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+
+
+class _SoftNewtonInverse(torch.autograd.Function):
+    """Plain-SOFT rule: iterate without a graph, back-propagate as through an exact inverse."""
+
+    @staticmethod
+    def forward(ctx, A: torch.Tensor, iters: int):
+        P = A + SOFT_SHIFT * _eye_like(A)
+        alpha = 0.9 * 2 / A.sum(-1).amax(-1) ** 2
+        V = _iterate(alpha[..., None, None] * P, P, iters)
+        ctx.save_for_backward(V)
+        return V
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (V,) = ctx.saved_tensors
+        Vt = V.transpose(-1, -2)
+        return -(Vt @ grad @ Vt), None
+
+
+def _soft_norm_alpha(A: torch.Tensor, batch_alpha: bool) -> torch.Tensor:
+    """α of the SOFT-Norm rule, shape (..., 1, 1) (one value broadcast when ``batch_alpha``)."""
+    row_max = A.sum(-1).amax(-1)  # (...)
+    if batch_alpha:
+        row_max = row_max.max().expand_as(row_max)
+    alpha = 2 / row_max**2
+    eye = _eye_like(A)
+    with torch.no_grad():  # which power of 1/2 to use is a discrete choice: no gradient flows through it
+        scale = torch.ones_like(alpha)
+        AA = A @ A
+        for _ in range(MAX_HALVINGS):
+            norm = (eye - (alpha * scale)[..., None, None] * AA).abs().sum(-2).amax(-1)  # (...)
+            if batch_alpha:
+                norm = norm.max().expand_as(norm)
+            too_big = norm > 1.01
+            if not bool(too_big.any()):
+                break
+            scale = torch.where(too_big, scale * 0.5, scale)
+    return (alpha * scale)[..., None, None]
+
+
+def newton_pinv(
+    A: torch.Tensor,
+    iters: int = 20,
+    rule: str = "soft",
+    batch_alpha: bool = False,
+    return_residual: bool = False,
+):
+    """Newton–Schulz pseudo-inverse of square matrices A (..., m, m), computed in float32.
+
+    Returns V ≈ (A + 0.01·I)⁻¹ for rule="soft" and V ≈ A⁺ for rule="soft_norm" (see the module docstring);
+    with ``return_residual=True`` also ‖I − P·V‖₁ per matrix (max column abs-sum; P is the matrix actually
+    inverted), the diagnostic to watch: 20 iterations do not converge for badly conditioned A.
+    """
+    if rule not in RULES:
+        raise ValueError(f"newton_pinv: rule must be one of {RULES}, got {rule!r}")
+    if A.dim() < 2 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"newton_pinv: expected square matrices (..., m, m), got shape {tuple(A.shape)}")
+    if batch_alpha and rule != "soft_norm":
+        raise ValueError("newton_pinv: batch_alpha applies to rule='soft_norm' only")
+    with no_autocast(A):
+        A = fp32(A)
+        if rule == "soft":
+            V = _SoftNewtonInverse.apply(A, iters)
+            P = A + SOFT_SHIFT * _eye_like(A)
+        else:
+            V = _iterate(_soft_norm_alpha(A, batch_alpha) * A, A, iters)
+            P = A
+        if return_residual:
+            return V, pinv_residual(P, V)
+        return V
+
+
+@torch.no_grad()
+def pinv_residual(P: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """‖I − P·V‖₁ per matrix (max column abs-sum): 0 for an exact inverse."""
+    P, V = fp32(P), fp32(V)
+    return (_eye_like(P) - P @ V).abs().sum(-2).amax(-1)

@@ -1,0 +1,59 @@
+"""Position filters of SeT: M_ij = exp(−(α_i − β_j)² / τ²) between token i and reference j (SETFORMER.md).
+
+Cell centres are used for both grids, α_i = (i + ½)/n and β_j = (j + ½)/m, which keeps them aligned at both
+ends. Results are float32.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _centres(n: int, device=None) -> torch.Tensor:
+    return (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
+
+
+def _check_tau(tau: float) -> None:
+    if tau <= 0:
+        raise ValueError(f"position filter: tau must be positive, got {tau}")
+
+
+def position_filter_1d(n: int, m: int, tau: float, device=None, log: bool = False) -> torch.Tensor:
+    """(n, m) filter between n tokens and m references on a line (its logarithm with ``log=True``)."""
+    _check_tau(tau)
+    diff = _centres(n, device)[:, None] - _centres(m, device)[None, :]
+    log_m = -diff.pow(2) / tau**2
+    return log_m if log else log_m.exp()
+
+
+def position_filter_2d(
+    hw: tuple[int, int], grid: tuple[int, int], tau: float, device=None, log: bool = False
+) -> torch.Tensor:
+    """(H·W, gh·gw) filter between an H×W token grid and a gh×gw reference grid (both row-major).
+
+    The product of a row factor (over H) and a column factor (over W), each of the 1-D form.
+    """
+    (H, W), (gh, gw) = hw, grid
+    rows = position_filter_1d(H, gh, tau, device, log=True)  # (H, gh)
+    cols = position_filter_1d(W, gw, tau, device, log=True)  # (W, gw)
+    log_m = (rows[:, None, :, None] + cols[None, :, None, :]).reshape(H * W, gh * gw)
+    return log_m if log else log_m.exp()
+
+
+def sequence_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Cell-centre positions (rank + ½)/n_valid of the valid tokens of each sequence; (..., n) → (..., n).
+
+    Padded positions get the position of the valid token before them (their value is never used).
+    """
+    mask = mask.to(torch.float32)
+    rank = mask.cumsum(-1) - mask  # number of valid tokens before each position
+    n_valid = mask.sum(-1, keepdim=True).clamp_min(1.0)
+    return (rank + 0.5) / n_valid
+
+
+def position_filter_sequence(mask: torch.Tensor, m: int, tau: float, log: bool = False) -> torch.Tensor:
+    """(..., n, m) filter for padded sequences: positions counted over the valid tokens of each sequence."""
+    _check_tau(tau)
+    pos = sequence_positions(mask)
+    diff = pos.unsqueeze(-1) - _centres(m, mask.device)
+    log_m = -diff.pow(2) / tau**2
+    return log_m if log else log_m.exp()
