@@ -37,7 +37,8 @@ class SoftAttention(TokenMixer):
         landmark_stride: r. Images: landmarks from one r×r stride-r convolution of each head's Q laid out as
             a d-channel H×W image (shared by all heads), then LayerNorm(d) and exact GELU: m = ⌊H/r⌋·⌊W/r⌋.
             A grid smaller than r is zero-padded up to r first (so m ≥ 1 at any size).
-            Sequences: m = ⌈N/r⌉ landmarks, each the mean of Q over one contiguous segment of the real tokens.
+            Sequences: m = ⌈n/r⌉ landmarks for n real tokens, each the mean of Q over one contiguous segment of
+            them (a fixed-weight strided 1-D convolution; no parameters).
         max_landmarks: None for the released stride mode, whose landmark count grows with the input (m = N/r²,
             so the cost is O(N²/r²): quadratic in N). An integer bounds m: the strided landmark grid is
             average-pooled to at most that many cells (7×7 for 49 on square inputs), keeping the cost linear in
@@ -111,15 +112,20 @@ class SoftAttention(TokenMixer):
         return L.flatten(2).transpose(1, 2).reshape(B, h, -1, d)
 
     def sequence_landmarks(self, q: torch.Tensor, mask: torch.Tensor | None):
-        """(B, h, N, d) → landmarks (B, h, m, d) as segment means over the real tokens, and (B, m) validity."""
+        """(B, h, N, d) → landmarks (B, h, m, d) as segment means over the real tokens, and (B, m) validity.
+
+        Each sequence gets ⌈n_valid/r⌉ landmarks (at most ``max_landmarks``) from its own real tokens, so a
+        sequence gives the same output whatever it is padded to.
+        """
         B, h, N, d = q.shape
-        m = math.ceil(N / self.landmark_stride)
-        if self.max_landmarks is not None:
-            m = min(m, self.max_landmarks)
         valid = torch.ones(B, N, device=q.device) if mask is None else mask.float()
+        n_valid = valid.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1)
+        m_each = torch.ceil(n_valid / self.landmark_stride)
+        if self.max_landmarks is not None:
+            m_each = m_each.clamp_max(self.max_landmarks)
+        m = int(m_each.max().item())
         rank = valid.cumsum(-1) - valid
-        n_valid = valid.sum(-1, keepdim=True).clamp_min(1.0)
-        segment = torch.floor(rank * m / n_valid).clamp_max(m - 1).long()
+        segment = torch.floor(rank * m_each / n_valid).clamp_max(m - 1).long()
         S = F.one_hot(segment, m).float() * valid.unsqueeze(-1)  # (B, N, m)
         counts = S.sum(1)  # (B, m)
         L = torch.einsum("bnm,bhnd->bhmd", S, q) / counts.clamp_min(1.0)[:, None, :, None]

@@ -1,0 +1,241 @@
+"""The numerical core against independent slow references: torch.linalg.pinv, exact kernel attention, POT."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sofa.ops import (
+    gaussian_kernel,
+    inverse_sqrt_psd,
+    newton_pinv,
+    nystrom_embedding,
+    pinv_residual,
+    position_filter_1d,
+    position_filter_2d,
+    sinkhorn,
+    soft_kernel_attention,
+    spherical_gaussian_kernel,
+    squared_distances,
+)
+
+SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
+
+
+def kernel_matrix_with_condition(target: float, m: int = 16, d: int = 8, seed: int = 0) -> torch.Tensor:
+    """A Gaussian-kernel matrix exp(−½ dist²) of m points whose condition number is close to ``target``
+    (found by bisection on the spread of the points), float64."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, d, generator=g, dtype=torch.float64)
+    lo, hi = 1e-3, 10.0
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        cond = torch.linalg.cond(gaussian_kernel(x * mid, x * mid)).item()
+        lo, hi = (lo, mid) if cond < target else (mid, hi)
+    return gaussian_kernel(x * hi, x * hi)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# --- Gaussian kernel -------------------------------------------------------------------------------------------
+def test_squared_distances_match_cdist_and_are_never_negative():
+    a, b = torch.randn(3, 20, 8), torch.randn(3, 11, 8)
+    torch.testing.assert_close(squared_distances(a, b), torch.cdist(a.double(), b.double()).pow(2).float(),
+                               atol=1e-4, rtol=1e-4)
+    same = torch.randn(50, 32) * 100  # rounding makes |a|²+|a|²−2a·a slightly negative without the clamp
+    assert (squared_distances(same, same) >= 0).all()
+
+
+def test_gaussian_kernel_values_and_no_subnormals():
+    a, b = torch.randn(2, 30, 4), torch.randn(2, 7, 4)
+    ref = torch.exp(-0.5 * torch.cdist(a.double(), b.double()).pow(2))
+    torch.testing.assert_close(gaussian_kernel(a, b).double(), ref, atol=1e-6, rtol=1e-5)
+    far = torch.linspace(0, 14, 200)[:, None]  # distances whose exp(−½d²) spans the subnormal range
+    k = gaussian_kernel(far, torch.zeros(1, 1))
+    subnormal = (k != 0) & (k.abs() < SMALLEST_NORMAL)
+    assert not subnormal.any()
+    assert gaussian_kernel(torch.randn(4, 8).half(), torch.randn(3, 8).half()).dtype == torch.float32
+
+
+# --- Newton–Schulz ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cond", [10.0, 100.0, 300.0])
+def test_newton_soft_rule_matches_pinv_of_shifted_matrix_in_20_iterations(cond):
+    A = kernel_matrix_with_condition(cond)
+    ref = torch.linalg.pinv(A + 0.01 * torch.eye(A.shape[0], dtype=A.dtype))
+    assert rel_err(newton_pinv(A.float(), 20, "soft"), ref) < 1e-3
+
+
+@pytest.mark.parametrize("cond", [10.0, 100.0, 1000.0])
+def test_newton_converges_to_pinv_given_enough_iterations(cond):
+    """At condition numbers near 1e3 the released α needs more than 20 iterations (the error after k is about
+    exp(−2^k·1.8/κ²)); given enough, both rules reach 1e-6 (in float64) and the residual says so."""
+    A = kernel_matrix_with_condition(cond)
+    eye = torch.eye(A.shape[0], dtype=A.dtype)
+    V, res = newton_pinv(A, 40, "soft", return_residual=True)
+    assert rel_err(V, torch.linalg.pinv(A + 0.01 * eye)) < 1e-6
+    assert res.item() < 1e-6
+    V = newton_pinv(A, 50, "soft_norm")
+    assert rel_err(V, torch.linalg.pinv(A)) < 1e-6
+
+
+def test_newton_residual_flags_non_convergence():
+    A = kernel_matrix_with_condition(1e5, m=49, d=32)
+    _, res20 = newton_pinv(A.float(), 20, "soft", return_residual=True)
+    _, res40 = newton_pinv(A, 40, "soft", return_residual=True)  # float64: no rounding floor
+    assert res20.item() > 1e-2 and res40.item() < 1e-6
+
+
+def test_newton_soft_backward_is_the_exact_inverse_gradient():
+    """float64 gradcheck: the custom backward (−Vᵀ·G·Vᵀ) against finite differences of the converged forward."""
+    A = kernel_matrix_with_condition(5.0, m=6, d=3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: newton_pinv(a, 40, "soft"), (A,), eps=1e-6, atol=1e-5)
+    # and the same gradient as back-propagating through torch.linalg.inv of the shifted matrix
+    G = torch.randn(6, 6, dtype=torch.float64)
+    (g_newton,) = torch.autograd.grad((newton_pinv(A, 40, "soft") * G).sum(), A)
+    (g_exact,) = torch.autograd.grad((torch.linalg.inv(A + 0.01 * torch.eye(6, dtype=A.dtype)) * G).sum(), A)
+    torch.testing.assert_close(g_newton, g_exact, atol=1e-8, rtol=1e-6)
+
+
+def test_newton_soft_norm_gradient_flows_through_iterations():
+    A = kernel_matrix_with_condition(5.0, m=6, d=3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: newton_pinv(a, 20, "soft_norm"), (A,), eps=1e-6, atol=1e-5)
+
+
+def test_newton_batch_alpha_couples_the_batch_and_per_matrix_alpha_does_not():
+    small = kernel_matrix_with_condition(30.0, m=8, d=4)
+    big = gaussian_kernel(torch.zeros(8, 4, dtype=torch.float64), torch.zeros(8, 4, dtype=torch.float64)) + small
+    alone = newton_pinv(small[None], 20, "soft_norm")
+    batched = newton_pinv(torch.stack([small, big]), 20, "soft_norm")
+    torch.testing.assert_close(batched[0:1], alone)  # per-matrix α: independent of the batch
+    alone_b = newton_pinv(small[None], 20, "soft_norm", batch_alpha=True)
+    batched_b = newton_pinv(torch.stack([small, big]), 20, "soft_norm", batch_alpha=True)
+    assert (batched_b[0] - alone_b[0]).abs().max() > 1e-3  # batch-wide α: the big matrix changes the small one's
+
+
+def test_newton_runs_in_fp32_under_autocast_and_rejects_bad_input():
+    A = kernel_matrix_with_condition(10.0).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        V = newton_pinv(A.bfloat16(), 20)
+    assert V.dtype == torch.float32 and torch.isfinite(V).all()
+    with pytest.raises(ValueError, match="square"):
+        newton_pinv(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="rule"):
+        newton_pinv(A, rule="nope")
+
+
+def test_pinv_residual_is_zero_for_exact_inverse():
+    A = kernel_matrix_with_condition(10.0)
+    assert pinv_residual(A, torch.linalg.inv(A)).item() < 1e-4
+
+
+# --- SOFT's low-rank form ------------------------------------------------------------------------------------------
+def test_soft_low_rank_form_with_all_tokens_as_landmarks_is_exact_kernel_attention():
+    torch.manual_seed(1)
+    q = torch.randn(2, 3, 40, 16) * 0.35  # a kernel matrix with a moderate condition number
+    v = torch.randn(2, 3, 40, 8)
+    exact = torch.exp(-0.5 * torch.cdist(q.double(), q.double()).pow(2)) @ v.double()
+    # exact inverse (SOFT-Norm rule: no shift), enough iterations, no normalisation → A·A⁺·A·V = A·V
+    from sofa.ops import newton
+
+    with torch.no_grad():
+        out = soft_kernel_attention(q.double(), q.double(), v.double(), iters=60, normalized=False)
+        shift_error = rel_err(out, exact)
+        # the released plain rule inverts A + 0.01·I: its result differs from exact attention by about 1%
+        assert 1e-3 < shift_error < 5e-2
+        A = gaussian_kernel(q.double(), q.double())
+        low_rank = A @ (newton.newton_pinv(A, 60, "soft_norm") @ (A.transpose(-1, -2) @ v.double()))
+    assert (low_rank - exact).abs().max().item() < 1e-4 * exact.abs().max().item()
+
+
+def test_soft_kernel_attention_masks_remove_padded_tokens_and_landmarks():
+    q, L, v = torch.randn(1, 10, 4), torch.randn(1, 3, 4), torch.randn(1, 10, 5)
+    tm = torch.tensor([[True] * 7 + [False] * 3])
+    out = soft_kernel_attention(q, L, v, token_mask=tm)
+    v2 = v.clone()
+    v2[:, 7:] = 1000.0
+    out2 = soft_kernel_attention(q, L, v2, token_mask=tm)
+    torch.testing.assert_close(out[:, :7], out2[:, :7])
+    lm = torch.tensor([[True, True, False]])
+    L2 = L.clone()
+    L2[:, 2] = 123.0
+    torch.testing.assert_close(
+        soft_kernel_attention(q, L, v, landmark_mask=lm, normalized=True),
+        soft_kernel_attention(q, L2, v, landmark_mask=lm, normalized=True),
+    )
+
+
+# --- Sinkhorn --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("eps", [1.0, 0.1, 0.01])
+def test_sinkhorn_matches_pot(eps):
+    ot = pytest.importorskip("ot", reason="POT (the test extra) provides the reference Sinkhorn")
+    rng = np.random.default_rng(0)
+    n, m = 30, 7
+    scores = rng.normal(size=(n, m))
+    a, b = np.full(n, 1 / n), np.full(m, 1 / m)
+    ref = ot.sinkhorn(a, b, -scores, eps, method="sinkhorn_log", numItermax=20000, stopThr=1e-13)
+    ours = sinkhorn(torch.tensor(scores), eps, iters=5000 if eps < 0.05 else 1000).double().numpy()
+    assert np.abs(ours - ref).max() < 1e-4 * ref.max()
+    assert np.abs(ours.sum(1) - 1 / n).max() < 1e-5 and np.abs(ours.sum(0) - 1 / m).max() < 1e-5
+
+
+def test_sinkhorn_mask_gives_zero_mass_and_matches_pot_on_valid_rows():
+    ot = pytest.importorskip("ot", reason="POT (the test extra) provides the reference Sinkhorn")
+    torch.manual_seed(0)
+    scores = torch.randn(2, 12, 5)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[0, 8:] = False
+    plan = sinkhorn(scores, 0.1, 500, mask)
+    assert (plan[0, 8:] == 0).all()
+    torch.testing.assert_close(plan[0, :8].sum(-1), torch.full((8,), 1 / 8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(plan[:, :].sum(-2), torch.full((2, 5), 1 / 5), atol=1e-5, rtol=0)
+    ref = ot.sinkhorn(np.full(8, 1 / 8), np.full(5, 1 / 5), -scores[0, :8].double().numpy(), 0.1,
+                      method="sinkhorn_log", numItermax=20000, stopThr=1e-13)
+    assert np.abs(plan[0, :8].double().numpy() - ref).max() < 1e-4 * ref.max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sinkhorn_half_precision_and_small_eps_stay_finite(dtype):
+    scores = (torch.randn(4, 64, 49) * 5).to(dtype)
+    plan = sinkhorn(scores, 0.01, 10)
+    assert plan.dtype == torch.float32 and torch.isfinite(plan).all()
+    torch.testing.assert_close(plan.sum(-2), torch.full((4, 49), 1 / 49), atol=1e-5, rtol=0)
+
+
+def test_sinkhorn_masked_gradients_are_finite():
+    scores = torch.randn(1, 6, 3, requires_grad=True)
+    mask = torch.tensor([[True, True, True, True, False, False]])
+    (sinkhorn(scores, 0.05, 20, mask) * torch.randn(1, 6, 3)).sum().backward()
+    assert torch.isfinite(scores.grad).all() and (scores.grad[0, 4:] == 0).all()
+
+
+# --- Nyström embedding and position filters -------------------------------------------------------------------------
+def test_inverse_sqrt_matches_eigendecomposition():
+    z = torch.nn.functional.normalize(torch.randn(16, 8, dtype=torch.float64), dim=-1)
+    K = spherical_gaussian_kernel(z, z, 0.5).double()
+    evals, evecs = torch.linalg.eigh(K + 1e-3 * torch.eye(16, dtype=K.dtype))
+    ref = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+    assert rel_err(inverse_sqrt_psd(K, 1e-3, iters=30), ref) < 1e-4
+
+
+def test_nystrom_embedding_reproduces_kernel_on_anchor_span():
+    """On the anchors themselves the Nyström map is exact: ⟨ψ(z_i), ψ(z_j)⟩ = κ(z_i, z_j)."""
+    z = torch.nn.functional.normalize(torch.randn(12, 6, dtype=torch.float64), dim=-1)
+    psi = nystrom_embedding(z * 2.0, z, sigma=0.7, ridge=1e-6, iters=40).double()
+    # tokens 2·z_i: κ(2z_i, 2z_j) = |2z_i|·|2z_j|·exp((⟨z_i, z_j⟩ − 1)/σ²) = 4·κ(z_i, z_j)
+    K = 4.0 * spherical_gaussian_kernel(z, z, 0.7).double()
+    torch.testing.assert_close(psi @ psi.T, K, atol=1e-3, rtol=1e-3)
+
+
+def test_position_filters():
+    M = position_filter_1d(15, 5, 0.1)  # token centres (2i+1)/30 hit reference centres (2j+1)/10
+    assert M.shape == (15, 5) and torch.allclose(M.max(), torch.tensor(1.0))
+    torch.testing.assert_close(M[1, 0], torch.tensor(1.0))
+    assert M[0].argmax() == 0 and M[-1].argmax() == 4  # grids aligned at both ends (cell centres)
+    M2 = position_filter_2d((6, 4), (3, 2), 0.2)
+    rows, cols = position_filter_1d(6, 3, 0.2), position_filter_1d(4, 2, 0.2)
+    torch.testing.assert_close(M2.view(6, 4, 3, 2), rows[:, None, :, None] * cols[None, :, None, :])
+    torch.testing.assert_close(position_filter_1d(7, 3, 0.3, log=True).exp(), position_filter_1d(7, 3, 0.3))
