@@ -1,0 +1,17 @@
+"""The model zoo: SOFT, SeTformer and PoolFormer (with hybrids), by name.
+
+    >>> import sofa
+    >>> model = sofa.create_model("soft_tiny", num_classes=10)
+    >>> sofa.list_models("poolformer_*")
+
+Importing this package registers every model in sofa's registry and in timm's (``timm.create_model`` works
+too; names timm already owns get a ``sofa_`` prefix there).
+"""
+from sofa.models.registry import create_model, get_entry, list_models, register_in_timm, timm_name
+from sofa.models.checkpoint import CheckpointError, load_into, read_checkpoint, save_safetensors
+from sofa.models import poolformer, soft  # noqa: F401  (register their variants)
+
+register_in_timm()
+
+__all__ = ["create_model", "list_models", "get_entry", "timm_name", "register_in_timm", "CheckpointError",
+           "read_checkpoint", "load_into", "save_safetensors"]

@@ -1,0 +1,452 @@
+"""MetaFormer: the macro-architecture shared by PoolFormer, its hybrids and SeTformer, with a token mixer per stage.
+
+A block is ``x = x + DropPath(ls1 · Mixer(Norm1(x)))`` then ``x = x + DropPath(ls2 · MLP(Norm2(x)))`` with
+per-channel LayerScale vectors ``ls1``, ``ls2`` (Yu et al., "MetaFormer is Actually What You Need for Vision").
+
+Two block layouts, chosen by the norm:
+
+* ``norm="groupnorm"`` (PoolFormer): the block works on (B, C, H, W) maps: GroupNorm with one group, the mixer,
+  1×1-convolution MLP. Pooling and identity run on the map directly; a token mixer (SOFT, SeT, softmax
+  attention) sees the map as (B, H·W, C) tokens with ``hw=(H, W)`` for the mixer call only. No per-block
+  layout conversion is paid by the pooling stages.
+* ``norm="layernorm"`` (SeTformer): the stage works on (B, N, C) tokens: LayerNorm, the mixer, Linear MLP; the
+  stage converts from and to (B, C, H, W) once at its ends.
+
+Stage outputs are always (B, C, H, W), so ``forward_intermediates`` (and timm's ``features_only``) give maps at
+strides 4, 8, 16, 32 for any input size. Token mixers come from :func:`sofa.mixers.build_mixer`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from timm.layers import DropPath, trunc_normal_
+
+__all__ = ["MetaFormer", "MetaFormerBlock", "TokenBlock", "MixerSpec", "resize_pos_embed_2d"]
+
+MixerSpec = Union[str, Dict[str, Any]]
+NCHW_MIXERS = ("pool", "identity")
+
+
+# ---------------------------------------------------------------------------------------------------- layers
+class GroupNorm1(nn.GroupNorm):
+    """GroupNorm with a single group: normalises over (C, H, W) together, per-channel affine (PoolFormer's norm)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5):
+        super().__init__(1, num_channels, eps=eps)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
+
+
+class PoolMixer2d(nn.Module):
+    """PoolFormer's mixer on a (B, C, H, W) map: AvgPool(k, 1, k//2, count_include_pad=False)(x) − x.
+
+    The same arithmetic as :class:`sofa.mixers.Pooling` on tokens (tested equal), without the layout round trip.
+    """
+
+    def __init__(self, pool_size: int = 3):
+        super().__init__()
+        self.pool_size = pool_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2, count_include_pad=False) - x
+
+    def extra_repr(self) -> str:
+        return f"pool_size={self.pool_size}"
+
+
+class IdentityMixer2d(nn.Module):
+    """The identity mixer (PoolFormer's ablation): the block adds ``ls1 · Norm1(x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class ConvMlp(nn.Module):
+    """1×1 conv → GELU → 1×1 conv on (B, C, H, W)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Mlp(nn.Module):
+    """Linear → GELU → Linear on (B, N, C)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, act_layer=nn.GELU):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def resize_pos_embed_2d(pos: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """(1, C, h, w) → (1, C, H, W) bilinear, align_corners=False; returned unchanged when the size matches."""
+    if tuple(pos.shape[-2:]) == tuple(hw):
+        return pos
+    return F.interpolate(pos.float(), size=hw, mode="bilinear", align_corners=False).to(pos.dtype)
+
+
+def build_token_mixer(spec: MixerSpec, dim: int) -> Tuple[nn.Module, bool]:
+    """Mixer module for ``spec`` and whether it works on tokens (True) or on (B, C, H, W) maps (False)."""
+    if isinstance(spec, str):
+        spec = {"kind": spec}
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    spec.pop("pos_embed", None)
+    if kind == "pool":
+        return PoolMixer2d(spec.get("pool_size", 3)), False
+    if kind == "identity":
+        return IdentityMixer2d(), False
+    from sofa.mixers import build_mixer
+
+    return build_mixer(kind, dim, **spec), True
+
+
+def _mixer_kind(spec: MixerSpec) -> str:
+    return spec if isinstance(spec, str) else spec["kind"]
+
+
+# ---------------------------------------------------------------------------------------------------- blocks
+class MetaFormerBlock(nn.Module):
+    """(B, C, H, W) block with GroupNorm(1): ``x + dp(ls1·mixer(norm1(x)))``, ``x + dp(ls2·mlp(norm2(x)))``."""
+
+    def __init__(self, dim: int, mixer: MixerSpec = "pool", mlp_ratio: float = 4.0, drop: float = 0.0,
+                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = 1e-5, norm_eps: float = 1e-5):
+        super().__init__()
+        self.norm1 = GroupNorm1(dim, eps=norm_eps)
+        self.token_mixer, self.tokens = build_token_mixer(mixer, dim)
+        self.norm2 = GroupNorm1(dim, eps=norm_eps)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        init = 1.0 if layer_scale_init_value is None else layer_scale_init_value
+        self.layer_scale1 = nn.Parameter(torch.full((dim,), float(init)))
+        self.layer_scale2 = nn.Parameter(torch.full((dim,), float(init)))
+
+    def mix(self, y: torch.Tensor) -> torch.Tensor:
+        if not self.tokens:
+            return self.token_mixer(y)
+        B, C, H, W = y.shape
+        t = self.token_mixer(y.flatten(2).transpose(1, 2), hw=(H, W))
+        return t.transpose(1, 2).reshape(B, C, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.layer_scale1.view(-1, 1, 1) * self.mix(self.norm1(x)))
+        x = x + self.drop_path(self.layer_scale2.view(-1, 1, 1) * self.mlp(self.norm2(x)))
+        return x
+
+
+class TokenBlock(nn.Module):
+    """Pre-norm (B, N, C) block with LayerNorm and LayerScale; the mixer gets ``hw``."""
+
+    def __init__(self, dim: int, mixer: MixerSpec, mlp_ratio: float = 4.0, drop: float = 0.0, drop_path: float = 0.0,
+                 layer_scale_init_value: Optional[float] = 1e-5, norm_eps: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.token_mixer, tokens = build_token_mixer(mixer, dim)
+        self.nchw_mixer = not tokens
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        init = 1.0 if layer_scale_init_value is None else layer_scale_init_value
+        self.layer_scale1 = nn.Parameter(torch.full((dim,), float(init)))
+        self.layer_scale2 = nn.Parameter(torch.full((dim,), float(init)))
+
+    def mix(self, y: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        if not self.nchw_mixer:
+            return self.token_mixer(y, hw=hw)
+        B, N, C = y.shape
+        m = self.token_mixer(y.transpose(1, 2).reshape(B, C, *hw))
+        return m.flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path(self.layer_scale1 * self.mix(self.norm1(x), hw))
+        x = x + self.drop_path(self.layer_scale2 * self.mlp(self.norm2(x)))
+        return x
+
+
+# ---------------------------------------------------------------------------------------------------- stems
+class ConvStem(nn.Module):
+    """PoolFormer's stem: one Conv2d(k, stride 4, padding) with no norm."""
+
+    def __init__(self, in_chans: int, dim: int, kernel_size: int = 7, stride: int = 4, padding: int = 2):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride, padding)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Conv2Stem(nn.Module):
+    """Two 3×3 stride-2 convolutions (stride 4): conv → LN → GELU → conv → LN (SeTformer's stem)."""
+
+    def __init__(self, in_chans: int, dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, 2, 1)
+        self.norm1 = LayerNorm2d(dim // 2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(dim // 2, dim, 3, 2, 1)
+        self.norm2 = LayerNorm2d(dim)
+
+    def forward(self, x):
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+
+class Downsample(nn.Module):
+    """Conv2d(3×3, stride 2, padding 1), optionally followed by a LayerNorm over channels."""
+
+    def __init__(self, in_dim: int, dim: int, norm: bool = False, kernel_size: int = 3, stride: int = 2,
+                 padding: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride, padding)
+        self.norm = LayerNorm2d(dim) if norm else nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+# ---------------------------------------------------------------------------------------------------- stage
+class MetaFormerStage(nn.Module):
+    def __init__(self, in_dim: int, dim: int, depth: int, mixer: MixerSpec, mlp_ratio: float, dpr: Sequence[float],
+                 layer_scale_init_value: Optional[float], norm: str, downsample: bool, downsample_norm: bool,
+                 pos_embed_grid: Optional[Tuple[int, int]], drop: float = 0.0):
+        super().__init__()
+        self.downsample = Downsample(in_dim, dim, norm=downsample_norm) if downsample else nn.Identity()
+        self.pos_embed = None
+        if pos_embed_grid is not None:
+            self.pos_embed = nn.Parameter(torch.zeros(1, dim, *pos_embed_grid))
+            trunc_normal_(self.pos_embed, std=0.02)
+        self.tokens = norm == "layernorm"
+        block = TokenBlock if self.tokens else MetaFormerBlock
+        self.blocks = nn.ModuleList(
+            [block(dim, mixer, mlp_ratio, drop, dpr[i], layer_scale_init_value) for i in range(depth)]
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.pos_embed is not None:
+            x = x + resize_pos_embed_2d(self.pos_embed, x.shape[-2:]).to(x.dtype)
+        B, C, H, W = x.shape
+        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        if self.tokens:
+            t = x.flatten(2).transpose(1, 2)
+            for blk in self.blocks:
+                t = checkpoint(blk, t, (H, W), use_reentrant=False) if use_ckpt else blk(t, (H, W))
+            return t.transpose(1, 2).reshape(B, C, H, W)
+        for blk in self.blocks:
+            x = checkpoint(blk, x, use_reentrant=False) if use_ckpt else blk(x)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------------- model
+class MetaFormer(nn.Module):
+    """A four-stage MetaFormer with one token mixer per stage.
+
+    Args:
+        depths, dims: blocks and channels per stage.
+        token_mixers: one spec per stage: ``"pool"``, ``"identity"``, or any kind of
+            :func:`sofa.mixers.build_mixer` (``"soft"``, ``"soft_norm"``, ``"set"``, ``"attn"``), as a string or a
+            dict ``{"kind": ..., **mixer_kwargs}``; a dict may carry ``"pos_embed": True`` for a learned absolute
+            position embedding added at the start of the stage (stored for a 224² input, resized to any input).
+        mlp_ratios: MLP hidden width / dim per stage.
+        norm: ``"groupnorm"`` (PoolFormer: GroupNorm(1), (B, C, H, W) blocks) or ``"layernorm"`` (token blocks).
+        stem: ``"poolformer"`` (Conv 7×7 s4 p2) or ``"conv2"`` (two 3×3 s2 convs with LayerNorm).
+        downsample_norm: LayerNorm after each 3×3 s2 downsampling conv.
+        layer_scale_init_value: initial LayerScale (None: 1, i.e. no scaling at init).
+        out_norms: dense mode: a GroupNorm/LayerNorm on each stage output for ``forward_intermediates``; a sequence
+            of four bools picks stages (released RetinaNet configs leave out the first).
+        drop_rate, drop_path_rate: dropout in the MLP / head, and stochastic depth rising linearly over all blocks.
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        dims: Sequence[int] = (64, 128, 320, 512),
+        token_mixers: Union[MixerSpec, Sequence[MixerSpec]] = "pool",
+        mlp_ratios: Union[float, Sequence[float]] = 4.0,
+        norm: str = "groupnorm",
+        stem: str = "poolformer",
+        downsample_norm: bool = False,
+        layer_scale_init_value: Optional[float] = 1e-5,
+        out_norms: Union[bool, Sequence[bool]] = False,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        img_size: Union[int, Tuple[int, int]] = 224,
+    ):
+        super().__init__()
+        if norm not in ("groupnorm", "layernorm"):
+            raise ValueError(f"norm must be 'groupnorm' or 'layernorm', got {norm!r}")
+        n = len(depths)
+        if len(dims) != n:
+            raise ValueError(f"depths ({len(depths)}) and dims ({len(dims)}) need one entry per stage")
+        mixers = [token_mixers] * n if isinstance(token_mixers, (str, dict)) else list(token_mixers)
+        ratios = [mlp_ratios] * n if isinstance(mlp_ratios, (int, float)) else list(mlp_ratios)
+        if len(mixers) != n or len(ratios) != n:
+            raise ValueError(f"token_mixers and mlp_ratios need {n} entries, got {len(mixers)} and {len(ratios)}")
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.depths, self.dims, self.token_mixers = tuple(depths), tuple(dims), tuple(mixers)
+        self.norm_kind = norm
+        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+        self.stem = ConvStem(in_chans, dims[0]) if stem == "poolformer" else Conv2Stem(in_chans, dims[0])
+        self.stem_kind = stem
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, cur = [], 0
+        self.feature_info = []
+        for i in range(n):
+            stride = 4 * 2**i
+            spec = mixers[i]
+            grid = None
+            if isinstance(spec, dict) and spec.get("pos_embed"):
+                grid = (math.ceil(img_hw[0] / stride), math.ceil(img_hw[1] / stride))
+            stages.append(
+                MetaFormerStage(
+                    dims[i - 1] if i else dims[0], dims[i], depths[i], spec, ratios[i], dpr[cur:cur + depths[i]],
+                    layer_scale_init_value, norm, downsample=i > 0, downsample_norm=downsample_norm,
+                    pos_embed_grid=grid, drop=drop_rate,
+                )
+            )
+            cur += depths[i]
+            self.feature_info.append(dict(num_chs=dims[i], reduction=stride, module=f"stages.{i}"))
+        self.stages = nn.ModuleList(stages)
+        norm2d = GroupNorm1 if norm == "groupnorm" else LayerNorm2d
+        if isinstance(out_norms, bool):
+            out_norms = [out_norms] * n
+        self.out_norm_stages = tuple(bool(b) for b in out_norms)
+        if any(self.out_norm_stages):
+            self.out_norms = nn.ModuleList([norm2d(d) if b else nn.Identity() for d, b in zip(dims, out_norms)])
+        else:
+            self.out_norms = None
+        self.norm = norm2d(dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        for name, m in self.named_modules():
+            if ".token_mixer" not in name:  # mixers initialise themselves
+                self._init_weights(m)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)):
+            # PoolFormer: trunc-normal(0.02) Linear and MLP weights, zero biases; other convs keep PyTorch's init
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ timm conventions
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {n for n, _ in self.named_parameters() if n.endswith("pos_embed")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def _check_input(self, x: torch.Tensor):
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__}: expected images (B, C, H, W), got shape {tuple(x.shape)}")
+        k = 3 if self.stem_kind == "poolformer" else 1
+        if x.shape[-2] < k or x.shape[-1] < k:
+            raise ValueError(f"{type(self).__name__}: input {x.shape[-2]}x{x.shape[-1]} is too small; it needs at "
+                             f"least {k}x{k} pixels")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) → normalised final map (B, C, ⌈H/32⌉-ish, ...)."""
+        self._check_input(x)
+        x = self.stem(x)
+        for s in self.stages:
+            x = s(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean((-2, -1))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Stage outputs (B, C_i, H_i, W_i) at strides 4, 8, 16, 32 (through the dense output norms if present)."""
+        from timm.models._features import feature_take_indices
+
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r} not supported: stage outputs are NCHW")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self._check_input(x)
+        x = self.stem(x)
+        feats = []
+        stages = self.stages if not stop_early else self.stages[: max_index + 1]
+        for i, s in enumerate(stages):
+            x = s(x)
+            if i in take:
+                feats.append(self.out_norms[i](x) if self.out_norms is not None else x)
+        if intermediates_only:
+            return feats
+        if stop_early and max_index < len(self.stages) - 1:
+            return x, feats
+        return self.norm(x), feats
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        from timm.models._features import feature_take_indices
+
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if self.out_norms is not None:
+            self.out_norms = self.out_norms[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take

@@ -1,0 +1,152 @@
+"""One registry for every model of the zoo, and its mirror in timm's registry.
+
+A family module (``soft.py``, ``setformer.py``, ``poolformer.py``) declares each variant with
+:func:`register_model`, giving the entry function (``fn(pretrained=False, **kwargs) -> nn.Module``), the
+family, the ``pretrained_cfg`` (timm's input size / crop / mean / std / classifier record) and the paper's
+numbers. :func:`create_model` builds a model by name; :func:`register_in_timm` makes every model available to
+``timm.create_model`` too. timm's own registry is never overwritten: a name timm already owns (timm has its own
+PoolFormer port) is registered there as ``sofa_<name>``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from torch import nn
+
+__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry", "register_in_timm",
+           "timm_name"]
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    family: str
+    fn: Callable[..., nn.Module]
+    pretrained_cfg: Dict[str, Any]
+    #: the papers' numbers: ``params`` (M), ``macs`` (G at 224²), ``top1`` (ImageNet-1K, %), and a ``note``
+    paper: Dict[str, Any] = field(default_factory=dict)
+    #: name under which the model is registered in timm (``sofa_<name>`` where timm owns ``name``)
+    timm_name: Optional[str] = None
+
+
+_REGISTRY: Dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, family: str, pretrained_cfg: Dict[str, Any], paper: Optional[Dict[str, Any]] = None):
+    """Decorator: register ``fn`` as the entry of model ``name``."""
+
+    def wrap(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        cfg = dict(pretrained_cfg)
+        cfg.setdefault("architecture", name)
+        _REGISTRY[name] = ModelEntry(name, family, fn, cfg, dict(paper or {}))
+        return fn
+
+    return wrap
+
+
+def list_models(pattern: str = "*", family: Optional[str] = None) -> List[str]:
+    """Names of the registered models (sorted), optionally filtered by a glob ``pattern`` and ``family``."""
+    names = [n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)]
+    return sorted(names, key=_natural_key)
+
+
+def _natural_key(name: str):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name.startswith("sofa_") and name not in _REGISTRY and name[5:] in _REGISTRY:
+        name = name[5:]
+    if name not in _REGISTRY:
+        close = fnmatch.filter(_REGISTRY, f"*{name.split('_')[0]}*")
+        hint = f"; similar: {', '.join(sorted(close)[:8])}" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}. sofa.list_models() lists all {len(_REGISTRY)} models")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **kwargs) -> nn.Module:
+    """Build model ``name``.
+
+    Args:
+        name: a name from :func:`list_models` (a ``sofa_`` prefix, as used in timm's registry, is accepted).
+        pretrained: sofa never downloads anything; ``pretrained=True`` needs ``checkpoint_path``.
+        checkpoint_path: an original checkpoint (SOFT's or PoolFormer's layout, bare or wrapped in
+            ``state_dict`` / ``model`` / ``state_dict_ema``, with or without a ``module.`` prefix) or a
+            safetensors file written by ``sofa convert`` / :func:`sofa.models.checkpoint.save_safetensors`.
+        **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``img_size``,
+            ``features_only``, ``out_indices`` and the family's architecture arguments.
+    """
+    entry = get_entry(name)
+    if pretrained and checkpoint_path is None:
+        raise ValueError(
+            f"{entry.name}: sofa downloads no weights; pass checkpoint_path= (an original release .pth or a "
+            f"safetensors file from `sofa convert`)"
+        )
+    return entry.fn(pretrained=False, checkpoint_path=checkpoint_path, **kwargs)
+
+
+def timm_name(name: str) -> str:
+    """The name of sofa model ``name`` in timm's registry."""
+    entry = get_entry(name)
+    return entry.timm_name or name
+
+
+def register_in_timm() -> List[str]:
+    """Register every sofa model in timm's registry (idempotent). Returns the timm names."""
+    from timm.models import _registry as treg
+
+    # a synthetic module holding the entry functions and their default_cfgs, as timm's register_model expects
+    mod_name = "sofa.models._timm_entrypoints"
+    mod = sys.modules.get(mod_name)
+    if mod is None:
+        mod = types.ModuleType(mod_name)
+        mod.default_cfgs = {}
+        sys.modules[mod_name] = mod
+    names = []
+    for name, entry in _REGISTRY.items():
+        if entry.timm_name is not None and treg._model_entrypoints.get(entry.timm_name) is getattr(
+            mod, entry.timm_name, None
+        ):
+            names.append(entry.timm_name)
+            continue
+        tname = name
+        owner = treg._model_entrypoints.get(name)
+        if owner is not None and getattr(owner, "__module__", "") != mod_name:
+            tname = "sofa_" + name  # timm owns this name: never overwrite it
+        fn = _timm_entry(entry, tname, mod_name)
+        cfg = dict(entry.pretrained_cfg)
+        cfg["architecture"] = tname
+        mod.default_cfgs[tname] = cfg
+        setattr(mod, tname, fn)
+        treg.register_model(fn)
+        entry.timm_name = tname
+        names.append(tname)
+    return names
+
+
+def _timm_entry(entry: ModelEntry, tname: str, mod_name: str):
+    def fn(pretrained: bool = False, **kwargs):
+        # timm passes its own bookkeeping; sofa's entry builds with its own pretrained_cfg
+        kwargs.pop("pretrained_cfg", None)
+        overlay = kwargs.pop("pretrained_cfg_overlay", None)
+        kwargs.pop("cache_dir", None)
+        if pretrained:
+            raise ValueError(
+                f"{tname}: sofa downloads no weights; build with pretrained=False and pass checkpoint_path= "
+                f"(timm.create_model loads it) or use sofa.create_model('{entry.name}', checkpoint_path=...)"
+            )
+        return entry.fn(pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
+
+    fn.__name__ = tname
+    fn.__qualname__ = tname
+    fn.__module__ = mod_name
+    fn.__doc__ = f"sofa model {entry.name!r} ({entry.family})."
+    return fn
