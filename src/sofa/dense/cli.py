@@ -1,0 +1,58 @@
+"""Command line of the dense-prediction area: ``sofa data shapes DIR`` (the synthetic dense dataset).
+
+``sofa train --task segmentation|detection`` and ``sofa eval`` come from the training loop's CLI; the tasks
+live in :mod:`sofa.dense.tasks`. The high-resolution memory check is ``python -m sofa.dense.highres``.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "data",
+        help="write datasets (a synthetic dense-prediction set)",
+        description="Write datasets that need no download.",
+    )
+    sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    s = sub.add_parser(
+        "shapes",
+        help="coloured shapes on textured backgrounds, as COCO JSON (boxes, masks) and ADE-style PNG label maps",
+        description="Write a small synthetic dataset in both dense formats: DIR/images/{training,validation}/*.jpg, "
+                    "DIR/annotations/{training,validation}/*.png (ADE20K-style label maps: 0 background, 1-3 "
+                    "circle/square/triangle), DIR/annotations/instances_{training,validation}.json (COCO).",
+    )
+    s.add_argument("dir", metavar="DIR", help="output folder (created)")
+    s.add_argument("--train", type=int, default=200, help="training images (default 200)")
+    s.add_argument("--val", type=int, default=50, help="validation images (default 50)")
+    s.add_argument("--min-size", type=int, default=96, help="smallest image side (default 96)")
+    s.add_argument("--max-size", type=int, default=160, help="largest image side (default 160)")
+    s.add_argument("--max-objects", type=int, default=4, help="objects per image, at most (default 4)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_shapes)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _shapes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sofa.dense.shapes import write_shapes
+
+    if args.min_size < 32 or args.max_size < args.min_size:
+        print(f"sofa data shapes: need 32 <= --min-size <= --max-size, got {args.min_size} and {args.max_size}")
+        return 2
+    if args.train < 1 or args.val < 1:
+        print("sofa data shapes: --train and --val must be at least 1")
+        return 2
+    out = Path(args.dir)
+    if out.exists() and any(out.iterdir()) and not (out / "classes.json").is_file():
+        print(f"sofa data shapes: {out} exists and is not a shapes dataset; choose an empty or new folder")
+        return 2
+    summary = write_shapes(out, num_train=args.train, num_val=args.val, min_size=args.min_size,
+                           max_size=args.max_size, max_objects=args.max_objects, seed=args.seed)
+    for split in ("training", "validation"):
+        s = summary[split]
+        print(f"{split}: {s['images']} images, {s['instances']} objects")
+    print(f"wrote {out}/images, {out}/annotations (ADE-style PNG label maps and COCO instances_*.json)")
+    print(f"try: sofa train --task segmentation --data {out}   |   sofa train --task detection --data {out}")
+    return 0
