@@ -43,6 +43,9 @@ Contract details
   Options come from the command line, then a ``--config`` YAML/JSON file, then the task's defaults; a resumed
   run gets its saved config back. ``self.cfg`` is set by the base ``__init__``; ``self.log(msg)`` prints a
   line on rank 0 only (use it for warnings such as "head re-initialised").
+* Call order in ``sofa train``: ``Task(cfg)``, ``build_model()``, ``build_datasets()``, then steps; in
+  ``sofa eval``: ``Task(cfg)``, ``build_model()`` (the loop loads the evaluated weights into it; ``cfg.checkpoint``
+  is set to None), ``build_eval_dataset()``, ``evaluate``.
 * Datasets are map-style ``torch.utils.data.Dataset``. The loop shards them (each rank reads its part), shuffles
   with a generator seeded by ``(seed, epoch)``, and wraps the *training* dataset so that each sample's
   augmentation is seeded by ``(seed, epoch, index)`` (python ``random``, numpy and torch global RNGs are seeded
@@ -176,6 +179,12 @@ class Task:
     #: default values for the loop's options when this task runs (e.g. ``{"img_size": 512, "epochs": 160}``);
     #: command line and config file still win
     defaults: dict[str, Any] = {}
+
+    @classmethod
+    def profile(cls, cfg: argparse.Namespace) -> dict[str, Any]:
+        """Defaults that depend on options already known (``cfg.data``, ``cfg.model``): e.g. the digits profile
+        of classification. Below the command line, config file and resumed config; above ``defaults``."""
+        return {}
 
     def __init__(self, cfg: argparse.Namespace, log: Callable[[str], None] | None = None):
         self.cfg = cfg

@@ -1,0 +1,282 @@
+"""``sofa train``, ``sofa eval`` and ``sofa predict``."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from sofa.train.errors import UserError
+
+TRAIN_EPILOG = """\
+examples:
+  sofa train                                   # SOFT on the bundled digits, ~95%+ test accuracy on 2 CPU cores
+  sofa train --data /data/imagenet --model soft_small -b 128 --epochs 300 --ema --amp bf16
+  torchrun --nproc_per_node=8 -m sofa train --data /data/imagenet --model soft_small --config recipe.yaml
+  sofa train --resume runs/soft_tiny-digits-20250101-120000
+options come from (highest first): the command line, --config FILE, the resumed run, the data's defaults, the
+ImageNet recipe of the papers (AdamW, cosine, warm-up, label smoothing, Mixup/CutMix, RandAugment, random
+erasing, drop path). `kill -USR1 PID` writes a checkpoint now; SIGTERM writes one and stops.
+"""
+
+
+def _rank_prefix() -> str:
+    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"[rank {os.environ.get('RANK', '0')}] " if ws > 1 else ""
+
+
+def _guard(fn: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            code = fn(args)
+            return 0 if code is None else int(code)
+        except UserError as err:
+            print(f"{_rank_prefix()}error: {err}", file=sys.stderr, flush=True)
+            return err.exit_code
+        except KeyboardInterrupt:
+            print(f"{_rank_prefix()}interrupted", file=sys.stderr, flush=True)
+            return 130
+
+    return run
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
+    """Every registered task's options; returns {task: {dest: default}}."""
+    from sofa.train.config import TaskArgs
+    from sofa.train.task import get_task, list_tasks
+
+    per_task: dict[str, dict[str, Any]] = {}
+    for name in list_tasks():
+        cls = get_task(name)
+        ta = TaskArgs(p, name, f"{name} options")
+        cls.add_args(ta)
+        per_task[name] = ta.defaults
+    return per_task
+
+
+def _known(p: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in p._actions if a.dest not in ("help", argparse.SUPPRESS)}
+
+
+def register(subparsers) -> None:
+    from sofa.train.config import add_loop_args
+
+    # ---------------------------------------------------------------- train
+    p = subparsers.add_parser(
+        "train", help="train a model (default: SOFT on the bundled digits)",
+        description="Train a model. With no arguments: a SOFT model on scikit-learn's digits, in minutes on a CPU.",
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_loop_args(p)
+    task_defaults = _add_task_args(p)
+    p.set_defaults(func=_guard(functools.partial(cmd_train, known=_known(p), task_defaults=task_defaults)))
+
+    # ---------------------------------------------------------------- eval
+    e = subparsers.add_parser(
+        "eval", help="top-1/top-5 and loss of a checkpoint on a dataset (printed and written as JSON)",
+        description="Evaluate a checkpoint (a run directory, .safetensors or last.pt) on a dataset: by default the "
+                    "data it was trained on (its validation split).",
+    )
+    e.add_argument("checkpoint", help="run directory, .safetensors weights or a last.pt training state")
+    e.add_argument("--data", default=None, help="'digits' or an image folder with val/<class>/ (default: the training data)")
+    e.add_argument("--task", default=None, help="(default: the checkpoint's)")
+    e.add_argument("--model", default=None, help="(default: the checkpoint's)")
+    e.add_argument("--img-size", type=int, default=None, help="(default: the checkpoint's)")
+    e.add_argument("--batch-size", "-b", type=int, default=None, help="(default 128)")
+    e.add_argument("--workers", "-j", type=int, default=None, help="(default 4)")
+    e.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    e.add_argument("--amp", default=None, choices=("auto", "none", "bf16", "fp16"), help="(default auto)")
+    e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    e.add_argument("--seed", type=int, default=None, help="seed of the digits train/test split (default: the checkpoint's)")
+    e.add_argument("--progress", default=None, choices=("auto", "bar", "log", "none"))
+    e.add_argument("--output", "-o", default=None, metavar="FILE",
+                   help="JSON file for the metrics (default: eval_<data>.json beside the checkpoint)")
+    eval_task_defaults = _add_task_args(e)
+    e.set_defaults(func=_guard(functools.partial(cmd_eval, known=_known(e), task_defaults=eval_task_defaults)))
+
+    # ---------------------------------------------------------------- predict
+    q = subparsers.add_parser(
+        "predict", help="top-k classes with probabilities for image files",
+        description="Classify image files with a trained checkpoint.",
+    )
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    q.add_argument("--checkpoint", "-c", default=None,
+                   help="run directory, .safetensors or last.pt (default: the newest run under runs/)")
+    q.add_argument("--topk", "-k", type=int, default=5, help="classes per image (default 5)")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--batch-size", "-b", type=int, default=32)
+    q.add_argument("--json", default=None, metavar="FILE", help="also write the predictions as JSON ('-' = stdout only JSON)")
+    q.set_defaults(func=_guard(cmd_predict))
+
+
+# ------------------------------------------------------------------------------------------------ train
+def resolve_train_config(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]):
+    from sofa.train.config import LOOP_DEFAULTS, load_config_file, resolve
+    from sofa.train.task import get_task
+
+    file_cfg = load_config_file(args.config) if args.config else {}
+    resume_cfg: dict[str, Any] = {}
+    if args.resume:
+        from sofa.train.checkpoint import load_training_state
+
+        resume_cfg = dict(load_training_state(args.resume).get("config") or {})
+        for k in ("resume", "output", "config"):
+            resume_cfg.pop(k, None)
+    task_name = args.task or file_cfg.get("task") or resume_cfg.get("task") or LOOP_DEFAULTS["task"]
+    task_cls = get_task(task_name)
+    partial = resolve(args, known, [("config file " + str(args.config), file_cfg), ("resumed run", resume_cfg)])
+    partial.task = task_name
+    # the data decides a profile (e.g. digits) — look at data as resolved so far
+    if partial.data is None:
+        partial.data = LOOP_DEFAULTS["data"]
+    profile = task_cls.profile(partial) if hasattr(task_cls, "profile") else {}
+    layers = [
+        ("config file " + str(args.config), file_cfg),
+        ("resumed run", resume_cfg),
+        ("data profile", profile),
+        ("task defaults", dict(task_defaults.get(task_name, {}), **task_cls.defaults)),
+        ("loop defaults", LOOP_DEFAULTS),
+    ]
+    cfg = resolve(partial, known, layers)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg) -> None:
+    def positive(name, allow_zero=False):
+        v = getattr(cfg, name, None)
+        if v is None:
+            return
+        if v < 0 or (v == 0 and not allow_zero):
+            raise UserError(f"--{name.replace('_', '-')} must be {'≥ 0' if allow_zero else '> 0'}, got {v}")
+
+    for n in ("epochs", "batch_size", "img_size", "lr"):
+        positive(n)
+    for n in ("workers", "weight_decay", "warmup_epochs", "drop_path", "save_every_steps", "log_interval"):
+        positive(n, allow_zero=True)
+    if cfg.drop_path is not None and cfg.drop_path >= 1:
+        raise UserError(f"--drop-path must be < 1, got {cfg.drop_path}")
+
+
+def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]) -> int:
+    from sofa.train.loop import train
+
+    cfg = resolve_train_config(args, known, task_defaults)
+    for k in ("func",):
+        if hasattr(cfg, k):
+            delattr(cfg, k)
+    train(cfg)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ eval
+def cmd_eval(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]) -> int:
+    from sofa.train.checkpoint import atomic_write_text, read_checkpoint
+    from sofa.train.config import LOOP_DEFAULTS, resolve
+    from sofa.train.loop import evaluate_checkpoint
+    from sofa.train.task import get_task
+
+    sd, meta = read_checkpoint(args.checkpoint)
+    saved = dict(meta.get("config") or {})
+    for k in ("resume", "output", "config", "checkpoint", "func"):
+        saved.pop(k, None)
+    if meta.get("model"):
+        saved.setdefault("model", meta["model"])
+    if meta.get("num_classes"):
+        saved["num_classes"] = meta["num_classes"]
+    task_name = args.task or meta.get("task") or saved.get("task") or LOOP_DEFAULTS["task"]
+    task_cls = get_task(task_name)
+    if not (args.model or saved.get("model")):
+        raise UserError(f"{args.checkpoint} does not say which model it holds: pass --model")
+    eval_defaults = dict(LOOP_DEFAULTS, batch_size=128, amp="auto", progress="auto")
+    layers = [("checkpoint", saved), ("task defaults", dict(task_defaults.get(task_name, {}), **task_cls.defaults)),
+              ("defaults", eval_defaults)]
+    all_known = known | set(saved) | set(LOOP_DEFAULTS)
+    cfg = resolve(args, all_known, layers)
+    cfg.task = task_name
+    cfg.checkpoint = None  # the weights come from the evaluated checkpoint, not the run's initial weights
+    if meta.get("classes"):
+        cfg.classes = list(meta["classes"])
+    data = str(cfg.data or "digits")
+    metrics = evaluate_checkpoint(cfg, str(args.checkpoint), meta, sd)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    ck = Path(args.checkpoint)
+    out = Path(args.output) if args.output else (ck if ck.is_dir() else ck.parent) / (
+        f"eval_{'digits' if data == 'digits' else Path(data).name or 'data'}.json")
+    record = {"checkpoint": str(args.checkpoint), "model": cfg.model, "task": task_name, "data": data,
+              "img_size": cfg.img_size, "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                      if k not in ("seconds",))
+    print(f"{cfg.model} on {data}: {shown}  ({metrics['seconds']:.1f}s)")
+    print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ predict
+def _newest_run() -> Path | None:
+    runs = Path("runs")
+    if not runs.is_dir():
+        return None
+    cands = [p for p in runs.iterdir() if p.is_dir() and any((p / n).is_file() for n in ("best.safetensors", "model.safetensors"))]
+    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from sofa.train.checkpoint import atomic_write_text, load_model_weights, read_checkpoint
+    from sofa.train.classification import predict_images
+    from sofa.train.factory import build_model
+
+    ck = args.checkpoint
+    if ck is None:
+        ck = _newest_run()
+        if ck is None:
+            raise UserError("no --checkpoint given and no run under runs/: train one with `sofa train` first")
+        print(f"using the newest run, {ck}", file=sys.stderr)
+    sd, meta = read_checkpoint(ck)
+    if meta.get("task", "classification") != "classification":
+        raise UserError(f"sofa predict classifies images; {ck} holds a {meta.get('task')} model (use sofa eval)")
+    cfg = meta.get("config") or {}
+    name = meta.get("model") or cfg.get("model")
+    if not name:
+        raise UserError(f"{ck} does not say which model it holds (not written by sofa train?)")
+    classes = meta.get("classes")
+    num_classes = int(meta.get("num_classes") or (len(classes) if classes else 0))
+    if not num_classes:
+        raise UserError(f"{ck} does not record its number of classes")
+    model = build_model(name, num_classes=num_classes, img_size=meta.get("img_size"))
+    load_model_weights(model, sd, str(ck), checkpoint_model=name)
+    dc = meta.get("data_config")
+    if not dc:
+        from sofa.data.transforms import resolve_data_config
+
+        dc = resolve_data_config(model, meta.get("img_size"))
+    dc["input_size"] = tuple(dc["input_size"])
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.topk < 1:
+        raise UserError(f"--topk must be ≥ 1, got {args.topk}")
+    results = predict_images(model, list(args.images), dc, classes, args.topk, device, args.batch_size)
+    if args.json == "-":
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(r["image"])
+            if "error" in r:
+                print(f"  error: {r['error']}")
+                continue
+            for i, t in enumerate(r["top"], 1):
+                print(f"  {i}. {t['class']:<20} {t['prob']:.4f}")
+        if args.json:
+            atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+            print(f"wrote {args.json}")
+    return 1 if any("error" in r for r in results) else 0
