@@ -495,9 +495,12 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                 if flags[0] > 0:
                     if bar is not None:
                         bar.close()
-                    where = (f"{run_dir / 'last.pt'} (epoch {last_saved['epoch'] + (0 if last_saved['step'] else 0)}"
-                             f", step {last_saved['step']}): continue with --resume {run_dir} after the change"
-                             if last_saved["epoch"] is not None else "none yet (this happened before the first save)")
+                    if last_saved["epoch"] is None:
+                        where = "none yet (this happened before the first save)"
+                    else:
+                        at = (f"after epoch {last_saved['epoch']}" if not last_saved["step"] else
+                              f"epoch {last_saved['epoch'] + 1}, step {last_saved['step']}")
+                        where = f"{run_dir / 'last.pt'} ({at}), kept: continue with --resume {run_dir} after a change"
                     lr_now = optimizer.param_groups[0]["lr"]
                     raise TrainingDiverged(
                         f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step {global_step + 1}); "
@@ -618,13 +621,17 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                 rep.log(f"stopped on SIGTERM; continue with: sofa train --resume {run_dir}")
                 return TrainResult(run_dir, best, last_metrics, files)
 
+    dump = os.environ.get("SOFA_DEBUG_RANK_WEIGHTS")
+    if dump:  # test hook: every rank writes its final weights, to check that the ranks agree
+        ckpt.save_weights(Path(dump) / f"rank{d.rank}.safetensors", model.state_dict(), {"rank": d.rank})
     skipped = getattr(train_ds, "num_skipped", 0) + (getattr(val_ds, "num_skipped", 0) if val_ds is not None else 0)
     if skipped:
         rep.log(f"warning: {skipped} unreadable image(s) were skipped (see the warnings above)")
     if best["value"] is not None:
         rep.log(f"done: best {task.primary_metric} {best['value']:.2f} at epoch {best['epoch']}"
                 f"{' (EMA)' if best.get('which') == 'ema' else ''}; final "
-                + ", ".join(f"{k[4:]} {_fmt(v)}" for k, v in last_metrics.items() if k.startswith("val_")))
+                + ", ".join(f"{k[4:]} {_fmt(v)}" for k, v in last_metrics.items()
+                           if k.startswith("val_") and k != "val_count"))
     else:
         rep.log("done")
     rep.log(f"wrote {run_dir}/:")
