@@ -1,0 +1,202 @@
+"""``sofa bench mixers`` and ``sofa bench models``: benchmarks that print numbers (not timed tests).
+
+    sofa bench mixers --json docs/bench_mixers_cpu.json --plot docs/bench_mixers_cpu.png
+    sofa bench models --json docs/bench_models_cpu.json
+    sofa bench mixers --quick            # tiny sizes, in-process: checks the harness in seconds
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Dict, List
+
+from sofa.bench import measure
+
+__all__ = ["register", "run_mixers", "run_models"]
+
+
+def _ints(text: str) -> List[int]:
+    try:
+        return [int(t) for t in text.replace("x", ",").split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _names(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="PATH", help="write every measurement with its settings and the machine to PATH")
+    p.add_argument("--plot", metavar="PATH", help="draw the results to PATH (PNG)")
+    p.add_argument("--markdown", metavar="PATH", help="write the result tables as Markdown to PATH")
+    p.add_argument("--sizes", type=_ints, metavar="S,S,...", help="image sides (N = S² tokens for mixers)")
+    p.add_argument("--repeats", type=int, help="timed runs per case after warm-up (median reported)")
+    p.add_argument("--warmup", type=int, help="untimed runs before timing")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, two runs, in-process: checks the harness")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (CPU/GPU autocast); models take a list")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false", default=None,
+                   help="measure in this process instead of a fresh process per case (memory less exact)")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="seconds of timed runs per case; slow cases get fewer runs (never below 5 unless one run "
+                        "alone exceeds it) (default 60)")
+
+
+def register(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="benchmarks: token mixers against N, whole models against timm",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
+
+    m = sub.add_parser("mixers", help="time and peak memory of each token mixer against the number of tokens")
+    _common(m)
+    m.add_argument("--mixers", type=_names, help="cases to run (default: all): pool, soft_stride, soft_bounded, set, "
+                                                  "sdpa, softmax_materialized")
+    m.add_argument("--modes", type=_names, default=["inference", "train"], help="inference,train (default both)")
+    m.add_argument("--no-flush-compare", dest="flush_compare", action="store_false",
+                   help="skip timing each case again with subnormal flushing on")
+    m.add_argument("--max-run", type=float, default=150.0,
+                   help="skip a size whose one run would take longer than this many seconds, extrapolated from the "
+                        "previous size (default 150)")
+    m.add_argument("--mem-limit", type=float, help="GB; skip cases estimated to need more (default 80%% of free)")
+    m.add_argument("--input-scale", type=float, default=1.0, help="standard deviation of the random tokens")
+    m.set_defaults(func=run_mixers)
+
+    d = sub.add_parser("models", help="images/s and peak memory of our models and timm's alternatives")
+    _common(d)
+    d.add_argument("--models", type=_names,
+                   help="models to run; 'timm:NAME' for timm's (default: ours and timm's alternatives)")
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile every model (optionally with a mode, e.g. max-autotune)")
+    d.add_argument("--channels-last", action="store_true", help="run models and inputs in channels-last layout")
+    d.add_argument("--gemm-size", type=int, default=2048, help="side of the square GEMM that sets the peak")
+    d.set_defaults(func=run_models)
+    bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
+
+
+def _header(args, settings: Dict) -> Dict:
+    info = measure.machine_info(args.device)
+    print(f"sofa bench {args.bench_command}  ({info['date']})")
+    print(f"machine: {info['host_cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']} with "
+          f"{info['torch_threads']} threads" + (f", load average {info['load_average'][0]:.2f}"
+                                               if info.get("load_average") else ""))
+    for k, v in settings.items():
+        print(f"  {k}: {v}")
+    return info
+
+
+def _finish(args, payload: Dict, tables: List[str], plot) -> int:
+    text = "\n\n".join(t for t in tables if t)
+    print()
+    print(text)
+    if args.json:
+        from sofa.bench.report import write_json
+
+        write_json(args.json, payload)
+        print(f"\nwrote {args.json}")
+    if args.markdown:
+        from pathlib import Path
+
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def run_mixers(args) -> int:
+    from sofa.bench import mixers as mx
+    from sofa.bench import report
+
+    quick = args.quick
+    sides = args.sizes or (list(mx.QUICK_SIDES) if quick else list(mx.DEFAULT_SIDES))
+    repeats = args.repeats or (2 if quick else 7)
+    warmup = args.warmup if args.warmup is not None else 1
+    isolate = (not quick) if args.isolate is None else args.isolate
+    cases = args.mixers or list(mx.DEFAULT_CASES)
+    settings = {
+        "tokens": f"N = S² for S in {sides}; batch 1; C = {mx.DIM}; {mx.HEADS} heads of {mx.DIM // mx.HEADS}",
+        "dtype": args.dtype, "device": args.device, "modes": args.modes,
+        "cases": {c: mx.CASES[c][2] for c in cases},
+        "note": "SOFT uses its stage-1 settings (landmark stride 8, depthwise 9x9 on V)",
+        "timing": f"median of up to {repeats} runs after {warmup} warm-up run(s), at most {args.budget:g} s of runs "
+                  f"per case; sizes estimated to take more than {args.max_run:g} s per run are skipped",
+        "memory": measure.MEM_METHOD_CUDA if args.device == "cuda" else (
+            measure.MEM_METHOD_CPU if isolate else measure.MEM_METHOD_CPU.replace("fresh process per case",
+                                                                                  "in-process")),
+        "flush_compare": "each case timed with torch.set_flush_denormal off and on, runs interleaved"
+        if args.flush_compare else "off",
+        "isolate": isolate, "input_scale": args.input_scale,
+    }
+    info = _header(args, settings)
+    records = mx.bench_mixers(cases, sides, args.modes, repeats=repeats, warmup=warmup, device=args.device,
+                              dtype=args.dtype, threads=args.threads, isolate=isolate, budget_s=args.budget,
+                              max_run_s=args.max_run, mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
+                              flush_compare=args.flush_compare, input_scale=args.input_scale)
+    goals = report.mixer_goals(records)
+    tables = []
+    for mode in args.modes:
+        t = report.mixer_table(records, mode)
+        if t:
+            tables.append(f"### {mode}: median time / peak extra memory\n\n{t}")
+    st = report.slope_table(records)
+    if st:
+        tables.append(f"### slope of log(time) against log(N)\n\n{st}")
+    sm = report.slope_table(records, "peak_mem_bytes")
+    if sm:
+        tables.append(f"### slope of log(peak memory) against log(N)\n\n{sm}")
+    ft = report.flush_table(records)
+    if ft:
+        tables.append(f"### time with subnormal flushing on / off (inference)\n\n{ft}")
+    gt = report.goals_table(goals)
+    if gt:
+        tables.append(f"### goals\n\n{gt}")
+    payload = {"bench": "mixers", "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+               "settings": settings, "machine": info, "records": records, "slopes": mx.slopes(records),
+               "memory_slopes": mx.slopes(records, "peak_mem_bytes"), "goals": goals}
+    title = f"sofa bench mixers: {info['host_cpu']}, {info['torch_threads']} threads, {args.dtype}, {info['date'][:10]}"
+    return _finish(args, payload, tables, lambda p: report.plot_mixers(records, p, title))
+
+
+def run_models(args) -> int:
+    from sofa.bench import models as md
+    from sofa.bench import report
+
+    quick = args.quick
+    sides = args.sizes or ([32] if quick else list(md.DEFAULT_SIDES))
+    repeats = args.repeats or (2 if quick else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
+    isolate = (not quick) if args.isolate is None else args.isolate
+    batch = 2 if quick and args.batch == 8 else args.batch
+    dtypes = _names(args.dtype)
+    if args.models:
+        models = args.models
+    elif quick:
+        models = list(md.QUICK_SOFA) + [f"timm:{n}" for n in md.QUICK_TIMM]
+    else:
+        models = list(md.SOFA_MODELS) + [f"timm:{n}" for n in md.TIMM_MODELS]
+    settings = {"models": models, "sizes": sides, "batch": batch, "dtypes": dtypes, "device": args.device,
+                "compile": args.compile, "channels_last": args.channels_last,
+                "timing": f"inference, median of up to {repeats} runs after {warmup} warm-up run(s)",
+                "memory": measure.MEM_METHOD_CUDA if args.device == "cuda" else measure.MEM_METHOD_CPU,
+                "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC",
+                "isolate": isolate}
+    info = _header(args, settings)
+    records = md.bench_models(models, sides, dtypes, batch=batch, repeats=repeats, warmup=warmup, device=args.device,
+                              threads=args.threads, isolate=isolate, compile=args.compile,
+                              channels_last=args.channels_last, budget_s=args.budget, gemm_size=64 if quick else
+                              args.gemm_size)
+    goals = report.model_goals(records)
+    tables = [f"### models (batch {batch})\n\n{report.model_table(records)}"]
+    gt = report.goals_table(goals)
+    if gt:
+        tables.append(f"### goals\n\n{gt}")
+    payload = {"bench": "models", "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+               "settings": settings, "machine": info, "records": records, "goals": goals}
+    title = f"sofa bench models: {info['host_cpu']}, {info['torch_threads']} threads, batch {batch}, {info['date'][:10]}"
+    return _finish(args, payload, tables, lambda p: report.plot_models(records, p, title))

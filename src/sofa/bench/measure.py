@@ -1,0 +1,276 @@
+"""Measuring one thing well: wall-clock medians, peak memory, the machine's matmul peak, and what ran where.
+
+Time: ``time_call`` runs a callable after warm-up and returns every run's wall-clock time (CUDA work is
+synchronised). The median is what the tables print; every run is kept in the JSON.
+
+Peak memory on the CPU: PyTorch's CPU allocator is plain ``malloc``, which no Python-level hook sees, so
+``peak_memory`` reads the kernel's own account of the process instead. ``malloc`` is first told to serve every
+block from 64 KiB up with its own ``mmap`` (``mallopt(M_MMAP_THRESHOLD)``, which also stops glibc from raising that
+threshold as it goes), so that a freed tensor leaves the resident set at once; then the high-water mark is reset
+(``/proc/self/clear_refs``, value 5), the call runs once, and the result is the high-water mark (``VmHWM``)
+minus the resident set just before the call (``VmRSS``). That is the extra memory the call needed at its
+peak: temporaries and its output, not the model's weights or the input, which were already resident. Each
+case runs in a fresh process (``sofa.bench.worker``), so nothing cached by an earlier case is counted or
+missing. On CUDA the same quantity is ``max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
+memory allocated before the call.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import datetime as _dt
+import gc
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+MEM_METHOD_CPU = (
+    "fresh process per case; malloc mmap threshold 64 KiB (mallopt); /proc/self/clear_refs=5 resets VmHWM; "
+    "peak = VmHWM after one call - VmRSS before it (extra memory at the peak, output included)"
+)
+MEM_METHOD_CUDA = "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory allocated before"
+
+_M_MMAP_THRESHOLD = -3
+_mallopt_done = False
+
+
+def configure_malloc(threshold: int = 64 * 1024) -> bool:
+    """Serve blocks ≥ ``threshold`` bytes by mmap so that freed tensors leave the resident set (glibc only)."""
+    global _mallopt_done
+    if _mallopt_done:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _mallopt_done = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        _mallopt_done = False
+    return _mallopt_done
+
+
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def synchronize(device: torch.device | str) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(
+    fn: Callable[[], object],
+    repeats: int = 5,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+    budget_s: Optional[float] = None,
+    min_repeats: int = 1,
+) -> Dict[str, object]:
+    """Run ``fn`` ``warmup`` times, then up to ``repeats`` timed times; returns the times and their median.
+
+    With ``budget_s``, the number of timed runs is cut so that they take about that long in all (estimated from
+    the last warm-up run), but never below ``min_repeats``; the JSON records how many ran.
+    """
+    t_warm = None
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        t_warm = time.perf_counter() - t0
+    n = repeats
+    if budget_s is not None and t_warm is not None and t_warm > 0:
+        n = max(min_repeats, min(repeats, int(budget_s / t_warm)))
+    times: List[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return {"times_s": times, "median_s": statistics.median(times), "runs": len(times), "warmup": warmup,
+            "warmup_s": t_warm}
+
+
+def time_interleaved(
+    fns: Dict[str, Callable[[], object]],
+    repeats: int = 5,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+    budget_s: Optional[float] = None,
+    min_repeats: int = 1,
+) -> Dict[str, Dict[str, object]]:
+    """Like :func:`time_call` for several variants of one case, run in turn (A B A B ...), so that a change in the
+    machine's load during the measurement hits all of them alike: the fair way to compare two settings."""
+    t_warm = 0.0
+    for _ in range(warmup):
+        for fn in fns.values():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            t_warm += time.perf_counter() - t0
+    t_warm = t_warm / max(warmup, 1)
+    n = repeats
+    if budget_s is not None and warmup and t_warm > 0:
+        n = max(min_repeats, min(repeats, int(budget_s / t_warm)))
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(n):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: {"times_s": v, "median_s": statistics.median(v), "runs": len(v), "warmup": warmup} for k, v in
+            times.items()}
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> Dict[str, object]:
+    """Extra memory (bytes) at the peak of one call of ``fn`` (see the module docstring for the method)."""
+    device = torch.device(device)
+    gc.collect()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        del out
+        return {"peak_mem_bytes": int(peak), "mem_method": MEM_METHOD_CUDA}
+    configure_malloc()
+    if not _reset_hwm():
+        return {"peak_mem_bytes": None, "mem_method": "unavailable: /proc/self/clear_refs is not writable"}
+    rss = _status_kib("VmRSS")
+    out = fn()
+    hwm = _status_kib("VmHWM")
+    del out
+    if rss is None or hwm is None:
+        return {"peak_mem_bytes": None, "mem_method": "unavailable: no /proc/self/status"}
+    return {"peak_mem_bytes": int(max(hwm - rss, 0) * 1024), "mem_method": MEM_METHOD_CPU}
+
+
+@contextlib.contextmanager
+def flush_denormal(enabled: bool):
+    """Turn the CPU's flush-to-zero of subnormal floats on or off for the duration (restoring the default off)."""
+    torch.set_flush_denormal(enabled)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,
+                repeats: int = 5) -> Dict[str, float]:
+    """The machine's measured matmul rate: FLOP/s of a size×size×size GEMM (median of ``repeats``)."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    t = time_call(lambda: a @ b, repeats=repeats, warmup=2, device=device)
+    flops = 2.0 * size**3
+    best = min(t["times_s"])
+    return {"size": size, "dtype": str(dtype).replace("torch.", ""), "median_s": t["median_s"],
+            "flops_per_s": flops / t["median_s"], "best_flops_per_s": flops / best}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> List[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
+def machine_info(device: torch.device | str = "cpu") -> Dict[str, object]:
+    """Where and with what a benchmark ran: written at the top of every JSON file."""
+    device = torch.device(device)
+    info: Dict[str, object] = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host_cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "bf16_hardware": any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16")),
+        "device": str(device),
+    }
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(("MemTotal", "MemAvailable")):
+                    k, v = line.split(":")
+                    info[k.strip().lower()] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    if device.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the kernel says are available now (MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_time(t: Optional[float]) -> str:
+    if t is None:
+        return "-"
+    if t >= 1:
+        return f"{t:.3g} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.3g} ms"
+    return f"{t * 1e6:.3g} µs"

@@ -1,0 +1,233 @@
+"""``sofa bench mixers``: time and peak memory of every token mixer against the number of tokens N.
+
+Settings (printed with the results and stored in the JSON): C = 64 channels, 2 heads of 32, batch 1, float32,
+on the CPU unless told otherwise; SOFT with its stage-1 settings (landmark stride 8, depthwise 9×9 on V), either
+with the released stride landmarks (m = N/64: grows with N) or bounded to 49 landmarks; SeT with 49 references;
+exact softmax attention through ``scaled_dot_product_attention`` and materialised (softmax(QKᵀ)·V, which holds
+the N×N matrix). Inference runs under ``torch.inference_mode`` in eval mode; the training step is a forward and
+a backward (parameter and input gradients) in train mode. Each case runs in a fresh process.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from sofa.bench import measure
+
+DIM, HEADS = 64, 2
+DEFAULT_SIDES = (56, 112, 224, 448)
+QUICK_SIDES = (8, 16)
+
+#: name → (build_mixer kind, keyword arguments, one-line description)
+CASES: Dict[str, tuple] = {
+    "pool": ("pool", {}, "PoolFormer pooling (3x3 average - input)"),
+    "soft_stride": ("soft", {"landmark_stride": 8, "dwconv_kernel": 9},
+                    "SOFT, released stride-8 landmarks (m = N/64 grows with N), dwconv 9x9"),
+    "soft_bounded": ("soft", {"landmark_stride": 8, "dwconv_kernel": 9, "max_landmarks": 49},
+                     "SOFT, stride-8 landmarks pooled to at most 49, dwconv 9x9"),
+    "set": ("set", {"num_refs": 49}, "SeT, 49 references, 32 anchors, 5 Sinkhorn iterations, LePE 3x3"),
+    "sdpa": ("attn", {"impl": "sdpa"}, "softmax attention, F.scaled_dot_product_attention"),
+    "softmax_materialized": ("attn", {"impl": "materialized"}, "softmax attention, softmax(QK^T)V materialised"),
+}
+DEFAULT_CASES = tuple(CASES)
+#: cases whose cost is quadratic in N (for run-time extrapolation before running a size)
+QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 2.0}
+#: the bounded-cost mixers the linear-slope goal is about
+LINEAR_CASES = ("pool", "soft_bounded", "set")
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def estimate_memory(name: str, side: int, mode: str, batch: int = 1) -> int:
+    """A rough lower bound of the extra bytes a case needs, to skip what cannot fit before trying it."""
+    N = side * side
+    act = batch * N * DIM * 4
+    if name == "softmax_materialized":
+        mats = 2 if mode == "inference" else 4  # scores and probabilities (and their gradients)
+        return batch * HEADS * N * N * 4 * mats + 8 * act
+    if name == "soft_stride":
+        m = (side // 8) ** 2
+        mats = 3 if mode == "inference" else 8  # kernel, distances, exponent (and what autograd keeps)
+        return batch * HEADS * N * m * 4 * mats + 8 * act
+    return 16 * act * (1 if mode == "inference" else 3)
+
+
+def build(name: str):
+    from sofa.mixers import build_mixer
+
+    kind, kw, _ = CASES[name]
+    return build_mixer(kind, DIM, None if kind in ("pool", "identity") else HEADS, **kw)
+
+
+def run_case(spec: Dict) -> Dict:
+    """Measure one (mixer, N, mode) case in this process; ``spec`` is what :func:`bench_mixers` sends the worker."""
+    name, side, mode = spec["name"], int(spec["side"]), spec["mode"]
+    device = torch.device(spec.get("device", "cpu"))
+    dtype = DTYPES[spec.get("dtype", "fp32")]
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    measure.configure_malloc()
+    torch.manual_seed(spec.get("seed", 0))
+    random.seed(spec.get("seed", 0))
+    N = side * side
+    mixer = build(name).to(device)
+    x = torch.randn(1, N, DIM, device=device) * float(spec.get("input_scale", 1.0))
+    hw = (side, side)
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else _null())
+    rec: Dict = {"landmarks": mixer.num_landmarks(hw) if hasattr(mixer, "num_landmarks") else None}
+
+    if mode == "inference":
+        mixer.eval()
+
+        def step():
+            with torch.inference_mode(), autocast:
+                return mixer(x, hw=hw)
+    elif mode == "train":
+        mixer.train()
+        xg = x.clone().requires_grad_(True)
+        grad = torch.randn(1, N, DIM, device=device)
+        params = [p for p in mixer.parameters()]
+
+        def step():
+            for p in params:
+                p.grad = None
+            xg.grad = None
+            with autocast:
+                out = mixer(xg, hw=hw)
+            out.backward(grad.to(out.dtype))
+            return None
+    else:
+        raise ValueError(f"mode must be 'inference' or 'train', got {mode!r}")
+
+    budget = spec.get("budget_s")
+    min_rep = int(spec.get("min_repeats", 1))
+    if spec.get("flush_compare", True) and device.type == "cpu":
+        def with_flush(flag: bool) -> Callable[[], object]:
+            def f():
+                torch.set_flush_denormal(flag)
+                try:
+                    return step()
+                finally:
+                    torch.set_flush_denormal(False)
+            return f
+
+        t = measure.time_interleaved({"off": with_flush(False), "on": with_flush(True)}, repeats=spec["repeats"],
+                                     warmup=spec.get("warmup", 1), device=device,
+                                     budget_s=None if budget is None else budget / 2, min_repeats=min_rep)
+        rec.update(t["off"])
+        rec["flush_on"] = t["on"]
+        rec["flush_ratio"] = t["on"]["median_s"] / t["off"]["median_s"]
+    else:
+        rec.update(measure.time_call(step, repeats=spec["repeats"], warmup=spec.get("warmup", 1), device=device,
+                                     budget_s=budget, min_repeats=min_rep))
+    rec.update(measure.peak_memory(step, device))
+    return rec
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def slope(n1: float, t1: float, n2: float, t2: float) -> Optional[float]:
+    """d log t / d log N between two sizes (1 = linear, 2 = quadratic)."""
+    if not (n1 > 0 and n2 > 0 and t1 and t2) or n1 == n2 or t1 <= 0 or t2 <= 0:
+        return None
+    return math.log(t2 / t1) / math.log(n2 / n1)
+
+
+def slopes(records: Sequence[Dict], key: str = "median_s") -> List[Dict]:
+    """Slopes of log(key) against log(N) between successive measured sizes, per (mixer, mode)."""
+    out = []
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in records:
+        if r.get("bench") == "mixers" and r.get("status") == "ok" and r.get(key):
+            groups.setdefault((r["mixer"], r["mode"]), []).append(r)
+    for (mixer, mode), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["N"])
+        for a, b in zip(rs, rs[1:]):
+            out.append({"mixer": mixer, "mode": mode, "from_N": a["N"], "to_N": b["N"], "from_side": a["side"],
+                        "to_side": b["side"], "quantity": key, "slope": slope(a["N"], a[key], b["N"], b[key])})
+    return out
+
+
+def bench_mixers(
+    cases: Sequence[str] = DEFAULT_CASES,
+    sides: Sequence[int] = DEFAULT_SIDES,
+    modes: Sequence[str] = ("inference", "train"),
+    repeats: int = 7,
+    warmup: int = 1,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    threads: Optional[int] = None,
+    isolate: bool = True,
+    budget_s: float = 60.0,
+    max_run_s: float = 150.0,
+    mem_limit: Optional[float] = None,
+    flush_compare: bool = True,
+    input_scale: float = 1.0,
+    log: Callable[[str], None] = print,
+) -> List[Dict]:
+    """Measure every (case, size, mode); returns one record per case (``status`` "ok" or "skipped")."""
+    from sofa.bench.worker import run_isolated
+
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise ValueError(f"unknown mixer case(s) {unknown}; choose from {sorted(CASES)}")
+    if mem_limit is None:
+        avail = measure.available_memory()
+        mem_limit = 0.8 * avail if avail else 16e9
+    records: List[Dict] = []
+    for mode in modes:
+        for name in cases:
+            prev: Optional[Dict] = None
+            for side in sorted(sides):
+                N = side * side
+                base = {"bench": "mixers", "mixer": name, "description": CASES[name][2], "mode": mode,
+                        "side": side, "N": N, "C": DIM, "heads": HEADS, "head_dim": DIM // HEADS, "batch": 1,
+                        "dtype": dtype, "device": device, "input_scale": input_scale}
+                need = estimate_memory(name, side, mode)
+                if device == "cpu" and need > mem_limit:
+                    rec = dict(base, status="skipped",
+                               reason=f"would need at least {need / 1e9:.1f} GB (limit {mem_limit / 1e9:.1f} GB)")
+                    records.append(rec)
+                    log(_line(rec))
+                    continue
+                if prev is not None and prev.get("status") == "ok":
+                    p = QUADRATIC.get(name, 1.0)
+                    est = prev["median_s"] * (N / prev["N"]) ** p
+                    if est > max_run_s:
+                        rec = dict(base, status="skipped", reason=f"estimated {est:.0f} s per run (N^{p:g} from "
+                                   f"{prev['side']}², limit {max_run_s:.0f} s)")
+                        records.append(rec)
+                        log(_line(rec))
+                        continue
+                spec = {"name": name, "side": side, "mode": mode, "repeats": repeats, "warmup": warmup,
+                        "device": device, "dtype": dtype, "threads": threads, "budget_s": budget_s,
+                        "min_repeats": min(5, repeats), "flush_compare": flush_compare, "input_scale": input_scale}
+                try:
+                    result = run_isolated("mixer", spec) if isolate else run_case(spec)
+                    rec = dict(base, status="ok", **result)
+                except Exception as err:  # a case that fails is reported, not fatal to the run
+                    rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+                records.append(rec)
+                log(_line(rec))
+                prev = rec
+    return records
+
+
+def _line(r: Dict) -> str:
+    head = f"{r['mode']:9s} {r['mixer']:21s} N={r['N']:>7d} ({r['side']}²)"
+    if r["status"] != "ok":
+        return f"{head}  {r['status']}: {r.get('reason', '')}"
+    flush = f"  flush on/off {r['flush_ratio']:.2f}" if r.get("flush_ratio") else ""
+    lm = f"  m={r['landmarks']}" if r.get("landmarks") else ""
+    return (f"{head}  {measure.fmt_time(r['median_s']):>9s} ({r['runs']} runs)  peak "
+            f"{measure.fmt_bytes(r.get('peak_mem_bytes')):>9s}{flush}{lm}")

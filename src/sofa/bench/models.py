@@ -1,0 +1,159 @@
+"""``sofa bench models``: images per second and peak memory of whole networks, ours beside timm's alternatives.
+
+Settings: batch 8, 224² and 448² inputs, inference (eval mode, ``torch.inference_mode``), float32 on the CPU, and
+bfloat16 (CPU autocast) where asked for. Each (model, size, dtype) runs in a fresh process. The "fraction of
+matmul peak" column is the model's achieved FLOP rate (2 × multiply–accumulates of one forward, counted by
+``sofa.models.flops``, a dispatcher-level counter that sees every matmul and convolution, Newton iterations
+included, divided by the median time) over the rate of a large GEMM timed in the same run.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from sofa.bench import measure
+from sofa.bench.mixers import DTYPES
+
+#: our models: the families and the pooling/attention hybrids
+SOFA_MODELS = ("soft_tiny", "soft_norm_tiny", "setformer_mini", "poolformer_s12", "poolformer_s12_soft",
+               "poolformer_s12_set", "poolformer_s12_attn")
+#: what a user would pick instead, from timm
+TIMM_MODELS = ("poolformer_s12", "pvt_v2_b1", "deit_tiny_patch16_224", "convnext_atto")
+DEFAULT_SIDES = (224, 448)
+QUICK_SOFA = ("poolformer_mini",)
+QUICK_TIMM = ("resnet18",)
+
+
+def parse_model(token: str) -> tuple:
+    """"timm:NAME" or "NAME" (sofa's) → (source, name)."""
+    if ":" in token:
+        src, name = token.split(":", 1)
+        if src not in ("sofa", "timm"):
+            raise ValueError(f"model source must be 'sofa' or 'timm', got {src!r} in {token!r}")
+        return src, name
+    return "sofa", token
+
+
+def create(source: str, name: str, side: int) -> torch.nn.Module:
+    if source == "timm":
+        import timm
+
+        kw = {}
+        # fixed-size ViTs accept other input sizes when told at construction
+        if any(k in name for k in ("deit", "vit_")):
+            kw["img_size"] = side
+        return timm.create_model(name, pretrained=False, **kw)
+    import sofa.models
+
+    return sofa.models.create_model(name)
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
+    """FLOPs of one forward of ``x`` (2 × MACs), by sofa's counter (falls back to torch's FlopCounterMode)."""
+    try:
+        from sofa.models.flops import flop_counter
+    except ImportError:  # pragma: no cover - the models package is part of sofa
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def flop_counter():
+            return FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), flop_counter() as counter:
+            model(x)
+        return int(counter.get_total_flops())
+    except Exception:  # a model the counter cannot trace: the column stays empty
+        return None
+
+
+def run_case(spec: Dict) -> Dict:
+    """Measure one (model, size, dtype) case in this process."""
+    source, name, side = spec["source"], spec["name"], int(spec["side"])
+    batch = int(spec.get("batch", 8))
+    device = torch.device(spec.get("device", "cpu"))
+    dtype = DTYPES[spec.get("dtype", "fp32")]
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    measure.configure_malloc()
+    torch.manual_seed(0)
+    model = create(source, name, side).to(device).eval()
+    x = torch.randn(batch, 3, side, side, device=device)
+    if spec.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    rec: Dict = {"params": sum(p.numel() for p in model.parameters())}
+    rec["flops"] = count_flops(model, x[:1])
+    rec["flops"] = None if rec["flops"] is None else rec["flops"] * batch
+    fwd = model
+    if spec.get("compile"):
+        fwd = torch.compile(model, mode=None if spec["compile"] is True else spec["compile"])
+
+    def step():
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            return fwd(x)
+
+    rec.update(measure.time_call(step, repeats=int(spec.get("repeats", 5)), warmup=int(spec.get("warmup", 2)),
+                                 device=device, budget_s=spec.get("budget_s"), min_repeats=min(5, spec["repeats"])))
+    rec.update(measure.peak_memory(step, device))
+    return rec
+
+
+def bench_models(
+    models: Sequence[str],
+    sides: Sequence[int] = DEFAULT_SIDES,
+    dtypes: Sequence[str] = ("fp32",),
+    batch: int = 8,
+    repeats: int = 5,
+    warmup: int = 2,
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    isolate: bool = True,
+    compile: bool | str = False,
+    channels_last: bool = False,
+    budget_s: float = 60.0,
+    gemm_size: int = 2048,
+    log: Callable[[str], None] = print,
+) -> List[Dict]:
+    """Measure every (model, size, dtype); the first record is the GEMM peak of the same run."""
+    from sofa.bench.worker import run_isolated
+
+    records: List[Dict] = []
+    gemm_spec = {"device": device, "threads": threads, "size": gemm_size, "repeats": 7}
+    g = run_isolated("gemm", gemm_spec) if isolate else measure.matmul_peak(device, size=gemm_size, repeats=7)
+    records.append({"bench": "gemm", "dtype": "fp32", "device": device, "status": "ok", **g})
+    log(f"GEMM {gemm_size}x{gemm_size}x{gemm_size} fp32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s (median of 7), "
+        f"best {g['best_flops_per_s'] / 1e9:.1f}")
+    peak = g["flops_per_s"]  # the peak column is always against the fp32 GEMM
+    for side in sides:
+        for dt in dtypes:
+            for token in models:
+                source, name = parse_model(token)
+                base = {"bench": "models", "source": source, "model": name, "side": side, "batch": batch,
+                        "dtype": dt, "device": device, "compile": compile or False, "channels_last": channels_last}
+                spec = {"source": source, "name": name, "side": side, "batch": batch, "dtype": dt, "device": device,
+                        "threads": threads, "repeats": repeats, "warmup": warmup, "compile": compile,
+                        "channels_last": channels_last, "budget_s": budget_s}
+                try:
+                    result = run_isolated("model", spec) if isolate else run_case(spec)
+                    rec = dict(base, status="ok", **result)
+                    rec["images_per_s"] = batch / rec["median_s"]
+                    if rec.get("flops"):
+                        rec["flops_per_s"] = rec["flops"] / rec["median_s"]
+                        rec["fraction_of_matmul_peak"] = rec["flops_per_s"] / peak
+                except Exception as err:
+                    rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+                records.append(rec)
+                log(_line(rec))
+    return records
+
+
+def _line(r: Dict) -> str:
+    head = f"{r['source']}:{r['model']:24s} {r['side']}² {r['dtype']:4s}"
+    if r["status"] != "ok":
+        return f"{head}  {r['status']}: {r.get('reason', '')}"
+    frac = r.get("fraction_of_matmul_peak")
+    frac = f"{100 * frac:5.1f}% of GEMM" if frac else ""
+    return (f"{head}  {r['images_per_s']:8.1f} img/s  peak {measure.fmt_bytes(r.get('peak_mem_bytes')):>9s}  "
+            f"{(r.get('flops') or 0) / r['batch'] / 1e9:6.2f} GFLOP/img  {frac}")

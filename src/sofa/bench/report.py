@@ -1,0 +1,239 @@
+"""Tables (Markdown), the goals of the benchmark issue checked against a run, the JSON file and the plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from sofa.bench import measure
+from sofa.bench.mixers import LINEAR_CASES, slopes
+
+# The goals, as the benchmark issue states them (all in one run, on one machine).
+SLOPE_GOAL = 1.15
+SPEEDUP_GOALS = {224: 50.0, 56: 2.0}
+FLUSH_GOAL = 0.10
+POOLFORMER_GOAL = 1.2
+
+
+def _by(records, **kw) -> List[Dict]:
+    return [r for r in records if all(r.get(k) == v for k, v in kw.items())]
+
+
+def _one(records, **kw) -> Optional[Dict]:
+    rs = [r for r in _by(records, **kw) if r.get("status") == "ok"]
+    return rs[0] if rs else None
+
+
+def mixer_table(records: Sequence[Dict], mode: str) -> str:
+    rs = _by(records, bench="mixers", mode=mode)
+    if not rs:
+        return ""
+    sides = sorted({r["side"] for r in rs})
+    names = list(dict.fromkeys(r["mixer"] for r in rs))
+    head = "| mixer | " + " | ".join(f"{s}² = {s * s:,} tokens" for s in sides) + " |"
+    lines = [head, "|---" * (len(sides) + 1) + "|"]
+    for name in names:
+        cells = []
+        for s in sides:
+            r = next((r for r in rs if r["mixer"] == name and r["side"] == s), None)
+            if r is None:
+                cells.append("")
+            elif r["status"] != "ok":
+                cells.append(f"{r['status']}: {r.get('reason', '')}")
+            else:
+                runs = "" if r["runs"] >= 5 else f" ({r['runs']} run{'s' if r['runs'] > 1 else ''})"
+                lm = f", m={r['landmarks']}" if r.get("landmarks") and name.startswith("soft") else ""
+                cells.append(f"{measure.fmt_time(r['median_s'])}{runs} / {measure.fmt_bytes(r.get('peak_mem_bytes'))}"
+                             f"{lm}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def slope_table(records: Sequence[Dict], key: str = "median_s") -> str:
+    sl = slopes(records, key)
+    if not sl:
+        return ""
+    pairs = sorted({(s["from_side"], s["to_side"]) for s in sl})
+    keys = list(dict.fromkeys((s["mixer"], s["mode"]) for s in sl))
+    lines = ["| mixer | mode | " + " | ".join(f"{a}²→{b}²" for a, b in pairs) + " |",
+             "|---|---" + "|---" * len(pairs) + "|"]
+    for mixer, mode in keys:
+        cells = []
+        for a, b in pairs:
+            s = next((s for s in sl if s["mixer"] == mixer and s["mode"] == mode and s["from_side"] == a
+                      and s["to_side"] == b), None)
+            cells.append("" if s is None or s["slope"] is None else f"{s['slope']:.2f}")
+        lines.append(f"| {mixer} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def flush_table(records: Sequence[Dict]) -> str:
+    rs = [r for r in _by(records, bench="mixers", mode="inference", status="ok") if r.get("flush_ratio")]
+    if not rs:
+        return ""
+    sides = sorted({r["side"] for r in rs})
+    names = list(dict.fromkeys(r["mixer"] for r in rs))
+    lines = ["| mixer | " + " | ".join(f"{s}²" for s in sides) + " |", "|---" * (len(sides) + 1) + "|"]
+    for name in names:
+        cells = []
+        for s in sides:
+            r = next((r for r in rs if r["mixer"] == name and r["side"] == s), None)
+            cells.append("" if r is None else f"{r['flush_ratio']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mixer_goals(records: Sequence[Dict]) -> List[Dict]:
+    """Each goal of the issue about mixers: what it asks, the measured value, met or not."""
+    goals = []
+    sl = slopes(records)
+    for name in LINEAR_CASES:
+        s = next((s for s in sl if s["mixer"] == name and s["mode"] == "inference" and s["from_side"] == 112
+                  and s["to_side"] == 224), None)
+        if s is not None and s["slope"] is not None:
+            goals.append({"goal": f"slope {name} 112²→224² (inference) ≤ {SLOPE_GOAL}", "value": round(s["slope"], 3),
+                          "met": s["slope"] <= SLOPE_GOAL})
+    for side, want in SPEEDUP_GOALS.items():
+        ref = _one(records, bench="mixers", mixer="sdpa", mode="inference", side=side)
+        for name in ("soft_bounded", "set"):
+            r = _one(records, bench="mixers", mixer=name, mode="inference", side=side)
+            if ref and r:
+                v = ref["median_s"] / r["median_s"]
+                goals.append({"goal": f"{name} ≥ {want:g}× faster than SDPA at {side}² (inference)",
+                              "value": round(v, 2), "met": v >= want})
+    flush = [r for r in _by(records, bench="mixers", status="ok") if r.get("flush_ratio")]
+    if flush:
+        worst = max(flush, key=lambda r: abs(r["flush_ratio"] - 1))
+        goals.append({"goal": f"flush-denormal on/off changes no mixer's time by more than {FLUSH_GOAL:.0%}",
+                      "value": f"worst {worst['flush_ratio']:.2f} ({worst['mixer']}, {worst['side']}², "
+                               f"{worst['mode']})", "met": abs(worst["flush_ratio"] - 1) <= FLUSH_GOAL})
+        ours = [r for r in flush if r["mixer"] in ("pool", "soft_stride", "soft_bounded", "set")]
+        if ours:
+            w = max(ours, key=lambda r: abs(r["flush_ratio"] - 1))
+            goals.append({"goal": f"... the same for our own mixers (pool, SOFT, SeT)",
+                          "value": f"worst {w['flush_ratio']:.2f} ({w['mixer']}, {w['side']}², {w['mode']})",
+                          "met": abs(w["flush_ratio"] - 1) <= FLUSH_GOAL})
+    return goals
+
+
+def model_table(records: Sequence[Dict]) -> str:
+    rs = _by(records, bench="models")
+    if not rs:
+        return ""
+    lines = ["| model | from | input | dtype | images/s | peak memory | GFLOP/image | % of fp32 GEMM peak |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rs:
+        mode = r["dtype"] + (", compiled" if r.get("compile") else "") + (", channels-last" if r.get("channels_last")
+                                                                          else "")
+        if r["status"] != "ok":
+            lines.append(f"| {r['model']} | {r['source']} | {r['side']}² | {mode} | {r['status']}: "
+                         f"{r.get('reason', '')} | | | |")
+            continue
+        frac = r.get("fraction_of_matmul_peak")
+        gf = (r.get("flops") or 0) / r["batch"] / 1e9
+        lines.append(f"| {r['model']} | {r['source']} | {r['side']}² | {mode} | {r['images_per_s']:.1f} | "
+                     f"{measure.fmt_bytes(r.get('peak_mem_bytes'))} | {gf:.2f} | "
+                     f"{'' if frac is None else f'{100 * frac:.1f}%'} |")
+    return "\n".join(lines)
+
+
+def model_goals(records: Sequence[Dict]) -> List[Dict]:
+    goals = []
+    for r in _by(records, bench="models", source="sofa", model="poolformer_s12", status="ok"):
+        t = next((t for t in _by(records, bench="models", source="timm", model="poolformer_s12", status="ok")
+                  if t["side"] == r["side"] and t["dtype"] == r["dtype"] and t.get("compile") == r.get("compile")
+                  and t.get("channels_last") == r.get("channels_last")), None)
+        if t:
+            v = r["images_per_s"] / t["images_per_s"]
+            mode = "compiled" if r.get("compile") else "eager"
+            goals.append({"goal": f"poolformer_s12 ≥ {POOLFORMER_GOAL}× timm's port ({mode}, {r['side']}², "
+                                  f"{r['dtype']})", "value": round(v, 3), "met": v >= POOLFORMER_GOAL})
+    return goals
+
+
+def goals_table(goals: Sequence[Dict]) -> str:
+    if not goals:
+        return ""
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    for g in goals:
+        lines.append(f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, payload: Dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+
+
+def plot_mixers(records: Sequence[Dict], path: str | Path, title: str = "") -> None:
+    """Time and peak memory against N on log-log axes, one line per mixer (inference solid, training dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rs = [r for r in records if r.get("bench") == "mixers" and r.get("status") == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = list(dict.fromkeys(r["mixer"] for r in rs))
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    for ax, key, label in ((axes[0], "median_s", "median time (s)"), (axes[1], "peak_mem_bytes", "peak memory (bytes)")):
+        for name in names:
+            for mode, style in (("inference", "-"), ("train", "--")):
+                pts = sorted((r["N"], r[key]) for r in rs if r["mixer"] == name and r["mode"] == mode and r.get(key))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=colors[name],
+                            label=f"{name} ({mode})")
+        ns = sorted({r["N"] for r in rs})
+        vals = [r[key] for r in rs if r.get(key)]
+        if len(ns) >= 2 and vals:
+            lo = min(vals)
+            for p, ls in ((1, ":"), (2, "-.")):
+                ax.plot(ns, [lo * (n / ns[0]) ** p for n in ns], ls, color="grey", linewidth=1, label=f"∝ N^{p}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens N")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.subplots_adjust(right=0.78, wspace=0.25)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_models(records: Sequence[Dict], path: str | Path, title: str = "") -> None:
+    """Images/s of each model at each size (bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rs = [r for r in records if r.get("bench") == "models" and r.get("status") == "ok"]
+    keys = list(dict.fromkeys((r["source"], r["model"]) for r in rs))
+    groups = list(dict.fromkeys((r["side"], r["dtype"]) for r in rs))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(keys) + 2), 4.5))
+    width = 0.8 / max(1, len(groups))
+    for gi, (side, dt) in enumerate(groups):
+        ys = []
+        for src, m in keys:
+            r = next((r for r in rs if r["source"] == src and r["model"] == m and r["side"] == side
+                      and r["dtype"] == dt), None)
+            ys.append(r["images_per_s"] if r else 0)
+        ax.bar([i + gi * width for i in range(len(keys))], ys, width, label=f"{side}² {dt}")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])
+    ax.set_xticklabels([f"{m}\n({src})" for src, m in keys], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("images / s")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,114 @@
+"""The benchmark harness itself (sofa.bench): fields, slopes, skipping, memory method, plots. No timed assertions."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sofa.bench import measure, report
+from sofa.bench.mixers import bench_mixers, slope, slopes
+from sofa.cli import main
+
+
+def _rec(mixer, side, t, mode="inference", **kw):
+    return dict(bench="mixers", mixer=mixer, mode=mode, side=side, N=side * side, status="ok", median_s=t, **kw)
+
+
+def test_slope_of_synthetic_timings():
+    assert slope(100, 1.0, 400, 4.0) == pytest.approx(1.0)
+    assert slope(100, 1.0, 400, 16.0) == pytest.approx(2.0)
+    assert slope(100, 1.0, 100, 2.0) is None and slope(100, 0.0, 400, 1.0) is None
+    recs = [_rec("a", 56, 1.0), _rec("a", 112, 4.4), _rec("a", 224, 16.0), _rec("b", 56, 1.0), _rec("b", 112, 16.0),
+            dict(_rec("b", 224, 0.0), status="skipped")]
+    sl = {(s["mixer"], s["from_side"], s["to_side"]): s["slope"] for s in slopes(recs)}
+    assert sl[("a", 56, 112)] == pytest.approx(math.log(4.4) / math.log(4))
+    assert sl[("b", 56, 112)] == pytest.approx(2.0)
+    assert ("b", 112, 224) not in sl  # a skipped size gives no slope
+
+
+def test_goals_on_synthetic_records():
+    recs = [_rec("sdpa", 56, 1.0), _rec("sdpa", 224, 100.0), _rec("soft_bounded", 56, 0.2),
+            _rec("soft_bounded", 112, 0.3), _rec("soft_bounded", 224, 1.5, flush_ratio=1.3), _rec("set", 224, 1.0)]
+    goals = {g["goal"]: g for g in report.mixer_goals(recs)}
+    speed = next(g for k, g in goals.items() if k.startswith("soft_bounded") and "224" in k)
+    assert speed["value"] == pytest.approx(100 / 1.5, rel=1e-2) and speed["met"]
+    slope_goal = next(g for k, g in goals.items() if k.startswith("slope soft_bounded"))
+    assert not slope_goal["met"]  # 0.3 → 1.5 s for 4× the tokens is a slope of 1.16
+    flush = next(g for k, g in goals.items() if k.startswith("flush"))
+    assert not flush["met"]
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    if not measure._reset_hwm():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    size = 64 * 2**20
+
+    def f():
+        t = torch.ones(size // 4)  # 64 MiB, written so that it is resident
+        return float(t[-1])
+
+    r = measure.peak_memory(f)
+    assert 0.9 * size <= r["peak_mem_bytes"] <= 1.5 * size + 16 * 2**20, r
+    assert measure.peak_memory(lambda: None)["peak_mem_bytes"] < 8 * 2**20
+
+
+def test_time_call_and_interleaved_record_every_run():
+    t = measure.time_call(lambda: None, repeats=3, warmup=1)
+    assert t["runs"] == 3 and len(t["times_s"]) == 3 and t["median_s"] >= 0
+    t = measure.time_interleaved({"a": lambda: None, "b": lambda: None}, repeats=2, warmup=0)
+    assert set(t) == {"a", "b"} and t["a"]["runs"] == 2
+
+
+def test_quick_mixer_run_writes_json_and_plot(tmp_path):
+    js, png, md = tmp_path / "m.json", tmp_path / "m.png", tmp_path / "m.md"
+    code = main(["bench", "mixers", "--quick", "--mixers", "pool,soft_bounded,set,sdpa", "--sizes", "8,16",
+                 "--repeats", "1", "--threads", "1", "--json", str(js), "--plot", str(png), "--markdown", str(md)])
+    assert code == 0
+    payload = json.loads(js.read_text())
+    assert {"command", "settings", "machine", "records", "slopes", "goals"} <= set(payload)
+    assert payload["machine"]["torch"] == torch.__version__
+    recs = payload["records"]
+    assert len(recs) == 4 * 2 * 2  # cases × sizes × modes
+    for r in recs:
+        assert r["status"] == "ok", r
+        assert {"mixer", "mode", "N", "side", "C", "heads", "dtype", "median_s", "times_s", "runs", "peak_mem_bytes",
+                "mem_method", "flush_ratio"} <= set(r)
+        assert r["N"] == r["side"] ** 2 and r["median_s"] > 0
+    soft = [r for r in recs if r["mixer"] == "soft_bounded"]
+    assert all(r["landmarks"] >= 1 for r in soft)
+    assert {(s["mixer"], s["mode"]) for s in payload["slopes"]} >= {("pool", "inference"), ("set", "train")}
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "| soft_bounded |" in md.read_text()
+
+
+def test_sizes_that_cannot_fit_are_skipped_with_the_reason():
+    recs = bench_mixers(["softmax_materialized"], [224], ["inference"], repeats=1, isolate=False, mem_limit=24e9,
+                        log=lambda s: None)
+    assert recs[0]["status"] == "skipped" and "would need" in recs[0]["reason"]
+
+
+def test_worker_runs_a_case_in_a_fresh_process():
+    from sofa.bench.worker import run_isolated
+
+    r = run_isolated("mixer", {"name": "pool", "side": 8, "mode": "inference", "repeats": 1, "threads": 1,
+                               "flush_compare": False}, timeout=120)
+    assert r["runs"] == 1 and r["median_s"] > 0 and "fresh process" in r["mem_method"]
+
+
+def test_quick_model_run_against_timm(tmp_path):
+    js = tmp_path / "models.json"
+    code = main(["bench", "models", "--quick", "--threads", "1", "--repeats", "1", "--json", str(js),
+                 "--plot", str(tmp_path / "models.png")])
+    assert code == 0
+    payload = json.loads(js.read_text())
+    gemm = [r for r in payload["records"] if r["bench"] == "gemm"]
+    assert len(gemm) == 1 and gemm[0]["flops_per_s"] > 0
+    models = [r for r in payload["records"] if r["bench"] == "models"]
+    assert {(r["source"], r["model"]) for r in models} == {("sofa", "poolformer_mini"), ("timm", "resnet18")}
+    for r in models:
+        assert r["status"] == "ok", r
+        assert r["images_per_s"] > 0 and r["flops"] > 0 and r["fraction_of_matmul_peak"] > 0
+        assert r["batch"] == 2 and r["side"] == 32
+    assert (tmp_path / "models.png").read_bytes()[:4] == b"\x89PNG"
