@@ -29,10 +29,17 @@ def mix_seed(*parts: int) -> int:
     return h & _MASK
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, cuda: bool = False) -> None:
+    """Seed python ``random``, numpy and torch's CPU generator (and the current CUDA device's if ``cuda``).
+
+    ``torch.default_generator.manual_seed`` rather than ``torch.manual_seed``: the latter also queues a lazy
+    seeding of every CUDA device, costing ~0.2 ms, which adds up when done per sample.
+    """
     random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if cuda:
+        torch.cuda.manual_seed(seed)
 
 
 class EpochShardSampler(Sampler):

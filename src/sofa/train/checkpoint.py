@@ -191,17 +191,18 @@ def load_model_weights(
             f"head ({', '.join(sorted(head))}) re-initialised, the rest loaded"
         )
     if missing or unexpected or shape:
+        def names(keys, fmt=str):
+            more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+            return ", ".join(fmt(k) for k in keys[:6]) + more
+
         parts = []
         if shape:
-            parts.append(
-                f"{len(shape)} with other shapes: "
-                + ", ".join(f"{k} {tuple(sd[k].shape)} in checkpoint vs {tuple(own[k].shape)} in model" for k in shape[:6])
-                + (" ..." if len(shape) > 6 else "")
-            )
+            parts.append(f"{len(shape)} with other shapes: " + names(
+                shape, lambda k: f"{k} {tuple(sd[k].shape)} in checkpoint vs {tuple(own[k].shape)} in model"))
         if missing:
-            parts.append(f"{len(missing)} missing from the checkpoint: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+            parts.append(f"{len(missing)} missing from the checkpoint: {names(missing)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} not in the model: {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
+            parts.append(f"{len(unexpected)} not in the model: {names(unexpected)}")
         arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
         other = f" (it was saved from model {checkpoint_model!r})" if checkpoint_model and checkpoint_model != arch else ""
         raise UserError(

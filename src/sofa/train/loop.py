@@ -284,9 +284,11 @@ class _Signals:
 def train(cfg: argparse.Namespace) -> TrainResult:
     """Run ``cfg`` (fully resolved options, see ``sofa.train.config``). Returns where things were written."""
     d = setup_distributed(cfg.device)
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, d)
     finally:
+        torch.set_num_threads(threads)
         teardown_distributed(d)
 
 
@@ -328,6 +330,7 @@ def _train(cfg: argparse.Namespace, d: Dist) -> TrainResult:
 
 def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path, resume_state) -> TrainResult:
     device = d.device
+    torch.manual_seed(int(cfg.seed))  # model initialisation (also CUDA)
     seed_everything(int(cfg.seed))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -481,7 +484,7 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
             bar = rep.bar(steps_per_epoch, first, f"epoch {epoch + 1}/{cfg.epochs}")
             step = first
             for step, batch in enumerate(train_loader, start=first):
-                seed_everything(mix_seed(int(cfg.seed), epoch, step, d.rank, 0x57E9))
+                seed_everything(mix_seed(int(cfg.seed), epoch, step, d.rank, 0x57E9), cuda=device.type == "cuda")
                 batch = task.to_device(batch, device)
                 with autocast():
                     out = task.train_step(train_model, batch)

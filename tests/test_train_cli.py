@@ -1,0 +1,223 @@
+"""sofa train / eval / predict end to end (in-process, tiny model and images), and every refusal the issue lists."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sofa.cli import main
+from sofa.data.synthetic import make_image_folder
+
+# one thread: on a shared, loaded 2-core machine that is several times faster than two for models this small
+TINY = ["--model", "test_vit", "--img-size", "16", "--workers", "0", "--progress", "log", "--log-interval", "2",
+        "--threads", "1"]
+
+
+def sofa(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = make_image_folder(tmp_path_factory.mktemp("shapes"), num_classes=3, train_per_class=8, val_per_class=4)
+    (root / "train" / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(folder, tmp_path_factory) -> Path:
+    """A finished 2-epoch run on the 3-class folder (shared by the tests that need a checkpoint)."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert sofa("train", "--data", folder, *TINY, "--epochs", 2, "-b", 8, "--output", out) == 0
+    return out
+
+
+def test_train_writes_everything_and_says_where(run, folder, capsys):
+    for name in ("last.pt", "model.safetensors", "best.safetensors", "metrics.jsonl", "curves.png", "config.yaml",
+                 "log.txt"):
+        assert (run / name).is_file(), name
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no temp files left behind
+    log = (run / "log.txt").read_text()
+    assert "wrote " + str(run) in log and "best.safetensors" in log and "sofa eval" in log
+    assert "1 unreadable image(s)" in log  # broken.png skipped and counted, not fatal
+    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in recs if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for key in ("train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr", "images_per_s"):
+        assert key in epochs[-1], key
+    assert epochs[-1]["val_count"] == 12
+    assert any(r["type"] == "step" for r in recs)
+    png = Image.open(run / "curves.png")
+    assert png.format == "PNG" and png.size[0] > 800
+    # the full training state loads with weights_only=True and has every part
+    state = torch.load(run / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step_in_epoch", "global_step", "rng",
+                "config", "best"):
+        assert key in state, key
+    assert state["epoch"] == 2 and state["step_in_epoch"] == 0 and state["config"]["model"] == "test_vit"
+
+
+def test_eval_prints_and_writes_json(run, capsys):
+    capsys.readouterr()
+    assert sofa("eval", run, "--workers", 0, "--progress", "none") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"top1 [\d.]+\s+top5 [\d.]+\s+loss [\d.]+", out), out
+    rec = json.loads((run / "eval_" + "shapes0.json" if False else next(run.glob("eval_*.json"))).read_text())
+    m = rec["metrics"]
+    assert m["count"] == 12 and 0 <= m["top1"] <= m["top5"] <= 100 and m["loss"] > 0
+    assert rec["model"] == "test_vit"
+    # an explicit output path and another dataset (the same folder given explicitly)
+    target = run.parent / "e.json"
+    assert sofa("eval", run / "model.safetensors", "--data", Path(rec["data"]), "-o", target, "--workers", 0) == 0
+    assert json.loads(target.read_text())["metrics"]["count"] == 12
+
+
+def test_predict_gives_topk_with_probabilities(run, folder, capsys):
+    img = next((folder / "val" / "class_1").glob("*.png"))
+    gray = run.parent / "gray.png"
+    Image.open(img).convert("L").save(gray)
+    capsys.readouterr()
+    assert sofa("predict", img, gray, "--checkpoint", run, "-k", 2, "--json", run.parent / "p.json") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"1\. class_\d\s+0\.\d{4}", out) and str(gray) in out
+    preds = json.loads((run.parent / "p.json").read_text())
+    assert len(preds) == 2 and all(len(p["top"]) == 2 for p in preds)
+    probs = [t["prob"] for t in preds[0]["top"]]
+    assert probs[0] >= probs[1] and sum(probs) <= 1.0 + 1e-6
+    # an unreadable file is reported, the others still predicted, exit code 1
+    bad = run.parent / "bad.jpg"
+    bad.write_bytes(b"nope")
+    assert sofa("predict", img, bad, "-c", run) == 1
+    out = capsys.readouterr().out
+    assert "unreadable image" in out and "1. class_" in out
+
+
+def test_digits_quick_run_learns(tmp_path, capsys):
+    """The default data (digits), a cheap model, 3 epochs: far above the 10% of chance."""
+    out = tmp_path / "d"
+    assert sofa("train", *TINY, "--epochs", 3, "--output", out) == 0
+    text = capsys.readouterr().out
+    assert "digits (scikit-learn, bundled): 1437 train / 360 val" in text
+    last = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["val_top1"] > 60, last
+
+
+def test_recipe_options_all_at_once(folder, tmp_path):
+    """Mixup+CutMix, RandAugment, random erasing, drop path, clipping, EMA, bf16, channels-last, grad ckpt."""
+    out = tmp_path / "r"
+    assert sofa("train", "--data", folder, *TINY, "--epochs", 2, "-b", 6, "--output", out, "--mixup", 0.8,
+                "--cutmix", 1.0, "--aa", "rand-m9-mstd0.5-inc1", "--reprob", 0.25, "--drop-path", 0.1,
+                "--clip-grad", 1.0, "--ema", "--ema-decay", 0.9, "--amp", "bf16", "--channels-last",
+                "--grad-checkpointing", "--smoothing", 0.1, "--warmup-epochs", 1, "--opt", "adamw") == 0
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    assert "ema_val_top1" in recs[-1] and (out / "model_ema.safetensors").is_file()
+    cfg = (out / "config.yaml").read_text()
+    assert "amp: bf16" in cfg and "grad_checkpointing: true" in cfg and "mixup: 0.8" in cfg
+
+
+def test_config_file_and_precedence(folder, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {folder}\nmodel: test_vit\nimg-size: 16\nepochs: 1\nbatch_size: 12\nlr: 0.01\nworkers: 0\nthreads: 1\n")
+    out = tmp_path / "o"
+    assert sofa("train", "--config", cfg, "--lr", 0.02, "--output", out, "--progress", "none") == 0
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["batch_size"] == 12 and saved["lr"] == 0.02  # CLI beats the file
+    assert saved["aa"] == "rand-m9-mstd0.5-inc1"  # an image folder gets the ImageNet recipe's defaults
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps({"data": str(folder), "model": "test_vit", "epochs": 1, "img_size": 16, "workers": 0, "threads": 1,
+                              "output": str(tmp_path / "j")}))
+    assert sofa("train", "--config", js, "--progress", "none") == 0 and (tmp_path / "j" / "last.pt").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\nlearning_rate: 3\n")
+    capsys.readouterr()
+    assert sofa("train", "--config", bad) == 2
+    assert "unknown option(s): learning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p / "missing", r"does not exist"),
+        (lambda p: p, r"no train/ folder"),
+        (lambda p: (make_image_folder(p, 2, 2, 1), (p / "train" / "empty_class").mkdir(), p)[-1],
+         r"hold no images .*empty_class"),
+    ],
+    ids=["missing", "empty", "class-without-images"],
+)
+def test_bad_data_is_refused_clearly(tmp_path, capsys, setup, message):
+    data = setup(tmp_path)
+    assert sofa("train", "--data", data, *TINY, "--output", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err) and "Traceback" not in err
+
+
+def test_checkpoint_of_another_model_names_the_keys(run, folder, tmp_path, capsys):
+    capsys.readouterr()
+    assert sofa("train", "--data", folder, *TINY, "--model", "test_resnet", "--checkpoint", run,
+                "--output", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "does not fit model 'test_resnet'" in err and "saved from model 'test_vit'" in err
+    assert "missing from the checkpoint: " in err and "not in the model: " in err and "blocks.0.attn" in err, err
+    assert sofa("eval", run, "--model", "test_resnet", "--workers", 0) == 2
+    assert "does not fit model" in capsys.readouterr().err
+
+
+def test_finetune_with_another_number_of_classes_reinitialises_the_head(run, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / "ft"
+    assert sofa("train", *TINY, "--checkpoint", run, "--epochs", 1, "--output", out) == 0  # digits: 10 classes
+    text = capsys.readouterr().out
+    assert re.search(r"classifier for 3 classes, this run has 10: head \(head.bias, head.weight\) re-initialised", text)
+    from safetensors.torch import load_file
+
+    a, b = load_file(run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert b["head.weight"].shape == (10, 64) and a["head.weight"].shape == (3, 64)
+
+
+def test_nan_loss_stops_with_step_and_hint_keeping_last_good_checkpoint(folder, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "nan"
+    monkeypatch.setenv("SOFA_DEBUG_NAN_AT_STEP", "5")  # 3 steps per epoch: epoch 2, step 2
+    capsys.readouterr()
+    assert sofa("train", "--data", folder, *TINY, "--epochs", 3, "-b", 8, "--output", out) == 3
+    err = capsys.readouterr().err
+    assert "loss is nan at epoch 2, step 2 (global step 5)" in err
+    assert f"{out / 'last.pt'} (after epoch 1), kept" in err and "lower --lr" in err
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    monkeypatch.delenv("SOFA_DEBUG_NAN_AT_STEP")
+    assert sofa("train", "--resume", out) == 0  # and the run can go on from there
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_other_refusals(run, folder, tmp_path, capsys):
+    capsys.readouterr()
+    assert sofa("train", "--data", folder, *TINY, "--output", run) == 2  # would overwrite a run
+    assert "already holds a run: continue it with --resume" in capsys.readouterr().err
+    assert sofa("train", "--model", "no_such_model", "--output", tmp_path / "m") == 2
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
+    assert sofa("train", "--resume", tmp_path / "nothing") == 2
+    assert "no training state" in capsys.readouterr().err
+    assert sofa("train", "--epochs", 0) == 2
+    assert "--epochs must be > 0" in capsys.readouterr().err
+    assert sofa("train", "--amp", "fp16", "--device", "cpu", *TINY, "--output", tmp_path / "f") == 2
+    assert "--amp bf16" in capsys.readouterr().err
+    assert sofa("eval", tmp_path / "nowhere") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_lists_the_recipe_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--epochs", "--batch-size", "--lr", "--weight-decay", "--warmup-epochs", "--img-size", "--workers",
+                "--seed", "--output", "--config", "--resume", "--mixup", "--cutmix", "--aa", "--reprob",
+                "--drop-path", "--clip-grad", "--ema", "--amp", "--channels-last", "--compile",
+                "--grad-checkpointing", "--smoothing"):
+        assert opt in text, opt
