@@ -146,6 +146,7 @@ def write_shapes(
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
         summary[split] = {"images": len(images), "instances": len(annotations)}
     meta = {
+        "dataset": "sofa-shapes",
         "classes": list(SHAPE_CLASSES),
         "label_map": {"0": "background"} | {str(k + 1): n for k, n in enumerate(SHAPE_CLASSES)},
         "note": "ADE20K-style label maps: 0 is background; reduce_zero_label=True ignores it (3 classes), "

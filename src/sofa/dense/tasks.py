@@ -52,7 +52,15 @@ def shapes_root(num_train: int = 200, num_val: int = 50) -> Path:
 
 
 def _is_shapes(cfg) -> bool:
-    return str(getattr(cfg, "data", None) or SHAPES) in (SHAPES, "digits")
+    """The synthetic set: ``--data shapes`` (the default) or a folder written by ``sofa data shapes``."""
+    data = str(getattr(cfg, "data", None) or SHAPES)
+    if data in (SHAPES, "digits"):  # "digits" is the loop's default data, meaningless for dense tasks
+        return True
+    meta = Path(data) / "classes.json"
+    try:
+        return meta.is_file() and json.loads(meta.read_text()).get("dataset") == "sofa-shapes"
+    except (OSError, ValueError):
+        return False
 
 
 def _data_root(cfg) -> Path:
@@ -136,7 +144,8 @@ class SegmentationTask(Task):
                                     min_lr=0.0, weight_decay=0.01, warmup_epochs=1.2, sched="poly", drop_path=0.1)
     #: quick CPU profile for the synthetic shapes
     SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_s12", epochs=8, batch_size=8, lr=1e-3, min_lr=1e-5,
-                                          weight_decay=0.01, warmup_epochs=0.5, sched="cosine", drop_path=0.0)
+                                          weight_decay=0.01, warmup_epochs=0.5, sched="cosine", drop_path=0.0,
+                                          decoder_channels=64)
 
     @classmethod
     def add_args(cls, p) -> None:
@@ -158,6 +167,8 @@ class SegmentationTask(Task):
         p.add_argument("--inference", default="whole", choices=("whole", "slide"), help="evaluation mode")
         p.add_argument("--slide-stride", type=_ints, default=None,
                        help="sliding-window stride (default 2/3 of the crop, e.g. 341 for 512)")
+        p.add_argument("--per-class-iou", action=argparse.BooleanOptionalAction, default=None,
+                       help="report IoU.<class> for every class (default: when there are at most 20 classes)")
         _add_common(p)
 
     @classmethod
@@ -292,7 +303,8 @@ class SegmentationTask(Task):
         res = m.compute()
         out = {"mIoU": 100 * res["mIoU"], "aAcc": 100 * res["aAcc"], "mAcc": 100 * res["mAcc"],
                "images": int(sums.get("images", torch.tensor(0.0)))}
-        out.update({f"IoU.{k}": 100 * v for k, v in res["IoU"].items()})
+        if len(self.classes) <= 20 or getattr(self.cfg, "per_class_iou", False):
+            out.update({f"IoU.{k}": 100 * v for k, v in res["IoU"].items()})
         return out
 
     def checkpoint_metadata(self) -> dict[str, Any]:
@@ -450,7 +462,7 @@ class DetectionTask(Task):
         if ctx.rank == 0:
             for results, ids in gathered[1:]:
                 ev.add_results(results, ids)
-            res = flat_coco_metrics(ev.compute())
+            res = {k: v for k, v in flat_coco_metrics(ev.compute()).items() if "_AR" not in k}
             res["images"] = len(set(ev.image_ids))
         return ctx.all_gather_object(res)[0]
 
