@@ -436,6 +436,8 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
 
     debug_kill = _debug_int("SOFA_DEBUG_KILL_AT_STEP")
     debug_nan = _debug_int("SOFA_DEBUG_NAN_AT_STEP")
+    # test hooks: "2:USR1,3:TERM" sends those signals to this process after those global steps
+    debug_signals = {int(k): v for k, v in (x.split(":") for x in os.environ.get("SOFA_DEBUG_SIGNAL_AT_STEP", "").split(",") if x)}
     files = {
         "last.pt": "training state (--resume)",
         "model.safetensors": "final weights",
@@ -566,6 +568,8 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                     return TrainResult(run_dir, best, last_metrics, files)
                 if debug_kill is not None and global_step == debug_kill:
                     os.kill(os.getpid(), signal.SIGKILL)
+                if global_step in debug_signals:
+                    os.kill(os.getpid(), getattr(signal, "SIG" + debug_signals[global_step]))
             if bar is not None:
                 bar.close()
             epoch_time = time.perf_counter() - t0
