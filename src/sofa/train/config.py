@@ -51,8 +51,6 @@ LOOP_DEFAULTS: dict[str, Any] = dict(
     threads=0,
 )
 
-# the model of the bundled digits default (a SOFT model at 32×32)
-DIGITS_MODEL = "soft_tiny"
 
 
 def add_loop_args(p: argparse.ArgumentParser) -> None:
@@ -61,7 +59,7 @@ def add_loop_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of options (keys = long option names)")
     g.add_argument("--task", default=None, help=f"task (default {d['task']})")
-    g.add_argument("--model", default=None, help="model name (default: soft_tiny; any sofa model or timm architecture)")
+    g.add_argument("--model", default=None, help="model name (default: soft_tiny; soft_mini on digits; any sofa model or timm architecture)")
     g.add_argument("--data", default=None, metavar="DIR",
                    help="'digits' (bundled, default) or an image folder with train/<class>/ and val/<class>/")
     g.add_argument("--output", "-o", default=None, metavar="DIR",
@@ -69,14 +67,14 @@ def add_loop_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
     g.add_argument("--seed", type=int, default=None, help=f"random seed (default {d['seed']})")
     g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
-    g.add_argument("--workers", "-j", type=int, default=None, help=f"data loader processes per rank (default {d['workers']})")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--workers", "-j", type=int, default=None, help=f"data loader processes per rank (default {d['workers']}; digits 1)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; digits 1)")
     g = p.add_argument_group("schedule and optimiser")
-    g.add_argument("--epochs", type=int, default=None, help=f"(default {d['epochs']}; digits 30)")
+    g.add_argument("--epochs", type=int, default=None, help=f"(default {d['epochs']}; digits 15)")
     g.add_argument("--batch-size", "-b", type=int, default=None, help=f"per process (default {d['batch_size']}; digits 64)")
     g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d['lr']}; digits 2e-3)")
     g.add_argument("--min-lr", type=float, default=None, help=f"end of the cosine (default {d['min_lr']})")
-    g.add_argument("--warmup-epochs", type=float, default=None, help=f"linear warm-up (default {d['warmup_epochs']}; digits 2)")
+    g.add_argument("--warmup-epochs", type=float, default=None, help=f"linear warm-up (default {d['warmup_epochs']}; digits 1)")
     g.add_argument("--warmup-lr", type=float, default=None, help=f"warm-up start (default {d['warmup_lr']})")
     g.add_argument("--sched", default=None, help=f"timm scheduler: cosine, step, plateau, ... (default {d['sched']})")
     g.add_argument("--opt", default=None, help=f"timm optimiser name (default {d['opt']})")

@@ -550,7 +550,7 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                            "lr": lr, "loss": float(loss.detach()), "images_per_s": ips,
                            **{k: float(v) for k, v in out.logs.items()}}
                     metrics.write(rec)
-                    if bar is None:
+                    if bar is None and steps_per_epoch > 2 * int(cfg.log_interval):  # short epochs: one line each
                         rep.log(f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch}  "
                                 + "  ".join(f"{k} {_fmt(v)}" for k, v in avg.items())
                                 + f"  lr {lr:.3g}  {ips:.0f} img/s")
