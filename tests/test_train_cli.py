@@ -221,3 +221,47 @@ def test_help_lists_the_recipe_options(capsys):
                 "--drop-path", "--clip-grad", "--ema", "--amp", "--channels-last", "--compile",
                 "--grad-checkpointing", "--smoothing"):
         assert opt in text, opt
+
+
+def test_eval_crop_and_interpolation_come_from_the_pretrained_cfg(folder):
+    import argparse
+
+    import timm
+
+    from sofa.train.classification import ClassificationTask
+    from sofa.train.cli import resolve_train_config
+    from sofa.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", str(folder), "--model", "test_vit", "--img-size", "16"])
+    cfg = resolve_train_config(args, **args.func.__wrapped__.keywords)
+    task = ClassificationTask(cfg, log=lambda m: None)
+    task.build_model()
+    pc = timm.create_model("test_vit").pretrained_cfg
+    assert task.data_config["crop_pct"] == pc["crop_pct"] and task.data_config["interpolation"] == pc["interpolation"]
+    assert task.data_config["input_size"] == (3, 16, 16)
+    _, val = task.build_datasets()
+    assert tuple(val[0][0].shape) == (3, 16, 16)
+    cfg.crop_pct, cfg.interpolation = 1.0, "bilinear"  # the options override it
+    t2 = ClassificationTask(cfg, log=lambda m: None)
+    t2.build_model()
+    assert t2.data_config["crop_pct"] == 1.0 and t2.data_config["interpolation"] == "bilinear"
+
+
+@pytest.mark.slow
+def test_default_digits_run_reaches_95_percent(tmp_path, capsys):
+    """`sofa train` with no options (the `make demo` run): ≥95% test accuracy, well under 5 minutes on 2 cores."""
+    import time
+
+    t0 = time.perf_counter()
+    assert sofa("train", "--output", tmp_path / "demo") == 0
+    seconds = time.perf_counter() - t0
+    last = [json.loads(l) for l in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["val_top1"] >= 95.0, last
+    assert seconds < 300, seconds
+
+
+@pytest.mark.slow
+def test_torch_compile_option(folder, tmp_path):
+    assert sofa("train", "--data", folder, *TINY, "--epochs", 1, "--compile", "--output", tmp_path / "c") == 0
+    assert (tmp_path / "c" / "model.safetensors").is_file()

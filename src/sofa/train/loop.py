@@ -432,15 +432,16 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
         )
         rep.log(f"  {cfg.epochs} epochs × {steps_per_epoch} steps of {bs}"
                 f"{f'×{d.world_size}' if d.distributed else ''}, {cfg.opt} lr {cfg.lr:g} wd {cfg.weight_decay:g}, "
-                f"{cfg.sched} schedule, {cfg.warmup_epochs:g} warm-up epochs; writing to {run_dir}/")
+                f"{cfg.sched} schedule, warm-up {cfg.warmup_epochs:g} epoch(s); writing to {run_dir}/")
 
     debug_kill = _debug_int("SOFA_DEBUG_KILL_AT_STEP")
     debug_nan = _debug_int("SOFA_DEBUG_NAN_AT_STEP")
     # test hooks: "2:USR1,3:TERM" sends those signals to this process after those global steps
     debug_signals = {int(k): v for k, v in (x.split(":") for x in os.environ.get("SOFA_DEBUG_SIGNAL_AT_STEP", "").split(",") if x)}
     files = {
-        "last.pt": "training state (--resume)",
+        "best.safetensors": "best weights",
         "model.safetensors": "final weights",
+        "last.pt": "training state (--resume)",
         "metrics.jsonl": "metrics per step/epoch",
         "curves.png": "loss, accuracy and learning-rate curves",
         "config.yaml": "the resolved options",
