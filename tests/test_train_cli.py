@@ -265,3 +265,16 @@ def test_default_digits_run_reaches_95_percent(tmp_path, capsys):
 def test_torch_compile_option(folder, tmp_path):
     assert sofa("train", "--data", folder, *TINY, "--epochs", 1, "--compile", "--output", tmp_path / "c") == 0
     assert (tmp_path / "c" / "model.safetensors").is_file()
+
+
+def test_resume_a_finished_run_with_more_epochs(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "more"
+    shutil.copytree(run, copy)
+    capsys.readouterr()
+    assert sofa("train", "--resume", copy, "--epochs", 3, "--threads", 1) == 0
+    text = capsys.readouterr().out
+    assert "resumed" in text and "--epochs changed from 2 to 3" in text and "epoch 3/3" in text
+    state = torch.load(copy / "last.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["config"]["epochs"] == 3

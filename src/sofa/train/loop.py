@@ -393,7 +393,13 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
     if resume_state is not None:
         ckpt.load_model_weights(model, resume_state["model"], str(run_dir / "last.pt"))
         optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        saved_epochs = (resume_state.get("config") or {}).get("epochs")
+        if saved_epochs is not None and int(saved_epochs) != int(cfg.epochs):
+            # timm's schedulers keep only their settings: rebuilt above for the new length, nothing to restore
+            rep.log(f"note: --epochs changed from {saved_epochs} to {cfg.epochs}: the schedule is recomputed "
+                    f"for {cfg.epochs} epochs")
+        else:
+            scheduler.load_state_dict(resume_state["scheduler"])
         if scaler is not None and resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
         if ema is not None and resume_state.get("ema") is not None:
@@ -496,8 +502,10 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                     loss = loss * float("nan")
                 flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0,
                                       float(sig.save), float(sig.stop)])
-                if d.distributed:
+                if d.distributed:  # NCCL reduces device tensors only
+                    flags = flags.to(device)
                     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                    flags = flags.cpu()
                 if flags[0] > 0:
                     if bar is not None:
                         bar.close()
