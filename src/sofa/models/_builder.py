@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from torch import nn
 
-from sofa.models.checkpoint import load_into, read_checkpoint
+from sofa.models.checkpoint import CheckpointError, load_into, read_checkpoint
 
 __all__ = ["build_model"]
 
@@ -16,7 +16,8 @@ def build_model(
     pretrained_cfg: Dict[str, Any],
     *,
     filter_fn: Callable[..., Dict],
-    infer_kwargs: Optional[Callable[[str, Dict, Dict], Dict]] = None,
+    infer_kwargs: Optional[Callable[[str, Dict, Dict, set], Dict]] = None,
+    user_keys: Sequence[str] = (),
     features_kwargs: Optional[Callable[[Dict], Dict]] = None,
     feature_keys: Callable[[str], bool] = lambda k: False,
     checkpoint_path: Optional[str] = None,
@@ -31,8 +32,9 @@ def build_model(
     Args:
         filter_fn: ``filter_fn(state, model=None)`` maps an original checkpoint to sofa's keys (sofa's own keys
             pass through); given the model it also adapts tensors to it (e.g. resamples position embeddings).
-        infer_kwargs: ``infer_kwargs(name, state, kwargs)`` fills architecture arguments the user left out from the
-            checkpoint (e.g. depths of the released 20-block SOFT-Small).
+        infer_kwargs: ``infer_kwargs(name, state, kwargs, user_keys)`` fills architecture arguments the user left
+            out (not in ``user_keys``) from the checkpoint (e.g. depths of the released 20-block SOFT-Small).
+        user_keys: the kwargs the user gave (the rest are the variant's defaults).
         features_kwargs: ``features_kwargs(kwargs)`` adjusts kwargs for ``features_only`` (e.g. dense output norms).
         feature_keys: keys that exist only in dense mode (output norms): a classification checkpoint may lack them
             and a dense checkpoint may carry them.
@@ -57,7 +59,7 @@ def build_model(
         if user_num_classes is None and not features_only:
             kwargs["num_classes"] = ckpt_classes
         if infer_kwargs is not None:
-            kwargs = infer_kwargs(name, state, kwargs)
+            kwargs = infer_kwargs(name, state, kwargs, set(user_keys))
     if features_only:
         kwargs = features_kwargs(kwargs) if features_kwargs is not None else kwargs
         kwargs.setdefault("num_classes", 0)
@@ -70,11 +72,17 @@ def build_model(
         ckpt_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
         drop = user_num_classes is not None and user_num_classes != ckpt_classes
         head_keys = _head_keys(model) if features_only else set()
-        load_into(
-            model, state, drop_classifier=drop and not features_only, source=source,
-            allow_missing=feature_keys, allow_unexpected=feature_keys,
-            ignore=lambda k: k in head_keys or (features_only and k.startswith(("head.", "norm."))),
-        )
+        try:
+            load_into(
+                model, state, drop_classifier=drop and not features_only, source=source,
+                allow_missing=feature_keys, allow_unexpected=feature_keys,
+                ignore=lambda k: k in head_keys or (features_only and k.startswith(("head.", "norm."))),
+            )
+        except CheckpointError as err:
+            if not features_only and any(feature_keys(k) for k in state) and "norm.weight" not in state:
+                raise CheckpointError(f"{err}\n  (a dense backbone checkpoint, with per-stage output norms and no "
+                                      f"classifier: pass features_only=True)") from None
+            raise
     if features_only:
         model = FeatureGetterNet(model, out_indices=list(out_indices), output_fmt="NCHW")
         model.pretrained_cfg = pretrained_cfg_for_features(model.model.pretrained_cfg)

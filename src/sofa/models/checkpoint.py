@@ -140,6 +140,14 @@ def load_into(
     missing = [k for k in missing if k not in soft_missing]
     unexpected = [k for k in unexpected if k not in soft_unexpected]
     if drop_classifier:  # a classifier the checkpoint lacks / the model lacks is fine when the user asked for it
+        gone = [k for k in unexpected if k.startswith(prefixes)]
+        new = [k for k in missing if k.startswith(prefixes)]
+        if gone:
+            warnings.warn(f"{source}: classifier {', '.join(gone)} dropped (the model has no classifier of that "
+                          f"size for the num_classes you asked for)", stacklevel=3)
+        if new:
+            warnings.warn(f"{source}: the checkpoint has no classifier; {', '.join(new)} freshly initialised",
+                          stacklevel=3)
         missing = [k for k in missing if not k.startswith(prefixes)]
         unexpected = [k for k in unexpected if not k.startswith(prefixes)]
     if missing or unexpected or wrong:

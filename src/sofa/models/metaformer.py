@@ -122,6 +122,7 @@ def build_token_mixer(spec: MixerSpec, dim: int) -> Tuple[nn.Module, bool]:
         return IdentityMixer2d(), False
     from sofa.mixers import build_mixer
 
+    spec.setdefault("num_heads", max(1, dim // 32))  # heads of size 32 unless given
     return build_mixer(kind, dim, **spec), True
 
 
@@ -269,7 +270,7 @@ class MetaFormer(nn.Module):
         depths, dims: blocks and channels per stage.
         token_mixers: one spec per stage: ``"pool"``, ``"identity"``, or any kind of
             :func:`sofa.mixers.build_mixer` (``"soft"``, ``"soft_norm"``, ``"set"``, ``"attn"``), as a string or a
-            dict ``{"kind": ..., **mixer_kwargs}``; a dict may carry ``"pos_embed": True`` for a learned absolute
+            dict ``{"kind": ..., **mixer_kwargs}`` (``num_heads`` defaults to dim / 32); a dict may carry ``"pos_embed": True`` for a learned absolute
             position embedding added at the start of the stage (stored for a 224² input, resized to any input).
         mlp_ratios: MLP hidden width / dim per stage.
         norm: ``"groupnorm"`` (PoolFormer: GroupNorm(1), (B, C, H, W) blocks) or ``"layernorm"`` (token blocks).
@@ -319,7 +320,7 @@ class MetaFormer(nn.Module):
 
         self.stem = ConvStem(in_chans, dims[0]) if stem == "poolformer" else Conv2Stem(in_chans, dims[0])
         self.stem_kind = stem
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, cur = [], 0
         self.feature_info = []
         for i in range(n):

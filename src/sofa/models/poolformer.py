@@ -124,7 +124,8 @@ def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model=None) -> Dict[str
         from sofa.models.metaformer import resize_pos_embed_2d
 
         for k, v in list(state.items()):
-            if k.endswith("pos_embed") and k in own and v.shape != own[k].shape and v.dim() == 4:
+            if (k.endswith("pos_embed") and k in own and v.dim() == 4 and v.shape[:2] == own[k].shape[:2]
+                    and v.shape != own[k].shape):
                 state[k] = resize_pos_embed_2d(v, tuple(own[k].shape[-2:]))
     return state
 

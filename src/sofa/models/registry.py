@@ -66,8 +66,10 @@ def get_entry(name: str) -> ModelEntry:
     if name.startswith("sofa_") and name not in _REGISTRY and name[5:] in _REGISTRY:
         name = name[5:]
     if name not in _REGISTRY:
-        close = fnmatch.filter(_REGISTRY, f"*{name.split('_')[0]}*")
-        hint = f"; similar: {', '.join(sorted(close)[:8])}" if close else ""
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=6, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}. sofa.list_models() lists all {len(_REGISTRY)} models")
     return _REGISTRY[name]
 

@@ -198,7 +198,7 @@ class SoftVisionTransformer(nn.Module):
         self.embed_dims, self.depths = tuple(embed_dims), tuple(depths)
         self.normalized = normalized
         H0, W0 = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         mixer_kwargs = dict(newton_iters=newton_iters, max_landmarks=max_landmarks)
         if normalized:
             mixer_kwargs["batch_alpha"] = batch_alpha
@@ -385,7 +385,8 @@ def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model: Optional[nn.Modu
         own = model.state_dict()
         for i, stage in enumerate(getattr(model, "stages", [])):
             k = f"stages.{i}.pos_embed"
-            if k in state and k in own and state[k].shape != own[k].shape:
+            if (k in state and k in own and state[k].dim() == 3 and state[k].shape[-1] == own[k].shape[-1]
+                    and state[k].shape[1] != own[k].shape[1]):
                 state[k] = _resample_pos(state[k], stage.has_cls, stage.grid)
     return state
 
@@ -413,9 +414,9 @@ def checkpoint_depths(state: Dict[str, torch.Tensor]) -> Tuple[int, ...]:
     return tuple(depths)
 
 
-def _infer_kwargs(name: str, state: Dict, kwargs: Dict) -> Dict:
+def _infer_kwargs(name: str, state: Dict, kwargs: Dict, user_keys: set) -> Dict:
     """The released 20-block Small given to ``soft_small`` / ``soft_norm_small``: build its depths."""
-    if "depths" in kwargs or not name.endswith("soft_small") and not name.endswith("soft_norm_small"):
+    if "depths" in user_keys or name not in ("soft_small", "soft_norm_small"):
         return kwargs
     found = checkpoint_depths(state)
     if found == VARIANTS["small_released"]["depths"]:
@@ -460,7 +461,7 @@ def _register_all():
                 args = dict(embed_dims=_v["dims"], num_heads=_v["heads"], depths=_v["depths"], normalized=_norm)
                 args.update(kwargs)
                 return build_model(SoftVisionTransformer, _name, _cfg, filter_fn=checkpoint_filter_fn,
-                                   infer_kwargs=_infer_kwargs, **args)
+                                   infer_kwargs=_infer_kwargs, user_keys=set(kwargs), **args)
 
             register_model(name, "soft", cfg, paper)(fn)
 

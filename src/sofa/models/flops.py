@@ -1,0 +1,78 @@
+"""Parameter and multiply–accumulate counts.
+
+The counter is :class:`torch.utils.flop_counter.FlopCounterMode`, a dispatcher-level mode: it sees every matrix
+multiplication and convolution that actually runs (``mm``, ``bmm``, ``addmm``, ``baddbmm``, convolutions,
+scaled-dot-product attention), wherever it is written: inside ``torch.no_grad``, autograd Functions, einsum, the
+``@`` operator. So SOFT's landmark kernels and all 20 Newton–Schulz iterations (2 m×m×m products each), SeT's
+Nyström embedding and Sinkhorn-weighted aggregations, are counted. Element-wise work (norms, activations,
+exponentials, pooling) is not, as in fvcore and the papers' tables. MACs = FLOPs / 2.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ["count_params", "count_macs", "macs_by_module", "flop_counter"]
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _extra_formulas() -> Dict:
+    """Formulas the stock counter lacks: the CPU fused attention kernels (their GPU siblings are counted)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    ops = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
+    return {getattr(aten, n): sdpa for n in ops if hasattr(aten, n)}
+
+
+def flop_counter(**kwargs):
+    """A :class:`~torch.utils.flop_counter.FlopCounterMode` that also counts CPU fused attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False, custom_mapping=_extra_formulas(), **kwargs)
+
+
+def _input(model: nn.Module, input_size: Union[int, Tuple[int, ...]], batch: int, device, dtype) -> torch.Tensor:
+    if isinstance(input_size, int):
+        input_size = (3, input_size, input_size)
+    if len(input_size) == 2:
+        input_size = (3, *input_size)
+    return torch.randn(batch, *input_size, device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: Union[int, Tuple[int, ...]] = 224, batch: int = 1,
+               device: Optional[Union[str, torch.device]] = None, x: Optional[torch.Tensor] = None) -> int:
+    """Multiply–accumulates of one forward pass per image (eval mode), at ``input_size`` ((C,) H, W or an int)."""
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters(), None)
+    device = device or (p.device if p is not None else "cpu")
+    if x is None:
+        x = _input(model, input_size, batch, device, torch.float32)
+    try:
+        with flop_counter() as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2 // x.shape[0]
+
+
+@torch.no_grad()
+def macs_by_module(model: nn.Module, input_size: Union[int, Tuple[int, ...]] = 224, depth: int = 2
+                   ) -> Dict[str, Dict[str, int]]:
+    """{module name: {op: MACs}} for modules up to ``depth`` levels deep (batch 1)."""
+    model.eval()
+    x = _input(model, input_size, 1, next(model.parameters()).device, torch.float32)
+    with flop_counter(depth=depth) as counter:
+        model(x)
+    return {mod: {str(op): n // 2 for op, n in ops.items()} for mod, ops in counter.get_flop_counts().items()}
