@@ -112,7 +112,8 @@ def test_recipe_options_all_at_once(folder, tmp_path):
     assert sofa("train", "--data", folder, *TINY, "--epochs", 2, "-b", 6, "--output", out, "--mixup", 0.8,
                 "--cutmix", 1.0, "--aa", "rand-m9-mstd0.5-inc1", "--reprob", 0.25, "--drop-path", 0.1,
                 "--clip-grad", 1.0, "--ema", "--ema-decay", 0.9, "--amp", "bf16", "--channels-last",
-                "--grad-checkpointing", "--smoothing", 0.1, "--warmup-epochs", 1, "--opt", "adamw") == 0
+                "--grad-checkpointing", "--smoothing", 0.1, "--warmup-epochs", 1, "--opt", "adamw",
+                "--progress", "bar") == 0  # the tqdm bar (a terminal's default) too
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
     assert "ema_val_top1" in recs[-1] and (out / "model_ema.safetensors").is_file()
     cfg = (out / "config.yaml").read_text()
