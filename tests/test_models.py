@@ -344,6 +344,32 @@ def test_pooling_nchw_equals_the_token_mixer():
     torch.testing.assert_close(PoolMixer2d(3)(x), tokens.transpose(1, 2).reshape(2, 5, 7, 9))
 
 
+@pytest.mark.parametrize("mixer", ["pool", "identity"])
+def test_folded_poolformer_block_equals_the_textbook_form(mixer):
+    """The folded fast path (GroupNorm affines and LayerScales folded) = the released block, forward and grads."""
+    from sofa.models.metaformer import MetaFormerBlock
+
+    torch.manual_seed(0)
+    blk = MetaFormerBlock(16, mixer, layer_scale_init_value=0.5)
+    with torch.no_grad():  # non-trivial affines and scales
+        for p in (blk.norm1.weight, blk.norm1.bias, blk.norm2.weight, blk.norm2.bias, blk.layer_scale1,
+                  blk.layer_scale2):
+            p.copy_(torch.randn_like(p))
+    x = torch.randn(2, 16, 9, 11, requires_grad=True)
+    outs, grads = [], []
+    for fused in (True, False):
+        blk.fused = fused
+        y = blk(x)
+        params = [x] + list(blk.parameters())
+        g = torch.autograd.grad(y.square().sum(), params, allow_unused=True)
+        outs.append(y)
+        # pooling cancels β1 (pool(β) = β): the folded form does not use it, its true gradient is 0
+        grads.append([torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_hybrid_mixers_are_the_named_ones():
     from sofa.mixers import SeTAttention, SoftAttention, SoftmaxAttention
 

@@ -132,7 +132,24 @@ def _mixer_kind(spec: MixerSpec) -> str:
 
 # ---------------------------------------------------------------------------------------------------- blocks
 class MetaFormerBlock(nn.Module):
-    """(B, C, H, W) block with GroupNorm(1): ``x + dp(ls1·mixer(norm1(x)))``, ``x + dp(ls2·mlp(norm2(x)))``."""
+    """(B, C, H, W) block with GroupNorm(1): ``x + dp(ls1·mixer(norm1(x)))``, ``x + dp(ls2·mlp(norm2(x)))``.
+
+    With pooling or identity as the mixer the block runs a folded form of the same arithmetic (``fused``, on by
+    default), since these models are limited by memory traffic, not FLOPs: the GroupNorm affines and the
+    LayerScales are folded into per-channel factors and into the 1×1 MLP weights, which saves four full passes
+    over the activations per block:
+
+    * pooling is linear and per-channel and keeps constants (count_include_pad=False), so
+      ``pool(γ·n + β) − (γ·n + β) = γ·(pool(n) − n)`` for the normalised n: the mixer branch is
+      ``(ls1·γ1)·(pool(n) − n)`` (identity: ``ls1·(γ1·n + β1)``), added with one ``addcmul``;
+    * ``fc1(γ2·n + β2) = (W1·diag γ2)·n + (b1 + W1·β2)`` and ``ls2·fc2(h) = (diag ls2·W2)·h + ls2·b2``.
+
+    The weights are folded on every forward (cheap: they are C×4C), so training sees the same gradients;
+    results equal the unfolded form to float rounding (tested against the released outputs as well).
+    """
+
+    #: use the folded form for pooling / identity mixers (set False to run the textbook form)
+    fused = True
 
     def __init__(self, dim: int, mixer: MixerSpec = "pool", mlp_ratio: float = 4.0, drop: float = 0.0,
                  drop_path: float = 0.0, layer_scale_init_value: Optional[float] = 1e-5, norm_eps: float = 1e-5):
@@ -154,9 +171,33 @@ class MetaFormerBlock(nn.Module):
         return t.transpose(1, 2).reshape(B, C, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and not self.tokens and (self.mlp.drop.p == 0.0 or not self.training):
+            return self._forward_folded(x)
         x = x + self.drop_path(self.layer_scale1.view(-1, 1, 1) * self.mix(self.norm1(x)))
         x = x + self.drop_path(self.layer_scale2.view(-1, 1, 1) * self.mlp(self.norm2(x)))
         return x
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        n1, n2 = self.norm1, self.norm2
+        ls1, ls2 = self.layer_scale1, self.layer_scale2
+        n = F.group_norm(x, 1, None, None, n1.eps)
+        s1 = (ls1 * n1.weight).to(x.dtype).view(-1, 1, 1)
+        if isinstance(self.token_mixer, PoolMixer2d):
+            branch, shift = self.token_mixer(n), None
+        else:  # identity: ls1·(γ1·n + β1)
+            branch, shift = n, (ls1 * n1.bias).to(x.dtype).view(-1, 1, 1)
+        if isinstance(self.drop_path, nn.Identity):
+            x = torch.addcmul(x if shift is None else x + shift, s1, branch)
+        else:
+            x = x + self.drop_path(s1 * branch if shift is None else s1 * branch + shift)
+        n = F.group_norm(x, 1, None, None, n2.eps)
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        w1 = fc1.weight * n2.weight.view(1, -1, 1, 1)
+        b1 = fc1.bias + fc1.weight.flatten(1) @ n2.bias
+        w2 = fc2.weight * ls2.view(-1, 1, 1, 1)
+        b2 = fc2.bias * ls2
+        h = F.conv2d(self.mlp.act(F.conv2d(n, w1, b1)), w2, b2)
+        return x + self.drop_path(h)
 
 
 class TokenBlock(nn.Module):
