@@ -81,7 +81,9 @@ def build_detector(
         min_size / max_size: the resize of ``GeneralizedRCNNTransform`` (800 / 1333 on COCO).
         anchor_base: anchor size on the finest level (32 as in torchvision and mmdet; each level doubles it).
             Lower it with ``min_size`` for small images (the synthetic shapes use 16 at ``min_size=160``).
-        detector_kwargs: extra arguments of torchvision's ``RetinaNet`` / ``MaskRCNN``.
+        fpn_channels: FPN width (256 in the papers); Mask R-CNN's box MLP (4×) and mask convolutions scale with it.
+        detector_kwargs: extra arguments of torchvision's ``RetinaNet`` / ``MaskRCNN`` (e.g.
+            ``box_batch_size_per_image``).
         **backbone_kwargs: passed to the backbone (``drop_path_rate``, SOFT's bounded-landmark option …).
     """
     from torchvision.models.detection import MaskRCNN, RetinaNet
@@ -100,12 +102,25 @@ def build_detector(
         model = RetinaNet(fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
                           anchor_generator=anchors, **extra)
     elif kind in ("maskrcnn", "mask_rcnn"):
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
         strides = (4, 8, 16, 32)
         fpn = FeaturePyramidBackbone(body, strides, fpn_channels, LastLevelMaxPool())
         sizes = tuple((anchor_base * 2**i,) for i in range(5))
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-        model = MaskRCNN(fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
-                         rpn_anchor_generator=anchors, **extra)
+        if fpn_channels != 256 and "box_head" not in extra:
+            # torchvision's heads scaled with the FPN width (at 256: its defaults, a 1024-wide box MLP and
+            # four 256-channel mask convolutions)
+            rep = 4 * fpn_channels
+            extra.update(box_head=TwoMLPHead(fpn_channels * 7 * 7, rep), box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+                         mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
+                         mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1))
+            model = MaskRCNN(fpn, num_classes=None, min_size=min_size, max_size=max_size,
+                             rpn_anchor_generator=anchors, **extra)
+        else:
+            model = MaskRCNN(fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
+                             rpn_anchor_generator=anchors, **extra)
     else:
         raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
     model.detector_type = "maskrcnn" if kind.startswith("mask") else kind

@@ -66,7 +66,7 @@ def _is_shapes(cfg) -> bool:
 def _data_root(cfg) -> Path:
     from sofa.train.errors import UserError
 
-    if _is_shapes(cfg):
+    if str(getattr(cfg, "data", None) or SHAPES) in (SHAPES, "digits"):
         return shapes_root()
     root = Path(cfg.data)
     if not root.is_dir():
@@ -74,31 +74,24 @@ def _data_root(cfg) -> Path:
     return root
 
 
-def _ints(text) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(t) for t in str(text).replace(",", " ").replace("x", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like '512' or '512 512', got {text!r}") from None
-    return vals
+def _pair(v, name: str) -> tuple | None:
+    """One or two numbers (an int, a list from the command line or a config file, or a string "512 512")."""
+    from sofa.train.errors import UserError
 
-
-def _floats(text) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in str(text).replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like '0.5 2.0', got {text!r}") from None
-
-
-def _pair(v, name: str) -> tuple:
     if v is None:
         return None
     if isinstance(v, (int, float)):
         return (v, v)
-    v = tuple(v) if not isinstance(v, str) else _ints(v)
+    if isinstance(v, str):
+        try:
+            v = tuple(float(t) if "." in t else int(t) for t in v.replace(",", " ").replace("x", " ").split())
+        except ValueError:
+            raise UserError(f"{name} expects one or two numbers, got {v!r}") from None
+    v = tuple(v)
     if len(v) == 1:
         return (v[0], v[0])
     if len(v) != 2:
-        raise ValueError(f"{name} takes one or two values, got {v}")
+        raise UserError(f"{name} takes one or two values, got {v}")
     return v
 
 
@@ -156,16 +149,17 @@ class SegmentationTask(Task):
         p.add_argument("--aux-head", action=argparse.BooleanOptionalAction, default=None,
                        help="mmseg's auxiliary FCN head, loss weight --aux-weight (default: on for UperNet)")
         p.add_argument("--aux-weight", type=float, default=0.4)
-        p.add_argument("--crop-size", type=_ints, default=None,
+        p.add_argument("--crop-size", type=int, nargs="+", default=None, metavar="N",
                        help="training crop H [W] (default 512; shapes 128)")
-        p.add_argument("--seg-scale", type=_ints, default=None,
+        p.add_argument("--seg-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                        help="resize bound LONG SHORT at ratio 1 (default 2048 512; shapes 512 128)")
-        p.add_argument("--ratio-range", type=_floats, default=(0.5, 2.0), help="random rescale range")
+        p.add_argument("--ratio-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
+                       help="random rescale range (default 0.5 2.0)")
         p.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
                        help="ADE20K's 0 → ignore, l → l-1 (default: on unless the data has classes.json)")
         p.add_argument("--ignore-index", type=int, default=255)
         p.add_argument("--inference", default="whole", choices=("whole", "slide"), help="evaluation mode")
-        p.add_argument("--slide-stride", type=_ints, default=None,
+        p.add_argument("--slide-stride", type=int, nargs="+", default=None, metavar="N",
                        help="sliding-window stride (default 2/3 of the crop, e.g. 341 for 512)")
         p.add_argument("--per-class-iou", action=argparse.BooleanOptionalAction, default=None,
                        help="report IoU.<class> for every class (default: when there are at most 20 classes)")
@@ -332,6 +326,10 @@ class DetectionTask(Task):
         p.add_argument("--anchor-base", type=int, default=None,
                        help="anchor size of the finest level, doubling per level (default 32; shapes 16)")
         p.add_argument("--flip-prob", type=float, default=0.5)
+        p.add_argument("--fpn-channels", type=int, default=None,
+                       help="FPN width; Mask R-CNN's heads scale with it (default 256; shapes 128)")
+        p.add_argument("--roi-batch-size", type=int, default=None,
+                       help="Mask R-CNN RoIs sampled per image for the box/mask heads (default 512; shapes 128)")
         _add_common(p)
 
     @classmethod
@@ -376,7 +374,8 @@ class DetectionTask(Task):
         c, shapes = self.cfg, _is_shapes(self.cfg)
         return dict(min_size=getattr(c, "min_size", None) or (160 if shapes else 800),
                     max_size=getattr(c, "max_size", None) or (267 if shapes else 1333),
-                    anchor_base=getattr(c, "anchor_base", None) or (16 if shapes else 32))
+                    anchor_base=getattr(c, "anchor_base", None) or (16 if shapes else 32),
+                    fpn_channels=getattr(c, "fpn_channels", None) or (128 if shapes else 256))
 
     @property
     def with_masks(self) -> bool:
@@ -424,9 +423,13 @@ class DetectionTask(Task):
         from sofa.dense.detection import build_detector
 
         c = self.cfg
-        model = build_detector(getattr(c, "detector", "maskrcnn") or "maskrcnn", c.model, len(self.classes),
-                               backbone_checkpoint=getattr(c, "backbone_checkpoint", None), **self._settings(),
-                               **backbone_kwargs(c))
+        kind = getattr(c, "detector", "maskrcnn") or "maskrcnn"
+        det_kw = {}
+        if kind == "maskrcnn":
+            det_kw["box_batch_size_per_image"] = getattr(c, "roi_batch_size", None) or (128 if _is_shapes(c) else 512)
+        model = build_detector(kind, c.model, len(self.classes),
+                               backbone_checkpoint=getattr(c, "backbone_checkpoint", None), detector_kwargs=det_kw,
+                               **self._settings(), **backbone_kwargs(c))
         if getattr(c, "backbone_checkpoint", None):
             self.log(f"backbone initialised from {c.backbone_checkpoint}")
         return model
