@@ -437,6 +437,23 @@ def test_mac_counter_sees_fused_attention():
     assert fc.get_total_flops() // 2 == 4 * N * C * C + 2 * N * N * C  # q, kv, proj + QKᵀ and AV
 
 
+@pytest.mark.parametrize("name", ["soft_mini", "soft_norm_mini", "poolformer_s12_soft", "setformer_mini"])
+def test_per_block_mac_count_equals_the_full_count(name):
+    from sofa.models.flops import model_macs
+
+    kw = dict(depths=(2, 3, 2, 2))
+    if not name.startswith("soft"):
+        kw["dims"] = (32, 64, 96, 128)
+    torch.manual_seed(0)
+    full = model_macs(name, 64, per_block=False, **kw)
+    fast = model_macs(name, 64, per_block=True, **kw)
+    # SOFT-Norm's α search (and SeT's iterative parts) may run a data-dependent number of products
+    if name in ("soft_mini", "poolformer_s12_soft"):
+        assert fast == full
+    else:
+        assert abs(fast - full) < 0.01 * full
+
+
 def test_count_macs_of_a_model_is_per_image_and_close_to_paper():
     m = small("poolformer_mini")
     assert count_macs(m, 64, batch=2) == count_macs(m, 64, batch=1)

@@ -54,16 +54,16 @@ def model_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = Tr
     import torch
 
     from sofa.models import create_model, get_entry, list_models
-    from sofa.models.flops import count_macs, count_params
+    from sofa.models.flops import count_params, model_macs
 
     rows = []
     for name in list_models(pattern, family):
         entry = get_entry(name)
-        with torch.device("cpu"):
+        with torch.device("meta"):  # parameters only: no memory, no init time
             model = create_model(name)
         params = count_params(model) / 1e6
         paper = entry.paper
-        gmacs = f"{count_macs(model, img_size) / 1e9:.2f}" if macs else "-"
+        gmacs = f"{model_macs(name, img_size) / 1e9:.2f}" if macs else "-"
         pp = paper.get("params")
         rows.append([
             name, entry.family, f"{params:.2f}", f"{pp}" if pp is not None else "-",
