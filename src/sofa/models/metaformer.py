@@ -194,6 +194,8 @@ class MetaFormerBlock(nn.Module):
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         w1 = fc1.weight * n2.weight.view(1, -1, 1, 1)
         b1 = fc1.bias + fc1.weight.flatten(1) @ n2.bias
+        if shift is None:  # β1 cancels under pooling; keep it in the graph (gradient exactly 0, as DDP expects)
+            b1 = b1 + 0.0 * n1.bias.sum()
         w2 = fc2.weight * ls2.view(-1, 1, 1, 1)
         b2 = fc2.bias * ls2
         h = F.conv2d(self.mlp.act(F.conv2d(n, w1, b1)), w2, b2)
