@@ -69,8 +69,8 @@ def get_entry(name: str) -> ModelEntry:
         import difflib
 
         close = difflib.get_close_matches(name, list(_REGISTRY), n=6, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}. sofa.list_models() lists all {len(_REGISTRY)} models")
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; sofa.list_models() lists all {len(_REGISTRY)} models")
     return _REGISTRY[name]
 
 
