@@ -21,6 +21,7 @@ from torch import nn
 
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
 from sofa.ops import nystrom_embedding, sinkhorn_log
+from sofa.ops.set import set_attention
 from sofa.ops._util import no_autocast
 from sofa.ops.position import position_filter_2d, position_filter_sequence
 
@@ -94,21 +95,33 @@ class SeTAttention(TokenMixer):
         return torch.softmax(log_t, -1) @ torch.softmax(log_t, -2).transpose(-1, -2)
 
     def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+        """The same arithmetic as ``log_plan`` followed by the two normalisations (see ``attention``), streamed
+        over blocks of tokens by :func:`sofa.ops.set_attention`: time linear in n, no n×m temporary but log K."""
         self.check_input(x, hw, mask)
+        h = self.num_heads
+        log_m = None
         if hw is not None:
-            reference_grid(self.num_refs)
+            grid = reference_grid(self.num_refs)
+            if self.tau:
+                log_m = position_filter_2d(hw, grid, self.tau, x.device, log=True)  # (n, m)
+        elif self.tau:
+            valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
+            log_m = position_filter_sequence(valid, self.num_refs, self.tau, log=True)[:, None]  # (B, 1, n, m)
         u_tokens = self.u(x)
-        log_t = self.log_plan(x, hw, mask)
+        f = split_heads(self.f(x), h)
+        inplace = not torch.is_grad_enabled()
         with no_autocast(x):
-            u = split_heads(u_tokens, self.num_heads).float()
-            # colnorm/rownorm of T⊙M, each a normalisation of exp(log T + log M) along one axis
-            collect = torch.softmax(log_t, dim=-2)  # columns sum to 1: each reference a convex combination
-            read = torch.softmax(log_t, dim=-1)  # rows sum to 1
-            out = read @ (collect.transpose(-1, -2) @ u)
-        out = merge_heads(out).to(u_tokens.dtype)
-        if hw is not None and self.lepe is not None:
             B, N, C = u_tokens.shape
-            out = out + self.lepe(u_tokens.transpose(1, 2).reshape(B, C, *hw)).flatten(2).transpose(1, 2)
+            buf = torch.empty((B, N, C), dtype=torch.float32, device=x.device) if inplace else None
+            out = set_attention(f.float(), self.anchors, self.reference, split_heads(u_tokens, h).float(),
+                                self.sigma, self.eps, self.sinkhorn_iters, log_m, mask,
+                                out=None if buf is None else split_heads(buf, h))
+        out = (buf if inplace else merge_heads(out)).to(u_tokens.dtype)
+        if hw is not None and self.lepe is not None:
+            # the tokens (B, N, C) read as a channels-last image, the result back in the token layout: no copies
+            B, N, C = u_tokens.shape
+            lepe = self.lepe(u_tokens.reshape(B, *hw, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
+            out = out.add_(lepe) if inplace else out + lepe
         return zero_padded(self.proj(out), mask)
 
     def extra_repr(self) -> str:

@@ -29,9 +29,14 @@ class Pooling(TokenMixer):
         self.check_input(x, hw, mask)
         B, N, C = x.shape
         if hw is not None:
+            # the tokens (B, N, C) are a channels-last (B, C, H, W) image as they lie: pooling reads and writes
+            # that layout, so neither direction needs a transposed copy (the same arithmetic per element)
             H, W = hw
-            img = x.transpose(1, 2).reshape(B, C, H, W)
-            return pool_minus_input_2d(img, self.pool_size).flatten(2).transpose(1, 2)
+            img = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+            k = self.pool_size
+            pooled = F.avg_pool2d(img, k, 1, k // 2, count_include_pad=False)
+            out = pooled.sub_(img) if not torch.is_grad_enabled() else pooled - img
+            return out.permute(0, 2, 3, 1).reshape(B, N, C)
         k = self.pool_size
         valid = torch.ones(B, N, 1, dtype=x.dtype, device=x.device) if mask is None else mask.unsqueeze(-1).to(x.dtype)
         xm = (x * valid).transpose(1, 2)  # (B, C, N)

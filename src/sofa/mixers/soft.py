@@ -102,6 +102,7 @@ class SoftAttention(TokenMixer):
         """(B, h, N, d) scaled queries → (B, h, m, d) landmarks (before LayerNorm and GELU)."""
         B, h, N, d = q.shape
         r = self.landmark_stride
+        # contiguous per-head queries make this a channels-last image: the convolution reads it as it lies
         img = q.reshape(B * h, H, W, d).permute(0, 3, 1, 2)
         if H < r or W < r:
             img = F.pad(img, (0, max(0, r - W), 0, max(0, r - H)))
@@ -134,39 +135,79 @@ class SoftAttention(TokenMixer):
     # forward ---------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
         self.check_input(x, hw, mask)
+        if hw is not None:
+            return self._forward_image(x, *hw)
         h, d = self.num_heads, self.head_dim
         v_tokens = self.v(x)
         q, v = split_heads(self.q(x), h), split_heads(v_tokens, h)
         with no_autocast(x):
             q = q.float() / d**0.25
             v = v.float()
-            if hw is not None:
-                L, l_valid = self.image_landmarks(q, *hw), None
-            else:
-                L, l_valid = self.sequence_landmarks(q, mask)
-            L = F.gelu(F.layer_norm(L, (d,), self.landmark_norm.weight.float(), self.landmark_norm.bias.float(),
-                                    self.landmark_norm.eps))
+            L, l_valid = self.sequence_landmarks(q, mask)
+            L = self._landmark_act(L)
             result = soft_kernel_attention(
                 q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
                 token_mask=None if mask is None else mask[:, None, :].expand(-1, h, -1),
                 landmark_mask=None if l_valid is None else l_valid[:, None, :].expand(-1, h, -1),
                 return_residual=self.record_residual,
             )
-            out, residual = result if self.record_residual else (result, None)
-            if residual is not None:
-                self.last_residual = residual.max()
+            out = self._keep_residual(result)
         out = merge_heads(out).to(v_tokens.dtype)
-        if hw is not None and self.dwconv is not None:
-            out = out + self._dwconv(v_tokens, *hw)
         return zero_padded(self.proj(out), mask)
+
+    def _landmark_act(self, L: torch.Tensor) -> torch.Tensor:
+        d = self.head_dim
+        return F.gelu(F.layer_norm(L, (d,), self.landmark_norm.weight.float(), self.landmark_norm.bias.float(),
+                                   self.landmark_norm.eps))
+
+    def _keep_residual(self, result):
+        out, residual = result if self.record_residual else (result, None)
+        if residual is not None:
+            self.last_residual = residual.max()
+        return out
+
+    def _forward_image(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """Images, with the same arithmetic as the sequence path, laid out for speed: each head's queries
+        contiguous (the landmark convolution then reads them as a channels-last image, no reordering), the
+        depthwise convolution on V read and written channels-last (the token layout itself) and, without
+        autograd, added in place; the Gaussian kernel is then also built in place (``gaussian_kernel``). Fewer
+        large temporaries: on the CPU each one costs memory traffic and, past glibc's 32 MB mmap threshold,
+        page faults too."""
+        h, d = self.num_heads, self.head_dim
+        B, N, _ = x.shape
+        inplace = not torch.is_grad_enabled()
+        v_tokens = self.v(x)
+        q_tokens = self.q(x)
+        with no_autocast(x):
+            qh = q_tokens.view(B, N, h, d).transpose(1, 2).float()
+            if inplace:
+                q = torch.empty((B, h, N, d), dtype=torch.float32, device=x.device)
+                torch.div(qh, d**0.25, out=q)
+            else:
+                q = (qh / d**0.25).contiguous()
+            v = v_tokens.view(B, N, h, d).transpose(1, 2).float()
+            if v.shape[1] > 1 and v.shape[2] > 1:
+                v = v.contiguous()  # one copy here, rather than one inside every product that reads V
+            L = self._landmark_act(self.image_landmarks(q, H, W))
+            result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
+                                           return_residual=self.record_residual)
+            out = self._keep_residual(result)
+        out = merge_heads(out).to(v_tokens.dtype)
+        if self.dwconv is not None:
+            dw = self._dwconv(v_tokens, H, W)
+            out = out.add_(dw) if inplace else out + dw
+        return self.proj(out)
 
     def _dwconv(self, v_tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """The per-head k×k filter on V, as one depthwise convolution over all h·d channels (each head's
-        filter repeated for its d channels): the same arithmetic as the released (B·d, h, H, W) layout."""
+        filter repeated for its d channels): the same arithmetic as the released (B·d, h, H, W) layout. The
+        tokens (B, N, C) are read as a channels-last (B, C, H, W) image and the result comes back in the token
+        layout, so no transposed copy is made either way."""
         B, N, C = v_tokens.shape
         weight = self.dwconv.weight.repeat_interleave(self.head_dim, dim=0).to(v_tokens.dtype)  # (h·d, 1, k, k)
-        img = v_tokens.transpose(1, 2).reshape(B, C, H, W)
-        return F.conv2d(img, weight, padding=self.dwconv.padding, groups=C).flatten(2).transpose(1, 2)
+        img = v_tokens.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        y = F.conv2d(img, weight, padding=self.dwconv.padding, groups=C)
+        return y.permute(0, 2, 3, 1).reshape(B, N, C)
 
     def num_landmarks(self, hw) -> int:
         """m for an H×W input (stride mode grows with the input; bounded mode stops at max_landmarks)."""

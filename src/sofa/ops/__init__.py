@@ -7,6 +7,7 @@ from sofa.ops.kernels import gaussian_kernel, squared_distances, underflow_to_ze
 from sofa.ops.newton import newton_pinv, pinv_residual
 from sofa.ops.nystrom import inverse_sqrt_psd, nystrom_embedding, spherical_gaussian_kernel
 from sofa.ops.position import position_filter_1d, position_filter_2d, position_filter_sequence, sequence_positions
+from sofa.ops.set import set_attention
 from sofa.ops.sinkhorn import sinkhorn, sinkhorn_log
 from sofa.ops.soft import soft_kernel_attention
 
@@ -26,4 +27,5 @@ __all__ = [
     "sinkhorn",
     "sinkhorn_log",
     "soft_kernel_attention",
+    "set_attention",
 ]

@@ -41,9 +41,50 @@ def underflow_to_zero(exponent: torch.Tensor) -> torch.Tensor:
     return torch.exp(exponent.clamp_min(UNDERFLOW_EXPONENT)) * (exponent >= UNDERFLOW_EXPONENT)
 
 
+def _needs_graph(*ts: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``exp(−½·dist²(a, b))`` (SOFT's kernel), (..., n, d) × (..., m, d) → (..., n, m), float32.
 
     Entries too small to matter (below exp(−40)) are exact zeros: see ``UNDERFLOW_EXPONENT``.
+    Without autograd (inference) the same values come from one buffer updated in place (no temporaries the
+    size of the kernel: on the CPU each fresh large tensor also costs its page faults).
     """
+    if not _needs_graph(a, b) and a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-1]:
+        return _gaussian_kernel_inplace(a, b)
     return underflow_to_zero(-0.5 * squared_distances(a, b))
+
+
+def _gaussian_kernel_inplace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``gaussian_kernel`` for equal batch shapes without autograd: bit-for-bit the same values for every kept
+    entry, in four in-place passes over one buffer."""
+    with no_autocast(a):
+        a, b = fp32(a), fp32(b)
+        if a.dtype != b.dtype:
+            a, b = a.double(), b.double()
+        n, m, d = a.shape[-2], b.shape[-2], a.shape[-1]
+        a3, b3 = a.reshape(-1, n, d), b.reshape(-1, m, d)
+        a2 = a3.pow(2).sum(-1, keepdim=True)  # (k, n, 1)
+        b2 = b3.pow(2).sum(-1).unsqueeze(-2)  # (k, 1, m)
+        k = torch.add(a2, b2)  # |a|² + |b|², the buffer every pass below updates
+        # squared distances, as squared_distances computes them (out= rather than baddbmm_: FLOP counters see it)
+        torch.baddbmm(k, a3, b3.transpose(1, 2), alpha=-2.0, out=k)
+        # clamp at 0 as squared_distances does; a distance beyond −2·UNDERFLOW_EXPONENT gives an exponent
+        # below it, whose entry becomes zero; capping those at a little more keeps exp() out of its slow range
+        k.clamp_(0.0, -2.0 * UNDERFLOW_EXPONENT + 1.0).mul_(-0.5).exp_()
+        # keep an entry iff its exponent was ≥ UNDERFLOW_EXPONENT, i.e. iff its value ≥ exp(UNDERFLOW_EXPONENT)
+        torch.nn.functional.threshold_(k, _keep_threshold(k.dtype), 0.0)
+        return k.reshape(*a.shape[:-2], n, m)
+
+
+_THRESHOLDS: dict = {}
+
+
+def _keep_threshold(dtype: torch.dtype) -> float:
+    """The largest value below exp(UNDERFLOW_EXPONENT) in ``dtype`` (threshold keeps values above it)."""
+    if dtype not in _THRESHOLDS:
+        e = torch.exp(torch.tensor(UNDERFLOW_EXPONENT, dtype=dtype))
+        _THRESHOLDS[dtype] = torch.nextafter(e, torch.zeros((), dtype=dtype)).item()
+    return _THRESHOLDS[dtype]
