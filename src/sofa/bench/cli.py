@@ -57,9 +57,9 @@ def register(subparsers) -> None:
     m.add_argument("--modes", type=_names, default=["inference", "train"], help="inference,train (default both)")
     m.add_argument("--no-flush-compare", dest="flush_compare", action="store_false",
                    help="skip timing each case again with subnormal flushing on")
-    m.add_argument("--max-run", type=float, default=150.0,
+    m.add_argument("--max-run", type=float, default=60.0,
                    help="skip a size whose one run would take longer than this many seconds, extrapolated from the "
-                        "previous size (default 150)")
+                        "previous size (N² for softmax attention, N³ for stride SOFT) (default 60)")
     m.add_argument("--mem-limit", type=float, help="GB; skip cases estimated to need more (default 80%% of free)")
     m.add_argument("--input-scale", type=float, default=1.0, help="standard deviation of the random tokens")
     m.set_defaults(func=run_mixers)
@@ -129,7 +129,8 @@ def run_mixers(args) -> int:
         "memory": measure.MEM_METHOD_CUDA if args.device == "cuda" else (
             measure.MEM_METHOD_CPU if isolate else measure.MEM_METHOD_CPU.replace("fresh process per case",
                                                                                   "in-process")),
-        "flush_compare": "each case timed with torch.set_flush_denormal off and on, runs interleaved"
+        "flush_compare": "inference cases timed with torch.set_flush_denormal off and on, runs interleaved (not "
+                         "for cases estimated above 8 s per run, which also get 3 runs at least instead of 5)"
         if args.flush_compare else "off",
         "isolate": isolate, "input_scale": args.input_scale,
     }

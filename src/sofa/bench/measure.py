@@ -4,11 +4,13 @@ Time: ``time_call`` runs a callable after warm-up and returns every run's wall-c
 synchronised). The median is what the tables print; every run is kept in the JSON.
 
 Peak memory on the CPU: PyTorch's CPU allocator is plain ``malloc``, which no Python-level hook sees, so
-``peak_memory`` reads the kernel's own account of the process instead. ``malloc`` is first told to serve every
-block from 64 KiB up with its own ``mmap`` (``mallopt(M_MMAP_THRESHOLD)``, which also stops glibc from raising that
-threshold as it goes), so that a freed tensor leaves the resident set at once; then the high-water mark is reset
-(``/proc/self/clear_refs``, value 5), the call runs once, and the result is the high-water mark (``VmHWM``)
-minus the resident set just before the call (``VmRSS``). That is the extra memory the call needed at its
+``peak_memory`` reads the kernel's own account of the process instead. After the timed runs (which use
+``malloc`` as configured by default, as a user's process does), the free heap is returned to the system
+(``malloc_trim(0)``) and ``malloc`` is told to serve every block from 64 KiB up with its own ``mmap``
+(``mallopt(M_MMAP_THRESHOLD)``, which also stops glibc from raising that threshold as it goes), so that a freed
+tensor leaves the resident set at once; then the high-water mark is reset (``/proc/self/clear_refs``, value 5),
+the call runs once, and the result is the high-water mark (``VmHWM``) minus the resident set just before the
+call (``VmRSS``). That is the extra memory the call needed at its
 peak: temporaries and its output, not the model's weights or the input, which were already resident. Each
 case runs in a fresh process (``sofa.bench.worker``), so nothing cached by an earlier case is counted or
 missing. On CUDA the same quantity is ``max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
@@ -30,8 +32,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 MEM_METHOD_CPU = (
-    "fresh process per case; malloc mmap threshold 64 KiB (mallopt); /proc/self/clear_refs=5 resets VmHWM; "
-    "peak = VmHWM after one call - VmRSS before it (extra memory at the peak, output included)"
+    "fresh process per case; after timing, malloc_trim(0) and malloc mmap threshold 64 KiB (mallopt); "
+    "/proc/self/clear_refs=5 resets VmHWM; peak = VmHWM after one call - VmRSS before it (extra memory at the "
+    "peak, output included)"
 )
 MEM_METHOD_CUDA = "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory allocated before"
 
@@ -40,13 +43,14 @@ _mallopt_done = False
 
 
 def configure_malloc(threshold: int = 64 * 1024) -> bool:
-    """Serve blocks ≥ ``threshold`` bytes by mmap so that freed tensors leave the resident set (glibc only)."""
+    """Return free heap memory to the system and serve blocks ≥ ``threshold`` bytes by mmap from now on, so that
+    freed tensors leave the resident set (glibc only; call it after any timing: it makes allocation slower)."""
     global _mallopt_done
-    if _mallopt_done:
-        return True
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _mallopt_done = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        libc.malloc_trim(0)
+        if not _mallopt_done:
+            _mallopt_done = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
     except (OSError, AttributeError):
         _mallopt_done = False
     return _mallopt_done

@@ -34,7 +34,9 @@ CASES: Dict[str, tuple] = {
 }
 DEFAULT_CASES = tuple(CASES)
 #: cases whose cost is quadratic in N (for run-time extrapolation before running a size)
-QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 2.0}
+QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 3.0}  # stride SOFT: Newton is O(m³), m ∝ N
+#: a case whose one run is estimated above this many seconds gets fewer runs (3) and no flush comparison
+SLOW_RUN_S = 8.0
 #: the bounded-cost mixers the linear-slope goal is about
 LINEAR_CASES = ("pool", "soft_bounded", "set")
 
@@ -70,7 +72,6 @@ def run_case(spec: Dict) -> Dict:
     dtype = DTYPES[spec.get("dtype", "fp32")]
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    measure.configure_malloc()
     torch.manual_seed(spec.get("seed", 0))
     random.seed(spec.get("seed", 0))
     N = side * side
@@ -169,7 +170,7 @@ def bench_mixers(
     threads: Optional[int] = None,
     isolate: bool = True,
     budget_s: float = 60.0,
-    max_run_s: float = 150.0,
+    max_run_s: float = 60.0,
     mem_limit: Optional[float] = None,
     flush_compare: bool = True,
     input_scale: float = 1.0,
@@ -200,6 +201,7 @@ def bench_mixers(
                     records.append(rec)
                     log(_line(rec))
                     continue
+                est = None
                 if prev is not None and prev.get("status") == "ok":
                     p = QUADRATIC.get(name, 1.0)
                     est = prev["median_s"] * (N / prev["N"]) ** p
@@ -209,9 +211,11 @@ def bench_mixers(
                         records.append(rec)
                         log(_line(rec))
                         continue
+                slow = est is not None and est > SLOW_RUN_S
                 spec = {"name": name, "side": side, "mode": mode, "repeats": repeats, "warmup": warmup,
                         "device": device, "dtype": dtype, "threads": threads, "budget_s": budget_s,
-                        "min_repeats": min(5, repeats), "flush_compare": flush_compare, "input_scale": input_scale}
+                        "min_repeats": min(3 if slow else 5, repeats), "input_scale": input_scale,
+                        "flush_compare": flush_compare and mode == "inference" and not slow}
                 try:
                     result = run_isolated("mixer", spec) if isolate else run_case(spec)
                     rec = dict(base, status="ok", **result)

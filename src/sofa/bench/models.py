@@ -75,7 +75,6 @@ def run_case(spec: Dict) -> Dict:
     dtype = DTYPES[spec.get("dtype", "fp32")]
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    measure.configure_malloc()
     torch.manual_seed(0)
     model = create(source, name, side).to(device).eval()
     x = torch.randn(batch, 3, side, side, device=device)

@@ -1,7 +1,7 @@
 """One benchmark case in a fresh process: ``python -m sofa.bench.worker KIND SPEC_JSON``.
 
-A fresh process per case keeps the peak-memory reading honest (nothing left resident by an earlier case, and
-``malloc`` configured before anything is allocated) and the cases independent (caches, thread pools, oneDNN
+A fresh process per case keeps the peak-memory reading honest (nothing left resident by an earlier case) and the
+cases independent (caches, thread pools, oneDNN
 primitives). The result is printed as one JSON line after ``RESULT_MARK``.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ RESULT_MARK = "SOFA_BENCH_RESULT "
 def run_isolated(kind: str, spec: Dict, timeout: float | None = None) -> Dict:
     """Run one case of ``kind`` ("mixer", "model" or "gemm") in a fresh Python process; returns its record."""
     env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     proc = subprocess.run([sys.executable, "-m", "sofa.bench.worker", kind, json.dumps(spec)], capture_output=True,
                           text=True, env=env, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):
@@ -34,7 +33,6 @@ def main(argv=None) -> int:
     kind, spec = argv[0], json.loads(argv[1])
     from sofa.bench import measure
 
-    measure.configure_malloc()
     if kind == "mixer":
         from sofa.bench.mixers import run_case
 
