@@ -28,9 +28,10 @@ def test_timm_names_of_sofa_models():
 
 
 @pytest.mark.parametrize("backbone,head,kwargs", [
-    ("soft_tiny", "upernet", {"max_landmarks": 16}),
-    ("setformer_mini", "upernet", {}),
-    ("poolformer_s12", "auto", {}),  # auto = Semantic FPN for PoolFormer
+    ("soft_mini", "upernet", {"max_landmarks": 16}),  # bounded landmarks
+    ("soft_mini", "upernet", {}),  # released stride landmarks
+    ("setformer_mini", "upernet", {"depths": (1, 1, 1, 1), "dims": (32, 64, 96, 128)}),  # one block per stage
+    ("poolformer_mini", "auto", {}),  # auto = Semantic FPN for PoolFormer
 ])
 def test_segmentor_forward_backward_any_size(backbone, head, kwargs):
     model = build_segmentor(backbone, num_classes=5, head=head, **SMALL, **kwargs)
@@ -97,8 +98,8 @@ def _det_inputs():
 
 
 @pytest.mark.parametrize("kind,backbone,kwargs", [
-    ("maskrcnn", "soft_norm_tiny", {"max_landmarks": 16}),
-    ("retinanet", "poolformer_s12", {}),
+    ("maskrcnn", "soft_norm_mini", {"max_landmarks": 16}),
+    ("retinanet", "poolformer_mini", {}),
 ])
 def test_detector_forward_backward_and_predict(kind, backbone, kwargs):
     model = build_detector(kind, backbone, num_classes=3, min_size=96, max_size=160, anchor_base=16,
