@@ -48,6 +48,7 @@ def test_segmentor_forward_backward_any_size(backbone, head, kwargs):
     assert torch.isfinite(loss)
     loss.backward()
     assert _grad_reaches_backbone(model)
+    assert all(p.grad is not None for p in model.parameters())  # DDP needs every parameter in the graph
     model.eval()
     with torch.no_grad():
         assert model(x[:1, :, :40, :56]).shape == (1, 5, 40, 56)
@@ -116,6 +117,8 @@ def test_detector_forward_backward_and_predict(kind, backbone, kwargs):
     assert torch.isfinite(total)
     total.backward()
     assert _grad_reaches_backbone(model)
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, unused  # DDP needs every parameter in the graph
     model.eval()
     with torch.no_grad():
         out = model(images)
@@ -160,3 +163,17 @@ def test_features_of_a_plain_timm_model_work_too():
     assert f.feature_info.reduction() == [2, 4, 8, 16, 32]
     det = build_detector("retinanet", "resnet18", num_classes=2, min_size=64, max_size=96, fpn_channels=32)
     assert det.backbone.in_channels_list == [128, 256, 512]
+
+
+def test_highres_check_runs_a_case(tmp_path):
+    import json
+
+    from sofa.dense.highres import main, parse_case
+
+    assert parse_case("soft_norm_tiny:max_landmarks=49,newton_iters=10") == (
+        "soft_norm_tiny", {"max_landmarks": 49, "newton_iters": 10})
+    out = tmp_path / "r.json"  # each case runs in a fresh process
+    assert main(["--cases", "poolformer_mini", "--height", "64", "--width", "96", "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["image"] == [64, 96] and r["forward_s"] > 0
+    assert r["peak_extra_bytes"] is None or r["peak_extra_bytes"] >= 0

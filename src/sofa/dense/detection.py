@@ -48,6 +48,13 @@ class FeaturePyramidBackbone(nn.Module):
             raise ValueError(f"the backbone has no features at stride(s) {missing}; it gives {body_strides}")
         self.body = body
         self.indices = [body_strides.index(s) for s in strides]
+        # dense output norms of levels the FPN does not take would hold parameters without gradients (which DDP
+        # rejects): replace them by identity, as PoolFormer's released RetinaNet configs do for stride 4
+        norms = getattr(getattr(body, "model", None), "out_norms", None)
+        if isinstance(norms, nn.ModuleList):
+            for i in range(len(norms)):
+                if i not in self.indices:
+                    norms[i] = nn.Identity()
         self.strides = tuple(strides)
         channels = body.feature_info.channels()
         self.in_channels_list = [channels[i] for i in self.indices]
