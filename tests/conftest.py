@@ -28,6 +28,12 @@ def reference_index(reference_dir: Path) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_global_state():
+    """Every test starts seeded, and must leave torch's global switches as it found them."""
     torch.manual_seed(0)
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
     yield
+    leaked = torch.is_grad_enabled() != grad
+    torch.set_grad_enabled(grad)
+    torch.set_num_threads(threads)
+    assert not leaked, "the test left autograd switched off globally"

@@ -81,8 +81,8 @@ HEADER = ["model", "family", "params (M)", "paper (M)", "Δ", "GMACs", "paper GM
 def models_command(args) -> int:
     import torch
 
-    torch.set_grad_enabled(False)
-    rows = model_rows(args.pattern, args.family, not args.no_macs, args.img_size)
+    with torch.no_grad():  # a context, not a global switch: the command also runs inside other programs
+        rows = model_rows(args.pattern, args.family, not args.no_macs, args.img_size)
     if not rows:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
