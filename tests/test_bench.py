@@ -69,8 +69,14 @@ def test_quick_mixer_run_writes_json_and_plot(tmp_path):
     payload = json.loads(js.read_text())
     assert {"command", "settings", "machine", "records", "slopes", "goals"} <= set(payload)
     assert payload["machine"]["torch"] == torch.__version__
-    recs = payload["records"]
+    recs = [r for r in payload["records"] if r["bench"] == "mixers"]
     assert len(recs) == 4 * 2 * 2  # cases × sizes × modes
+    pairs = [r for r in payload["records"] if r["bench"] == "mixer_pair"]
+    # the linear mixers are timed again at successive sizes in turn, for slopes robust to the machine's load
+    assert {(r["mixer"], r["mode"]) for r in pairs} == {(m, mode) for m in ("pool", "soft_bounded", "set")
+                                                       for mode in ("inference", "train")}
+    assert all(r["status"] == "ok" and len(r["slope_runs"]) == r["runs"] >= 3 for r in pairs)
+    assert payload["interleaved_slopes"] == pairs
     for r in recs:
         assert r["status"] == "ok", r
         assert {"mixer", "mode", "N", "side", "C", "heads", "dtype", "median_s", "times_s", "runs", "peak_mem_bytes",

@@ -62,6 +62,8 @@ def register(subparsers) -> None:
                         "previous size (N² for softmax attention, N³ for stride SOFT) (default 60)")
     m.add_argument("--mem-limit", type=float, help="GB; skip cases estimated to need more (default 80%% of free)")
     m.add_argument("--input-scale", type=float, default=1.0, help="standard deviation of the random tokens")
+    m.add_argument("--no-pair-slopes", dest="pair_slopes", action="store_false",
+                   help="skip re-timing successive sizes of the linear mixers in turn for robust slopes")
     m.set_defaults(func=run_mixers)
 
     d = sub.add_parser("models", help="images/s and peak memory of our models and timm's alternatives")
@@ -73,6 +75,8 @@ def register(subparsers) -> None:
                    help="torch.compile every model (optionally with a mode, e.g. max-autotune)")
     d.add_argument("--channels-last", action="store_true", help="run models and inputs in channels-last layout")
     d.add_argument("--gemm-size", type=int, default=2048, help="side of the square GEMM that sets the peak")
+    d.add_argument("--profile", action="store_true",
+                   help="also profile one step of each model (torch.profiler) and say what bounds it")
     d.set_defaults(func=run_models)
     bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
 
@@ -138,7 +142,8 @@ def run_mixers(args) -> int:
     records = mx.bench_mixers(cases, sides, args.modes, repeats=repeats, warmup=warmup, device=args.device,
                               dtype=args.dtype, threads=args.threads, isolate=isolate, budget_s=args.budget,
                               max_run_s=args.max_run, mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
-                              flush_compare=args.flush_compare, input_scale=args.input_scale)
+                              flush_compare=args.flush_compare, input_scale=args.input_scale,
+                              pair_slopes=args.pair_slopes, pair_repeats=3 if quick else max(repeats, 9))
     goals = report.mixer_goals(records)
     tables = []
     for mode in args.modes:
@@ -147,7 +152,11 @@ def run_mixers(args) -> int:
             tables.append(f"### {mode}: median time / peak extra memory\n\n{t}")
     st = report.slope_table(records)
     if st:
-        tables.append(f"### slope of log(time) against log(N)\n\n{st}")
+        tables.append(f"### slope of log(time) against log(N), from the medians above\n\n{st}")
+    pt = report.pair_slope_table(records)
+    if pt:
+        tables.append("### slope of log(time) against log(N), the two sizes timed in turn in one process "
+                      f"(median over runs; robust to the machine's changing load)\n\n{pt}")
     sm = report.slope_table(records, "peak_mem_bytes")
     if sm:
         tables.append(f"### slope of log(peak memory) against log(N)\n\n{sm}")
@@ -159,6 +168,7 @@ def run_mixers(args) -> int:
         tables.append(f"### goals\n\n{gt}")
     payload = {"bench": "mixers", "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                "settings": settings, "machine": info, "records": records, "slopes": mx.slopes(records),
+               "interleaved_slopes": [r for r in records if r.get("bench") == "mixer_pair"],
                "memory_slopes": mx.slopes(records, "peak_mem_bytes"), "goals": goals}
     title = f"sofa bench mixers: {info['host_cpu']}, {info['torch_threads']} threads, {args.dtype}, {info['date'][:10]}"
     return _finish(args, payload, tables, lambda p: report.plot_mixers(records, p, title))
@@ -191,9 +201,12 @@ def run_models(args) -> int:
     records = md.bench_models(models, sides, dtypes, batch=batch, repeats=repeats, warmup=warmup, device=args.device,
                               threads=args.threads, isolate=isolate, compile=args.compile,
                               channels_last=args.channels_last, budget_s=args.budget, gemm_size=64 if quick else
-                              args.gemm_size)
+                              args.gemm_size, profile=args.profile)
     goals = report.model_goals(records)
     tables = [f"### models (batch {batch})\n\n{report.model_table(records)}"]
+    pt = report.profile_table(records)
+    if pt:
+        tables.append(f"### what bounds each model (torch.profiler, one step: share of its wall time)\n\n{pt}")
     gt = report.goals_table(goals)
     if gt:
         tables.append(f"### goals\n\n{gt}")

@@ -65,13 +65,11 @@ def build(name: str):
     return build_mixer(kind, DIM, None if kind in ("pool", "identity") else HEADS, **kw)
 
 
-def run_case(spec: Dict) -> Dict:
-    """Measure one (mixer, N, mode) case in this process; ``spec`` is what :func:`bench_mixers` sends the worker."""
-    name, side, mode = spec["name"], int(spec["side"]), spec["mode"]
+def _make_step(spec: Dict, side: int):
+    """Build the mixer and its input for one size; returns (step, record fields)."""
+    name, mode = spec["name"], spec["mode"]
     device = torch.device(spec.get("device", "cpu"))
     dtype = DTYPES[spec.get("dtype", "fp32")]
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(spec.get("seed", 0))
     random.seed(spec.get("seed", 0))
     N = side * side
@@ -103,6 +101,45 @@ def run_case(spec: Dict) -> Dict:
             return None
     else:
         raise ValueError(f"mode must be 'inference' or 'train', got {mode!r}")
+    return step, rec
+
+
+def run_pair(spec: Dict) -> Dict:
+    """Time one mixer at two sizes with their runs interleaved (small, large, small, large, ...), in one process:
+    a change of the machine's load during the measurement then hits both sizes alike, so the slope between them
+    (the median over runs of log(t_large/t_small)/log(N_large/N_small)) is far less noisy than the ratio of two
+    separately measured medians."""
+    import statistics
+    import time as _time
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    device = torch.device(spec.get("device", "cpu"))
+    a, b = (int(s) for s in spec["sides"])
+    steps = [_make_step(spec, a)[0], _make_step(spec, b)[0]]
+    for _ in range(int(spec.get("warmup", 1))):
+        for st in steps:
+            st()
+            measure.synchronize(device)
+    times: List[List[float]] = [[], []]
+    for _ in range(int(spec["repeats"])):
+        for k, st in enumerate(steps):
+            t0 = _time.perf_counter()
+            st()
+            measure.synchronize(device)
+            times[k].append(_time.perf_counter() - t0)
+    per_run = [slope(a * a, ta, b * b, tb) for ta, tb in zip(*times)]
+    return {"sides": [a, b], "times_s": times, "medians_s": [statistics.median(t) for t in times],
+            "slope": statistics.median(per_run), "slope_runs": per_run, "runs": len(per_run)}
+
+
+def run_case(spec: Dict) -> Dict:
+    """Measure one (mixer, N, mode) case in this process; ``spec`` is what :func:`bench_mixers` sends the worker."""
+    side = int(spec["side"])
+    device = torch.device(spec.get("device", "cpu"))
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    step, rec = _make_step(spec, side)
 
     budget = spec.get("budget_s")
     min_rep = int(spec.get("min_repeats", 1))
@@ -174,6 +211,9 @@ def bench_mixers(
     mem_limit: Optional[float] = None,
     flush_compare: bool = True,
     input_scale: float = 1.0,
+    pair_slopes: bool = True,
+    pair_max_s: float = 5.0,
+    pair_repeats: int = 9,
     log: Callable[[str], None] = print,
 ) -> List[Dict]:
     """Measure every (case, size, mode); returns one record per case (``status`` "ok" or "skipped")."""
@@ -224,6 +264,28 @@ def bench_mixers(
                 records.append(rec)
                 log(_line(rec))
                 prev = rec
+    if pair_slopes:
+        for mode in modes:
+            for name in [c for c in cases if c in LINEAR_CASES]:
+                ok = sorted((r for r in records if r["mixer"] == name and r["mode"] == mode and r["status"] == "ok"),
+                            key=lambda r: r["N"])
+                for ra, rb in zip(ok, ok[1:]):
+                    if rb["median_s"] > pair_max_s:
+                        continue
+                    spec = {"name": name, "mode": mode, "sides": [ra["side"], rb["side"]], "device": device,
+                            "dtype": dtype, "threads": threads, "input_scale": input_scale, "warmup": 1,
+                            "repeats": pair_repeats}
+                    try:
+                        res = run_isolated("mixer_pair", spec) if isolate else run_pair(spec)
+                        rec = {"bench": "mixer_pair", "mixer": name, "mode": mode, "from_side": ra["side"],
+                               "to_side": rb["side"], "from_N": ra["N"], "to_N": rb["N"], "status": "ok", **res}
+                    except Exception as err:
+                        rec = {"bench": "mixer_pair", "mixer": name, "mode": mode, "from_side": ra["side"],
+                               "to_side": rb["side"], "status": "failed", "reason": f"{type(err).__name__}: {err}"}
+                    records.append(rec)
+                    if rec["status"] == "ok":
+                        log(f"{mode:9s} {name:21s} slope {ra['side']}²→{rb['side']}² (interleaved, {rec['runs']} "
+                            f"runs): {rec['slope']:.2f}")
     return records
 
 

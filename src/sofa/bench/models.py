@@ -95,6 +95,11 @@ def run_case(spec: Dict) -> Dict:
 
     rec.update(measure.time_call(step, repeats=int(spec.get("repeats", 5)), warmup=int(spec.get("warmup", 2)),
                                  device=device, budget_s=spec.get("budget_s"), min_repeats=min(5, spec["repeats"])))
+    if spec.get("profile"):
+        from sofa.bench.profile import bound_by, profile_step
+
+        rec["profile"] = profile_step(step)
+        rec["bound_by"] = bound_by(rec["profile"])
     rec.update(measure.peak_memory(step, device))
     return rec
 
@@ -113,6 +118,7 @@ def bench_models(
     channels_last: bool = False,
     budget_s: float = 60.0,
     gemm_size: int = 2048,
+    profile: bool = False,
     log: Callable[[str], None] = print,
 ) -> List[Dict]:
     """Measure every (model, size, dtype); the first record is the GEMM peak of the same run."""
@@ -133,7 +139,7 @@ def bench_models(
                         "dtype": dt, "device": device, "compile": compile or False, "channels_last": channels_last}
                 spec = {"source": source, "name": name, "side": side, "batch": batch, "dtype": dt, "device": device,
                         "threads": threads, "repeats": repeats, "warmup": warmup, "compile": compile,
-                        "channels_last": channels_last, "budget_s": budget_s}
+                        "channels_last": channels_last, "budget_s": budget_s, "profile": profile}
                 try:
                     result = run_isolated("model", spec) if isolate else run_case(spec)
                     rec = dict(base, status="ok", **result)

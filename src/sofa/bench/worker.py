@@ -37,6 +37,10 @@ def main(argv=None) -> int:
         from sofa.bench.mixers import run_case
 
         result = run_case(spec)
+    elif kind == "mixer_pair":
+        from sofa.bench.mixers import run_pair
+
+        result = run_pair(spec)
     elif kind == "model":
         from sofa.bench.models import run_case
 
