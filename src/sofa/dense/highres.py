@@ -7,7 +7,8 @@ Each case runs in a fresh process: build Mask R-CNN (random weights, COCO's 80 c
 ``max_size=1333``, so the image is not resized and is padded to 800×1344), then one inference forward under
 ``torch.no_grad``. Memory is measured as in ``sofa bench`` (``sofa.bench.measure.peak_memory``: the extra resident
 memory at the peak of the call, over what was resident before it — weights and input excluded), plus the
-process's whole peak resident set. A case is ``MODEL[:KEY=VALUE,...]`` with backbone keyword arguments.
+process's whole peak resident set; then the same for the backbone + FPN alone on the padded 800×1344 batch
+(the whole detector's peak includes its 100 pasted full-size masks, ≈0.43 GB, whatever the backbone). A case is ``MODEL[:KEY=VALUE,...]`` with backbone keyword arguments.
 
 The default cases compare SOFT with bounded landmarks (``max_landmarks=49``, linear cost), the released
 stride-landmark SOFT (r = 8, 4, 2: about 1,050 landmarks per stage at this size, quadratic cost), SeTformer
@@ -60,11 +61,24 @@ def run_case(case: str, height: int = 800, width: int = 1333, detector: str = "m
         return out
 
     mem = peak_memory(forward)
+    # the backbone + FPN alone on the padded batch the detector builds (800×1344 for 800×1333): the full
+    # detector's peak also holds its 100 pasted full-size masks (≈0.43 GB at 800×1333), the same for every backbone
+    padded = torch.rand(1, 3, -(-height // 32) * 32, -(-width // 32) * 32)
+
+    def features():
+        with torch.no_grad():
+            t = time.perf_counter()
+            out = model.backbone(padded)
+            timing["backbone_s"] = time.perf_counter() - t
+        return out
+
+    mem_b = peak_memory(features)
     params = sum(p.numel() for p in model.backbone.body.parameters())
     return {
         "case": case, "backbone": name, "backbone_kwargs": kwargs, "detector": detector,
         "image": [height, width], "backbone_params_M": params / 1e6, "build_s": build_s,
         "forward_s": timing.get("forward_s"), "peak_extra_bytes": mem.get("peak_mem_bytes"),
+        "backbone_fpn_s": timing.get("backbone_s"), "backbone_fpn_peak_extra_bytes": mem_b.get("peak_mem_bytes"),
         "process_peak_rss_bytes": (_status_kib("VmHWM") or 0) * 1024, "mem_method": mem.get("mem_method"),
         "threads": torch.get_num_threads(),
     }
@@ -84,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = []
     print(f"{args.detector} on one {args.height}x{args.width} image, CPU, fresh process per case")
-    print(f"{'case':<36} {'params':>8} {'forward':>9} {'peak extra':>11} {'process peak':>13}")
+    print(f"{'':<36} {'backbone':>8} {'Mask R-CNN (whole)':>22} {'backbone + FPN':>22} {'process':>9}")
+    print(f"{'case':<36} {'params':>8} {'time':>9} {'peak extra':>12} {'time':>9} {'peak extra':>12} {'peak RSS':>9}")
     for case in args.cases:
         cmd = [sys.executable, "-m", "sofa.dense.highres", "--worker", case, "--height", str(args.height),
                "--width", str(args.width), "--detector", args.detector]
@@ -97,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(r)
         gib = 1024**3
-        extra = r["peak_extra_bytes"]
-        print(f"{case:<36} {r['backbone_params_M']:7.2f}M {r['forward_s']:8.1f}s "
-              f"{(extra / gib if extra is not None else float('nan')):9.2f}GiB {r['process_peak_rss_bytes'] / gib:11.2f}GiB",
-              flush=True)
+
+        def g(v):
+            return v / gib if v is not None else float("nan")
+
+        print(f"{case:<36} {r['backbone_params_M']:7.2f}M {r['forward_s']:8.1f}s {g(r['peak_extra_bytes']):9.2f}GiB "
+              f"{r['backbone_fpn_s']:8.1f}s {g(r['backbone_fpn_peak_extra_bytes']):9.2f}GiB "
+              f"{r['process_peak_rss_bytes'] / gib:6.2f}GiB", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -136,7 +136,7 @@ class SegmentationTask(Task):
     defaults: dict[str, Any] = dict(data=SHAPES, model="soft_tiny", epochs=127, batch_size=16, lr=6e-5,
                                     min_lr=0.0, weight_decay=0.01, warmup_epochs=1.2, sched="poly", drop_path=0.1)
     #: quick CPU profile for the synthetic shapes
-    SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_s12", epochs=8, batch_size=8, lr=1e-3, min_lr=1e-5,
+    SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_mini", epochs=20, batch_size=8, lr=2e-3, min_lr=1e-5,
                                           weight_decay=0.01, warmup_epochs=0.5, sched="cosine", drop_path=0.0,
                                           decoder_channels=64)
 
@@ -314,8 +314,9 @@ class DetectionTask(Task):
     #: the papers' COCO 1x recipe (12 epochs, batch 16, AdamW 1e-4, wd 0.05; step decay there, cosine here)
     defaults: dict[str, Any] = dict(data=SHAPES, model="soft_tiny", epochs=12, batch_size=2, lr=1e-4, min_lr=1e-6,
                                     weight_decay=0.05, warmup_epochs=0.1, drop_path=0.1, clip_grad=None)
-    SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_s12", epochs=6, batch_size=4, lr=2e-4, min_lr=1e-6,
-                                          weight_decay=0.05, warmup_epochs=0.3, drop_path=0.0, clip_grad=5.0)
+    SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_mini", epochs=4, batch_size=4, lr=1e-3, min_lr=1e-5,
+                                          weight_decay=0.05, warmup_epochs=0.3, drop_path=0.0, clip_grad=5.0,
+                                          fpn_channels=64, roi_batch_size=64)
 
     @classmethod
     def add_args(cls, p) -> None:
@@ -327,9 +328,9 @@ class DetectionTask(Task):
                        help="anchor size of the finest level, doubling per level (default 32; shapes 16)")
         p.add_argument("--flip-prob", type=float, default=0.5)
         p.add_argument("--fpn-channels", type=int, default=None,
-                       help="FPN width; Mask R-CNN's heads scale with it (default 256; shapes 128)")
+                       help="FPN width; Mask R-CNN's heads scale with it (default 256; shapes 64)")
         p.add_argument("--roi-batch-size", type=int, default=None,
-                       help="Mask R-CNN RoIs sampled per image for the box/mask heads (default 512; shapes 128)")
+                       help="Mask R-CNN RoIs sampled per image for the box/mask heads (default 512; shapes 64)")
         _add_common(p)
 
     @classmethod
@@ -375,7 +376,7 @@ class DetectionTask(Task):
         return dict(min_size=getattr(c, "min_size", None) or (160 if shapes else 800),
                     max_size=getattr(c, "max_size", None) or (267 if shapes else 1333),
                     anchor_base=getattr(c, "anchor_base", None) or (16 if shapes else 32),
-                    fpn_channels=getattr(c, "fpn_channels", None) or (128 if shapes else 256))
+                    fpn_channels=getattr(c, "fpn_channels", None) or (64 if shapes else 256))
 
     @property
     def with_masks(self) -> bool:
@@ -426,7 +427,7 @@ class DetectionTask(Task):
         kind = getattr(c, "detector", "maskrcnn") or "maskrcnn"
         det_kw = {}
         if kind == "maskrcnn":
-            det_kw["box_batch_size_per_image"] = getattr(c, "roi_batch_size", None) or (128 if _is_shapes(c) else 512)
+            det_kw["box_batch_size_per_image"] = getattr(c, "roi_batch_size", None) or (64 if _is_shapes(c) else 512)
         model = build_detector(kind, c.model, len(self.classes),
                                backbone_checkpoint=getattr(c, "backbone_checkpoint", None), detector_kwargs=det_kw,
                                **self._settings(), **backbone_kwargs(c))
