@@ -82,6 +82,10 @@ def register(subparsers) -> None:
 
 
 def _header(args, settings: Dict) -> Dict:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the workers are told the same; the header and JSON say so
     info = measure.machine_info(args.device)
     print(f"sofa bench {args.bench_command}  ({info['date']})")
     print(f"machine: {info['host_cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']} with "
