@@ -29,7 +29,7 @@ ELEMENTWISE_HINTS = ("add", "sub", "mul", "div", "exp", "gelu", "norm", "copy", 
 def _kind(name: str, shapes) -> str:
     if name in MATMUL:
         return "matmul"
-    if "convolution" in name:
+    if "convolution" in name or "conv2d" in name or "conv3d" in name or "conv1d" in name:
         # a depthwise filter (weight (C, 1, k, k), k > 1) is memory-bound; other convolutions are GEMMs
         try:
             w = shapes[1]
