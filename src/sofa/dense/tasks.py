@@ -136,7 +136,7 @@ class SegmentationTask(Task):
     defaults: dict[str, Any] = dict(data=SHAPES, model="soft_tiny", epochs=127, batch_size=16, lr=6e-5,
                                     min_lr=0.0, weight_decay=0.01, warmup_epochs=1.2, sched="poly", drop_path=0.1)
     #: quick CPU profile for the synthetic shapes
-    SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_mini", epochs=20, batch_size=8, lr=2e-3, min_lr=1e-5,
+    SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_mini", epochs=40, batch_size=8, lr=2e-3, min_lr=1e-5,
                                           weight_decay=0.01, warmup_epochs=0.5, sched="cosine", drop_path=0.0,
                                           decoder_channels=64)
 
