@@ -75,21 +75,29 @@ def _metrics(run):
 
 
 def test_segmentation_train_eval_resume_cli(shapes, tmp_path):
+    import sofa
+    from sofa.models.checkpoint import save_safetensors
+
+    backbone = tmp_path / "cls.safetensors"  # a classification checkpoint for the backbone
+    save_safetensors(sofa.create_model("poolformer_mini", num_classes=5), backbone)
     run = tmp_path / "seg"
     common = ["--data", str(shapes), "--model", "poolformer_mini", "--batch-size", "3", "--workers", "0",
-              "--crop-size", "48", "--seg-scale", "128", "48", "--decoder-channels", "16", "--progress", "none"]
+              "--crop-size", "48", "--seg-scale", "128", "48", "--decoder-channels", "16", "--progress", "none",
+              "--backbone-checkpoint", str(backbone)]
     assert main(["train", "--task", "segmentation", "--epochs", "1", "--output", str(run), *common]) == 0
     for f in ("last.pt", "model.safetensors", "best.safetensors", "metrics.jsonl", "config.yaml"):
         assert (run / f).is_file(), f
     rec = [r for r in _metrics(run) if "val_mIoU" in r][-1]
     assert 0 <= rec["val_mIoU"] <= 100 and "val_aAcc" in rec and "val_IoU.circle" in rec
-    # eval of the final weights reproduces the last validation
+    # eval of the final weights reproduces the last validation (and needs no backbone file any more)
+    backbone.unlink()
     out = tmp_path / "eval.json"
     assert main(["eval", str(run / "model.safetensors"), "--output", str(out), "--workers", "0",
                  "--progress", "none"]) == 0
     ev = json.loads(out.read_text())["metrics"]
     assert ev["mIoU"] == pytest.approx(rec["val_mIoU"], abs=1e-6)
-    # resume to a longer schedule continues from epoch 2
+    # resume to a longer schedule continues from epoch 2 (the backbone file is built over, then replaced)
+    save_safetensors(sofa.create_model("poolformer_mini", num_classes=5), backbone)
     assert main(["train", "--resume", str(run), "--epochs", "2", "--progress", "none"]) == 0
     epochs = [r["epoch"] for r in _metrics(run) if "val_mIoU" in r]
     assert epochs[-1] == 2 and len(epochs) == 2

@@ -127,6 +127,14 @@ def _add_common(p) -> None:
     p.add_argument("--max-val-samples", type=int, default=None, help="evaluate only the first N images")
 
 
+def _backbone_checkpoint(cfg) -> str | None:
+    """The backbone's initial weights, except when ``sofa eval`` rebuilds a trained model (it sets ``cfg.classes``
+    from the checkpoint, whose weights then replace everything): no need to read, or even keep, that file."""
+    if getattr(cfg, "classes", None):
+        return None
+    return getattr(cfg, "backbone_checkpoint", None)
+
+
 # ====================================================================================== segmentation
 class SegmentationTask(Task):
     name = "segmentation"
@@ -251,8 +259,8 @@ class SegmentationTask(Task):
         model = build_segmentor(c.model, len(self.classes), head=getattr(c, "seg_head", "auto") or "auto",
                                 decoder_channels=getattr(c, "decoder_channels", None),
                                 aux_head=getattr(c, "aux_head", None),
-                                backbone_checkpoint=getattr(c, "backbone_checkpoint", None), **backbone_kwargs(c))
-        if getattr(c, "backbone_checkpoint", None):
+                                backbone_checkpoint=_backbone_checkpoint(c), **backbone_kwargs(c))
+        if _backbone_checkpoint(c):
             self.log(f"backbone initialised from {c.backbone_checkpoint}")
         return model
 
@@ -429,9 +437,9 @@ class DetectionTask(Task):
         if kind == "maskrcnn":
             det_kw["box_batch_size_per_image"] = getattr(c, "roi_batch_size", None) or (64 if _is_shapes(c) else 512)
         model = build_detector(kind, c.model, len(self.classes),
-                               backbone_checkpoint=getattr(c, "backbone_checkpoint", None), detector_kwargs=det_kw,
+                               backbone_checkpoint=_backbone_checkpoint(c), detector_kwargs=det_kw,
                                **self._settings(), **backbone_kwargs(c))
-        if getattr(c, "backbone_checkpoint", None):
+        if _backbone_checkpoint(c):
             self.log(f"backbone initialised from {c.backbone_checkpoint}")
         return model
 
