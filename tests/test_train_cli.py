@@ -279,3 +279,14 @@ def test_resume_a_finished_run_with_more_epochs(run, tmp_path, capsys):
     assert "resumed" in text and "--epochs changed from 2 to 3" in text and "epoch 3/3" in text
     state = torch.load(copy / "last.pt", weights_only=True)
     assert state["epoch"] == 3 and state["config"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("task, data", [("classification", "digits"), ("segmentation", "shapes"), ("detection", "shapes")])
+def test_default_data_is_the_tasks_own(task, data):
+    """With no --data each task gets its own default data (and that data's profile), not classification's."""
+    from sofa.cli import build_parser
+    from sofa.train.cli import resolve_train_config
+
+    args = build_parser().parse_args(["train", "--task", task])
+    cfg = resolve_train_config(args, **args.func.__wrapped__.keywords)
+    assert cfg.data == data

@@ -54,7 +54,7 @@ def shapes_root(num_train: int = 200, num_val: int = 50) -> Path:
 def _is_shapes(cfg) -> bool:
     """The synthetic set: ``--data shapes`` (the default) or a folder written by ``sofa data shapes``."""
     data = str(getattr(cfg, "data", None) or SHAPES)
-    if data in (SHAPES, "digits"):  # "digits" is the loop's default data, meaningless for dense tasks
+    if data == SHAPES:
         return True
     meta = Path(data) / "classes.json"
     try:
@@ -66,7 +66,7 @@ def _is_shapes(cfg) -> bool:
 def _data_root(cfg) -> Path:
     from sofa.train.errors import UserError
 
-    if str(getattr(cfg, "data", None) or SHAPES) in (SHAPES, "digits"):
+    if str(getattr(cfg, "data", None) or SHAPES) == SHAPES:
         return shapes_root()
     root = Path(cfg.data)
     if not root.is_dir():

@@ -132,14 +132,15 @@ def resolve_train_config(args: argparse.Namespace, known: set[str], task_default
     partial = resolve(args, known, [("config file " + str(args.config), file_cfg), ("resumed run", resume_cfg)])
     partial.task = task_name
     # the data decides a profile (e.g. digits) — look at data as resolved so far
-    if partial.data is None:
-        partial.data = LOOP_DEFAULTS["data"]
+    defaults_of_task = dict(task_defaults.get(task_name, {}), **task_cls.defaults)
+    if partial.data is None:  # the task's default data (e.g. shapes for dense tasks), else the loop's (digits)
+        partial.data = defaults_of_task.get("data") or LOOP_DEFAULTS["data"]
     profile = task_cls.profile(partial) if hasattr(task_cls, "profile") else {}
     layers = [
         ("config file " + str(args.config), file_cfg),
         ("resumed run", resume_cfg),
         ("data profile", profile),
-        ("task defaults", dict(task_defaults.get(task_name, {}), **task_cls.defaults)),
+        ("task defaults", defaults_of_task),
         ("loop defaults", LOOP_DEFAULTS),
     ]
     cfg = resolve(partial, known, layers)
