@@ -50,6 +50,28 @@ class LayerNorm2d(nn.LayerNorm):
         )
 
 
+class ClassifierMixin:
+    """timm's classifier conventions, shared by the model families: ``self.stages`` (each with a
+    ``grad_checkpointing`` flag), ``self.head`` (a Linear, or Identity for no classes), ``self.num_features``."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def _new_head(self, num_classes: int) -> None:
+        """A freshly initialised classifier (trunc-normal 0.02 weights, zero bias) for ``num_classes``."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+
 class PoolMixer2d(nn.Module):
     """PoolFormer's mixer on a (B, C, H, W) map: AvgPool(k, 1, k//2, count_include_pad=False)(x) − x.
 
@@ -306,7 +328,7 @@ class MetaFormerStage(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- model
-class MetaFormer(nn.Module):
+class MetaFormer(ClassifierMixin, nn.Module):
     """A four-stage MetaFormer with one token mixer per stage.
 
     Args:
@@ -415,23 +437,10 @@ class MetaFormer(nn.Module):
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
             (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self._new_head(num_classes)
 
     def _check_input(self, x: torch.Tensor):
         if x.dim() != 4:

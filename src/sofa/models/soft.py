@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, trunc_normal_
 
 from sofa.models._builder import build_model
-from sofa.models.metaformer import Mlp
+from sofa.models.metaformer import ClassifierMixin, Mlp
 from sofa.models.registry import register_model
 
 __all__ = ["SoftVisionTransformer", "VARIANTS", "checkpoint_filter_fn", "from_original_config"]
@@ -154,7 +154,7 @@ class SoftStage(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- model
-class SoftVisionTransformer(nn.Module):
+class SoftVisionTransformer(ClassifierMixin, nn.Module):
     """SOFT / SOFT-Norm (see the module docstring).
 
     Args:
@@ -251,25 +251,12 @@ class SoftVisionTransformer(nn.Module):
                     blocks=[(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)", (0,)),
                             (r"^norm", (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("token", "avg"):
                 raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
             self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self._new_head(num_classes)
 
     def _check_input(self, x: torch.Tensor):
         if x.dim() != 4:
