@@ -136,7 +136,17 @@ def _backbone_checkpoint(cfg) -> str | None:
 
 
 # ====================================================================================== segmentation
-class SegmentationTask(Task):
+class _DenseTask(Task):
+    """What the dense tasks share: on the synthetic shapes set, a light CPU profile (``SHAPES_PROFILE``)."""
+
+    SHAPES_PROFILE: dict[str, Any] = {}
+
+    @classmethod
+    def profile(cls, cfg) -> dict[str, Any]:
+        return dict(cls.SHAPES_PROFILE) if _is_shapes(cfg) else {}
+
+
+class SegmentationTask(_DenseTask):
     name = "segmentation"
     primary_metric = "mIoU"
     higher_is_better = True
@@ -172,10 +182,6 @@ class SegmentationTask(Task):
         p.add_argument("--per-class-iou", action=argparse.BooleanOptionalAction, default=None,
                        help="report IoU.<class> for every class (default: when there are at most 20 classes)")
         _add_common(p)
-
-    @classmethod
-    def profile(cls, cfg) -> dict[str, Any]:
-        return dict(cls.SHAPES_PROFILE) if _is_shapes(cfg) else {}
 
     def __init__(self, cfg, log=None):
         super().__init__(cfg, log)
@@ -315,7 +321,7 @@ class SegmentationTask(Task):
 
 
 # ====================================================================================== detection
-class DetectionTask(Task):
+class DetectionTask(_DenseTask):
     name = "detection"
     primary_metric = "bbox_AP"
     higher_is_better = True
@@ -340,10 +346,6 @@ class DetectionTask(Task):
         p.add_argument("--roi-batch-size", type=int, default=None,
                        help="Mask R-CNN RoIs sampled per image for the box/mask heads (default 512; shapes 64)")
         _add_common(p)
-
-    @classmethod
-    def profile(cls, cfg) -> dict[str, Any]:
-        return dict(cls.SHAPES_PROFILE) if _is_shapes(cfg) else {}
 
     def __init__(self, cfg, log=None):
         super().__init__(cfg, log)

@@ -52,7 +52,8 @@ class LayerNorm2d(nn.LayerNorm):
 
 class ClassifierMixin:
     """timm's classifier conventions, shared by the model families: ``self.stages`` (each with a
-    ``grad_checkpointing`` flag), ``self.head`` (a Linear, or Identity for no classes), ``self.num_features``."""
+    ``grad_checkpointing`` flag), ``self.head`` (a Linear, or Identity for no classes), ``self.num_features``,
+    and ``forward`` = ``forward_head(forward_features(x))``."""
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
@@ -62,6 +63,9 @@ class ClassifierMixin:
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
     def _new_head(self, num_classes: int) -> None:
         """A freshly initialised classifier (trunc-normal 0.02 weights, zero bias) for ``num_classes``."""
@@ -463,9 +467,6 @@ class MetaFormer(ClassifierMixin, nn.Module):
             x = x.mean((-2, -1))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
