@@ -49,40 +49,28 @@ def mixer_table(records: Sequence[Dict], mode: str) -> str:
     return "\n".join(lines)
 
 
-def slope_table(records: Sequence[Dict], key: str = "median_s") -> str:
-    sl = slopes(records, key)
-    if not sl:
-        return ""
-    pairs = sorted({(s["from_side"], s["to_side"]) for s in sl})
-    keys = list(dict.fromkeys((s["mixer"], s["mode"]) for s in sl))
+def _slope_grid(rows: Sequence[Dict]) -> str:
+    """A mixer × (size pair) markdown table of the ``slope`` of each row (rows hold mixer, mode, from_side,
+    to_side and slope; a missing or None slope is an empty cell)."""
+    pairs = sorted({(r["from_side"], r["to_side"]) for r in rows})
+    keys = list(dict.fromkeys((r["mixer"], r["mode"]) for r in rows))
+    by_cell = {(r["mixer"], r["mode"], r["from_side"], r["to_side"]): r.get("slope") for r in rows}
     lines = ["| mixer | mode | " + " | ".join(f"{a}²→{b}²" for a, b in pairs) + " |",
              "|---|---" + "|---" * len(pairs) + "|"]
     for mixer, mode in keys:
-        cells = []
-        for a, b in pairs:
-            s = next((s for s in sl if s["mixer"] == mixer and s["mode"] == mode and s["from_side"] == a
-                      and s["to_side"] == b), None)
-            cells.append("" if s is None or s["slope"] is None else f"{s['slope']:.2f}")
-        lines.append(f"| {mixer} | {mode} | " + " | ".join(cells) + " |")
+        cells = [by_cell.get((mixer, mode, a, b)) for a, b in pairs]
+        lines.append(f"| {mixer} | {mode} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def slope_table(records: Sequence[Dict], key: str = "median_s") -> str:
+    sl = slopes(records, key)
+    return _slope_grid(sl) if sl else ""
 
 
 def pair_slope_table(records: Sequence[Dict]) -> str:
     rs = [r for r in records if r.get("bench") == "mixer_pair" and r.get("status") == "ok"]
-    if not rs:
-        return ""
-    pairs = sorted({(r["from_side"], r["to_side"]) for r in rs})
-    keys = list(dict.fromkeys((r["mixer"], r["mode"]) for r in rs))
-    lines = ["| mixer | mode | " + " | ".join(f"{a}²→{b}²" for a, b in pairs) + " |",
-             "|---|---" + "|---" * len(pairs) + "|"]
-    for mixer, mode in keys:
-        cells = []
-        for a, b in pairs:
-            r = next((r for r in rs if r["mixer"] == mixer and r["mode"] == mode and r["from_side"] == a
-                      and r["to_side"] == b), None)
-            cells.append("" if r is None else f"{r['slope']:.2f}")
-        lines.append(f"| {mixer} | {mode} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _slope_grid(rs) if rs else ""
 
 
 def flush_table(records: Sequence[Dict]) -> str:
