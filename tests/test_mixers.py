@@ -98,13 +98,15 @@ def test_bounded_grid_respects_bound_and_aspect():
 
 def test_soft_landmarks_are_strided_convolution_of_queries():
     m = SoftAttention(DIM, HEADS, landmark_stride=4)
-    q = torch.randn(1, HEADS, 8 * 12, 32)
+    q = torch.randn(1, 8 * 12, HEADS * 32)  # tokens; head k is channels 32k … 32k+31
     L = m.image_landmarks(q, 8, 12)
     assert L.shape == (1, HEADS, 2 * 3, 32)
-    # landmark (0, 1) is the 4×4 patch at rows 0–3, columns 4–7, contracted with the convolution's weights
-    patch = q[0, 0].view(8, 12, 32)[0:4, 4:8]  # (4, 4, d)
-    expected = torch.einsum("ijc,ocij->o", patch, m.landmark.weight)
-    torch.testing.assert_close(L[0, 0, 1], expected, atol=1e-5, rtol=1e-5)
+    # landmark (0, 1) of each head is the 4×4 patch at rows 0–3, columns 4–7 of that head's queries, contracted
+    # with the one shared filter, scaled by d^(-1/4) as the queries are
+    for k in range(HEADS):
+        patch = q[0].view(8, 12, HEADS, 32)[0:4, 4:8, k]  # (4, 4, d)
+        expected = torch.einsum("ijc,ocij->o", patch, m.landmark.weight) / 32**0.25
+        torch.testing.assert_close(L[0, k, 1], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_soft_residual_is_reported():
@@ -224,3 +226,22 @@ def test_no_operator_makes_subnormal_floats(kind, monkeypatch):
         # matmuls; a handful per million values, with no measurable effect on the step's time (flush on/off
         # 1.06 and 0.98 at 56² and 112², docs/benchmarks.md)
         assert sum(scan.hits.values()) < 2e-3 * scan.values, (scan.hits, scan.values)
+
+
+@pytest.mark.parametrize("kind", ["soft", "soft_norm"])
+def test_soft_inference_path_equals_the_autograd_path(kind, monkeypatch):
+    """Without autograd SOFT streams its kernel over token blocks into a token-major buffer; with autograd it
+    runs the one-pass form: the same outputs (and the same residual diagnostic)."""
+    import sofa.ops.soft
+
+    monkeypatch.setattr(sofa.ops.soft, "CHUNK_BYTES", 64 * 1024)  # many blocks at this size
+    torch.manual_seed(0)
+    m = make(kind, landmark_stride=4).eval()
+    m.record_residual = True
+    x = torch.randn(2, 30 * 27, DIM)
+    with torch.no_grad():
+        fast = m(x, hw=(30, 27))
+        r_fast = m.last_residual
+    slow = m(x.requires_grad_(), hw=(30, 27))
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(r_fast, m.last_residual)

@@ -168,6 +168,29 @@ def test_soft_kernel_attention_masks_remove_padded_tokens_and_landmarks():
     )
 
 
+@pytest.mark.parametrize("normalized", [False, True])
+def test_streamed_soft_attention_equals_the_whole_kernel_form(normalized):
+    """Inference streams K1 over blocks of tokens (two passes, a ragged last block) into a strided ``out``:
+    the same result as the one-pass form autograd uses, masks and the query scale included."""
+    torch.manual_seed(0)
+    B, h, N, m, d = 2, 3, 700, 5, 8
+    # float64, so that only the summation order (blocked K1ᵀV) tells the two apart
+    q = torch.randn(B, N, h, d, dtype=torch.float64).transpose(1, 2)  # heads of token-major queries: strided
+    L, v = torch.randn(B, h, m, d, dtype=torch.float64) * 0.7, torch.randn(B, h, N, d, dtype=torch.float64)
+    tm = torch.rand(B, h, N) > 0.2
+    lm = torch.tensor([True] * 4 + [False]).expand(B, h, m)
+    whole = soft_kernel_attention((q * 0.5).requires_grad_(), L, v, normalized=normalized, token_mask=tm,
+                                  landmark_mask=lm)  # autograd: one pass
+    buf = torch.full((B, N, h * d), float("nan"), dtype=torch.float64)
+    with torch.no_grad():
+        got = soft_kernel_attention(q, L, v, normalized=normalized, token_mask=tm, landmark_mask=lm, q_scale=0.5,
+                                    out=buf.view(B, N, h, d).transpose(1, 2), chunk_bytes=256 * m * B * h * 8)
+    assert got.data_ptr() == buf.data_ptr() and not buf.isnan().any()
+    torch.testing.assert_close(got, whole.detach(), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="inference only"):
+        soft_kernel_attention(q.requires_grad_(), L, v, out=buf.view(B, N, h, d).transpose(1, 2))
+
+
 # --- Sinkhorn --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("eps", [1.0, 0.1, 0.01])
 def test_sinkhorn_matches_pot(eps):

@@ -166,7 +166,7 @@ def run_mixers(args) -> int:
         tables.append(f"### slope of log(peak memory) against log(N)\n\n{sm}")
     ft = report.flush_table(records)
     if ft:
-        tables.append(f"### time with subnormal flushing on / off (inference)\n\n{ft}")
+        tables.append(f"### time with subnormal flushing on / off (median of interleaved pairs)\n\n{ft}")
     gt = report.goals_table(goals)
     if gt:
         tables.append(f"### goals\n\n{gt}")

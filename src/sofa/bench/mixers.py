@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -37,6 +38,8 @@ DEFAULT_CASES = tuple(CASES)
 QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 3.0}  # stride SOFT: Newton is O(m³), m ∝ N
 #: a case whose one run is estimated above this many seconds gets fewer runs (3) and no flush comparison
 SLOW_RUN_S = 8.0
+#: interleaved flush-off / flush-on pairs per case, budget permitting
+FLUSH_RUNS = 15
 #: the bounded-cost mixers the linear-slope goal is about
 LINEAR_CASES = ("pool", "soft_bounded", "set")
 
@@ -153,12 +156,15 @@ def run_case(spec: Dict) -> Dict:
                     torch.set_flush_denormal(False)
             return f
 
-        t = measure.time_interleaved({"off": with_flush(False), "on": with_flush(True)}, repeats=spec["repeats"],
-                                     warmup=spec.get("warmup", 1), device=device,
-                                     budget_s=None if budget is None else budget / 2, min_repeats=min_rep)
+        # at least FLUSH_RUNS pairs where the budget allows: the ratio is a small effect to resolve
+        t = measure.time_interleaved({"off": with_flush(False), "on": with_flush(True)},
+                                     repeats=max(spec["repeats"], FLUSH_RUNS), warmup=spec.get("warmup", 1),
+                                     device=device, budget_s=None if budget is None else budget / 2,
+                                     min_repeats=min_rep)
         rec.update(t["off"])
         rec["flush_on"] = t["on"]
-        rec["flush_ratio"] = t["on"]["median_s"] / t["off"]["median_s"]
+        # the median of the per-pair ratios: a change of load hits both runs of a pair alike
+        rec["flush_ratio"] = statistics.median(b / a for a, b in zip(t["off"]["times_s"], t["on"]["times_s"]))
     else:
         rec.update(measure.time_call(step, repeats=spec["repeats"], warmup=spec.get("warmup", 1), device=device,
                                      budget_s=budget, min_repeats=min_rep))
@@ -255,7 +261,7 @@ def bench_mixers(
                 spec = {"name": name, "side": side, "mode": mode, "repeats": repeats, "warmup": warmup,
                         "device": device, "dtype": dtype, "threads": threads, "budget_s": budget_s,
                         "min_repeats": min(3 if slow else 5, repeats), "input_scale": input_scale,
-                        "flush_compare": flush_compare and mode == "inference" and not slow}
+                        "flush_compare": flush_compare and not slow}
                 try:
                     result = run_isolated("mixer", spec) if isolate else run_case(spec)
                     rec = dict(base, status="ok", **result)

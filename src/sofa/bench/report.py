@@ -74,18 +74,19 @@ def pair_slope_table(records: Sequence[Dict]) -> str:
 
 
 def flush_table(records: Sequence[Dict]) -> str:
-    rs = [r for r in _by(records, bench="mixers", mode="inference", status="ok") if r.get("flush_ratio")]
+    """Flush on / flush off time ratio per mixer, mode and size (median of interleaved pairs)."""
+    rs = [r for r in _by(records, bench="mixers", status="ok") if r.get("flush_ratio")]
     if not rs:
         return ""
     sides = sorted({r["side"] for r in rs})
-    names = list(dict.fromkeys(r["mixer"] for r in rs))
-    lines = ["| mixer | " + " | ".join(f"{s}²" for s in sides) + " |", "|---" * (len(sides) + 1) + "|"]
-    for name in names:
+    rows = list(dict.fromkeys((r["mixer"], r["mode"]) for r in rs))
+    lines = ["| mixer | mode | " + " | ".join(f"{s}²" for s in sides) + " |", "|---" * (len(sides) + 2) + "|"]
+    for name, mode in rows:
         cells = []
         for s in sides:
-            r = next((r for r in rs if r["mixer"] == name and r["side"] == s), None)
+            r = next((r for r in rs if r["mixer"] == name and r["mode"] == mode and r["side"] == s), None)
             cells.append("" if r is None else f"{r['flush_ratio']:.2f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

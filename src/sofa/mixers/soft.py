@@ -98,19 +98,25 @@ class SoftAttention(TokenMixer):
         self.last_residual: torch.Tensor | None = None
 
     # landmarks ------------------------------------------------------------------------------------------------
-    def image_landmarks(self, q: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """(B, h, N, d) scaled queries → (B, h, m, d) landmarks (before LayerNorm and GELU)."""
-        B, h, N, d = q.shape
-        r = self.landmark_stride
-        # contiguous per-head queries make this a channels-last image: the convolution reads it as it lies
-        img = q.reshape(B * h, H, W, d).permute(0, 3, 1, 2)
+    def image_landmarks(self, q_tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """(B, N, h·d) query tokens (unscaled) → (B, h, m, d) landmarks (before LayerNorm and GELU), scaled by
+        d^{−1/4} as the queries are.
+
+        The released layout convolves each head's queries as a d-channel H×W image with one shared r×r
+        stride-r filter. Here the tokens are read, without a copy, as one channels-last (B, h·d, H, W) image and
+        convolved with the filter repeated per head as a grouped convolution (groups = h): the same sums.
+        """
+        B, N, C = q_tokens.shape
+        h, d, r = self.num_heads, self.head_dim, self.landmark_stride
+        img = q_tokens.reshape(B, H, W, C).permute(0, 3, 1, 2)
         if H < r or W < r:
             img = F.pad(img, (0, max(0, r - W), 0, max(0, r - H)))
-        L = F.conv2d(img, self.landmark.weight.float(), stride=r)
+        weight = self.landmark.weight.to(img.dtype)
+        L = F.conv2d(img, weight.repeat(h, 1, 1, 1) if h > 1 else weight, stride=r, groups=h)
         grid = bounded_grid(L.shape[-2], L.shape[-1], self.max_landmarks)
         if grid != tuple(L.shape[-2:]):
             L = F.adaptive_avg_pool2d(L, grid)
-        return L.flatten(2).transpose(1, 2).reshape(B, h, -1, d)
+        return L.reshape(B, h, d, -1).transpose(-1, -2) / d**0.25
 
     def sequence_landmarks(self, q: torch.Tensor, mask: torch.Tensor | None):
         """(B, h, N, d) → landmarks (B, h, m, d) as segment means over the real tokens, and (B, m) validity.
@@ -167,32 +173,31 @@ class SoftAttention(TokenMixer):
         return out
 
     def _forward_image(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """Images, with the same arithmetic as the sequence path, laid out for speed: each head's queries
-        contiguous (the landmark convolution then reads them as a channels-last image, no reordering), the
-        depthwise convolution on V read and written channels-last (the token layout itself) and, without
-        autograd, added in place; the Gaussian kernel is then also built in place (``gaussian_kernel``). Fewer
-        large temporaries: on the CPU each one costs memory traffic and, past glibc's 32 MB mmap threshold,
-        page faults too."""
+        """Images, with the same arithmetic as the sequence path, laid out for speed: the landmark convolution
+        reads the query tokens as a channels-last image (no per-head copy), the depthwise convolution on V reads
+        and writes the token layout. Without autograd, queries and values stay token-major views, the kernel is
+        streamed over blocks of tokens (``soft_kernel_attention``), and the result goes straight into one
+        token-major buffer to which the convolution is added in place: no temporary of N·m or N·C floats but
+        that buffer (on the CPU every large fresh tensor also costs its page faults)."""
         h, d = self.num_heads, self.head_dim
-        B, N, _ = x.shape
+        B, N, C = x.shape
         inplace = not torch.is_grad_enabled()
         v_tokens = self.v(x)
         q_tokens = self.q(x)
         with no_autocast(x):
-            qh = q_tokens.view(B, N, h, d).transpose(1, 2).float()
+            L = self._landmark_act(self.image_landmarks(q_tokens.float(), H, W))
+            q, v = split_heads(q_tokens, h).float(), split_heads(v_tokens, h).float()
             if inplace:
-                q = torch.empty((B, h, N, d), dtype=torch.float32, device=x.device)
-                torch.div(qh, d**0.25, out=q)
+                buf = torch.empty((B, N, h * d), dtype=torch.float32, device=x.device)
+                result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
+                                               return_residual=self.record_residual, q_scale=d**-0.25,
+                                               out=split_heads(buf, h))
             else:
-                q = (qh / d**0.25).contiguous()
-            v = v_tokens.view(B, N, h, d).transpose(1, 2).float()
-            if v.shape[1] > 1 and v.shape[2] > 1:
-                v = v.contiguous()  # one copy here, rather than one inside every product that reads V
-            L = self._landmark_act(self.image_landmarks(q, H, W))
-            result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
-                                           return_residual=self.record_residual)
+                result = soft_kernel_attention((q / d**0.25).contiguous(), L, v.contiguous(), self.newton_iters,
+                                               self.normalized, self.batch_alpha,
+                                               return_residual=self.record_residual)
             out = self._keep_residual(result)
-        out = merge_heads(out).to(v_tokens.dtype)
+        out = (buf if inplace else merge_heads(out)).to(v_tokens.dtype)
         if self.dwconv is not None:
             dw = self._dwconv(v_tokens, H, W)
             out = out.add_(dw) if inplace else out + dw

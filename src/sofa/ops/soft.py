@@ -7,6 +7,9 @@ from sofa.ops._util import fp32, no_autocast
 from sofa.ops.kernels import gaussian_kernel
 from sofa.ops.newton import SOFT_SHIFT, newton_pinv, pinv_residual
 
+#: bytes of the kernel block K1_b of the streamed (inference) path: it and its products stay in the cache
+CHUNK_BYTES = 2 * 2**20
+
 
 def soft_kernel_attention(
     q: torch.Tensor,
@@ -18,6 +21,9 @@ def soft_kernel_attention(
     token_mask: torch.Tensor | None = None,
     landmark_mask: torch.Tensor | None = None,
     return_residual: bool = False,
+    q_scale: float = 1.0,
+    out: torch.Tensor | None = None,
+    chunk_bytes: int | None = None,
 ):
     """K1·(A⁺·(K1ᵀ·V)) with K1 = exp(−½ dist²(q, L)) and A = exp(−½ dist²(L, L)), in float32.
 
@@ -28,17 +34,27 @@ def soft_kernel_attention(
     landmarks from the kernels. With ``return_residual`` also ‖I − P·A⁺‖₁ per matrix (P the matrix inverted).
     With as many landmarks as tokens (L = q) and an exact inverse this is exact kernel attention
     exp(−½ dist²(q, q))·V (up to the 0.01 shift of the plain rule).
+
+    ``q_scale`` multiplies q first (the mixers' d^{−1/4}). Without autograd the N×m kernel K1 is never held
+    whole: it is built for one block of tokens at a time (``chunk_bytes`` of kernel, 2 MB by default) in two
+    passes, Σ K1_bᵀ·V_b over the blocks, then K1_b·(A⁺·that) block by block, each block rebuilt, which costs
+    one more kernel evaluation (N·m·d) but keeps every temporary in the cache, and fresh allocations of tens of
+    MB (each page-faulted anew on the CPU) out of the loop: the time stays linear in N at every size. q and v
+    may then be strided views (e.g. the heads of (B, N, h·d) token tensors), and ``out``, a float32 tensor of
+    the result's shape (any strides, e.g. the heads of a token-major buffer), receives the result and is
+    returned. With autograd, one pass over the whole kernel (``out`` must be None).
     """
+    streamed = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, landmarks, v)))
+    if out is not None and not streamed:
+        raise ValueError("soft_kernel_attention: out= is for inference only (no autograd)")
     with no_autocast(q):
         q, landmarks, v = fp32(q), fp32(landmarks), fp32(v)
-        K1 = gaussian_kernel(q, landmarks)  # (..., N, m)
         A = gaussian_kernel(landmarks, landmarks)  # (..., m, m)
+        lm = None
         if landmark_mask is not None:
             lm = landmark_mask.unsqueeze(-2).to(A.dtype)  # (..., 1, m)
-            K1 = K1 * lm
             A = A * lm * lm.transpose(-1, -2)
-        if token_mask is not None:
-            K1 = K1 * token_mask.unsqueeze(-1).to(K1.dtype)
+        tm = None if token_mask is None else token_mask.unsqueeze(-1).to(A.dtype)  # (..., N, 1)
         rule = "soft_norm" if normalized else "soft"
         A_inv = newton_pinv(A, iters, rule, batch_alpha)
         residual = None
@@ -48,5 +64,32 @@ def soft_kernel_attention(
         if normalized:
             D = A.sum(-1).clamp_min(1e-12).rsqrt()
             A_inv = D.unsqueeze(-1) * A_inv * D.unsqueeze(-2)
-        out = K1 @ (A_inv @ (K1.transpose(-1, -2) @ v))
-    return (out, residual) if return_residual else out
+
+        def kernel(i: int, j: int) -> torch.Tensor:  # K1 for tokens i..j, masked
+            qb = q[..., i:j, :]
+            K = gaussian_kernel(qb * q_scale if q_scale != 1.0 else qb, landmarks)
+            if lm is not None:
+                K = K * lm if not streamed else K.mul_(lm)
+            if tm is not None:
+                K = K * tm[..., i:j, :] if not streamed else K.mul_(tm[..., i:j, :])
+            return K
+
+        N, m = q.shape[-2], landmarks.shape[-2]
+        if not streamed:
+            K1 = kernel(0, N)
+            result = K1 @ (A_inv @ (K1.transpose(-1, -2) @ v))
+        else:
+            batch = max(1, A.numel() // (m * m))
+            rows = max(256, (chunk_bytes or CHUNK_BYTES) // (batch * m * q.element_size()))
+            spans = [(i, min(i + rows, N)) for i in range(0, N, rows)]
+            KtV = None
+            for i, j in spans:
+                part = kernel(i, j).transpose(-1, -2) @ v[..., i:j, :]
+                KtV = part if KtV is None else KtV.add_(part)
+            W = A_inv @ KtV  # (..., m, dv)
+            if out is None:
+                out = torch.empty((*W.shape[:-2], N, W.shape[-1]), dtype=W.dtype, device=W.device)
+            for i, j in spans:
+                out[..., i:j, :] = kernel(i, j) @ W
+            result = out
+    return (result, residual) if return_residual else result
