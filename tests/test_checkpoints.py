@@ -267,3 +267,31 @@ def test_position_embeddings_resampled_for_another_img_size(reference_dir):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(m.eval()(x), ref.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_timm_port_weights_load_with_the_same_backbone_and_a_warning_about_the_head(tmp_path):
+    """A checkpoint of timm's PoolFormer port loads into ours (its LayerScale modules and head-held norm mapped):
+    the stage outputs are timm's; its head normalises after pooling, unlike the released PoolFormer, so the
+    logits differ and loading says so."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    theirs = timm.create_model("poolformer_s12", num_classes=10).eval()
+    with torch.no_grad():  # non-trivial LayerScales and norms, so that a wrong mapping shows
+        for name, p in theirs.named_parameters():
+            if "layer_scale" in name or "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+    path = tmp_path / "timm_poolformer.pth"
+    torch.save(theirs.state_dict(), path)
+    with pytest.warns(UserWarning, match="logits are not timm's"):
+        ours = create_model("poolformer_s12", num_classes=10, checkpoint_path=str(path)).eval()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        want = theirs.forward_features(x)
+        got = ours.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
+        logits_theirs, logits_ours = theirs(x), ours(x)
+    assert rel_err(got, want) < TOL
+    # timm's head: pool, then LayerNorm(eps 1e-6) on the pooled vector; ours: GroupNorm on the map, then pool
+    assert rel_err(logits_ours, logits_theirs) > 1e-3
+    pooled_norm = torch.nn.functional.layer_norm(got.mean((-2, -1)), (512,), ours.norm.weight, ours.norm.bias, 1e-6)
+    assert rel_err(ours.head(pooled_norm), logits_theirs) < TOL
+

@@ -133,8 +133,9 @@ def bench_models(
     gemm_spec = {"device": device, "threads": threads, "size": gemm_size, "repeats": 7}
     g = run_isolated("gemm", gemm_spec) if isolate else measure.matmul_peak(device, size=gemm_size, repeats=7)
     records.append({"bench": "gemm", "dtype": "fp32", "device": device, "status": "ok", **g})
-    log(f"GEMM {gemm_size}x{gemm_size}x{gemm_size} fp32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s (median of 7), "
-        f"best {g['best_flops_per_s'] / 1e9:.1f}")
+    libs = ", ".join(f"{k} {g[k]['flops_per_s'] / 1e9:.1f}" for k in ("blas", "onednn") if k in g)
+    log(f"GEMM {gemm_size}x{gemm_size}x{gemm_size} fp32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s (median of 7, "
+        f"{g['library']}; {libs})")
     peak = g["flops_per_s"]  # the peak column is always against the fp32 GEMM
     for side in sides:
         for dt in dtypes:

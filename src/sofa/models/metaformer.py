@@ -250,23 +250,23 @@ class MetaFormerBlock(nn.Module):
         them on ``free``, so each one is page-faulted in again on every call, and the hidden map streams through
         main memory twice. A chunk of a couple of MB stays in the heap and in cache: measured 3.6× faster for the
         stage-1 MLP of poolformer_s12 (batch 8). The (B, C, H, W) channels-last map is viewed, without a copy, as
-        one (1, C, 1, B·H·W) channels-last row whose slices are contiguous, so the 1×1 convolutions (oneDNN GEMMs)
+        one (1, C, B·H·W, 1) channels-last column whose slices are contiguous, so the 1×1 convolutions (oneDNN GEMMs)
         run on the slices directly and write nothing twice. Same arithmetic per token as the whole-map form.
         """
         B, C, H, W = x.shape
         L = B * H * W
 
-        def row(t: torch.Tensor) -> torch.Tensor:
-            return t.permute(0, 2, 3, 1).view(1, 1, L, t.shape[1]).permute(0, 3, 1, 2)
+        def column(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) channels-last → (1, C, B·H·W, 1) view
+            return t.permute(0, 2, 3, 1).view(1, L, 1, t.shape[1]).permute(0, 3, 1, 2)
 
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        xr, nr, outr = row(x), row(n), row(out)
+        xc, nc, outc = column(x), column(n), column(out)
         step = max(64, self.mlp_chunk_bytes // (w1.shape[0] * x.element_size()))
         act = self.mlp.act
         for i in range(0, L, step):
             j = min(L, i + step)
-            h = F.conv2d(act(F.conv2d(nr[..., i:j], w1, b1)), w2, b2)
-            torch.add(xr[..., i:j], h, out=outr[..., i:j])
+            h = F.conv2d(act(F.conv2d(nc[:, :, i:j], w1, b1)), w2, b2)
+            torch.add(xc[:, :, i:j], h, out=outc[:, :, i:j])
         return out
 
 

@@ -16,6 +16,7 @@ the paper's 81.0% [Pool, Pool, Attention, Attention] model; SOFT; SeT). Any othe
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Dict
 
 import torch
@@ -91,15 +92,38 @@ def is_original(state: Dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(("network.", "patch_embed.")) for k in state)
 
 
+def is_timm(state: Dict[str, torch.Tensor]) -> bool:
+    """timm's PoolFormer port (``timm.create_model("poolformer_s12")`` and its checkpoints)."""
+    return any(k.endswith((".layer_scale1.scale", ".layer_scale2.scale")) or k.startswith("head.fc.") for k in state)
+
+
+# timm's port → sofa: LayerScale vectors are modules there, and the final norm sits inside the head
+_TIMM_NAMES = {".layer_scale1.scale": ".layer_scale1", ".layer_scale2.scale": ".layer_scale2",
+               "head.norm.": "norm.", "head.fc.": "head."}
+_TIMM_KEY = re.compile(r"\.layer_scale[12]\.scale$|^head\.norm\.|^head\.fc\.")
+
+
 def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model=None) -> Dict[str, torch.Tensor]:
-    """Released PoolFormer keys → sofa's (sofa's own keys pass through).
+    """Released PoolFormer keys, or timm's port's, → sofa's (sofa's own keys pass through).
+
+    timm's port: ``*.layer_scale{1,2}.scale`` → ``*.layer_scale{1,2}``, ``head.norm`` → ``norm``,
+    ``head.fc`` → ``head``. Its backbone is PoolFormer's, but its head is not (it normalises after pooling,
+    which the released model does not; measured on the reference fixtures: timm's port's logits differ from the
+    released code's by 7–10% of their scale), so loading such a checkpoint warns: features match, logits do not.
 
     ``patch_embed.proj`` → ``stem.conv``; ``network.{2i}.{j}`` (stage i) → ``stages.i.blocks.j`` with
     ``layer_scale_{1,2}`` → ``layer_scale{1,2}``; ``network.{2i-1}.proj`` (downsampling before stage i) →
     ``stages.i.downsample.conv``; the dense output norms ``norm{2i}`` → ``out_norms.i``. Given the model, the
     position embeddings of hybrid attention stages are resampled to the model's grid.
     """
-    if is_original(state):
+    if is_timm(state):
+        state = {_TIMM_KEY.sub(lambda m: _TIMM_NAMES[m.group(0)], k): v for k, v in state.items()}
+        if "norm.weight" in state:
+            warnings.warn("timm PoolFormer checkpoint: the backbone loads exactly (same stage outputs), but timm's "
+                          "head normalises the pooled vector (LayerNorm, eps 1e-6) where PoolFormer normalises the "
+                          "map before pooling (GroupNorm, eps 1e-5): its final-norm weights were trained for the "
+                          "other order, so the logits are not timm's", stacklevel=2)
+    elif is_original(state):
         out = {}
         for k, v in state.items():
             nk = k
