@@ -391,6 +391,10 @@ def test_chunked_inference_mlp_equals_the_whole_map_mlp(dtype, monkeypatch):
     torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol)
     y = blk(x.requires_grad_())  # with autograd: the whole-map form (torch.add(out=) has no gradient)
     assert len(calls) == 1 and y.requires_grad
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # traced by torch.compile: textbook form
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), outs[0], rtol=1e-5, atol=1e-5) if dtype == torch.float32 else blk(x)
+    assert len(calls) == 1
 
 
 def test_cpu_channels_last_runs_change_only_the_strides():

@@ -89,10 +89,7 @@ def run_case(spec: Dict) -> Dict:
     if spec.get("compile"):
         fwd = torch.compile(model, mode=None if spec["compile"] is True else spec["compile"])
 
-    def step():
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-        with torch.inference_mode(), ctx:
-            return fwd(x)
+    step = _step(fwd, x, device, dtype)
 
     # the machine's matmul rate, in this process just before the model: the fraction-of-peak column compares
     # like with like even when the machine's load changes during a long run
@@ -107,6 +104,68 @@ def run_case(spec: Dict) -> Dict:
         rec["bound_by"] = bound_by(rec["profile"])
     rec.update(measure.peak_memory(step, device))
     return rec
+
+
+def _step(model, x, device: torch.device, dtype: torch.dtype):
+    def step():
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            return model(x)
+    return step
+
+
+def _same_backbone(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor) -> Optional[float]:
+    """Give our PoolFormer timm's port's weights; the largest difference of the last stage maps relative to
+    their scale (None where the pair is not a PoolFormer pair)."""
+    from sofa.models.poolformer import checkpoint_filter_fn, is_timm
+
+    state = theirs.state_dict()
+    if not (is_timm(state) and hasattr(ours, "forward_intermediates")):
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the head warning: only the stage maps are compared
+        ours.load_state_dict(checkpoint_filter_fn(state))
+    with torch.inference_mode():
+        a = ours.forward_intermediates(x, indices=[3], intermediates_only=True)[0].float()
+        b = theirs.forward_features(x).float()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def run_pair(spec: Dict) -> Dict:
+    """Two models (``spec["models"]``: ours, then the one it is compared with) timed in turn in one process
+    (A B A B ...), so that a change of the machine's load hits both alike: the speed-up is the median over the
+    pairs of t_B / t_A. For a PoolFormer pair ours first takes timm's weights and the stage outputs are
+    compared (``max_rel_diff``)."""
+    device = torch.device(spec.get("device", "cpu"))
+    dtype = DTYPES[spec.get("dtype", "fp32")]
+    side, batch = int(spec["side"]), int(spec.get("batch", 8))
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(0)
+    models = [create(*parse_model(tok), side).to(device).eval() for tok in spec["models"]]
+    x = torch.randn(batch, 3, side, side, device=device)
+    if spec.get("channels_last"):
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+        x = x.contiguous(memory_format=torch.channels_last)
+    rec: Dict = {"max_rel_diff": _same_backbone(models[0], models[1], x[:2])}
+    if spec.get("compile"):
+        mode = None if spec["compile"] is True else spec["compile"]
+        models = [torch.compile(m, mode=mode) for m in models]
+    t = measure.time_interleaved({"a": _step(models[0], x, device, dtype), "b": _step(models[1], x, device, dtype)},
+                                 repeats=int(spec.get("repeats", 9)), warmup=int(spec.get("warmup", 3)),
+                                 device=device)
+    ratios = [tb / ta for ta, tb in zip(t["a"]["times_s"], t["b"]["times_s"])]
+    import statistics
+
+    rec.update(speedup=statistics.median(ratios), speedup_runs=ratios, runs=len(ratios),
+               images_per_s=[batch / t["a"]["median_s"], batch / t["b"]["median_s"]])
+    return rec
+
+
+#: (ours, theirs) pairs timed in turn for the speed-up goals, when both are in a run
+PAIRS = (("poolformer_s12", "timm:poolformer_s12"),)
 
 
 def bench_models(
@@ -158,6 +217,24 @@ def bench_models(
                     rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
                 records.append(rec)
                 log(_line(rec))
+    for a, b in PAIRS:
+        if a not in models or b not in models:
+            continue
+        for side in sides:
+            for dt in dtypes:
+                base = {"bench": "model_pair", "models": [a, b], "side": side, "batch": batch, "dtype": dt,
+                        "device": device, "compile": compile or False, "channels_last": channels_last}
+                spec = dict(base, threads=threads, repeats=max(repeats, 9), warmup=max(warmup, 3))
+                try:
+                    rec = dict(base, status="ok", **(run_isolated("model_pair", spec) if isolate else run_pair(spec)))
+                    diff = "" if rec["max_rel_diff"] is None else f", same weights: stage-4 maps agree to " \
+                                                                  f"{rec['max_rel_diff']:.1e}"
+                    log(f"{a} / {b} {side}² {dt}, timed in turn: {rec['speedup']:.2f}× "
+                        f"(median of {rec['runs']} pairs{diff})")
+                except Exception as err:
+                    rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+                    log(f"{a} / {b} {side}² {dt}: failed: {rec['reason']}")
+                records.append(rec)
     return records
 
 

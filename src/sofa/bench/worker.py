@@ -16,7 +16,7 @@ RESULT_MARK = "SOFA_BENCH_RESULT "
 
 
 def run_isolated(kind: str, spec: Dict, timeout: float | None = None) -> Dict:
-    """Run one case of ``kind`` ("mixer", "model" or "gemm") in a fresh Python process; returns its record."""
+    """Run one case of ``kind`` ("mixer", "mixer_pair", "model", "model_pair" or "gemm") in a fresh Python process; returns its record."""
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "sofa.bench.worker", kind, json.dumps(spec)], capture_output=True,
                           text=True, env=env, timeout=timeout)
@@ -45,6 +45,10 @@ def main(argv=None) -> int:
         from sofa.bench.models import run_case
 
         result = run_case(spec)
+    elif kind == "model_pair":
+        from sofa.bench.models import run_pair
+
+        result = run_pair(spec)
     elif kind == "gemm":
         import torch
 

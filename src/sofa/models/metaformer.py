@@ -170,6 +170,9 @@ class MetaFormerBlock(nn.Module):
       ``(ls1·γ1)·(pool(n) − n)`` (identity: ``ls1·(γ1·n + β1)``), added with one ``addcmul``;
     * ``fc1(γ2·n + β2) = (W1·diag γ2)·n + (b1 + W1·β2)`` and ``ls2·fc2(h) = (diag ls2·W2)·h + ls2·b2``.
 
+    Under ``torch.compile`` the block runs the textbook form, which inductor fuses as well (measured: the folded
+    form compiled no faster, the chunked MLP slower).
+
     The weights are folded on every forward (cheap: they are C×4C), so training sees the same gradients;
     results equal the unfolded form to float rounding (tested against the released outputs as well).
     """
@@ -197,7 +200,10 @@ class MetaFormerBlock(nn.Module):
         return t.transpose(1, 2).reshape(B, C, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and not self.tokens and (self.mlp.drop.p == 0.0 or not self.training):
+        # under torch.compile the textbook form: inductor fuses the elementwise work itself, and measured, the
+        # folded and chunked forms compile to slower code (docs/benchmarks.md)
+        if (self.fused and not self.tokens and (self.mlp.drop.p == 0.0 or not self.training)
+                and not torch.compiler.is_compiling()):
             return self._forward_folded(x)
         x = x + self.drop_path(self.layer_scale1.view(-1, 1, 1) * self.mix(self.norm1(x)))
         x = x + self.drop_path(self.layer_scale2.view(-1, 1, 1) * self.mlp(self.norm2(x)))
@@ -259,14 +265,18 @@ class MetaFormerBlock(nn.Module):
         def column(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) channels-last → (1, C, B·H·W, 1) view
             return t.permute(0, 2, 3, 1).view(1, L, 1, t.shape[1]).permute(0, 3, 1, 2)
 
-        out = torch.empty_like(x, memory_format=torch.channels_last)
-        xc, nc, outc = column(x), column(n), column(out)
+        xc, nc = column(x), column(n)
         step = max(64, self.mlp_chunk_bytes // (w1.shape[0] * x.element_size()))
         act = self.mlp.act
+
+        def mlp(i: int, j: int) -> torch.Tensor:
+            return F.conv2d(act(F.conv2d(nc[:, :, i:j], w1, b1)), w2, b2)
+
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        outc = column(out)
         for i in range(0, L, step):
             j = min(L, i + step)
-            h = F.conv2d(act(F.conv2d(nc[:, :, i:j], w1, b1)), w2, b2)
-            torch.add(xc[:, :, i:j], h, out=outc[:, :, i:j])
+            torch.add(xc[:, :, i:j], mlp(i, j), out=outc[:, :, i:j])
         return out
 
 
@@ -507,7 +517,8 @@ class MetaFormer(ClassifierMixin, nn.Module):
         per-channel products all have channels-last CPU kernels, and a channels-last map is already (B, H·W, C)
         tokens for the token mixers. Outputs are the same maps (only their strides differ).
         """
-        if self.cpu_channels_last and x.device.type == "cpu" and x.dim() == 4:
+        if (self.cpu_channels_last and x.device.type == "cpu" and x.dim() == 4
+                and not torch.compiler.is_compiling()):  # compiled, inductor picks layouts itself
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
