@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
 from sofa.ops import nystrom_embedding, sinkhorn_log
 from sofa.ops.set import set_attention
@@ -64,12 +65,12 @@ class SeTAttention(TokenMixer):
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.num_refs, self.num_anchors = num_refs, num_anchors
         self.eps, self.sinkhorn_iters, self.tau, self.sigma = eps, sinkhorn_iters, tau, sigma
-        self.f = nn.Linear(dim, dim, bias=qkv_bias)
-        self.u = nn.Linear(dim, dim, bias=qkv_bias)
+        self.f = Linear(dim, dim, bias=qkv_bias)
+        self.u = Linear(dim, dim, bias=qkv_bias)
         self.anchors = nn.Parameter(F.normalize(torch.randn(num_heads, num_anchors, self.head_dim), dim=-1))
         self.reference = nn.Parameter(torch.randn(num_heads, num_refs, num_anchors) / math.sqrt(num_anchors))
         self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if lepe else None
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def log_plan(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
         """log(T ⊙ M), (B, h, n, m), float32: the filtered transport plan of every head."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
 from sofa.ops.soft import soft_kernel_attention
 from sofa.ops._util import no_autocast
@@ -84,8 +85,8 @@ class SoftAttention(TokenMixer):
         self.landmark_stride, self.max_landmarks = landmark_stride, max_landmarks
         self.normalized, self.newton_iters, self.batch_alpha = normalized, newton_iters, batch_alpha
         inner = num_heads * head_dim
-        self.q = nn.Linear(dim, inner, bias=qkv_bias)
-        self.v = nn.Linear(dim, inner, bias=qkv_bias)
+        self.q = Linear(dim, inner, bias=qkv_bias)
+        self.v = Linear(dim, inner, bias=qkv_bias)
         self.landmark = nn.Conv2d(head_dim, head_dim, landmark_stride, stride=landmark_stride, bias=False)
         self.landmark_norm = nn.LayerNorm(head_dim)
         self.dwconv = (
@@ -93,7 +94,7 @@ class SoftAttention(TokenMixer):
             if dwconv_kernel
             else None
         )
-        self.proj = nn.Linear(inner, dim)
+        self.proj = Linear(inner, dim)
         self.record_residual = False
         self.last_residual: torch.Tensor | None = None
 

@@ -27,6 +27,8 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.layers import DropPath, trunc_normal_
 
+from sofa.layers import Linear
+
 __all__ = ["MetaFormer", "MetaFormerBlock", "TokenBlock", "MixerSpec", "resize_pos_embed_2d"]
 
 MixerSpec = Union[str, Dict[str, Any]]
@@ -119,9 +121,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0, act_layer=nn.GELU):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
