@@ -120,3 +120,17 @@ def test_quick_model_run_against_timm(tmp_path):
         assert r["images_per_s"] > 0 and r["flops"] > 0 and r["fraction_of_matmul_peak"] > 0
         assert r["batch"] == 2 and r["side"] == 32
     assert (tmp_path / "models.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interleaved_runs_alternate_their_order_and_pair_abba():
+    """A B, B A, A B, ...: a run right after another is often faster, so the order alternates and the ratios
+    are taken over ABBA blocks, which cancels a drift of the machine's speed as well."""
+    from sofa.bench.measure import paired_ratios, time_interleaved
+
+    calls = []
+    time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4, warmup=0)
+    assert "".join(calls) == "abbaabba"
+    # B is 2× A while the machine slows down steadily (×1.1 per run): each block still says 2
+    a, b = [1.0 * 1.1 ** 0, 1.0 * 1.1 ** 3], [2.0 * 1.1 ** 1, 2.0 * 1.1 ** 2]
+    ratio = paired_ratios(a, b)[0]
+    assert ratio == pytest.approx(2.0, rel=0.01)  # the first pair alone would say 2.2

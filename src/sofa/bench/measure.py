@@ -27,7 +27,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Sequence, Callable, Dict, List, Optional
 
 import torch
 
@@ -136,14 +136,26 @@ def time_interleaved(
     if budget_s is not None and warmup and t_warm > 0:
         n = max(min_repeats, min(repeats, int(budget_s / t_warm)))
     times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(n):
-        for k, fn in fns.items():
+    order = list(fns)
+    for r in range(n):
+        # A B, then B A, ...: a run right after another is often faster (threads awake, caches warm), and
+        # alternating the order cancels that in ``paired_ratios``
+        for k in (order if r % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             synchronize(device)
             times[k].append(time.perf_counter() - t0)
     return {k: {"times_s": v, "median_s": statistics.median(v), "runs": len(v), "warmup": warmup} for k, v in
             times.items()}
+
+
+def paired_ratios(a: Sequence[float], b: Sequence[float]) -> List[float]:
+    """t_b / t_a per block of two rounds of :func:`time_interleaved` (A B then B A: an ABBA design, which
+    cancels both a steady drift of the machine's speed and any advantage of running second); one ratio per
+    round where only one round is there."""
+    if len(a) < 2:
+        return [y / x for x, y in zip(a, b)]
+    return [(b[i] + b[i + 1]) / (a[i] + a[i + 1]) for i in range(0, len(a) - 1, 2)]
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> Dict[str, object]:

@@ -38,8 +38,8 @@ DEFAULT_CASES = tuple(CASES)
 QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 3.0}  # stride SOFT: Newton is O(m³), m ∝ N
 #: a case whose one run is estimated above this many seconds gets fewer runs (3) and no flush comparison
 SLOW_RUN_S = 8.0
-#: interleaved flush-off / flush-on pairs per case, budget permitting
-FLUSH_RUNS = 15
+#: interleaved flush-off / flush-on rounds per case (two per ABBA block), budget permitting
+FLUSH_RUNS = 16
 #: the bounded-cost mixers the linear-slope goal is about
 LINEAR_CASES = ("pool", "soft_bounded", "set")
 
@@ -108,30 +108,19 @@ def _make_step(spec: Dict, side: int):
 
 
 def run_pair(spec: Dict) -> Dict:
-    """Time one mixer at two sizes with their runs interleaved (small, large, small, large, ...), in one process:
+    """Time one mixer at two sizes with their runs interleaved (small, large, large, small, ...), in one process:
     a change of the machine's load during the measurement then hits both sizes alike, so the slope between them
-    (the median over runs of log(t_large/t_small)/log(N_large/N_small)) is far less noisy than the ratio of two
-    separately measured medians."""
-    import statistics
-    import time as _time
+    (the median over ABBA blocks of log(t_large/t_small)/log(N_large/N_small)) is far less noisy than the ratio
+    of two separately measured medians."""
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec.get("device", "cpu"))
     a, b = (int(s) for s in spec["sides"])
-    steps = [_make_step(spec, a)[0], _make_step(spec, b)[0]]
-    for _ in range(int(spec.get("warmup", 1))):
-        for st in steps:
-            st()
-            measure.synchronize(device)
-    times: List[List[float]] = [[], []]
-    for _ in range(int(spec["repeats"])):
-        for k, st in enumerate(steps):
-            t0 = _time.perf_counter()
-            st()
-            measure.synchronize(device)
-            times[k].append(_time.perf_counter() - t0)
-    per_run = [slope(a * a, ta, b * b, tb) for ta, tb in zip(*times)]
+    t = measure.time_interleaved({"small": _make_step(spec, a)[0], "large": _make_step(spec, b)[0]},
+                                 repeats=int(spec["repeats"]), warmup=int(spec.get("warmup", 1)), device=device)
+    times = [t["small"]["times_s"], t["large"]["times_s"]]
+    per_run = [math.log(r) / math.log((b * b) / (a * a)) for r in measure.paired_ratios(*times)]
     return {"sides": [a, b], "times_s": times, "medians_s": [statistics.median(t) for t in times],
             "slope": statistics.median(per_run), "slope_runs": per_run, "runs": len(per_run)}
 
@@ -163,8 +152,8 @@ def run_case(spec: Dict) -> Dict:
                                      min_repeats=min_rep)
         rec.update(t["off"])
         rec["flush_on"] = t["on"]
-        # the median of the per-pair ratios: a change of load hits both runs of a pair alike
-        rec["flush_ratio"] = statistics.median(b / a for a, b in zip(t["off"]["times_s"], t["on"]["times_s"]))
+        # the median of the ABBA-paired ratios: a change of load hits both settings of a pair alike
+        rec["flush_ratio"] = statistics.median(measure.paired_ratios(t["off"]["times_s"], t["on"]["times_s"]))
     else:
         rec.update(measure.time_call(step, repeats=spec["repeats"], warmup=spec.get("warmup", 1), device=device,
                                      budget_s=budget, min_repeats=min_rep))

@@ -135,8 +135,8 @@ def _same_backbone(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tens
 
 def run_pair(spec: Dict) -> Dict:
     """Two models (``spec["models"]``: ours, then the one it is compared with) timed in turn in one process
-    (A B A B ...), so that a change of the machine's load hits both alike: the speed-up is the median over the
-    pairs of t_B / t_A. For a PoolFormer pair ours first takes timm's weights and the stage outputs are
+    (A B B A ...), so that a change of the machine's load hits both alike: the speed-up is the median over the
+    ABBA blocks of t_B / t_A. For a PoolFormer pair ours first takes timm's weights and the stage outputs are
     compared (``max_rel_diff``)."""
     device = torch.device(spec.get("device", "cpu"))
     dtype = DTYPES[spec.get("dtype", "fp32")]
@@ -156,7 +156,7 @@ def run_pair(spec: Dict) -> Dict:
     t = measure.time_interleaved({"a": _step(models[0], x, device, dtype), "b": _step(models[1], x, device, dtype)},
                                  repeats=int(spec.get("repeats", 9)), warmup=int(spec.get("warmup", 3)),
                                  device=device)
-    ratios = [tb / ta for ta, tb in zip(t["a"]["times_s"], t["b"]["times_s"])]
+    ratios = measure.paired_ratios(t["a"]["times_s"], t["b"]["times_s"])
     import statistics
 
     rec.update(speedup=statistics.median(ratios), speedup_runs=ratios, runs=len(ratios),
@@ -224,7 +224,7 @@ def bench_models(
             for dt in dtypes:
                 base = {"bench": "model_pair", "models": [a, b], "side": side, "batch": batch, "dtype": dt,
                         "device": device, "compile": compile or False, "channels_last": channels_last}
-                spec = dict(base, threads=threads, repeats=max(repeats, 9), warmup=max(warmup, 3))
+                spec = dict(base, threads=threads, repeats=max(repeats, 12), warmup=max(warmup, 3))
                 try:
                     rec = dict(base, status="ok", **(run_isolated("model_pair", spec) if isolate else run_pair(spec)))
                     diff = "" if rec["max_rel_diff"] is None else f", same weights: stage-4 maps agree to " \
