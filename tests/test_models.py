@@ -445,11 +445,10 @@ def test_soft_options_reach_the_mixers():
 
 # ---------------------------------------------------------------------------------------------------- MACs
 def _soft_stage_macs(N, C, h, d, m, iters, H, W, r, k):
-    """Hand count of one SoftAttention inference forward (batch 1): projections, landmark conv, kernels, Newton,
-    products."""
+    """Hand count of one SoftAttention forward (batch 1): projections, landmark conv, kernels, Newton, products."""
     macs = 2 * N * C * h * d  # q and v
     macs += m * d * d * r * r * h  # landmark conv on each head's d-channel image
-    macs += h * (2 * N * m * d + m * m * d)  # Q·Lᵀ (built twice: inference streams K1 in two passes), L·Lᵀ
+    macs += h * (N * m * d + m * m * d)  # Q·Lᵀ and L·Lᵀ of the kernels (the counter runs the one-pass form)
     macs += h * iters * 2 * m ** 3  # Newton: V·P·V each iteration
     macs += h * (m * N * d + m * m * d + N * m * d)  # K1ᵀV, A⁺(K1ᵀV), K1(...)
     macs += N * h * d * k * k  # depthwise conv on V

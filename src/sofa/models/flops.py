@@ -35,10 +35,26 @@ def _extra_formulas() -> Dict:
 
 
 def flop_counter(**kwargs):
-    """A :class:`~torch.utils.flop_counter.FlopCounterMode` that also counts CPU fused attention."""
+    """A :class:`~torch.utils.flop_counter.FlopCounterMode` that also counts CPU fused attention, and counts the
+    algorithms' own products: inside it SOFT runs its one-pass kernel attention (``sofa.ops.soft.one_pass``),
+    not the streamed inference path that builds its kernel twice to stay in the cache."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    return FlopCounterMode(display=False, custom_mapping=_extra_formulas(), **kwargs)
+    from sofa.ops.soft import one_pass
+
+    class _Counter(FlopCounterMode):
+        def __enter__(self):
+            self._one_pass = one_pass()
+            self._one_pass.__enter__()
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            try:
+                return super().__exit__(*exc)
+            finally:
+                self._one_pass.__exit__(None, None, None)
+
+    return _Counter(display=False, custom_mapping=_extra_formulas(), **kwargs)
 
 
 def _input(model: nn.Module, input_size: Union[int, Tuple[int, ...]], batch: int, device, dtype) -> torch.Tensor:

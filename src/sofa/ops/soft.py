@@ -1,6 +1,9 @@
 """SOFT's low-rank Gaussian-kernel attention on given queries, landmarks and values (no parameters)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 from sofa.ops._util import fp32, no_autocast
@@ -9,6 +12,19 @@ from sofa.ops.newton import SOFT_SHIFT, newton_pinv, pinv_residual
 
 #: bytes of the kernel block K1_b of the streamed (inference) path: it and its products stay in the cache
 CHUNK_BYTES = 2 * 2**20
+
+_ONE_PASS = contextvars.ContextVar("sofa_soft_one_pass", default=False)
+
+
+@contextlib.contextmanager
+def one_pass():
+    """Within it, SOFT's kernel attention runs its one-pass form even without autograd: the algorithm's own
+    products, without the streamed path's second Q·Lᵀ (what MAC counts report, ``sofa.models.flops``)."""
+    token = _ONE_PASS.set(True)
+    try:
+        yield
+    finally:
+        _ONE_PASS.reset(token)
 
 
 def soft_kernel_attention(
@@ -42,11 +58,13 @@ def soft_kernel_attention(
     MB (each page-faulted anew on the CPU) out of the loop: the time stays linear in N at every size. q and v
     may then be strided views (e.g. the heads of (B, N, h·d) token tensors), and ``out``, a float32 tensor of
     the result's shape (any strides, e.g. the heads of a token-major buffer), receives the result and is
-    returned. With autograd, one pass over the whole kernel (``out`` must be None).
+    returned. With autograd, or within :func:`one_pass`, one pass over the whole kernel (with autograd ``out``
+    must be None).
     """
-    streamed = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, landmarks, v)))
-    if out is not None and not streamed:
+    graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, landmarks, v))
+    if out is not None and graph:
         raise ValueError("soft_kernel_attention: out= is for inference only (no autograd)")
+    streamed = not graph and not _ONE_PASS.get()
     with no_autocast(q):
         q, landmarks, v = fp32(q), fp32(landmarks), fp32(v)
         A = gaussian_kernel(landmarks, landmarks)  # (..., m, m)
@@ -78,6 +96,8 @@ def soft_kernel_attention(
         if not streamed:
             K1 = kernel(0, N)
             result = K1 @ (A_inv @ (K1.transpose(-1, -2) @ v))
+            if out is not None:
+                result = out.copy_(result)
         else:
             batch = max(1, A.numel() // (m * m))
             rows = max(256, (chunk_bytes or CHUNK_BYTES) // (batch * m * q.element_size()))
