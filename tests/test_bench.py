@@ -134,3 +134,18 @@ def test_interleaved_runs_alternate_their_order_and_pair_abba():
     a, b = [1.0 * 1.1 ** 0, 1.0 * 1.1 ** 3], [2.0 * 1.1 ** 1, 2.0 * 1.1 ** 2]
     ratio = paired_ratios(a, b)[0]
     assert ratio == pytest.approx(2.0, rel=0.01)  # the first pair alone would say 2.2
+
+
+def test_poolformer_pair_is_timed_in_turn_with_the_same_weights():
+    """The speed-up goal's measurement: ours and timm's port in one process, timed A B B A, ours given timm's
+    weights first, so that the stage maps can be compared (they agree), and the goal reads the pair."""
+    from sofa.bench.models import run_pair
+    from sofa.bench.report import model_goals
+
+    pytest.importorskip("timm")
+    rec = run_pair({"models": ["poolformer_s12", "timm:poolformer_s12"], "side": 32, "batch": 2, "repeats": 4,
+                    "warmup": 1, "threads": 1})
+    assert rec["runs"] == 2 and len(rec["speedup_runs"]) == 2 and rec["speedup"] > 0
+    assert rec["max_rel_diff"] is not None and rec["max_rel_diff"] < 1e-5
+    goals = model_goals([dict(rec, bench="model_pair", status="ok", side=32, dtype="fp32", compile=False)])
+    assert len(goals) == 1 and "timed in turn" in goals[0]["goal"] and goals[0]["met"] == (rec["speedup"] >= 1.2)
