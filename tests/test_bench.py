@@ -149,3 +149,15 @@ def test_poolformer_pair_is_timed_in_turn_with_the_same_weights():
     assert rec["max_rel_diff"] is not None and rec["max_rel_diff"] < 1e-5
     goals = model_goals([dict(rec, bench="model_pair", status="ok", side=32, dtype="fp32", compile=False)])
     assert len(goals) == 1 and "timed in turn" in goals[0]["goal"] and goals[0]["met"] == (rec["speedup"] >= 1.2)
+
+
+def test_model_tokens_carry_constructor_arguments():
+    from sofa.bench.models import create, model_kwargs
+
+    assert model_kwargs("soft_tiny[max_landmarks=49; newton_iters=10]") == (
+        "soft_tiny", {"max_landmarks": 49, "newton_iters": 10})
+    assert model_kwargs("poolformer_mini") == ("poolformer_mini", {})
+    with pytest.raises(ValueError, match="key=value"):
+        model_kwargs("soft_tiny[49]")
+    m = create("sofa", "soft_mini[max_landmarks=4]", 32)
+    assert m.stages[0].blocks[0].attn.max_landmarks == 4

@@ -69,7 +69,8 @@ def register(subparsers) -> None:
     d = sub.add_parser("models", help="images/s and peak memory of our models and timm's alternatives")
     _common(d)
     d.add_argument("--models", type=_names,
-                   help="models to run; 'timm:NAME' for timm's (default: ours and timm's alternatives)")
+                   help="models to run; 'timm:NAME' for timm's, 'NAME[key=value;...]' for constructor "
+                        "arguments, e.g. 'soft_tiny[max_landmarks=49]' (default: ours and timm's alternatives)")
     d.add_argument("--batch", type=int, default=8)
     d.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile every model (optionally with a mode, e.g. max-autotune)")

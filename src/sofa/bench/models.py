@@ -37,18 +37,38 @@ def parse_model(token: str) -> tuple:
     return "sofa", token
 
 
+def model_kwargs(name: str) -> tuple:
+    """"NAME[key=value;key=value]" → (NAME, {key: value}) (values read as Python literals, else strings), so that
+    a variant can be benchmarked without a registry entry: ``soft_tiny[max_landmarks=49]``."""
+    import ast
+
+    if not name.endswith("]") or "[" not in name:
+        return name, {}
+    base, args = name[:-1].split("[", 1)
+    kw = {}
+    for item in filter(None, (a.strip() for a in args.split(";"))):
+        if "=" not in item:
+            raise ValueError(f"model arguments are key=value separated by ';', got {item!r} in {name!r}")
+        k, v = (t.strip() for t in item.split("=", 1))
+        try:
+            kw[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            kw[k] = v
+    return base, kw
+
+
 def create(source: str, name: str, side: int) -> torch.nn.Module:
+    name, kw = model_kwargs(name)
     if source == "timm":
         import timm
 
-        kw = {}
         # fixed-size ViTs accept other input sizes when told at construction
         if any(k in name for k in ("deit", "vit_")):
-            kw["img_size"] = side
+            kw.setdefault("img_size", side)
         return timm.create_model(name, pretrained=False, **kw)
     import sofa.models
 
-    return sofa.models.create_model(name)
+    return sofa.models.create_model(name, **kw)
 
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
