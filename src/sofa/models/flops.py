@@ -36,11 +36,11 @@ def _extra_formulas() -> Dict:
 
 def flop_counter(**kwargs):
     """A :class:`~torch.utils.flop_counter.FlopCounterMode` that also counts CPU fused attention, and counts the
-    algorithms' own products: inside it SOFT runs its one-pass kernel attention (``sofa.ops.soft.one_pass``),
-    not the streamed inference path that builds its kernel twice to stay in the cache."""
+    algorithms' own products: inside it SOFT runs its one-pass form (``sofa.ops._util.one_pass``), not the
+    streamed inference path that builds its kernel twice to stay in the cache."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sofa.ops.soft import one_pass
+    from sofa.ops._util import one_pass
 
     class _Counter(FlopCounterMode):
         def __enter__(self):

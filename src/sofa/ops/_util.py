@@ -1,8 +1,27 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import torch
+
+_ONE_PASS = contextvars.ContextVar("sofa_one_pass", default=False)
+
+
+@contextlib.contextmanager
+def one_pass():
+    """Within it the streamed inference path that rebuilds blocks to stay in the cache (SOFT's kernel K1) runs
+    its one-pass form: each product of the algorithm once, which is what MAC counts report
+    (``sofa.models.flops``). The results are the same to float rounding."""
+    token = _ONE_PASS.set(True)
+    try:
+        yield
+    finally:
+        _ONE_PASS.reset(token)
+
+
+def one_pass_active() -> bool:
+    return _ONE_PASS.get()
 
 
 def fp32(t: torch.Tensor) -> torch.Tensor:

@@ -1,31 +1,14 @@
 """SOFT's low-rank Gaussian-kernel attention on given queries, landmarks and values (no parameters)."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import torch
 
-from sofa.ops._util import fp32, no_autocast
+from sofa.ops._util import fp32, no_autocast, one_pass_active
 from sofa.ops.kernels import gaussian_kernel
 from sofa.ops.newton import SOFT_SHIFT, newton_pinv, pinv_residual
 
 #: bytes of the kernel block K1_b of the streamed (inference) path: it and its products stay in the cache
 CHUNK_BYTES = 2 * 2**20
-
-_ONE_PASS = contextvars.ContextVar("sofa_soft_one_pass", default=False)
-
-
-@contextlib.contextmanager
-def one_pass():
-    """Within it, SOFT's kernel attention runs its one-pass form even without autograd: the algorithm's own
-    products, without the streamed path's second Q·Lᵀ (what MAC counts report, ``sofa.models.flops``)."""
-    token = _ONE_PASS.set(True)
-    try:
-        yield
-    finally:
-        _ONE_PASS.reset(token)
-
 
 def soft_kernel_attention(
     q: torch.Tensor,
@@ -64,7 +47,7 @@ def soft_kernel_attention(
     graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, landmarks, v))
     if out is not None and graph:
         raise ValueError("soft_kernel_attention: out= is for inference only (no autograd)")
-    streamed = not graph and not _ONE_PASS.get()
+    streamed = not graph and not one_pass_active()
     with no_autocast(q):
         q, landmarks, v = fp32(q), fp32(landmarks), fp32(v)
         A = gaussian_kernel(landmarks, landmarks)  # (..., m, m)
