@@ -181,22 +181,17 @@ class SoftAttention(TokenMixer):
         token-major buffer to which the convolution is added in place: no temporary of N·m or N·C floats but
         that buffer (on the CPU every large fresh tensor also costs its page faults)."""
         h, d = self.num_heads, self.head_dim
-        B, N, C = x.shape
+        B, N, _ = x.shape
         inplace = not torch.is_grad_enabled()
         v_tokens = self.v(x)
         q_tokens = self.q(x)
         with no_autocast(x):
             L = self._landmark_act(self.image_landmarks(q_tokens.float(), H, W))
             q, v = split_heads(q_tokens, h).float(), split_heads(v_tokens, h).float()
-            if inplace:
-                buf = torch.empty((B, N, h * d), dtype=torch.float32, device=x.device)
-                result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
-                                               return_residual=self.record_residual, q_scale=d**-0.25,
-                                               out=split_heads(buf, h))
-            else:
-                result = soft_kernel_attention((q / d**0.25).contiguous(), L, v.contiguous(), self.newton_iters,
-                                               self.normalized, self.batch_alpha,
-                                               return_residual=self.record_residual)
+            buf = torch.empty((B, N, h * d), dtype=torch.float32, device=x.device) if inplace else None
+            result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
+                                           return_residual=self.record_residual, q_scale=d**-0.25,
+                                           out=None if buf is None else split_heads(buf, h))
             out = self._keep_residual(result)
         out = (buf if inplace else merge_heads(out)).to(v_tokens.dtype)
         if self.dwconv is not None:

@@ -10,6 +10,7 @@ from sofa.ops.newton import SOFT_SHIFT, newton_pinv, pinv_residual
 #: bytes of the kernel block K1_b of the streamed (inference) path: it and its products stay in the cache
 CHUNK_BYTES = 2 * 2**20
 
+
 def soft_kernel_attention(
     q: torch.Tensor,
     landmarks: torch.Tensor,
