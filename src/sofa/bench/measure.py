@@ -27,7 +27,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Sequence, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 

@@ -10,6 +10,7 @@ before the model, so that both see the same machine load.
 from __future__ import annotations
 
 import contextlib
+import statistics
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -88,28 +89,37 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
         return None
 
 
-def run_case(spec: Dict) -> Dict:
-    """Measure one (model, size, dtype) case in this process."""
-    source, name, side = spec["source"], spec["name"], int(spec["side"])
-    batch = int(spec.get("batch", 8))
+def _prepare(spec: Dict, tokens: Sequence[str]):
+    """The models for ``tokens`` and one input batch, with the spec's device, threads, seed and layout:
+    (models, x, device, dtype)."""
     device = torch.device(spec.get("device", "cpu"))
     dtype = DTYPES[spec.get("dtype", "fp32")]
+    side, batch = int(spec["side"]), int(spec.get("batch", 8))
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(0)
-    model = create(source, name, side).to(device).eval()
+    models = [create(*parse_model(tok), side).to(device).eval() for tok in tokens]
     x = torch.randn(batch, 3, side, side, device=device)
     if spec.get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
+        models = [m.to(memory_format=torch.channels_last) for m in models]
         x = x.contiguous(memory_format=torch.channels_last)
+    return models, x, device, dtype
+
+
+def _compiled(model: torch.nn.Module, spec: Dict) -> torch.nn.Module:
+    if not spec.get("compile"):
+        return model
+    return torch.compile(model, mode=None if spec["compile"] is True else spec["compile"])
+
+
+def run_case(spec: Dict) -> Dict:
+    """Measure one (model, size, dtype) case in this process."""
+    (model,), x, device, dtype = _prepare(spec, [f"{spec['source']}:{spec['name']}"])
+    batch = x.shape[0]
     rec: Dict = {"params": sum(p.numel() for p in model.parameters())}
     rec["flops"] = count_flops(model, x[:1])
     rec["flops"] = None if rec["flops"] is None else rec["flops"] * batch
-    fwd = model
-    if spec.get("compile"):
-        fwd = torch.compile(model, mode=None if spec["compile"] is True else spec["compile"])
-
-    step = _step(fwd, x, device, dtype)
+    step = _step(_compiled(model, spec), x, device, dtype)
 
     # the machine's matmul rate, in this process just before the model: the fraction-of-peak column compares
     # like with like even when the machine's load changes during a long run
@@ -158,27 +168,14 @@ def run_pair(spec: Dict) -> Dict:
     (A B B A ...), so that a change of the machine's load hits both alike: the speed-up is the median over the
     ABBA blocks of t_B / t_A. For a PoolFormer pair ours first takes timm's weights and the stage outputs are
     compared (``max_rel_diff``)."""
-    device = torch.device(spec.get("device", "cpu"))
-    dtype = DTYPES[spec.get("dtype", "fp32")]
-    side, batch = int(spec["side"]), int(spec.get("batch", 8))
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    torch.manual_seed(0)
-    models = [create(*parse_model(tok), side).to(device).eval() for tok in spec["models"]]
-    x = torch.randn(batch, 3, side, side, device=device)
-    if spec.get("channels_last"):
-        models = [m.to(memory_format=torch.channels_last) for m in models]
-        x = x.contiguous(memory_format=torch.channels_last)
+    models, x, device, dtype = _prepare(spec, spec["models"])
+    batch = x.shape[0]
     rec: Dict = {"max_rel_diff": _same_backbone(models[0], models[1], x[:2])}
-    if spec.get("compile"):
-        mode = None if spec["compile"] is True else spec["compile"]
-        models = [torch.compile(m, mode=mode) for m in models]
+    models = [_compiled(m, spec) for m in models]
     t = measure.time_interleaved({"a": _step(models[0], x, device, dtype), "b": _step(models[1], x, device, dtype)},
                                  repeats=int(spec.get("repeats", 9)), warmup=int(spec.get("warmup", 3)),
                                  device=device)
     ratios = measure.paired_ratios(t["a"]["times_s"], t["b"]["times_s"])
-    import statistics
-
     rec.update(speedup=statistics.median(ratios), speedup_runs=ratios, runs=len(ratios),
                images_per_s=[batch / t["a"]["median_s"], batch / t["b"]["median_s"]])
     return rec
