@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sofa.mixers import (
     Identity,
@@ -165,35 +166,30 @@ def test_errors_say_what_was_expected():
         build_mixer("fancy", DIM, HEADS)
 
 
-class _SubnormalScan:
+class _SubnormalScan(TorchDispatchMode):
     """Counts subnormal floats in the output of every operator run under it (forward and autograd's backward)."""
 
-    def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        scan = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                if func.overloadpacket in scan.UNINITIALISED or func.is_view:  # views compute nothing
-                    return out
-                for t in torch.utils._pytree.tree_leaves(out):
-                    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-                        scan.values += t.numel()
-                        a = t.detach().abs()
-                        n = int(((a > 0) & (a < torch.finfo(t.dtype).tiny)).sum())
-                        if n:
-                            scan.hits[str(func)] = scan.hits.get(str(func), 0) + n
-                return out
-
-        self.hits: dict = {}
-        self.values = 0
-        self.mode = Mode()
-
-    # fresh buffers hold whatever memory held (and views of them before they are written)
+    # fresh buffers hold whatever memory held; views compute nothing
     UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.new_empty,
                      torch.ops.aten.new_empty_strided, torch.ops.aten.empty_strided}
+
+    def __init__(self):
+        super().__init__()
+        self.hits: dict = {}
+        self.values = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in self.UNINITIALISED or func.is_view:
+            return out
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+                self.values += t.numel()
+                a = t.detach().abs()
+                n = int(((a > 0) & (a < torch.finfo(t.dtype).tiny)).sum())
+                if n:
+                    self.hits[str(func)] = self.hits.get(str(func), 0) + n
+        return out
 
 
 @pytest.mark.parametrize("kind", ["soft", "soft_norm", "set", "attn"])
@@ -211,12 +207,12 @@ def test_no_operator_makes_subnormal_floats(kind, monkeypatch):
     m.eval()
     with torch.no_grad():
         ref = m(x, hw=(24, 24))  # fresh buffers written first, so the views the scan reads are initialised
-    with torch.inference_mode(), scan.mode:
+    with torch.inference_mode(), scan:
         m(x, hw=(24, 24))
     assert scan.hits == {}, f"{kind} inference: operators that produced subnormal floats: {scan.hits}"
     m.train()
     xg = x.clone().requires_grad_(True)
-    with scan.mode:
+    with scan:
         (m(xg, hw=(24, 24)) * torch.randn_like(ref) * 1e-3).sum().backward()
     if kind != "soft_norm":
         assert scan.hits == {}, f"{kind} training: operators that produced subnormal floats: {scan.hits}"

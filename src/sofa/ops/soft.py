@@ -71,9 +71,9 @@ def soft_kernel_attention(
             qb = q[..., i:j, :]
             K = gaussian_kernel(qb * q_scale if q_scale != 1.0 else qb, landmarks)
             if lm is not None:
-                K = K * lm if not streamed else K.mul_(lm)
+                K = K * lm if graph else K.mul_(lm)
             if tm is not None:
-                K = K * tm[..., i:j, :] if not streamed else K.mul_(tm[..., i:j, :])
+                K = K * tm[..., i:j, :] if graph else K.mul_(tm[..., i:j, :])
             return K
 
         N, m = q.shape[-2], landmarks.shape[-2]
