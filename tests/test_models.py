@@ -368,35 +368,6 @@ def test_folded_poolformer_block_equals_the_textbook_form(mixer):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunked_inference_mlp_equals_the_whole_map_mlp(dtype, monkeypatch):
-    """Inference on the CPU runs the folded MLP over token chunks written into one output (a ragged last chunk
-    included): same result as the whole-map MLP, plain and under bf16 autocast; training never chunks."""
-    from sofa.models.metaformer import MetaFormerBlock
-
-    torch.manual_seed(0)
-    blk = MetaFormerBlock(16, "pool", layer_scale_init_value=0.5).eval()
-    x = torch.randn(3, 16, 9, 11).contiguous(memory_format=torch.channels_last)  # 297 tokens
-    calls = []
-    real = MetaFormerBlock._mlp_in_chunks
-    monkeypatch.setattr(MetaFormerBlock, "_mlp_in_chunks", lambda self, *a: calls.append(1) or real(self, *a))
-    outs = []
-    for chunk_bytes in (0, 64 * 16 * 4 * 4):  # whole map; chunks of 64 tokens (297 = 4·64 + 41)
-        blk.mlp_chunk_bytes = chunk_bytes
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float32):
-            outs.append(blk(x))
-    assert len(calls) == 1
-    assert outs[1].is_contiguous(memory_format=torch.channels_last)
-    tol = 1e-6 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol)
-    y = blk(x.requires_grad_())  # with autograd: the whole-map form (torch.add(out=) has no gradient)
-    assert len(calls) == 1 and y.requires_grad
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # traced by torch.compile: textbook form
-    with torch.no_grad():
-        torch.testing.assert_close(blk(x), outs[0], rtol=1e-5, atol=1e-5) if dtype == torch.float32 else blk(x)
-    assert len(calls) == 1
-
-
 def test_cpu_channels_last_runs_change_only_the_strides():
     """On the CPU the stages run channels-last (1×1 convs as oneDNN GEMMs, no reorders): same logits and stage
     maps as the input's own layout."""

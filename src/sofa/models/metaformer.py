@@ -28,6 +28,8 @@ from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, trunc_normal_
 
 from sofa.layers import Linear
+from sofa.ops._util import one_pass_active
+from sofa.ops.fused_mlp import CHUNK_BYTES, metaformer_mlp_, sample_moments
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "TokenBlock", "MixerSpec", "resize_pos_embed_2d"]
 
@@ -172,8 +174,11 @@ class MetaFormerBlock(nn.Module):
       ``(ls1·γ1)·(pool(n) − n)`` (identity: ``ls1·(γ1·n + β1)``), added with one ``addcmul``;
     * ``fc1(γ2·n + β2) = (W1·diag γ2)·n + (b1 + W1·β2)`` and ``ls2·fc2(h) = (diag ls2·W2)·h + ls2·b2``.
 
-    Under ``torch.compile`` the block runs the textbook form, which inductor fuses as well (measured: the folded
-    form compiled no faster, the chunked MLP slower).
+    Inference on the CPU (no autograd, float32, channels-last) takes a third form, :meth:`forward_inference`: the
+    mixer half from the GroupNorm statistics alone, the MLP half as one fused, chunked, in-place oneDNN operator
+    (:func:`sofa.ops.fused_mlp.metaformer_mlp_`).
+    Under ``torch.compile`` that operator stays one kernel and inductor fuses the rest; with autograd, compiled
+    models run the textbook form (the folded form compiled to slower code).
 
     The weights are folded on every forward (cheap: they are C×4C), so training sees the same gradients;
     results equal the unfolded form to float rounding (tested against the released outputs as well).
@@ -201,17 +206,61 @@ class MetaFormerBlock(nn.Module):
         t = self.token_mixer(y.flatten(2).transpose(1, 2), hw=(H, W))
         return t.transpose(1, 2).reshape(B, C, H, W)
 
+    #: inference on the CPU runs the MLP over chunks of tokens whose hidden activations take about this many
+    #: bytes (:func:`sofa.ops.fused_mlp.metaformer_mlp_`); 0 turns that path off
+    mlp_chunk_bytes = CHUNK_BYTES
+
+    def inference_path(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` takes the fused CPU inference path (:meth:`forward_inference`): pooling or identity mixer,
+        no autograd, a channels-last float32 CPU map, no active dropout, and not inside the FLOP counter (which
+        counts the algorithm's own products)."""
+        return bool(
+            self.fused and not self.tokens and self.mlp_chunk_bytes and not torch.is_grad_enabled()
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and (not self.training or (self.mlp.drop.p == 0.0 and isinstance(self.drop_path, nn.Identity)))
+            and type(self.mlp.act) is nn.GELU and self.mlp.act.approximate == "none"
+            and not one_pass_active()
+            and not (torch.compiler.is_compiling() and torch.is_autocast_enabled("cpu"))
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # under torch.compile the textbook form: inductor fuses the elementwise work itself, and measured, the
-        # folded and chunked forms compile to slower code (docs/benchmarks.md)
-        if (self.fused and not self.tokens and (self.mlp.drop.p == 0.0 or not self.training)
-                and not torch.compiler.is_compiling()):
+        if self.inference_path(x):
+            return self.forward_inference(x)
+        # autograd under torch.compile: the textbook form, which inductor fuses itself (the folded form compiled to
+        # slower code, docs/benchmarks.md)
+        if self.fused and not self.tokens and (self.mlp.drop.p == 0.0 or not self.training) \
+                and not torch.compiler.is_compiling():
             return self._forward_folded(x)
         x = x + self.drop_path(self.layer_scale1.view(-1, 1, 1) * self.mix(self.norm1(x)))
         x = x + self.drop_path(self.layer_scale2.view(-1, 1, 1) * self.mlp(self.norm2(x)))
         return x
 
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on the fused CPU inference path (check :meth:`inference_path` first).
+
+        The mixer half, from GroupNorm(1)'s statistics (μ, σ²) and r = (σ² + ε)^-½: pooling keeps constants
+        (count_include_pad=False), so ``pool(γ·n + β) − (γ·n + β) = γ·r·(pool(x) − x)`` and the branch is one
+        ``addcmul`` of x with (ls1·γ1·r)·(pool(x) − x) (identity: ``x + ls1·(γ1·r·(x − μ) + β1)``). The MLP half is
+        :func:`sofa.ops.fused_mlp.metaformer_mlp_`, in place on the mixer's output."""
+        n1, n2 = self.norm1, self.norm2
+        mean, var = sample_moments(x)
+        coef = (self.layer_scale1 * n1.weight).view(1, -1, 1, 1) * torch.rsqrt(var + n1.eps).view(-1, 1, 1, 1)
+        if isinstance(self.token_mixer, PoolMixer2d):
+            x = torch.addcmul(x, self.token_mixer(x), coef)
+        else:  # identity
+            shift = (self.layer_scale1 * n1.bias).view(1, -1, 1, 1) - coef * mean.view(-1, 1, 1, 1)
+            x = torch.addcmul(x + shift, x, coef)
+        x = x.contiguous(memory_format=torch.channels_last)
+        mean2, var2 = sample_moments(x)
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        metaformer_mlp_(x, mean2, torch.rsqrt(var2 + n2.eps), fc1.weight, fc1.bias, n2.weight, n2.bias,
+                        self.layer_scale2, fc2.weight, fc2.bias, int(self.mlp_chunk_bytes))
+        return x
+
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The same arithmetic with autograd (or off the CPU): GroupNorm without affine, the affines and
+        LayerScales folded into per-channel factors and into the MLP weights."""
         n1, n2 = self.norm1, self.norm2
         ls1, ls2 = self.layer_scale1, self.layer_scale2
         n = F.group_norm(x, 1, None, None, n1.eps)
@@ -232,54 +281,8 @@ class MetaFormerBlock(nn.Module):
             b1 = b1 + 0.0 * n1.bias.sum()
         w2 = fc2.weight * ls2.view(-1, 1, 1, 1)
         b2 = fc2.bias * ls2
-        if self._chunk_mlp(x, n, w1.shape[0]):
-            return self._mlp_in_chunks(x, n, w1, b1, w2, b2)
         h = F.conv2d(self.mlp.act(F.conv2d(n, w1, b1)), w2, b2)
         return x + self.drop_path(h)
-
-    #: inference on the CPU runs the MLP over chunks of tokens whose hidden activations take at most this many
-    #: bytes (0: never); see ``_mlp_in_chunks``
-    mlp_chunk_bytes = 2 << 20
-
-    def _chunk_mlp(self, x: torch.Tensor, n: torch.Tensor, hidden: int) -> bool:
-        if not self.mlp_chunk_bytes or torch.is_grad_enabled() or x.device.type != "cpu":
-            return False
-        B, C, H, W = x.shape
-        if B * H * W * hidden * x.element_size() <= self.mlp_chunk_bytes:
-            return False
-        cl = torch.channels_last
-        return x.is_contiguous(memory_format=cl) and n.is_contiguous(memory_format=cl)
-
-    def _mlp_in_chunks(self, x, n, w1, b1, w2, b2) -> torch.Tensor:
-        """``x + fc2(act(fc1(n)))`` (folded weights) over chunks of tokens, written into one output.
-
-        Without autograd on the CPU, the whole-map MLP allocates a hidden activation 4× the map (25 MB per 1×1
-        conv at stage 1 for 8 images at 224²); glibc ``malloc`` serves blocks that large by ``mmap`` and returns
-        them on ``free``, so each one is page-faulted in again on every call, and the hidden map streams through
-        main memory twice. A chunk of a couple of MB stays in the heap and in cache: measured 3.6× faster for the
-        stage-1 MLP of poolformer_s12 (batch 8). The (B, C, H, W) channels-last map is viewed, without a copy, as
-        one (1, C, B·H·W, 1) channels-last column whose slices are contiguous, so the 1×1 convolutions (oneDNN GEMMs)
-        run on the slices directly and write nothing twice. Same arithmetic per token as the whole-map form.
-        """
-        B, C, H, W = x.shape
-        L = B * H * W
-
-        def column(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) channels-last → (1, C, B·H·W, 1) view
-            return t.permute(0, 2, 3, 1).view(1, L, 1, t.shape[1]).permute(0, 3, 1, 2)
-
-        xc, nc = column(x), column(n)
-        step = max(64, self.mlp_chunk_bytes // (w1.shape[0] * x.element_size()))
-        act = self.mlp.act
-
-        def mlp(i: int, j: int) -> torch.Tensor:
-            return F.conv2d(act(F.conv2d(nc[:, :, i:j], w1, b1)), w2, b2)
-
-        out = torch.empty_like(x, memory_format=torch.channels_last)
-        outc = column(out)
-        for i in range(0, L, step):
-            j = min(L, i + step)
-            torch.add(xc[:, :, i:j], mlp(i, j), out=outc[:, :, i:j])
-        return out
 
 
 class TokenBlock(nn.Module):
@@ -519,8 +522,7 @@ class MetaFormer(ClassifierMixin, nn.Module):
         per-channel products all have channels-last CPU kernels, and a channels-last map is already (B, H·W, C)
         tokens for the token mixers. Outputs are the same maps (only their strides differ).
         """
-        if (self.cpu_channels_last and x.device.type == "cpu" and x.dim() == 4
-                and not torch.compiler.is_compiling()):  # compiled, inductor picks layouts itself
+        if self.cpu_channels_last and x.device.type == "cpu" and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 

@@ -21,7 +21,8 @@ def one_pass():
 
 
 def one_pass_active() -> bool:
-    return _ONE_PASS.get()
+    # torch.compile cannot trace ContextVar.get (a graph break); the counter never runs compiled code
+    return not torch.compiler.is_compiling() and _ONE_PASS.get()
 
 
 def fp32(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,180 @@
+"""The MetaFormer MLP for CPU inference, fused: ``x += ls2 · fc2(GELU(fc1(GroupNorm(x))))`` in place, over token
+chunks.
+
+PoolFormer spends most of its time in the two 1×1 convolutions of each block's MLP (GEMMs of the tokens against
+C×4C weights). How fast those GEMMs run on a CPU depends on what surrounds them:
+
+* **Chunks.** The hidden activation is 4× the map (25 MB per image batch at stage 1 of poolformer_s12 with 8
+  images at 224²). Run over the whole map it streams through main memory twice, and glibc serves a block that
+  large by ``mmap``, so it is page-faulted in afresh on every call. Over chunks of ``chunk_bytes`` (a few MB) of
+  hidden activation it stays in the cache: the normalisation, fc1, GELU, fc2 and the residual add of one chunk all
+  run on cache-resident data.
+* **oneDNN with fused post-ops and prepacked weights.** fc1 runs with GELU as a oneDNN post-op and fc2 adds its
+  result into the residual map in place (a oneDNN "binary add" post-op), so neither the GELU nor the residual add
+  is a separate pass. The weights, with GroupNorm's affine folded into fc1 and LayerScale into fc2, are reordered
+  once into oneDNN's blocked layout for the chunk's shape and cached (per fc1 weight, dropped with it, rebuilt
+  whenever any of the seven tensors changes in place or is replaced), instead of being reordered on every call.
+* **The norm without a normalised copy.** GroupNorm(1) needs each sample's mean and variance over (C, H, W); the
+  caller passes them in (:func:`sample_moments`), and each chunk is normalised into a cache-sized buffer just
+  before its GEMM. (Also returning the output's moments, for the next block's norm, was tried: no faster.)
+
+The oneDNN kernels (``torch.ops.mkldnn._convolution_pointwise``) exist in PyTorch builds with oneDNN; they are
+checked once against plain convolutions, and where they are missing or differ the same chunk loop runs with
+``F.conv2d`` and ``F.gelu`` (also the path for inputs under autocast). ``SOFA_CPU_MLP=aten`` forces that path.
+
+Exposed as the custom operator ``torch.ops.sofa.metaformer_mlp_`` so that ``torch.compile`` calls it as one opaque
+kernel and fuses the element-wise work around it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+__all__ = ["metaformer_mlp_", "sample_moments", "chunk_rows", "onednn_ready", "CHUNK_BYTES"]
+
+#: hidden-activation bytes per chunk (measured on the project's machine: 2–8 MB are within noise of each other,
+#: below 1 MB the per-chunk overhead shows)
+CHUNK_BYTES = 4 << 20
+
+#: packed weights kept per block for this many distinct chunk lengths (each distinct input size adds one or two)
+_PACKS_PER_BLOCK = 8
+
+_CL = torch.channels_last
+_1x1 = ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups of a 1×1 convolution
+
+
+def _onednn_ops():
+    m = torch.ops.mkldnn
+    return m._convolution_pointwise.default, m._convolution_pointwise_.binary
+
+
+def _reorder(w: torch.Tensor, rows: int) -> torch.Tensor:
+    """``w`` (O, I, 1, 1) in oneDNN's blocked layout for a (1, I, rows, 1) channels-last input."""
+    return torch._C._nn.mkldnn_reorder_conv2d_weight(w.to_mkldnn(), *_1x1[:3], _1x1[3], [1, w.shape[1], rows, 1])
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_ready() -> bool:
+    """Whether the fused oneDNN kernels exist here and agree with plain convolutions on a small case (once)."""
+    if os.environ.get("SOFA_CPU_MLP", "onednn").lower() == "aten" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        conv, conv_add_ = _onednn_ops()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 8, 37, 1, generator=g).contiguous(memory_format=_CL)
+        res = torch.randn(1, 8, 37, 1, generator=g).contiguous(memory_format=_CL)
+        w1, b1 = torch.randn(24, 8, 1, 1, generator=g), torch.randn(24, generator=g)
+        w2, b2 = torch.randn(8, 24, 1, 1, generator=g), torch.randn(8, generator=g)
+        want = res + F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+        with torch.no_grad():
+            h = conv(x, _reorder(w1, 37), b1, *_1x1, "gelu", [], "none")
+            got = res.clone(memory_format=_CL)
+            conv_add_(got, h, _reorder(w2, 37), b2, *_1x1, "add", 1.0, None, [], None)
+        return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4))
+    except Exception:  # no such kernels in this build, or they refuse these shapes
+        return False
+
+
+_PACKED: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
+
+
+def _folded(fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b):
+    """GroupNorm's affine folded into fc1 and LayerScale into fc2: fc1(γ·n + β) = (W1·diag γ)·n + (b1 + W1·β),
+    ls·fc2(h) = (diag ls·W2)·h + ls·b2."""
+    w1 = fc1_w * norm_w.view(1, -1, 1, 1)
+    b1 = fc1_b + fc1_w.flatten(1) @ norm_b
+    return w1, b1, fc2_w * ls.view(-1, 1, 1, 1), fc2_b * ls
+
+
+def _packed(tensors: Tuple[torch.Tensor, ...], rows: int, pack: bool):
+    """Folded (and, with ``pack``, reordered) weights for chunks of ``rows`` tokens, cached per fc1 weight."""
+    try:  # identity, storage and in-place version of every tensor the fold reads
+        sig = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+    except RuntimeError:  # inference tensors carry no version counter: fold anew, cache nothing
+        sig = None
+    entry = _PACKED.get(tensors[0]) if sig is not None else None
+    if entry is None or entry[0] != sig:
+        entry = (sig, _folded(*tensors), {})
+        if sig is not None:
+            _PACKED[tensors[0]] = entry
+    _, (w1, b1, w2, b2), packs = entry
+    if not pack:
+        return w1, b1, w2, b2
+    got = packs.get(rows)
+    if got is None:
+        if len(packs) >= _PACKS_PER_BLOCK:
+            packs.pop(next(iter(packs)))
+        got = packs[rows] = (_reorder(w1, rows), b1, _reorder(w2, rows), b2)
+    return got
+
+
+def chunk_rows(tokens: int, hidden: int, element_size: int, chunk_bytes: int) -> int:
+    """Tokens per chunk: ``tokens`` split into equal chunks whose hidden activation is at most ``chunk_bytes``
+    (at least 64 tokens per chunk), so that there are at most two chunk lengths."""
+    target = max(64, chunk_bytes // max(1, hidden * element_size))
+    n = -(-tokens // target)
+    return -(-tokens // n)
+
+
+def sample_moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean and (biased) variance of ``x`` over all its other dimensions, in float32, as
+    ``F.group_norm(x, 1)`` uses them: mean first, then the mean square about it (no cancellation; several times
+    faster on the CPU than ``torch.var_mean``, whose Welford loop does not vectorise)."""
+    B = x.shape[0]
+    t = x.permute(0, 2, 3, 1).reshape(B, -1) if x.is_contiguous(memory_format=_CL) else x.reshape(B, -1)
+    t = t.float()
+    m = t.mean(1, keepdim=True)
+    d = t - m
+    return m.squeeze(1), torch.linalg.vecdot(d, d) / t.shape[1]
+
+
+@torch.library.custom_op("sofa::metaformer_mlp_", mutates_args=("x",))
+def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1_w: torch.Tensor,
+                    fc1_b: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, ls: torch.Tensor,
+                    fc2_w: torch.Tensor, fc2_b: torch.Tensor, chunk_bytes: int) -> None:
+    """``x += ls · fc2(GELU(fc1(γ·(x − mean)·rstd + β)))`` in place on a channels-last float32 (B, C, H, W) map on
+    the CPU, where ``mean`` and ``rstd`` (B,) are the per-sample GroupNorm(1) statistics of ``x`` and (γ, β) its
+    affine. Inference only (no autograd)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous(memory_format=_CL):
+        raise ValueError("metaformer_mlp_: needs a channels-last float32 CPU map, got "
+                         f"{x.dtype} on {x.device} with strides {x.stride()}")
+    B, C, H, W = x.shape
+    HW, L = H * W, B * H * W
+    hidden = fc1_w.shape[0]
+    fused = onednn_ready() and not torch.is_autocast_enabled("cpu")
+    rows_per = chunk_rows(L, hidden, 4, chunk_bytes)
+    tokens = x.permute(0, 2, 3, 1).view(L, C)  # token-major rows of the map (a view: writes land in x)
+    tok_rstd = rstd.float().repeat_interleave(HW).view(L, 1)
+    tok_shift = (-mean.float() * rstd.float()).repeat_interleave(HW).view(L, 1)
+    params = (fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b)
+    packs = {}
+    if fused:
+        conv, conv_add_ = _onednn_ops()
+
+    def col(t: torch.Tensor) -> torch.Tensor:  # (l, C) rows → (1, C, l, 1) channels-last view, no copy
+        return t.t()[None, :, :, None]
+
+    for i in range(0, L, rows_per):
+        j = min(L, i + rows_per)
+        if j - i not in packs:
+            packs[j - i] = _packed(params, j - i, fused)
+        w1, b1, w2, b2 = packs[j - i]
+        rows = tokens[i:j]
+        n = torch.addcmul(tok_shift[i:j], rows, tok_rstd[i:j])  # γ, β are folded into w1, b1
+        if fused:
+            conv_add_(col(rows), conv(col(n), w1, b1, *_1x1, "gelu", [], "none"), w2, b2, *_1x1, "add", 1.0,
+                      None, [], None)
+        else:
+            y = F.conv2d(F.gelu(F.conv2d(col(n), w1, b1)), w2, b2)
+            rows.add_(y[0, :, :, 0].t())
+
+
+@metaformer_mlp_.register_fake
+def _(x, mean, rstd, fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b, chunk_bytes):
+    return None
+
