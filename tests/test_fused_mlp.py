@@ -71,6 +71,7 @@ def test_chunks_have_at_most_two_lengths():
             rows = chunk_rows(tokens, hidden, 4, 1 << 20)
             lengths = {min(rows, tokens - i) for i in range(0, tokens, rows)}
             assert len(lengths) <= 2 and rows * hidden * 4 <= max(1 << 20, 64 * hidden * 4)
+    assert chunk_rows(25088, 256, 4, 1 << 20) == 896  # 28 equal chunks rather than 25 ragged ones
 
 
 def test_sample_moments_match_group_norm_statistics():

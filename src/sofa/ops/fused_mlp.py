@@ -92,32 +92,40 @@ def _folded(fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b):
 
 
 def _packed(tensors: Tuple[torch.Tensor, ...], rows: int, pack: bool):
-    """Folded (and, with ``pack``, reordered) weights for chunks of ``rows`` tokens, cached per fc1 weight."""
+    """Folded (and, with ``pack``, reordered) weights for chunks of ``rows`` tokens, cached per fc1 weight.
+
+    The cache keeps only what the chunks use: the reordered weights per chunk length with ``pack`` (the folded
+    ones are rebuilt for a new length, a cheap C×4C product), the folded ones without."""
     try:  # identity, storage and in-place version of every tensor the fold reads
         sig = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
     except RuntimeError:  # inference tensors carry no version counter: fold anew, cache nothing
         sig = None
     entry = _PACKED.get(tensors[0]) if sig is not None else None
     if entry is None or entry[0] != sig:
-        entry = (sig, _folded(*tensors), {})
+        entry = (sig, {})
         if sig is not None:
             _PACKED[tensors[0]] = entry
-    _, (w1, b1, w2, b2), packs = entry
-    if not pack:
-        return w1, b1, w2, b2
-    got = packs.get(rows)
+    cache = entry[1]
+    key = rows if pack else None
+    got = cache.get(key)
     if got is None:
-        if len(packs) >= _PACKS_PER_BLOCK:
-            packs.pop(next(iter(packs)))
-        got = packs[rows] = (_reorder(w1, rows), b1, _reorder(w2, rows), b2)
+        if len(cache) >= _PACKS_PER_BLOCK:
+            cache.pop(next(iter(cache)))
+        w1, b1, w2, b2 = _folded(*tensors)
+        got = cache[key] = (_reorder(w1, rows), b1, _reorder(w2, rows), b2) if pack else (w1, b1, w2, b2)
     return got
 
 
 def chunk_rows(tokens: int, hidden: int, element_size: int, chunk_bytes: int) -> int:
     """Tokens per chunk: ``tokens`` split into equal chunks whose hidden activation is at most ``chunk_bytes``
-    (at least 64 tokens per chunk), so that there are at most two chunk lengths."""
+    (at least 64 tokens per chunk, or all of them). A chunk count up to twice the fewest that divides the tokens
+    exactly is preferred (one chunk length: one packed copy of the weights, which oneDNN lays out per length);
+    otherwise the last chunk is shorter (two lengths)."""
     target = max(64, chunk_bytes // max(1, hidden * element_size))
     n = -(-tokens // target)
+    for k in range(n, 2 * n + 1):
+        if tokens % k == 0 and (tokens // k >= 64 or k == 1):
+            return tokens // k
     return -(-tokens // n)
 
 
