@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear", "linear", "MIN_ROWS"]
+__all__ = ["Linear", "linear", "rows_as_map", "MIN_ROWS"]
 
 #: fewer rows than this run through ``F.linear`` (the convolution's fixed cost is not worth it)
 MIN_ROWS = 256
@@ -33,6 +33,14 @@ def _onednn_enabled() -> bool:
 _ENABLED = _onednn_enabled()
 
 
+def rows_as_map(rows: torch.Tensor) -> torch.Tensor:
+    """The rows of an (M, K) matrix as a (1, K, M, 1) channels-last map with the canonical channels-last strides
+    (what convolutions check for): the input a 1×1 convolution reads as a GEMM of the rows against its weights.
+    A view of contiguous rows (writes to it land in ``rows``); other rows are copied."""
+    M, K = rows.shape
+    return rows.reshape(1, M, 1, K).permute(0, 3, 1, 2)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN where that is faster (see the module docstring)."""
     K = x.shape[-1]
@@ -40,9 +48,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if (not _ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
             or M < MIN_ROWS or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
         return F.linear(x, weight, bias)
-    rows = x.reshape(1, M, 1, K).permute(0, 3, 1, 2)  # (1, K, M, 1) channels-last: the rows as they lie
-    y = F.conv2d(rows, weight.view(weight.shape[0], K, 1, 1), bias)  # (1, N, M, 1) channels-last
-    return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
+    y = F.conv2d(rows_as_map(x.reshape(M, K)), weight.view(weight.shape[0], K, 1, 1), bias)  # (1, N, M, 1)
+    return y[0, :, :, 0].t().reshape(*x.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):

@@ -31,6 +31,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from sofa.layers import rows_as_map
+
 MEM_METHOD_CPU = (
     "fresh process per case; after timing, malloc_trim(0) and malloc mmap threshold 64 KiB (mallopt); "
     "/proc/self/clear_refs=5 resets VmHWM; peak = VmHWM after one call - VmRSS before it (extra memory at the "
@@ -210,7 +212,7 @@ def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
     flops = 2.0 * size**3
     candidates = {"blas": lambda: a @ b}
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        img = a.view(1, size, 1, size).permute(0, 3, 1, 2)  # (1, K, M, 1): a channels-last view of a, no copy
+        img = rows_as_map(a)  # (1, K, M, 1): a channels-last view of a, no copy
         w = b.t().reshape(size, size, 1, 1).contiguous()  # (N, K, 1, 1)
         candidates["onednn"] = lambda: torch.nn.functional.conv2d(img, w)
     out: Dict[str, object] = {"size": size, "dtype": str(dtype).replace("torch.", "")}

@@ -29,7 +29,7 @@ from timm.layers import DropPath, trunc_normal_
 
 from sofa.layers import Linear
 from sofa.ops._util import one_pass_active
-from sofa.ops.fused_mlp import CHUNK_BYTES, metaformer_mlp_, sample_moments
+from sofa.ops.fused_mlp import CHUNK_BYTES, fold_mlp_weights, metaformer_mlp_, sample_moments
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "TokenBlock", "MixerSpec", "resize_pos_embed_2d"]
 
@@ -275,12 +275,9 @@ class MetaFormerBlock(nn.Module):
             x = x + self.drop_path(s1 * branch if shift is None else s1 * branch + shift)
         n = F.group_norm(x, 1, None, None, n2.eps)
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        w1 = fc1.weight * n2.weight.view(1, -1, 1, 1)
-        b1 = fc1.bias + fc1.weight.flatten(1) @ n2.bias
+        w1, b1, w2, b2 = fold_mlp_weights(fc1.weight, fc1.bias, n2.weight, n2.bias, ls2, fc2.weight, fc2.bias)
         if shift is None:  # β1 cancels under pooling; keep it in the graph (gradient exactly 0, as DDP expects)
             b1 = b1 + 0.0 * n1.bias.sum()
-        w2 = fc2.weight * ls2.view(-1, 1, 1, 1)
-        b2 = fc2.bias * ls2
         h = F.conv2d(self.mlp.act(F.conv2d(n, w1, b1)), w2, b2)
         return x + self.drop_path(h)
 

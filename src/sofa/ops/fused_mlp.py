@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["metaformer_mlp_", "sample_moments", "chunk_rows", "onednn_ready", "CHUNK_BYTES"]
+from sofa.layers import rows_as_map
+
+__all__ = ["metaformer_mlp_", "fold_mlp_weights", "sample_moments", "chunk_rows", "onednn_ready", "CHUNK_BYTES"]
 
 #: hidden-activation bytes per chunk (measured on the project's machine: 2–8 MB are within noise of each other,
 #: below 1 MB the per-chunk overhead shows)
@@ -83,7 +85,7 @@ def onednn_ready() -> bool:
 _PACKED: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
 
 
-def _folded(fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b):
+def fold_mlp_weights(fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b):
     """GroupNorm's affine folded into fc1 and LayerScale into fc2: fc1(γ·n + β) = (W1·diag γ)·n + (b1 + W1·β),
     ls·fc2(h) = (diag ls·W2)·h + ls·b2."""
     w1 = fc1_w * norm_w.view(1, -1, 1, 1)
@@ -111,7 +113,7 @@ def _packed(tensors: Tuple[torch.Tensor, ...], rows: int, pack: bool):
     if got is None:
         if len(cache) >= _PACKS_PER_BLOCK:
             cache.pop(next(iter(cache)))
-        w1, b1, w2, b2 = _folded(*tensors)
+        w1, b1, w2, b2 = fold_mlp_weights(*tensors)
         got = cache[key] = (_reorder(w1, rows), b1, _reorder(w2, rows), b2) if pack else (w1, b1, w2, b2)
     return got
 
@@ -164,9 +166,6 @@ def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1
     if fused:
         conv, conv_add_ = _onednn_ops()
 
-    def col(t: torch.Tensor) -> torch.Tensor:  # (l, C) rows → (1, C, l, 1) channels-last view, no copy
-        return t.t()[None, :, :, None]
-
     for i in range(0, L, rows_per):
         j = min(L, i + rows_per)
         if j - i not in packs:
@@ -175,10 +174,10 @@ def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1
         rows = tokens[i:j]
         n = torch.addcmul(tok_shift[i:j], rows, tok_rstd[i:j])  # γ, β are folded into w1, b1
         if fused:
-            conv_add_(col(rows), conv(col(n), w1, b1, *_1x1, "gelu", [], "none"), w2, b2, *_1x1, "add", 1.0,
+            conv_add_(rows_as_map(rows), conv(rows_as_map(n), w1, b1, *_1x1, "gelu", [], "none"), w2, b2, *_1x1, "add", 1.0,
                       None, [], None)
         else:
-            y = F.conv2d(F.gelu(F.conv2d(col(n), w1, b1)), w2, b2)
+            y = F.conv2d(F.gelu(F.conv2d(rows_as_map(n), w1, b1)), w2, b2)
             rows.add_(y[0, :, :, 0].t())
 
 
