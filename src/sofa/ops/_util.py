@@ -25,6 +25,14 @@ def one_pass_active() -> bool:
     return not torch.compiler.is_compiling() and _ONE_PASS.get()
 
 
+def token_spans(n: int, row_bytes: int, chunk_bytes: int, min_rows: int = 256) -> list:
+    """[(i, j), ...] blocks of the n tokens of an (..., n, ·) temporary whose rows take ``row_bytes`` each (all
+    batch and head dimensions together): about ``chunk_bytes`` per block, at least ``min_rows`` rows (one block
+    when the whole temporary fits)."""
+    rows = max(min_rows, chunk_bytes // max(1, row_bytes))
+    return [(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
 def fp32(t: torch.Tensor) -> torch.Tensor:
     """``t`` in float32 (float64 is kept: the slow references and gradchecks run in it)."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()

@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sofa.ops._util import fp32, no_autocast
+from sofa.ops._util import fp32, no_autocast, token_spans
 from sofa.ops.nystrom import inverse_sqrt_psd, spherical_gaussian_kernel
 
 #: bytes of one block of an (N, m) temporary: a few of them stay in the cache together
@@ -204,8 +204,7 @@ def set_attention(
         else:
             log_a = torch.full((B, h, n), -math.log(n), dtype=f.dtype, device=f.device)
         log_b = -math.log(m)
-        rows = n if B * h * n * m * 4 <= chunk_bytes else max(256, chunk_bytes // (B * h * m * 4))
-        spans = [(i, min(i + rows, n)) for i in range(0, n, rows)]
+        spans = token_spans(n, B * h * m * 4, chunk_bytes)
 
         # log K, block by block
         logK = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from sofa.ops._util import fp32, no_autocast, one_pass_active
+from sofa.ops._util import fp32, no_autocast, one_pass_active, token_spans
 from sofa.ops.kernels import gaussian_kernel
 from sofa.ops.newton import SOFT_SHIFT, newton_pinv, pinv_residual
 
@@ -84,8 +84,7 @@ def soft_kernel_attention(
                 result = out.copy_(result)
         else:
             batch = max(1, A.numel() // (m * m))
-            rows = max(256, (chunk_bytes or CHUNK_BYTES) // (batch * m * q.element_size()))
-            spans = [(i, min(i + rows, N)) for i in range(0, N, rows)]
+            spans = token_spans(N, batch * m * q.element_size(), chunk_bytes or CHUNK_BYTES)
             KtV = None
             for i, j in spans:
                 part = kernel(i, j).transpose(-1, -2) @ v[..., i:j, :]
