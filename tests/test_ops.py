@@ -262,3 +262,68 @@ def test_position_filters():
     rows, cols = position_filter_1d(6, 3, 0.2), position_filter_1d(4, 2, 0.2)
     torch.testing.assert_close(M2.view(6, 4, 3, 2), rows[:, None, :, None] * cols[None, :, None, :])
     torch.testing.assert_close(position_filter_1d(7, 3, 0.3, log=True).exp(), position_filter_1d(7, 3, 0.3))
+
+
+def _set_dense_reference(f, anchors, ref, vals, sigma, eps, iters, log_m=None, mask=None):
+    """SeT's attention from the whole n×m plan (sinkhorn_log), its filter and two softmaxes: quadratic memory,
+    independent of set_attention's blocks, scaling domain and fallbacks."""
+    from sofa.ops import sinkhorn_log
+
+    scores = nystrom_embedding(f, anchors, sigma) @ ref.transpose(-1, -2)
+    log_p = sinkhorn_log(scores, eps, iters, None if mask is None else mask[:, None, :].expand(scores.shape[:-1]))
+    if log_m is not None:
+        log_p = log_p + log_m
+    A = torch.softmax(log_p, -2).transpose(-1, -2) @ vals
+    return torch.softmax(log_p, -1) @ A
+
+
+@pytest.mark.parametrize("eps,scale,expect", [(0.1, 1.0 / math.sqrt(8), set()),
+                                              (0.01, 3.0, {"row", "column", "collect", "read"})])
+def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect, monkeypatch):
+    """Without autograd set_attention runs in the scaling domain over blocks (K̃ only, fused sweeps); rows and
+    columns whose scaled sums are too small to trust go through exact log-domain fallbacks. With mild settings
+    none is needed; with a sharp kernel (ε = 0.01, spread inputs) all four are, and the result still equals the
+    dense reference and the autograd (log-domain) path, with the 2-D filter given as its two factors."""
+    import sofa.ops.set as S
+    from sofa.ops.position import GridFilter
+
+    hits = set()
+    for name, tag in (("_row_lse_exact", "row"), ("_column_lse_exact", "column"), ("_collect_log", "collect"),
+                      ("_read_log", "read")):
+        fn = getattr(S, name)
+        monkeypatch.setattr(S, name, lambda *a, _f=fn, _t=tag: hits.add(_t) or _f(*a))
+    torch.manual_seed(0)
+    H, W, h, d, k, m = 20, 19, 2, 16, 8, 16
+    f = torch.randn(1, h, H * W, d) * max(scale, 1.0)
+    vals = torch.randn(1, h, H * W, 8)
+    anchors, ref = torch.randn(h, k, d), torch.randn(h, m, k) * scale  # mild: the models' initial reference
+    grid = GridFilter((H, W), (4, 4), 0.1)
+    lm = position_filter_2d((H, W), (4, 4), 0.1, log=True)
+    torch.testing.assert_close(grid.log_block(37, 101), lm[37:101])
+    with torch.no_grad():
+        fast = S.set_attention(f, anchors, ref, vals, 0.5, eps, 5, grid, chunk_bytes=4096)  # 12 blocks
+    assert hits == expect
+    slow = S.set_attention(f.clone().requires_grad_(), anchors, ref, vals, 0.5, eps, 5, lm, chunk_bytes=4096)
+    dense = _set_dense_reference(f, anchors, ref, vals, 0.5, eps, 5, lm)
+    torch.testing.assert_close(fast, dense, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_set_attention_streamed_path_with_padding_and_sequence_filter():
+    """Padded sequences (mask) with the dense (B, 1, n, m) sequence filter, many blocks: the valid rows equal
+    the dense reference computed on the plan with zero-mass padded rows."""
+    from sofa.ops import position_filter_sequence
+    from sofa.ops.set import set_attention
+
+    torch.manual_seed(1)
+    B, h, n, d, k, m = 2, 2, 150, 16, 8, 9
+    f, vals = torch.randn(B, h, n, d), torch.randn(B, h, n, 8)
+    anchors, ref = torch.randn(h, k, d), torch.randn(h, m, k)
+    mask = torch.ones(B, n, dtype=torch.bool)
+    mask[1, 97:] = False
+    lm = position_filter_sequence(mask, m, 0.2, log=True)[:, None]
+    with torch.no_grad():
+        fast = set_attention(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask, chunk_bytes=2048)
+    dense = _set_dense_reference(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask)
+    torch.testing.assert_close(fast[0], dense[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast[1, :, :97], dense[1, :, :97], rtol=1e-4, atol=1e-5)

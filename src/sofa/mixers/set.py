@@ -24,7 +24,7 @@ from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
 from sofa.ops import nystrom_embedding, sinkhorn_log
 from sofa.ops.set import set_attention
 from sofa.ops._util import no_autocast
-from sofa.ops.position import position_filter_2d, position_filter_sequence
+from sofa.ops.position import GridFilter, position_filter_2d, position_filter_sequence
 
 
 def reference_grid(m: int) -> tuple[int, int]:
@@ -104,7 +104,7 @@ class SeTAttention(TokenMixer):
         if hw is not None:
             grid = reference_grid(self.num_refs)
             if self.tau:
-                log_m = position_filter_2d(hw, grid, self.tau, x.device, log=True)  # (n, m)
+                log_m = GridFilter(hw, grid, self.tau, x.device)  # the (n, m) filter from its two factors
         elif self.tau:
             valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
             log_m = position_filter_sequence(valid, self.num_refs, self.tau, log=True)[:, None]  # (B, 1, n, m)

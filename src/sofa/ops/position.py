@@ -57,3 +57,29 @@ def position_filter_sequence(mask: torch.Tensor, m: int, tau: float, log: bool =
     diff = pos.unsqueeze(-1) - _centres(m, mask.device)
     log_m = -diff.pow(2) / tau**2
     return log_m if log else log_m.exp()
+
+
+class GridFilter:
+    """The 2-D position filter of ``position_filter_2d`` by blocks of tokens, never as the whole (H·W)×m matrix:
+    log M[t, (a, b)] = rows[t // W, a] + cols[t % W, b] for token t of the row-major H×W grid and reference
+    (a, b) of the gh×gw grid. ``log_block(i, j)`` is rows i … j−1 of ``position_filter_2d(..., log=True)``."""
+
+    def __init__(self, hw: tuple[int, int], grid: tuple[int, int], tau: float, device=None):
+        (H, W), (gh, gw) = hw, grid
+        self.hw, self.grid, self.tau = (H, W), (gh, gw), tau
+        self.rows = position_filter_1d(H, gh, tau, device, log=True)  # (H, gh)
+        self.cols = position_filter_1d(W, gw, tau, device, log=True)  # (W, gw)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.hw[0] * self.hw[1], self.grid[0] * self.grid[1]
+
+    def factors(self, i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The row factor (j−i, gh) and column factor (j−i, gw) of tokens i … j−1."""
+        t = torch.arange(i, j, device=self.rows.device)
+        W = self.hw[1]
+        return self.rows[t // W], self.cols[t % W]
+
+    def log_block(self, i: int, j: int) -> torch.Tensor:
+        r, c = self.factors(i, j)
+        return (r[:, :, None] + c[:, None, :]).reshape(j - i, -1)

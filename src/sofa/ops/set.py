@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from sofa.ops._util import fp32, no_autocast, token_spans
 from sofa.ops.nystrom import inverse_sqrt_psd, spherical_gaussian_kernel
+from sofa.ops.position import GridFilter
 
 #: bytes of one block of an (N, m) temporary: a few of them stay in the cache together
 CHUNK_BYTES = 2 * 2**20
@@ -101,9 +102,12 @@ def _sinkhorn_log_blocks(logK, log_a, log_b, valid, spans, iters):
     return us, v
 
 
-# A scaled sum is trusted when it is at least exp(−20): the terms dropped below exp(−40) (at most m of them)
-# then change it by less than m·exp(−20) ≈ 1e-7 relative. Rows or columns below it are recomputed exactly.
+# A scaled sum is trusted when it is at least exp(−20) of its largest possible term: the terms dropped below
+# exp(−40) (at most m of them in a row) then change it by less than m·exp(−20) ≈ 1e-7 relative. Rows or columns
+# below it are recomputed exactly in the log domain, so no result depends on that approximation.
 _TRUST = math.exp(-20.0)
+# the headroom of the column shift: every trusted row has rmax + u ≤ log a − vmax + _HEADROOM
+_HEADROOM = 20.0
 
 
 def _scaled(t: torch.Tensor) -> torch.Tensor:
@@ -111,50 +115,186 @@ def _scaled(t: torch.Tensor) -> torch.Tensor:
     return F.threshold(torch.exp(t.clamp_min(_WEIGHT_FLOOR - 1.0)), _keep_threshold(), 0.0)
 
 
+def _keep_large_(t: torch.Tensor) -> torch.Tensor:
+    """Entries below exp(−40) of ``t`` (a product of factors in [0, 1]) set to exact zero, in place."""
+    return F.threshold_(t, _keep_threshold(), 0.0)
+
+
+class _Filter:
+    """The position filter of one call, block by block of tokens: ``log(i, j)`` is log M for the log-domain
+    paths; ``scaled(i, j)`` is (M̃, s) with M̃ = exp(log M − row max) (entries below exp(−40) exact zeros) and
+    s = row max − the filter's largest entry (≤ 0), so that M = M̃·exp(s + top). ``log_m`` is None, a tensor
+    broadcastable to (B, h, n, m), or a :class:`~sofa.ops.position.GridFilter` (built from its two factors, never
+    as the whole n×m matrix)."""
+
+    def __init__(self, log_m):
+        self.grid = log_m if isinstance(log_m, GridFilter) else None
+        self.dense = None if self.grid is not None else log_m
+        if self.grid is not None:
+            g = self.grid
+            self._rmax, self._cmax = g.rows.amax(-1, keepdim=True), g.cols.amax(-1, keepdim=True)
+            self._er, self._ec = _scaled(g.rows - self._rmax), _scaled(g.cols - self._cmax)
+            self._top = self._rmax.amax() + self._cmax.amax()
+
+    def __bool__(self) -> bool:
+        return self.grid is not None or self.dense is not None
+
+    def log(self, i: int, j: int):
+        if self.grid is not None:
+            return self.grid.log_block(i, j)
+        return None if self.dense is None else self.dense[..., i:j, :]
+
+    def scaled(self, i: int, j: int):
+        if self.grid is not None:
+            t = torch.arange(i, j, device=self._er.device)
+            W = self.grid.hw[1]
+            r, c = t // W, t % W
+            Mt = _keep_large_((self._er[r][:, :, None] * self._ec[c][:, None, :]).reshape(j - i, -1))
+            return Mt, self._rmax[r] + self._cmax[c] - self._top
+        lm = self.dense[..., i:j, :]
+        mx = lm.amax(-1, keepdim=True)
+        return _exp_weights(lm - mx), mx - self.dense.amax()
+
+
+def _row_lse_exact(lk, v):
+    """log Σ_j exp(log K_ij + v_j) of one block, in the log domain (the exact fallback)."""
+    return torch.logsumexp(lk + v, -1, keepdim=True)
+
+
+def _column_lse_exact(log_kernel, us, nb):
+    """log Σ_i exp(log K_ij + u_i) over all blocks, in the log domain (the exact fallback)."""
+    M = S = None
+    for b in range(nb):
+        s = log_kernel(b) + us[b]
+        cm = s.amax(-2, keepdim=True)
+        M, S = _combine_lse(M, S, cm, _exp_terms(s - cm).sum(-2, keepdim=True))
+    return M + S.log()
+
+
+def _collect_log(log_kernel, us, filt, spans, values):
+    """A = colnorm(exp(log K + u + log M))ᵀ·values, (B, h, m, dv): each reference a convex combination of the
+    tokens, accumulated over blocks in the log domain with a running column maximum (as in flash attention)."""
+    M = num = den = None
+    for b, (i, j) in enumerate(spans):
+        s = log_kernel(b) + us[b]
+        lm = filt.log(i, j)
+        if lm is not None:
+            s = s + lm
+        cm = s.amax(-2, keepdim=True).detach()  # (B, h, 1, m)
+        w = _exp_weights(s - cm)
+        part_num = w.transpose(-1, -2) @ values[..., i:j, :]  # (B, h, m, dv)
+        part_den = w.sum(-2, keepdim=True)  # (B, h, 1, m)
+        if M is None:
+            M, num, den = cm, part_num, part_den
+        else:
+            new = torch.maximum(M, cm)
+            a_old, a_new = _exp_terms(M - new), _exp_terms(cm - new)  # one of them is 1 per column
+            num = num * a_old.transpose(-1, -2) + part_num * a_new.transpose(-1, -2)
+            den = den * a_old + part_den * a_new
+            M = new
+    return num / den.transpose(-1, -2)
+
+
+def _read_log(lk, v, lm, A):
+    """rownorm(exp(log K + v + log M))·A for one block of tokens, in the log domain."""
+    r = lk + v
+    if lm is not None:
+        r = r + lm
+    w = _exp_weights(r - r.amax(-1, keepdim=True).detach())
+    return (w @ A) / w.sum(-1, keepdim=True)
+
+
 @torch.no_grad()
-def _sinkhorn_scaled_blocks(logK, log_a, log_b, valid, spans, iters):
-    """The same iterations as ``_sinkhorn_log_blocks`` without autograd, in the scaling domain: one
-    exponential per entry in all, K̃ = exp(log K − row max), then each half-iteration is a matrix–vector
-    product with K̃ (or K̃ᵀ) and a vector of exponentials of the potentials shifted by their maximum. The log
-    of each sum plus the shifts is the log-sum-exp of the log-domain iteration. A row or column whose sum is
-    too small to trust (``_TRUST``: its large terms were underflow-zeroed) is recomputed exactly in the log
-    domain, so the result never depends on that approximation beyond float32 resolution."""
-    B, h, _, m = logK[0].shape
-    rmax = [lk.amax(-1, keepdim=True) for lk in logK]  # (B, h, c, 1)
-    Kt = [_exp_weights(lk - r) for lk, r in zip(logK, rmax)]  # (B, h, c, m), entries in [0, 1]
-    v = torch.zeros((B, h, 1, m), dtype=logK[0].dtype, device=logK[0].device)
-    us = [None] * len(spans)
-    for _ in range(iters):
+def _streamed_scaled(log_kernel, nb, spans, log_a, log_b, filt, values, iters, emit):
+    """SeT's attention without autograd in the scaling domain, over blocks of tokens, holding one N×m matrix:
+    K̃ = exp(log K − row max), exponentiated once. Each Sinkhorn iteration is one sweep over K̃, block by block:
+    the row sums K̃·e^(v−max v) give the block's row potentials u, and the same cache-resident block at once adds
+    its share K̃ᵀ·e^(rmax+u−c) to the column sums that give v (the shift c is a bound fixed before the sweep, so
+    no partial sum ever needs rescaling). The last sweep also collects the values into the references
+    (colnorm(K̃ ⊙ M̃ ⊙ row factors)ᵀ·values, one GEMM per block), and one more sweep reads them back
+    (rownorm(K̃ ⊙ M̃ ⊙ e^(v−max v))·A, one GEMM per block). So K̃ is read iters + 1 times and no exponential of
+    an N×m matrix is taken after the first. A row or column whose scaled sum is too small to trust (``_TRUST``)
+    is recomputed exactly in the log domain from rebuilt log-K blocks. ``emit(b, out_block)`` takes each block
+    of the result."""
+    dv = values.shape[-1]
+    Kt, rmax = [], []
+    for b in range(nb):
+        lk = log_kernel(b)
+        r = lk.amax(-1, keepdim=True)  # (B, h, c, 1)
+        Kt.append(_exp_weights(lk.sub_(r)))  # entries in [0, 1], each row's largest is 1
+        rmax.append(r)
+    la = [log_a[..., i:j, None] for i, j in spans]  # (B, h, c, 1)
+    la_max = log_a.amax(-1, keepdim=True)[..., None]  # (B, h, 1, 1)
+    B, h = log_a.shape[:2]
+    m = Kt[0].shape[-1]
+    v = torch.zeros((B, h, 1, m), dtype=Kt[0].dtype, device=Kt[0].device)
+    us = [None] * nb
+    A = None
+    for it in range(iters):
+        last = it == iters - 1
         vmax = v.amax(-1, keepdim=True)  # (B, h, 1, 1)
         ev = _scaled(v - vmax).transpose(-1, -2)  # (B, h, m, 1)
+        c = la_max - vmax + _HEADROOM  # ≥ rmax_i + u_i of every trusted row
+        tsum = gmax = coll = qmax = den = None
+        exact_rows = False
         for b, (i, j) in enumerate(spans):
             ssum = Kt[b] @ ev  # (B, h, c, 1)
-            lse = rmax[b] + vmax + ssum.log()
+            g = la[b] - vmax - ssum.log()  # rmax + u: log a − log Σ_j K_ij e^(v_j)
             bad = ssum < _TRUST
             if bool(bad.any()):
-                lse = torch.where(bad, torch.logsumexp(logK[b] + v, -1, keepdim=True), lse)
-            u = log_a[..., i:j, None] - lse
-            if valid is not None:
-                u = torch.where(valid[..., i:j, None], u, torch.full_like(u, _MASKED_LOG))
-            us[b] = u
-        # columns: lse_i(log K_ij + u_i) = c + log Σ_i K̃_ij·exp(rmax_i + u_i − c)
-        c = torch.stack([(r + u).amax(-2, keepdim=True) for r, u in zip(rmax, us)]).amax(0)  # (B, h, 1, 1)
-        tsum = None
-        for b in range(len(spans)):
-            eu = _scaled(rmax[b] + us[b] - c)  # (B, h, c, 1)
+                exact = la[b] + rmax[b] - _row_lse_exact(log_kernel(b), v)
+                g = torch.where(bad, exact, g)
+                exact_rows = True  # such a row's g may exceed c: this iteration's columns are redone exactly
+            us[b] = g - rmax[b]
+            gb = g.amax(-2, keepdim=True)
+            gmax = gb if gmax is None else torch.maximum(gmax, gb)
+            eu = _scaled((g - c).clamp_max_(0.0))  # (B, h, c, 1)
             part = eu.transpose(-1, -2) @ Kt[b]  # (B, h, 1, m)
-            tsum = part if tsum is None else tsum + part
-        lse = c + tsum.log()
-        bad = tsum < _TRUST
-        if bool(bad.any()):
-            M = S = None
-            for b in range(len(spans)):
-                s = logK[b] + us[b]
-                cm = s.amax(-2, keepdim=True)
-                M, S = _combine_lse(M, S, cm, _exp_terms(s - cm).sum(-2, keepdim=True))
-            lse = torch.where(bad, M + S.log(), lse)
+            tsum = part if tsum is None else tsum.add_(part)
+            if last:
+                # the references collect the tokens: weights K̃ ⊙ M̃ · e^(rmax + u + s − c), normalised by column.
+                # K̃ is not needed by Sinkhorn any more: the filtered P = K̃ ⊙ M̃ replaces it, for the reading sweep
+                if filt:
+                    Mt, s = filt.scaled(i, j)
+                    P = _keep_large_(Kt[b].mul_(Mt))
+                    q = _scaled((g - c + s).clamp_max_(0.0))
+                    d = q.transpose(-1, -2) @ P  # (B, h, 1, m)
+                    den = d if den is None else den.add_(d)
+                else:
+                    P, q = Kt[b], eu
+                qb = q.amax(-2, keepdim=True)
+                qmax = qb if qmax is None else torch.maximum(qmax, qb)
+                part = P.transpose(-1, -2) @ (values[..., i:j, :] * q)  # (B, h, m, dv)
+                coll = part if coll is None else coll.add_(part)
+        if exact_rows:
+            lse = _column_lse_exact(log_kernel, us, nb)
+        else:
+            lse = c + tsum.log()
+            badc = tsum < _TRUST * torch.exp(gmax - c)
+            if bool(badc.any()):
+                lse = torch.where(badc, _column_lse_exact(log_kernel, us, nb), lse)
         v = log_b - lse
-    return us, v
+        if last:
+            den = (tsum if den is None else den).transpose(-1, -2)  # (B, h, m, 1)
+            A = coll / den
+            badc = den < _TRUST * qmax.transpose(-1, -2)
+            if exact_rows:
+                A = _collect_log(log_kernel, us, filt, spans, values)
+            elif bool(badc.any()):
+                A = torch.where(badc, _collect_log(log_kernel, us, filt, spans, values), A)
+
+    # every token reads the references: weights K̃ ⊙ M̃ · e^(v − max v), normalised by row
+    ev = _scaled(v - v.amax(-1, keepdim=True)).transpose(-1, -2)  # (B, h, m, 1)
+    rhs = torch.cat([A * ev, ev], -1)  # (B, h, m, dv + 1)
+    for b, (i, j) in enumerate(spans):
+        r = Kt[b] @ rhs  # (B, h, c, dv + 1); Kt[b] is P = K̃ ⊙ M̃ by now
+
+        den = r[..., dv:]
+        o = r[..., :dv] / den
+        bad = den < _TRUST
+        if bool(bad.any()):
+            o = torch.where(bad, _read_log(log_kernel(b), v, filt.log(i, j), A), o)
+        emit(b, o)
 
 
 def set_attention(
@@ -206,59 +346,34 @@ def set_attention(
         log_b = -math.log(m)
         spans = token_spans(n, B * h * m * 4, chunk_bytes)
 
-        # log K, block by block
-        logK = []
-        for i, j in spans:
-            lk = spherical_gaussian_kernel(f[..., i:j, :], z, sigma) @ R  # (B, h, c, m)
+        filt = _Filter(log_m)
+
+        def log_kernel(b):
+            """log K of block b, (B, h, c, m); padded rows are zeros (their potential gives them no mass)."""
+            i, j = spans[b]
+            lk = spherical_gaussian_kernel(f[..., i:j, :], z, sigma) @ R
             if valid is not None:
                 lk = lk.masked_fill(~valid[..., i:j, None], 0.0)
-            logK.append(lk)
+            return lk
 
-        def log_filter(i, j):
-            if log_m is None:
-                return None
-            return log_m[..., i:j, :]
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (f, z, R, values))):
+            outs = [None] * len(spans)
 
-        # Sinkhorn: u from v (rows, local), then v from u (columns, accumulated over blocks)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in logK):
-            us, v = _sinkhorn_log_blocks(logK, log_a, log_b, valid, spans, iters)
-        else:
-            us, v = _sinkhorn_scaled_blocks(logK, log_a, log_b, valid, spans, iters)
+            def emit(b, o):
+                if out is not None:
+                    i, j = spans[b]
+                    out[..., i:j, :].copy_(o)
+                else:
+                    outs[b] = o
 
-        # the references collect the tokens: column softmax of log K + log M + u, accumulated over blocks
-        M = num = den = None
-        for b, (i, j) in enumerate(spans):
-            s = logK[b] + us[b]
-            lm = log_filter(i, j)
-            if lm is not None:
-                s = s + lm
-            cm = s.amax(-2, keepdim=True).detach()  # (B, h, 1, m)
-            w = _exp_weights(s - cm)
-            part_num = w.transpose(-1, -2) @ values[..., i:j, :]  # (B, h, m, dv)
-            part_den = w.sum(-2, keepdim=True)  # (B, h, 1, m)
-            if M is None:
-                M, num, den = cm, part_num, part_den
-            else:
-                new = torch.maximum(M, cm)
-                a_old, a_new = _exp_terms(M - new), _exp_terms(cm - new)  # one of them is 1 per column
-                num = num * a_old.transpose(-1, -2) + part_num * a_new.transpose(-1, -2)
-                den = den * a_old + part_den * a_new
-                M = new
-        A = num / den.transpose(-1, -2)  # (B, h, m, dv): each reference a convex combination of tokens
-
-        # every token reads the references: row softmax of log K + log M + v
-        outs = []
-        for b, (i, j) in enumerate(spans):
-            r = logK[b] + v
-            lm = log_filter(i, j)
-            if lm is not None:
-                r = r + lm
-            w = _exp_weights(r - r.amax(-1, keepdim=True).detach())
-            o = (w @ A) / w.sum(-1, keepdim=True)
+            _streamed_scaled(log_kernel, len(spans), spans, log_a, log_b, filt, values, iters, emit)
             if out is not None:
-                out[..., i:j, :].copy_(o)
-            else:
-                outs.append(o)
-        if out is not None:
-            return out
+                return out
+            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+        # with autograd: log K kept for the backward, log-domain Sinkhorn and softmaxes
+        logK = [log_kernel(b) for b in range(len(spans))]
+        us, v = _sinkhorn_log_blocks(logK, log_a, log_b, valid, spans, iters)
+        A = _collect_log(logK.__getitem__, us, filt, spans, values)
+        outs = [_read_log(logK[b], v, filt.log(i, j), A) for b, (i, j) in enumerate(spans)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
