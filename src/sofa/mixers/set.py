@@ -110,18 +110,20 @@ class SeTAttention(TokenMixer):
             log_m = position_filter_sequence(valid, self.num_refs, self.tau, log=True)[:, None]  # (B, 1, n, m)
         u_tokens = self.u(x)
         f = split_heads(self.f(x), h)
-        inplace = not torch.is_grad_enabled()
-        with no_autocast(x):
-            B, N, C = u_tokens.shape
-            buf = torch.empty((B, N, C), dtype=torch.float32, device=x.device) if inplace else None
-            out = set_attention(f.float(), self.anchors, self.reference, split_heads(u_tokens, h).float(),
-                                self.sigma, self.eps, self.sinkhorn_iters, log_m, mask,
-                                out=None if buf is None else split_heads(buf, h))
-        out = (buf if inplace else merge_heads(out)).to(u_tokens.dtype)
+        B, N, C = u_tokens.shape
+        lepe = None
         if hw is not None and self.lepe is not None:
             # the tokens (B, N, C) read as a channels-last image, the result back in the token layout: no copies
-            B, N, C = u_tokens.shape
             lepe = self.lepe(u_tokens.reshape(B, *hw, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
+        inplace = not torch.is_grad_enabled() and u_tokens.dtype == torch.float32
+        with no_autocast(x):
+            values = split_heads(u_tokens, h).float()
+            # without autograd the result overwrites the values: set_attention reads all of them before it
+            # writes its first block, and one buffer of the token map's size fewer is allocated
+            out = set_attention(f.float(), self.anchors, self.reference, values, self.sigma, self.eps,
+                                self.sinkhorn_iters, log_m, mask, out=values if inplace else None)
+        out = (u_tokens if inplace else merge_heads(out)).to(u_tokens.dtype)
+        if lepe is not None:
             out = out.add_(lepe) if inplace else out + lepe
         return zero_padded(self.proj(out), mask)
 

@@ -317,8 +317,10 @@ def set_attention(
     anchors (h, k, d) (normalised here), reference (h, m, k); ``log_m``: the log position filter, broadcastable
     to (B, h, n, m) (None: no filter); ``mask`` (B, n) or (B, h, n), True for real tokens (padded ones get no
     mass and read nothing that matters; their outputs are not defined). See the module docstring.
+    ``log_m`` may also be a :class:`~sofa.ops.position.GridFilter` (the 2-D filter from its two factors).
     ``out``: a float32 tensor of the result's shape (a strided view is fine, e.g. the heads of a token-major
-    buffer) that receives the result block by block, without autograd only; it is then what is returned.
+    buffer) that receives the result block by block, without autograd only; it is then what is returned. It may
+    be ``values`` itself: every value is read before the first block of the result is written.
     """
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     if eps <= 0:
