@@ -150,7 +150,7 @@ def run_mixers(args) -> int:
                               dtype=args.dtype, threads=args.threads, isolate=isolate, budget_s=args.budget,
                               max_run_s=args.max_run, mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
                               flush_compare=args.flush_compare, input_scale=args.input_scale,
-                              pair_slopes=args.pair_slopes, pair_repeats=6 if quick else max(repeats, 14))
+                              pair_slopes=args.pair_slopes, pair_repeats=6 if quick else max(repeats, 22))
     goals = report.mixer_goals(records)
     tables = []
     for mode in args.modes:
