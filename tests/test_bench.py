@@ -38,14 +38,6 @@ def test_goals_on_synthetic_records():
     assert not slope_goal["met"]  # 0.3 → 1.5 s for 4× the tokens is a slope of 1.16
     flush = next(g for k, g in goals.items() if k.startswith("flush"))
     assert not flush["met"]
-    # where the fastest runs were recorded, the goal is judged on them (interference only ever adds time)
-    recs[4].update(flush_ratio=1.3, flush_ratio_min=1.02)
-    flush = next(g for g in report.mixer_goals(recs) if g["goal"].startswith("flush"))
-    assert flush["met"] and "1.02" in flush["value"] and "fastest runs" in flush["value"]
-    recs[4].update(flush_ratio=1.0, flush_ratio_min=0.8)
-    flush = next(g for g in report.mixer_goals(recs) if g["goal"].startswith("flush"))
-    assert not flush["met"] and "0.80" in flush["value"]
-    assert "0.80 (1.00)" in report.flush_table(recs)
 
 
 def test_peak_memory_sees_a_temporary_allocation():
@@ -91,7 +83,6 @@ def test_quick_mixer_run_writes_json_and_plot(tmp_path):
                 "mem_method"} <= set(r)
         # subnormal flushing on / off is compared in both modes, as the median of interleaved pairs
         assert r["flush_ratio"] > 0 and r["flush_on"]["runs"] == r["runs"] >= 1
-        assert r["flush_ratio_min"] == pytest.approx(min(r["flush_on"]["times_s"]) / min(r["times_s"]))
         assert r["N"] == r["side"] ** 2 and r["median_s"] > 0
     soft = [r for r in recs if r["mixer"] == "soft_bounded"]
     assert all(r["landmarks"] >= 1 for r in soft)

@@ -139,8 +139,7 @@ def run_mixers(args) -> int:
             measure.MEM_METHOD_CPU if isolate else measure.MEM_METHOD_CPU.replace("fresh process per case",
                                                                                   "in-process")),
         "flush_compare": "every case timed with torch.set_flush_denormal off and on, runs interleaved (at least 16 "
-                         "rounds within the budget; flush_ratio_min = fastest on / fastest off, which the goal is judged on; "
-                         "flush_ratio = median of on/off over ABBA blocks); not for cases estimated "
+                         "rounds within the budget; ratio = median of on/off over ABBA blocks); not for cases estimated "
                          "above 8 s per run, which also get 3 runs at least instead of 5"
         if args.flush_compare else "off",
         "isolate": isolate, "input_scale": args.input_scale,

@@ -154,9 +154,6 @@ def run_case(spec: Dict) -> Dict:
         rec["flush_on"] = t["on"]
         # the median of the ABBA-paired ratios: a change of load hits both settings of a pair alike
         rec["flush_ratio"] = statistics.median(measure.paired_ratios(t["off"]["times_s"], t["on"]["times_s"]))
-        # and of the fastest run of each setting: the machine's interference only ever adds time, while a
-        # subnormal slowdown would slow every run of the affected setting, its fastest included
-        rec["flush_ratio_min"] = min(t["on"]["times_s"]) / min(t["off"]["times_s"])
     else:
         rec.update(measure.time_call(step, repeats=spec["repeats"], warmup=spec.get("warmup", 1), device=device,
                                      budget_s=budget, min_repeats=min_rep))
