@@ -136,6 +136,22 @@ def test_interleaved_runs_alternate_their_order_and_pair_abba():
     assert ratio == pytest.approx(2.0, rel=0.01)  # the first pair alone would say 2.2
 
 
+def test_interleaved_fill_gives_cheap_cases_more_rounds_within_the_budget():
+    """fill_s: short runs get many more rounds than ``repeats`` (whole ABBA blocks, capped), and a budget still
+    bounds them."""
+    import time
+
+    from sofa.bench.measure import time_interleaved
+
+    fast = {"a": lambda: None, "b": lambda: None}
+    t = time_interleaved(fast, repeats=4, warmup=1, fill_s=0.05, max_repeats=41)
+    assert t["a"]["runs"] == t["b"]["runs"] == 42  # capped at 41, rounded up to whole blocks
+    assert time_interleaved(fast, repeats=4, warmup=1)["a"]["runs"] == 4  # no fill: as asked
+    slow = {"a": lambda: time.sleep(0.01), "b": lambda: time.sleep(0.01)}
+    t = time_interleaved(slow, repeats=4, warmup=1, fill_s=10.0, max_repeats=400, budget_s=0.2)
+    assert 4 <= t["a"]["runs"] <= 12  # the budget (about 10 rounds of 20 ms) wins over the fill
+
+
 def test_poolformer_pair_is_timed_in_turn_with_the_same_weights():
     """The speed-up goal's measurement: ours and timm's port in one process, timed A B B A, ours given timm's
     weights first, so that the stage maps can be compared (they agree), and the goal reads the pair."""

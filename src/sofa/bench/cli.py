@@ -139,7 +139,8 @@ def run_mixers(args) -> int:
             measure.MEM_METHOD_CPU if isolate else measure.MEM_METHOD_CPU.replace("fresh process per case",
                                                                                   "in-process")),
         "flush_compare": "every case timed with torch.set_flush_denormal off and on, runs interleaved (at least 16 "
-                         "rounds within the budget; ratio = median of on/off over ABBA blocks); not for cases estimated "
+                         "rounds within the budget, more where runs are short: up to 400 rounds or about 4 s; ratio = "
+                         "median of on/off over ABBA blocks); not for cases estimated "
                          "above 8 s per run, which also get 3 runs at least instead of 5"
         if args.flush_compare else "off",
         "isolate": isolate, "input_scale": args.input_scale,
@@ -149,7 +150,8 @@ def run_mixers(args) -> int:
                               dtype=args.dtype, threads=args.threads, isolate=isolate, budget_s=args.budget,
                               max_run_s=args.max_run, mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
                               flush_compare=args.flush_compare, input_scale=args.input_scale,
-                              pair_slopes=args.pair_slopes, pair_repeats=6 if quick else max(repeats, 22))
+                              pair_slopes=args.pair_slopes, pair_repeats=6 if quick else max(repeats, 22),
+                              flush_fill_s=0.1 if quick else mx.FLUSH_FILL_S)
     goals = report.mixer_goals(records)
     tables = []
     for mode in args.modes:

@@ -123,9 +123,13 @@ def time_interleaved(
     device: torch.device | str = "cpu",
     budget_s: Optional[float] = None,
     min_repeats: int = 1,
+    fill_s: Optional[float] = None,
+    max_repeats: int = 400,
 ) -> Dict[str, Dict[str, object]]:
     """Like :func:`time_call` for several variants of one case, run in turn (A B A B ...), so that a change in the
-    machine's load during the measurement hits all of them alike: the fair way to compare two settings."""
+    machine's load during the measurement hits all of them alike: the fair way to compare two settings.
+    ``fill_s``: run more rounds than ``repeats`` where they are cheap, until about that many seconds of rounds
+    (at most ``max_repeats``, and within ``budget_s``): a fast case then gets hundreds of pairs."""
     t_warm = 0.0
     for _ in range(warmup):
         for fn in fns.values():
@@ -135,8 +139,11 @@ def time_interleaved(
             t_warm += time.perf_counter() - t0
     t_warm = t_warm / max(warmup, 1)
     n = repeats
+    if fill_s is not None and warmup and t_warm > 0:
+        n = max(n, min(max_repeats, int(fill_s / t_warm)))
+        n += n % 2  # whole ABBA blocks
     if budget_s is not None and warmup and t_warm > 0:
-        n = max(min_repeats, min(repeats, int(budget_s / t_warm)))
+        n = max(min_repeats, min(n, int(budget_s / t_warm)))
     times: Dict[str, List[float]] = {k: [] for k in fns}
     order = list(fns)
     for r in range(n):

@@ -38,8 +38,12 @@ DEFAULT_CASES = tuple(CASES)
 QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 3.0}  # stride SOFT: Newton is O(m³), m ∝ N
 #: a case whose one run is estimated above this many seconds gets fewer runs (3) and no flush comparison
 SLOW_RUN_S = 8.0
-#: interleaved flush-off / flush-on rounds per case (two per ABBA block), budget permitting
+#: interleaved flush-off / flush-on rounds per case (two per ABBA block), budget permitting ...
 FLUSH_RUNS = 16
+#: ... and more where runs are short: rounds until about this many seconds (at most FLUSH_MAX_RUNS rounds), so
+#: that sub-millisecond cases, whose single runs this VM's noise moves most, get hundreds of pairs
+FLUSH_FILL_S = 4.0
+FLUSH_MAX_RUNS = 400
 #: the bounded-cost mixers the linear-slope goal is about
 LINEAR_CASES = ("pool", "soft_bounded", "set")
 
@@ -149,7 +153,8 @@ def run_case(spec: Dict) -> Dict:
         t = measure.time_interleaved({"off": with_flush(False), "on": with_flush(True)},
                                      repeats=max(spec["repeats"], FLUSH_RUNS), warmup=spec.get("warmup", 1),
                                      device=device, budget_s=None if budget is None else budget / 2,
-                                     min_repeats=min_rep)
+                                     min_repeats=min_rep, fill_s=spec.get("flush_fill_s", FLUSH_FILL_S),
+                                     max_repeats=FLUSH_MAX_RUNS)
         rec.update(t["off"])
         rec["flush_on"] = t["on"]
         # the median of the ABBA-paired ratios: a change of load hits both settings of a pair alike
@@ -209,6 +214,7 @@ def bench_mixers(
     pair_slopes: bool = True,
     pair_max_s: float = 5.0,
     pair_repeats: int = 9,
+    flush_fill_s: float = FLUSH_FILL_S,
     log: Callable[[str], None] = print,
 ) -> List[Dict]:
     """Measure every (case, size, mode); returns one record per case (``status`` "ok" or "skipped")."""
@@ -250,7 +256,7 @@ def bench_mixers(
                 spec = {"name": name, "side": side, "mode": mode, "repeats": repeats, "warmup": warmup,
                         "device": device, "dtype": dtype, "threads": threads, "budget_s": budget_s,
                         "min_repeats": min(3 if slow else 5, repeats), "input_scale": input_scale,
-                        "flush_compare": flush_compare and not slow}
+                        "flush_compare": flush_compare and not slow, "flush_fill_s": flush_fill_s}
                 try:
                     result = run_isolated("mixer", spec) if isolate else run_case(spec)
                     rec = dict(base, status="ok", **result)
