@@ -97,7 +97,8 @@ class SeTAttention(TokenMixer):
 
     def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
         """The same arithmetic as ``log_plan`` followed by the two normalisations (see ``attention``), streamed
-        over blocks of tokens by :func:`sofa.ops.set_attention`: time linear in n, no n×m temporary but log K."""
+        over blocks of tokens by :func:`sofa.ops.set_attention`: time linear in n, one n×m matrix per head
+        (K̃ without autograd, log K with it) and no other n×m temporary."""
         self.check_input(x, hw, mask)
         h = self.num_heads
         log_m = None

@@ -177,23 +177,23 @@ class SoftAttention(TokenMixer):
         """Images, with the same arithmetic as the sequence path, laid out for speed: the landmark convolution
         reads the query tokens as a channels-last image (no per-head copy), the depthwise convolution on V reads
         and writes the token layout. Without autograd, queries and values stay token-major views, the kernel is
-        streamed over blocks of tokens (``soft_kernel_attention``), and the result goes straight into one
-        token-major buffer to which the convolution is added in place: no temporary of N·m or N·C floats but
-        that buffer (on the CPU every large fresh tensor also costs its page faults)."""
+        streamed over blocks of tokens (``soft_kernel_attention``), and the result goes straight into the
+        queries' token-major buffer, to which the convolution is added in place: no temporary of N·m or N·C
+        floats (on the CPU every large fresh tensor also costs its page faults)."""
         h, d = self.num_heads, self.head_dim
-        B, N, _ = x.shape
-        inplace = not torch.is_grad_enabled()
         v_tokens = self.v(x)
         q_tokens = self.q(x)
+        # without autograd the result overwrites the queries (each block is written after its kernel block is
+        # built from them): one token-map-sized allocation fewer
+        inplace = not torch.is_grad_enabled() and q_tokens.dtype == torch.float32
         with no_autocast(x):
             L = self._landmark_act(self.image_landmarks(q_tokens.float(), H, W))
             q, v = split_heads(q_tokens, h).float(), split_heads(v_tokens, h).float()
-            buf = torch.empty((B, N, h * d), dtype=torch.float32, device=x.device) if inplace else None
             result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
                                            return_residual=self.record_residual, q_scale=d**-0.25,
-                                           out=None if buf is None else split_heads(buf, h))
+                                           out=q if inplace else None)
             out = self._keep_residual(result)
-        out = (buf if inplace else merge_heads(out)).to(v_tokens.dtype)
+        out = (q_tokens if inplace else merge_heads(out)).to(v_tokens.dtype)
         if self.dwconv is not None:
             dw = self._dwconv(v_tokens, H, W)
             out = out.add_(dw) if inplace else out + dw

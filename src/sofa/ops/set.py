@@ -6,19 +6,30 @@ computes (the reference path, kept for tests and plots):
     log T = log K + u·1ᵀ + 1·vᵀ (Sinkhorn potentials u, v on log K = scores/ε), log P = log T + log M,
     out = softmax_rows(log P) · (softmax_cols(log P)ᵀ · values)
 
-but over blocks of tokens, without ever holding an N×m temporary other than log K itself: the row update of
-each Sinkhorn iteration is local to a block, the column update is a log-sum-exp over all rows accumulated
-block by block (running maximum and sum), the column softmax that collects the values is accumulated the same
-way (as in flash attention), and the row softmax that reads them back is again local to a block. Each block's
-temporaries stay in the cache, so the time is proportional to N, and the memory beyond the inputs and the
-output is log K (N×m per head) and one block.
+but over blocks of tokens, holding one N×m matrix per head and no other N×m temporary than one block:
+
+* Without autograd (``_streamed_scaled``) the matrix is K̃ = exp(log K − row max), the only N×m exponential
+  taken. Each Sinkhorn iteration is one sweep over it: per block, the row sums K̃·e^(v − max v) give the block's
+  row potentials and the same cache-resident block adds its share to the column sums for the next v. The last
+  sweep also collects the values into the references (column-normalised weights K̃ ⊙ M̃ times per-row factors,
+  one GEMM per block) and one more sweep reads them back (row-normalised, one GEMM per block). K̃ is read
+  iters + 1 times in all. The position filter M̃ is built per block (for images from its row and column
+  factors, ``GridFilter``). A row or column whose scaled sum is too small to trust is recomputed exactly in
+  the log domain from rebuilt log-K blocks.
+* With autograd the matrix is log K, kept for the backward: log-domain Sinkhorn with log-sum-exps accumulated
+  block by block (running maximum and sum), the column softmax accumulated the same way (as in flash
+  attention), the row softmax local to each block.
+
+Either way each block's temporaries stay in the cache, so the time is proportional to N, and the memory beyond
+the inputs and the output is the one N×m matrix and one block.
 
 Two identities make it cheaper: u cancels in the row softmax and v in the column softmax (constants along the
 normalised axis), and the Nyström root and the reference fold into one k×m matrix, κ(f, Z)·(κ(Z,Z)^{−1/2}·Yᵀ/ε).
 
 Subnormal floats never appear: every exponential is taken of a shifted argument clamped above the range where
-float32's ``exp`` produces subnormals (and where the CPU's exp is many times slower); in the softmax weights,
-entries below exp(−40) of their row's or column's largest are exact zeros, as in SOFT's kernel.
+float32's ``exp`` produces subnormals (and where the CPU's exp is many times slower); entries below exp(−40) of
+their row's or column's largest are exact zeros, as in SOFT's kernel, and so is any product of two such factors
+that falls below exp(−40) before it meets a third.
 """
 from __future__ import annotations
 

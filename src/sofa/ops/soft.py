@@ -42,7 +42,8 @@ def soft_kernel_attention(
     MB (each page-faulted anew on the CPU) out of the loop: the time stays linear in N at every size. q and v
     may then be strided views (e.g. the heads of (B, N, h·d) token tensors), and ``out``, a float32 tensor of
     the result's shape (any strides, e.g. the heads of a token-major buffer), receives the result and is
-    returned. With autograd, or within :func:`one_pass`, one pass over the whole kernel (with autograd ``out``
+    returned; it may be ``q`` or ``v`` itself (each block of the result is written after its kernel block is
+    built, and v is read in the first pass only). With autograd, or within :func:`one_pass`, one pass over the whole kernel (with autograd ``out``
     must be None).
     """
     graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q, landmarks, v))
