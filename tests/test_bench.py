@@ -130,6 +130,11 @@ def test_interleaved_runs_alternate_their_order_and_pair_abba():
     calls = []
     time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4, warmup=0)
     assert "".join(calls) == "abbaabba"
+    # in bursts, each turn runs its variant three times (the last one timed): no timed run follows the other
+    calls.clear()
+    t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=0,
+                         burst=3)
+    assert "".join(calls) == "aaabbbbbbaaa" and t["a"]["runs"] == 2
     # B is 2× A while the machine slows down steadily (×1.1 per run): each block still says 2
     a, b = [1.0 * 1.1 ** 0, 1.0 * 1.1 ** 3], [2.0 * 1.1 ** 1, 2.0 * 1.1 ** 2]
     ratio = paired_ratios(a, b)[0]

@@ -125,11 +125,14 @@ def time_interleaved(
     min_repeats: int = 1,
     fill_s: Optional[float] = None,
     max_repeats: int = 400,
+    burst: int = 1,
 ) -> Dict[str, Dict[str, object]]:
     """Like :func:`time_call` for several variants of one case, run in turn (A B A B ...), so that a change in the
     machine's load during the measurement hits all of them alike: the fair way to compare two settings.
     ``fill_s``: run more rounds than ``repeats`` where they are cheap, until about that many seconds of rounds
-    (at most ``max_repeats``, and within ``budget_s``): a fast case then gets hundreds of pairs."""
+    (at most ``max_repeats``, and within ``budget_s``): a fast case then gets hundreds of pairs.
+    ``burst``: each turn runs a variant that many times in a row and times the last run only, so that no timed
+    run directly follows another variant's (whose memory state can slow the first run after it)."""
     t_warm = 0.0
     for _ in range(warmup):
         for fn in fns.values():
@@ -150,6 +153,9 @@ def time_interleaved(
         # A B, then B A, ...: a run right after another is often faster (threads awake, caches warm), and
         # alternating the order cancels that in ``paired_ratios``
         for k in (order if r % 2 == 0 else order[::-1]):
+            for _ in range(burst - 1):
+                fns[k]()
+            synchronize(device)
             t0 = time.perf_counter()
             fns[k]()
             synchronize(device)

@@ -44,6 +44,8 @@ FLUSH_RUNS = 16
 #: that sub-millisecond cases, whose single runs this VM's noise moves most, get hundreds of pairs
 FLUSH_FILL_S = 4.0
 FLUSH_MAX_RUNS = 400
+#: runs per turn in the slope pairs (run_pair), the last one timed
+PAIR_BURST = 3
 #: the bounded-cost mixers the linear-slope goal is about
 LINEAR_CASES = ("pool", "soft_bounded", "set")
 
@@ -115,14 +117,17 @@ def run_pair(spec: Dict) -> Dict:
     """Time one mixer at two sizes with their runs interleaved (small, large, large, small, ...), in one process:
     a change of the machine's load during the measurement then hits both sizes alike, so the slope between them
     (the median over ABBA blocks of log(t_large/t_small)/log(N_large/N_small)) is far less noisy than the ratio
-    of two separately measured medians."""
+    of two separately measured medians. Each turn runs its size ``PAIR_BURST`` times and times the last run: the
+    first call after the other size runs in that size's allocator and cache state (measured: the first 112²
+    call of bounded SOFT after a 224² call 1.5× slower than the next ones), which would bias slopes down."""
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec.get("device", "cpu"))
     a, b = (int(s) for s in spec["sides"])
     t = measure.time_interleaved({"small": _make_step(spec, a)[0], "large": _make_step(spec, b)[0]},
-                                 repeats=int(spec["repeats"]), warmup=int(spec.get("warmup", 1)), device=device)
+                                 repeats=int(spec["repeats"]), warmup=int(spec.get("warmup", 1)), device=device,
+                                 burst=int(spec.get("burst", PAIR_BURST)))
     times = [t["small"]["times_s"], t["large"]["times_s"]]
     per_run = [math.log(r) / math.log((b * b) / (a * a)) for r in measure.paired_ratios(*times)]
     return {"sides": [a, b], "times_s": times, "medians_s": [statistics.median(t) for t in times],
