@@ -182,3 +182,26 @@ def test_model_tokens_carry_constructor_arguments():
         model_kwargs("soft_tiny[49]")
     m = create("sofa", "soft_mini[max_landmarks=4]", 32)
     assert m.stages[0].blocks[0].attn.max_landmarks == 4
+
+
+def test_keep_freed_memory_flag_reaches_the_workers_and_the_settings(monkeypatch):
+    """--keep-freed-memory: set in this process, exported for the fresh worker processes (which import sofa
+    with it), and recorded in the settings that go to the JSON."""
+    import argparse
+    import os
+
+    import sofa.runtime
+    from sofa.bench import cli
+
+    calls = []
+    monkeypatch.setattr(sofa.runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setenv("SOFA_KEEP_FREED_MEMORY", "0")
+    settings = {}
+    cli._header(argparse.Namespace(keep_freed_memory=True, threads=None, device="cpu", bench_command="mixers"),
+                settings)
+    assert calls == [1] and os.environ["SOFA_KEEP_FREED_MEMORY"] == "1"
+    assert "keeps freed memory" in settings["malloc"]
+    settings = {}
+    cli._header(argparse.Namespace(keep_freed_memory=False, threads=None, device="cpu", bench_command="mixers"),
+                settings)
+    assert settings["malloc"].startswith("default") and calls == [1]

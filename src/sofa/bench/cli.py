@@ -40,6 +40,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false", default=None,
                    help="measure in this process instead of a fresh process per case (memory less exact)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc keeps freed memory for reuse in every measured process (SOFA_KEEP_FREED_MEMORY=1, "
+                        "sofa.keep_freed_memory): no page faults on the large tensors of each call")
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds of timed runs per case; slow cases get fewer runs (never below 5 unless one run "
                         "alone exceeds it) (default 60)")
@@ -83,6 +86,15 @@ def register(subparsers) -> None:
 
 
 def _header(args, settings: Dict) -> Dict:
+    if args.keep_freed_memory:
+        import os
+
+        from sofa.runtime import ENV, keep_freed_memory
+
+        os.environ[ENV] = "1"  # the workers, fresh processes, import sofa with it
+        keep_freed_memory()
+    settings["malloc"] = ("glibc keeps freed memory (SOFA_KEEP_FREED_MEMORY=1)" if args.keep_freed_memory
+                          else "default (glibc returns large freed blocks to the system)")
     if args.threads:
         import torch
 

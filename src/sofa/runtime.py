@@ -1,0 +1,49 @@
+"""Process-wide CPU settings that are the user's choice rather than the library's default."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: the largest mmap threshold glibc accepts on 64-bit systems (HEAP_MAX_SIZE / 2)
+_MMAP_MAX = 32 * 2**20
+ENV = "SOFA_KEEP_FREED_MEMORY"
+_kept = [False]
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's ``malloc`` to keep freed memory for the next allocation instead of returning it to the system.
+
+    By default glibc returns freed blocks of a few MB and up to the kernel (a dynamic mmap threshold, and
+    trimming of the heap's top beyond twice that), so a large tensor that is allocated on every call (the token
+    maps of a mixer at high resolution) gets fresh pages each time: a page fault per 4 KiB, each page zeroed by
+    the kernel. For bounded SOFT and SeT at 224² tokens (inference, 2 threads, this project's machine) that was
+    35–40% of the time, and the reason their cost per token grew from 112² to 224² (docs/benchmarks.md). After
+    this call blocks up to 32 MiB come from the heap, which is never trimmed, so steady-state calls fault no
+    pages. The price: the process keeps its peak heap resident. It cannot be undone in the process.
+
+    glibc only: returns False where ``mallopt`` is missing (other C libraries, macOS, Windows), True once set.
+    ``SOFA_KEEP_FREED_MEMORY=1`` in the environment calls it when sofa is imported.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # setting either turns glibc's dynamic thresholds off, so both are set
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)) & bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _kept[0] = _kept[0] or ok
+    return ok
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` has taken effect in this process."""
+    return _kept[0]
+
+
+def _from_environment() -> None:
+    if os.environ.get(ENV, "").strip() not in ("", "0"):
+        keep_freed_memory()
