@@ -17,10 +17,10 @@ _kept = [False]
 def keep_freed_memory() -> bool:
     """Tell glibc's ``malloc`` to keep freed memory for the next allocation instead of returning it to the system.
 
-    By default glibc returns freed blocks of a few MB and up to the kernel (a dynamic mmap threshold, and
-    trimming of the heap's top beyond twice that), so a large tensor that is allocated on every call (the token
-    maps of a mixer at high resolution) gets fresh pages each time: a page fault per 4 KiB, each page zeroed by
-    the kernel. For bounded SOFT and SeT at 224² tokens (inference, 2 threads, this project's machine) that was
+    By default glibc often returns freed blocks of a few MB and up to the kernel (a dynamic mmap threshold, and
+    trimming of the heap's top beyond twice that; whether it does depends on the heap's history), so a large
+    tensor that is allocated on every call (the token maps of a mixer at high resolution) gets fresh pages: a
+    page fault per 4 KiB, each page zeroed by the kernel. For bounded SOFT and SeT at 224² tokens (inference, 2 threads, this project's machine) that was
     35–40% of the time, and the reason their cost per token grew from 112² to 224² (docs/benchmarks.md). After
     this call blocks up to 32 MiB come from the heap, which is never trimmed, so steady-state calls fault no
     pages. The price: the process keeps its peak heap resident. It cannot be undone in the process.
