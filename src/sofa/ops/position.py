@@ -32,10 +32,7 @@ def position_filter_2d(
 
     The product of a row factor (over H) and a column factor (over W), each of the 1-D form.
     """
-    (H, W), (gh, gw) = hw, grid
-    rows = position_filter_1d(H, gh, tau, device, log=True)  # (H, gh)
-    cols = position_filter_1d(W, gw, tau, device, log=True)  # (W, gw)
-    log_m = (rows[:, None, :, None] + cols[None, :, None, :]).reshape(H * W, gh * gw)
+    log_m = GridFilter(hw, grid, tau, device).log_block(0, hw[0] * hw[1])
     return log_m if log else log_m.exp()
 
 
@@ -70,16 +67,12 @@ class GridFilter:
         self.rows = position_filter_1d(H, gh, tau, device, log=True)  # (H, gh)
         self.cols = position_filter_1d(W, gw, tau, device, log=True)  # (W, gw)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.hw[0] * self.hw[1], self.grid[0] * self.grid[1]
-
-    def factors(self, i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The row factor (j−i, gh) and column factor (j−i, gw) of tokens i … j−1."""
+    def index(self, i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grid row and column of tokens i … j−1 (row-major)."""
         t = torch.arange(i, j, device=self.rows.device)
         W = self.hw[1]
-        return self.rows[t // W], self.cols[t % W]
+        return t // W, t % W
 
     def log_block(self, i: int, j: int) -> torch.Tensor:
-        r, c = self.factors(i, j)
-        return (r[:, :, None] + c[:, None, :]).reshape(j - i, -1)
+        r, c = self.index(i, j)
+        return (self.rows[r][:, :, None] + self.cols[c][:, None, :]).reshape(j - i, -1)

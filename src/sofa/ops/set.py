@@ -157,9 +157,7 @@ class _Filter:
 
     def scaled(self, i: int, j: int):
         if self.grid is not None:
-            t = torch.arange(i, j, device=self._er.device)
-            W = self.grid.hw[1]
-            r, c = t // W, t % W
+            r, c = self.grid.index(i, j)
             Mt = _keep_large_((self._er[r][:, :, None] * self._ec[c][:, None, :]).reshape(j - i, -1))
             return Mt, self._rmax[r] + self._cmax[c] - self._top
         lm = self.dense[..., i:j, :]
