@@ -100,16 +100,12 @@ def _sinkhorn_log_blocks(logK, log_a, log_b, valid, spans, iters):
     v = torch.zeros((B, h, 1, m), dtype=logK[0].dtype, device=logK[0].device)
     us = [None] * len(spans)
     for _ in range(iters):
-        M = S = None
         for b, (i, j) in enumerate(spans):
             u = log_a[..., i:j, None] - _lse(logK[b] + v, -1)  # (B, h, c, 1)
             if valid is not None:
                 u = torch.where(valid[..., i:j, None], u, torch.full_like(u, _MASKED_LOG))
             us[b] = u
-            s = logK[b] + u
-            cm = s.amax(-2, keepdim=True).detach()
-            M, S = _combine_lse(M, S, cm, _exp_terms(s - cm).sum(-2, keepdim=True))
-        v = log_b - (M + S.log())  # (B, h, 1, m)
+        v = log_b - _column_lse_exact(logK.__getitem__, us, len(spans))  # (B, h, 1, m)
     return us, v
 
 
@@ -146,6 +142,8 @@ class _Filter:
             self._rmax, self._cmax = g.rows.amax(-1, keepdim=True), g.cols.amax(-1, keepdim=True)
             self._er, self._ec = _scaled(g.rows - self._rmax), _scaled(g.cols - self._cmax)
             self._top = self._rmax.amax() + self._cmax.amax()
+        elif log_m is not None:
+            self._top = log_m.amax()  # once per call, not per block
 
     def __bool__(self) -> bool:
         return self.grid is not None or self.dense is not None
@@ -162,7 +160,7 @@ class _Filter:
             return Mt, self._rmax[r] + self._cmax[c] - self._top
         lm = self.dense[..., i:j, :]
         mx = lm.amax(-1, keepdim=True)
-        return _exp_weights(lm - mx), mx - self.dense.amax()
+        return _exp_weights(lm - mx), mx - self._top
 
 
 def _row_lse_exact(lk, v):
@@ -171,11 +169,12 @@ def _row_lse_exact(lk, v):
 
 
 def _column_lse_exact(log_kernel, us, nb):
-    """log Σ_i exp(log K_ij + u_i) over all blocks, in the log domain (the exact fallback)."""
+    """log Σ_i exp(log K_ij + u_i) over all blocks, in the log domain (the log-domain Sinkhorn's column half,
+    and the scaling domain's exact fallback)."""
     M = S = None
     for b in range(nb):
         s = log_kernel(b) + us[b]
-        cm = s.amax(-2, keepdim=True)
+        cm = s.amax(-2, keepdim=True).detach()
         M, S = _combine_lse(M, S, cm, _exp_terms(s - cm).sum(-2, keepdim=True))
     return M + S.log()
 
@@ -297,7 +296,6 @@ def _streamed_scaled(log_kernel, nb, spans, log_a, log_b, filt, values, iters, e
     rhs = torch.cat([A * ev, ev], -1)  # (B, h, m, dv + 1)
     for b, (i, j) in enumerate(spans):
         r = Kt[b] @ rhs  # (B, h, c, dv + 1); Kt[b] is P = K̃ ⊙ M̃ by now
-
         den = r[..., dv:]
         o = r[..., :dv] / den
         bad = den < _TRUST
