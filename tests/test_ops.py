@@ -327,3 +327,42 @@ def test_set_attention_streamed_path_with_padding_and_sequence_filter():
     dense = _set_dense_reference(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask)
     torch.testing.assert_close(fast[0], dense[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast[1, :, :97], dense[1, :, :97], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("eps,scale", [(0.1, 0.35), (0.01, 3.0)])
+def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch):
+    """f given as ProjectedFeatures (x, W, b): projected per block inside set_attention, including the blocks the
+    exact fallbacks rebuild (ε = 0.01, spread inputs). Same result as the materialised f = split(x·Wᵀ + b), with
+    padding and two images; with autograd the gradients of W, b and x are the same too."""
+    import sofa.ops.set as S
+    from sofa.ops.set import ProjectedFeatures, set_attention
+
+    rebuilt = []
+    monkeypatch.setattr(S, "_row_lse_exact", lambda lk, v, _f=S._row_lse_exact: rebuilt.append(1) or _f(lk, v))
+    torch.manual_seed(2)
+    B, n, C, h, k, m = 2, 300, 32, 2, 8, 9
+    x = torch.randn(B, n, C) * scale
+    W, b = torch.randn(C, C) / math.sqrt(C) * 3, torch.randn(C) * 0.1
+    vals = torch.randn(B, h, n, 8)
+    anchors, ref = torch.randn(h, k, C // h), torch.randn(h, m, k) * scale
+    mask = torch.ones(B, n, dtype=torch.bool)
+    mask[1, 211:] = False
+    full = lambda x, W, b: (x @ W.t() + b).unflatten(-1, (h, -1)).transpose(1, 2)  # noqa: E731
+    with torch.no_grad():
+        lazy = set_attention(ProjectedFeatures(x, W, b, h), anchors, ref, vals, 0.5, eps, 5, None, mask,
+                             chunk_bytes=2048)
+        eager = set_attention(full(x, W, b), anchors, ref, vals, 0.5, eps, 5, None, mask, chunk_bytes=2048)
+    assert bool(rebuilt) == (eps < 0.1)  # the sharp case rebuilds blocks of log K for the exact rows
+    torch.testing.assert_close(lazy[0], eager[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lazy[1, :, :211], eager[1, :, :211], rtol=1e-5, atol=1e-5)
+    grads = []
+    for make in (lambda x, W, b: ProjectedFeatures(x, W, b, h), full):
+        xs, Ws, bs = (t.clone().requires_grad_() for t in (x, W, b))
+        y = set_attention(make(xs, Ws, bs), anchors, ref, vals, 0.5, eps, 5, None, mask, chunk_bytes=2048)
+        (y[0].square().sum() + y[1, :, :211].square().sum()).backward()
+        grads.append((xs.grad, Ws.grad, bs.grad))
+    for g_lazy, g_eager in zip(*grads):
+        assert g_lazy.abs().sum() > 0
+        torch.testing.assert_close(g_lazy, g_eager, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="heads"):
+        ProjectedFeatures(x, W[:31], None, h)

@@ -38,6 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from sofa.layers import linear
 from sofa.ops._util import fp32, no_autocast, token_spans
 from sofa.ops.nystrom import inverse_sqrt_psd, spherical_gaussian_kernel
 from sofa.ops.position import GridFilter
@@ -304,6 +305,27 @@ def _streamed_scaled(log_kernel, nb, spans, log_a, log_b, filt, values, iters, e
         emit(b, o)
 
 
+class ProjectedFeatures:
+    """The features f = x·Wᵀ + b of h heads, (B, h, n, d), for :func:`set_attention` to compute block by block of
+    tokens, never as the whole map: one token map fewer to allocate (and, where the allocator returns freed
+    memory to the system, to fault in again on every call). Each block is projected when its rows of the kernel
+    are built, and again only for the exact fallbacks. x: (B, n, C); weight: (h·d, C)."""
+
+    def __init__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, heads: int):
+        if weight.shape[0] % heads:
+            raise ValueError(f"ProjectedFeatures: {weight.shape[0]} output channels do not split into {heads} heads")
+        self.x, self.weight, self.bias, self.heads = x, weight, bias, heads
+        self.shape = (x.shape[0], heads, x.shape[1], weight.shape[0] // heads)
+        self.dtype = x.dtype if x.dtype == torch.float64 else torch.float32  # what block() returns
+        self.device = x.device
+        self.requires_grad = any(t is not None and t.requires_grad for t in (x, weight, bias))
+
+    def block(self, i: int, j: int) -> torch.Tensor:
+        """f of tokens i … j−1, (B, h, j − i, d), float32."""
+        y = fp32(linear(self.x[:, i:j], self.weight, self.bias))  # (B, c, h·d)
+        return y.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+
 def set_attention(
     f: torch.Tensor,
     anchors: torch.Tensor,
@@ -321,6 +343,8 @@ def set_attention(
 ) -> torch.Tensor:
     """SeT attention of features f (B, h, n, d) with values (B, h, n, dv) → (B, h, n, dv), float32.
 
+    ``f`` may be a :class:`ProjectedFeatures` (the projection done here, block by block).
+
     anchors (h, k, d) (normalised here), reference (h, m, k); ``log_m``: the log position filter, broadcastable
     to (B, h, n, m) (None: no filter); ``mask`` (B, n) or (B, h, n), True for real tokens (padded ones get no
     mass and read nothing that matters; their outputs are not defined). See the module docstring.
@@ -336,11 +360,12 @@ def set_attention(
         raise ValueError(f"set_attention: iters must be at least 1, got {iters}")
     B, h, n, _ = f.shape
     m = reference.shape[-2]
-    if out is not None and torch.is_grad_enabled() and any(
-            t.requires_grad for t in (f, anchors, reference, values)):
+    lazy = isinstance(f, ProjectedFeatures)
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in (f, anchors, reference, values))
+    if out is not None and grads:
         raise ValueError("set_attention: out= is for inference only (no autograd)")
-    with no_autocast(f):
-        f, values = fp32(f), fp32(values)
+    with no_autocast(values):
+        f, values = (f if lazy else fp32(f)), fp32(values)
         z = F.normalize(fp32(anchors), dim=-1)
         root = inverse_sqrt_psd(spherical_gaussian_kernel(z, z, sigma), ridge, nystrom_iters)  # (h, k, k)
         R = root @ fp32(reference).transpose(-1, -2) / eps  # (h, k, m): scores/ε = κ(f, Z)·R
@@ -360,12 +385,12 @@ def set_attention(
         def log_kernel(b):
             """log K of block b, (B, h, c, m); padded rows are zeros (their potential gives them no mass)."""
             i, j = spans[b]
-            lk = spherical_gaussian_kernel(f[..., i:j, :], z, sigma) @ R
+            lk = spherical_gaussian_kernel(f.block(i, j) if lazy else f[..., i:j, :], z, sigma) @ R
             if valid is not None:
                 lk = lk.masked_fill(~valid[..., i:j, None], 0.0)
             return lk
 
-        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (f, z, R, values))):
+        if not grads:
             outs = [None] * len(spans)
 
             def emit(b, o):
