@@ -150,9 +150,9 @@ def run_mixers(args) -> int:
         "memory": measure.MEM_METHOD_CUDA if args.device == "cuda" else (
             measure.MEM_METHOD_CPU if isolate else measure.MEM_METHOD_CPU.replace("fresh process per case",
                                                                                   "in-process")),
-        "flush_compare": "every case timed with torch.set_flush_denormal off and on, runs interleaved (at least 16 "
-                         "rounds within the budget, more where runs are short: up to 400 rounds or about 4 s; ratio = "
-                         "median of on/off over ABBA blocks); not for cases estimated "
+        "flush_compare": "every case timed with torch.set_flush_denormal off and on, runs interleaved (at least "
+                         f"{mx.FLUSH_RUNS} rounds within twice the budget, more where runs are short: up to 400 "
+                         "rounds or about 4 s; ratio = median of on/off over ABBA blocks); not for cases estimated "
                          "above 8 s per run, which also get 3 runs at least instead of 5"
         if args.flush_compare else "off",
         "isolate": isolate, "input_scale": args.input_scale,

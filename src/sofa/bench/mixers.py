@@ -38,8 +38,10 @@ DEFAULT_CASES = tuple(CASES)
 QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 3.0}  # stride SOFT: Newton is O(m³), m ∝ N
 #: a case whose one run is estimated above this many seconds gets fewer runs (3) and no flush comparison
 SLOW_RUN_S = 8.0
-#: interleaved flush-off / flush-on rounds per case (two per ABBA block), budget permitting ...
-FLUSH_RUNS = 16
+#: interleaved flush-off / flush-on rounds per case (two per ABBA block), within twice the case's budget (each
+#: round runs the case twice) ... 16 ratios: with 8 (session 4), one slow second of this VM in the first blocks
+#: moved the median of a 0.3 s training step by 14%
+FLUSH_RUNS = 32
 #: ... and more where runs are short: rounds until about this many seconds (at most FLUSH_MAX_RUNS rounds), so
 #: that sub-millisecond cases, whose single runs this VM's noise moves most, get hundreds of pairs
 FLUSH_FILL_S = 4.0
@@ -154,10 +156,10 @@ def run_case(spec: Dict) -> Dict:
                     torch.set_flush_denormal(False)
             return f
 
-        # at least FLUSH_RUNS pairs where the budget allows: the ratio is a small effect to resolve
+        # at least FLUSH_RUNS rounds where the budget allows: the ratio is a small effect to resolve
         t = measure.time_interleaved({"off": with_flush(False), "on": with_flush(True)},
                                      repeats=max(spec["repeats"], FLUSH_RUNS), warmup=spec.get("warmup", 1),
-                                     device=device, budget_s=None if budget is None else budget / 2,
+                                     device=device, budget_s=None if budget is None else 2 * budget,
                                      min_repeats=min_rep, fill_s=spec.get("flush_fill_s", FLUSH_FILL_S),
                                      max_repeats=FLUSH_MAX_RUNS)
         rec.update(t["off"])
