@@ -264,6 +264,23 @@ def test_position_filters():
     torch.testing.assert_close(position_filter_1d(7, 3, 0.3, log=True).exp(), position_filter_1d(7, 3, 0.3))
 
 
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """set_attention's blocks as small as ``chunk_bytes`` asks (its 256-row minimum lifted), so that these small
+    problems run over many blocks; records the block counts."""
+    import sofa.ops.set as S
+    from sofa.ops._util import token_spans
+
+    counts = []
+
+    def spans(n, row_bytes, chunk_bytes):
+        out = token_spans(n, row_bytes, chunk_bytes, min_rows=4)
+        counts.append(len(out))
+        return out
+    monkeypatch.setattr(S, "token_spans", spans)
+    return counts
+
+
 def _set_dense_reference(f, anchors, ref, vals, sigma, eps, iters, log_m=None, mask=None):
     """SeT's attention from the whole n×m plan (sinkhorn_log), its filter and two softmaxes: quadratic memory,
     independent of set_attention's blocks, scaling domain and fallbacks."""
@@ -279,7 +296,7 @@ def _set_dense_reference(f, anchors, ref, vals, sigma, eps, iters, log_m=None, m
 
 @pytest.mark.parametrize("eps,scale,expect", [(0.1, 1.0 / math.sqrt(8), set()),
                                               (0.01, 3.0, {"row", "column", "collect", "read"})])
-def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect, monkeypatch):
+def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect, monkeypatch, small_blocks):
     """Without autograd set_attention runs in the scaling domain over blocks (K̃ only, fused sweeps); rows and
     columns whose scaled sums are too small to trust go through exact log-domain fallbacks. With mild settings
     none is needed; with a sharp kernel (ε = 0.01, spread inputs) all four are, and the result still equals the
@@ -301,15 +318,15 @@ def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect,
     lm = position_filter_2d((H, W), (4, 4), 0.1, log=True)
     torch.testing.assert_close(grid.log_block(37, 101), lm[37:101])
     with torch.no_grad():
-        fast = S.set_attention(f, anchors, ref, vals, 0.5, eps, 5, grid, chunk_bytes=4096)  # 12 blocks
-    assert hits == expect
+        fast = S.set_attention(f, anchors, ref, vals, 0.5, eps, 5, grid, chunk_bytes=4096)
+    assert hits == expect and small_blocks == [12]
     slow = S.set_attention(f.clone().requires_grad_(), anchors, ref, vals, 0.5, eps, 5, lm, chunk_bytes=4096)
     dense = _set_dense_reference(f, anchors, ref, vals, 0.5, eps, 5, lm)
     torch.testing.assert_close(fast, dense, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-4)
 
 
-def test_set_attention_streamed_path_with_padding_and_sequence_filter():
+def test_set_attention_streamed_path_with_padding_and_sequence_filter(small_blocks):
     """Padded sequences (mask) with the dense (B, 1, n, m) sequence filter, many blocks: the valid rows equal
     the dense reference computed on the plan with zero-mass padded rows."""
     from sofa.ops import position_filter_sequence
@@ -324,13 +341,14 @@ def test_set_attention_streamed_path_with_padding_and_sequence_filter():
     lm = position_filter_sequence(mask, m, 0.2, log=True)[:, None]
     with torch.no_grad():
         fast = set_attention(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask, chunk_bytes=2048)
+    assert small_blocks[0] >= 3
     dense = _set_dense_reference(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask)
     torch.testing.assert_close(fast[0], dense[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast[1, :, :97], dense[1, :, :97], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("eps,scale", [(0.1, 0.35), (0.01, 3.0)])
-def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch):
+def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch, small_blocks):
     """f given as ProjectedFeatures (x, W, b): projected per block inside set_attention, including the blocks the
     exact fallbacks rebuild (ε = 0.01, spread inputs). Same result as the materialised f = split(x·Wᵀ + b), with
     padding and two images; with autograd the gradients of W, b and x are the same too."""
@@ -353,6 +371,7 @@ def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch)
                              chunk_bytes=2048)
         eager = set_attention(full(x, W, b), anchors, ref, vals, 0.5, eps, 5, None, mask, chunk_bytes=2048)
     assert bool(rebuilt) == (eps < 0.1)  # the sharp case rebuilds blocks of log K for the exact rows
+    assert small_blocks[0] >= 3
     torch.testing.assert_close(lazy[0], eager[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lazy[1, :, :211], eager[1, :, :211], rtol=1e-5, atol=1e-5)
     grads = []
@@ -366,3 +385,49 @@ def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch)
         torch.testing.assert_close(g_lazy, g_eager, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="heads"):
         ProjectedFeatures(x, W[:31], None, h)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_set_attention_backward_matches_autograd_through_the_dense_reference(masked, small_blocks):
+    """With autograd set_attention runs its own backward over blocks (no graph of the Sinkhorn iterations): the
+    gradients of the features, anchors, reference and values equal autograd's through the dense reference
+    (sinkhorn_log on the whole plan, two softmaxes), in float64, over many blocks, with the 2-D filter or with
+    padding and the sequence filter; and torch.autograd.gradcheck passes on a small case."""
+    from sofa.ops import position_filter_sequence
+    from sofa.ops.position import GridFilter
+    from sofa.ops.set import set_attention
+
+    torch.manual_seed(3)
+    dt = torch.float64
+    B, h, H, W, d, k, m = (2, 2, 9, 8, 8, 6, 9)
+    n = H * W
+    f = torch.randn(B, h, n, d, dtype=dt)
+    vals = torch.randn(B, h, n, 5, dtype=dt)
+    anchors, ref = torch.randn(h, k, d, dtype=dt), torch.randn(h, m, k, dtype=dt)
+    if masked:
+        mask = torch.ones(B, n, dtype=torch.bool)
+        mask[1, 50:] = False
+        lm = position_filter_sequence(mask, m, 0.2, log=True)[:, None].to(dt)
+        filt, dense_lm = lm, lm
+    else:
+        mask = None
+        filt, dense_lm = GridFilter((H, W), (3, 3), 0.3), position_filter_2d((H, W), (3, 3), 0.3, log=True).to(dt)
+    leaves = [t.clone().requires_grad_() for t in (f, anchors, ref, vals)]
+    got = set_attention(*leaves, 0.5, 0.1, 4, filt, mask, chunk_bytes=1000)
+    assert small_blocks[0] >= 3
+    leaves_ref = [t.clone().requires_grad_() for t in (f, anchors, ref, vals)]
+    want = _set_dense_reference(*leaves_ref, 0.5, 0.1, 4,
+                                dense_lm, mask)
+    rows = slice(None) if mask is None else mask[:, None, :, None].expand_as(want)
+    torch.testing.assert_close(got[rows], want[rows], rtol=1e-9, atol=1e-9)
+    g = torch.randn_like(want)
+    got[rows].mul(g[rows]).sum().backward()
+    want[rows].mul(g[rows]).sum().backward()
+    for a, b, name in zip(leaves, leaves_ref, ("f", "anchors", "reference", "values")):
+        assert a.grad.abs().sum() > 0, name
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-9, msg=name)
+    tiny = (f[:1, :, :20].clone().requires_grad_(), anchors.clone().requires_grad_(),
+            ref.clone().requires_grad_(), vals[:1, :, :20].clone().requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda *t: set_attention(*t, 0.5, 0.1, 3, None, None, chunk_bytes=300), tiny, eps=1e-6, atol=1e-6)
+    assert small_blocks[-1] >= 3

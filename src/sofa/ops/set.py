@@ -96,18 +96,125 @@ def _combine_lse(M, S, cm, cs):
 
 
 def _sinkhorn_log_blocks(logK, log_a, log_b, valid, spans, iters):
-    """Log-domain Sinkhorn over blocks of rows: every iteration takes two exponentials per entry (autograd)."""
+    """Log-domain Sinkhorn over blocks of rows, two exponentials per entry and iteration; returns every
+    iteration's potentials: [u_1 … u_T] as (B, h, n, 1) and [v_0 = 0, v_1 … v_T] as (B, h, 1, m) (u_t from v_{t−1},
+    v_t from u_t)."""
     B, h, _, m = logK[0].shape
     v = torch.zeros((B, h, 1, m), dtype=logK[0].dtype, device=logK[0].device)
-    us = [None] * len(spans)
+    u_all, v_all = [], [v]
     for _ in range(iters):
+        us = []
         for b, (i, j) in enumerate(spans):
             u = log_a[..., i:j, None] - _lse(logK[b] + v, -1)  # (B, h, c, 1)
             if valid is not None:
                 u = torch.where(valid[..., i:j, None], u, torch.full_like(u, _MASKED_LOG))
-            us[b] = u
+            us.append(u)
         v = log_b - _column_lse_exact(logK.__getitem__, us, len(spans))  # (B, h, 1, m)
-    return us, v
+        u_all.append(torch.cat(us, -2))
+        v_all.append(v)
+    return u_all, v_all
+
+
+class _LogDomainAttention(torch.autograd.Function):
+    """SeT's attention from log K (B, h, n, m), with autograd: the log-domain forward over blocks of tokens and a
+    backward written out over the same blocks, so that no graph of the iterations is kept: log K, its gradient,
+    the potentials of every iteration (n + m numbers each) and one block of temporaries, instead of several n×m
+    tensors saved per iteration (SeT's training step, one mixer, 2 threads: 978 → 258 MB and 410 → 298 ms at 224²,
+    3.9 → 0.84 GB and 5.9 → 2.4 s at 448²).
+
+    Forward (per head): Sinkhorn u_t = log a − LSE_row(log K + v_{t−1}), v_t = log b − LSE_col(log K + u_t);
+    the references collect S = softmax_col(log K + u_T + log M), A = Sᵀ·values; the tokens read them,
+    W = softmax_row(log K + v_T + log M), out = W·A. Backward, block by block, with the softmaxes rebuilt from
+    the saved log-sum-exps and potentials (both LSEs of an iteration are its potentials: LSE_row(log K + v_{t−1})
+    = log a − u_t and LSE_col(log K + u_t) = log b − v_t):
+    read: ∂r = W ⊙ (∂out·Aᵀ − ⟨∂out, out⟩_row), ∂A = Wᵀ·∂out, ∂v_T = Σ_rows ∂r;
+    collect: ∂s = S ⊙ (values·∂Aᵀ − ⟨∂A, A⟩_col), ∂values = S·∂A, ∂u_T = Σ_cols ∂s;
+    each iteration, last to first: ∂log K −= C ⊙ ∂v_t (C = exp(log K + u_t + v_t − log b)), ∂u_t −= C·∂v_t,
+    then ∂log K −= R ⊙ ∂u_t (R = exp(log K + v_{t−1} + u_t − log a)), ∂v_{t−1} = −Σ_rows R ⊙ ∂u_t.
+    Every weight below exp(−40) is an exact zero, as in the forward (no subnormal gradient)."""
+
+    @staticmethod
+    def forward(ctx, logK, values, log_a, valid, filt, spans, iters, log_b):
+        blocks = [logK[..., i:j, :] for i, j in spans]
+        nb = len(spans)
+        u_all, v_all = _sinkhorn_log_blocks(blocks, log_a, log_b, valid, spans, iters)
+        u, v = u_all[-1], v_all[-1]
+
+        def with_filter(t, b):
+            lm = filt.log(*spans[b])
+            return t if lm is None else t + lm
+
+        def collect_logits(b):  # log K + u_T + log M of block b
+            i, j = spans[b]
+            return with_filter(blocks[b] + u[..., i:j, :], b)
+
+        l_col = _column_lse_exact(collect_logits, [0.0] * nb, nb)  # (B, h, 1, m)
+        A = None
+        for b, (i, j) in enumerate(spans):
+            part = _exp_weights(collect_logits(b) - l_col).transpose(-1, -2) @ values[..., i:j, :]
+            A = part if A is None else A.add_(part)
+        outs, l_rows = [], []
+        for b in range(nb):
+            r = with_filter(blocks[b] + v, b)
+            l_row = _lse(r, -1)  # (B, h, c, 1)
+            outs.append(_exp_weights(r - l_row) @ A)
+            l_rows.append(l_row)
+        out = torch.cat(outs, -2) if nb > 1 else outs[0]
+        ctx.filt, ctx.spans, ctx.log_b = filt, spans, log_b
+        ctx.save_for_backward(logK, values, log_a, valid, A, out, l_col, torch.cat(l_rows, -2), torch.stack(u_all),
+                              torch.stack(v_all))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        logK, values, log_a, valid, A, out, l_col, l_row, U, V = ctx.saved_tensors
+        filt, spans, log_b = ctx.filt, ctx.spans, ctx.log_b
+        iters = U.shape[0]
+        g_out = g_out.to(out.dtype)
+        gK = torch.empty_like(logK)
+        gV = torch.zeros_like(values) if ctx.needs_input_grad[1] else None
+        gA = torch.zeros_like(A)
+        gv = torch.zeros_like(V[0])
+
+        def with_filter(t, i, j):
+            lm = filt.log(i, j)
+            return t if lm is None else t + lm
+
+        for i, j in spans:  # read: out = W·A
+            W = _exp_weights(with_filter(logK[..., i:j, :] + V[-1], i, j) - l_row[..., i:j, :])
+            go = g_out[..., i:j, :]
+            gA += W.transpose(-1, -2) @ go
+            gr = W.mul_(go @ A.transpose(-1, -2) - (go * out[..., i:j, :]).sum(-1, keepdim=True))
+            gv += gr.sum(-2, keepdim=True)
+            gK[..., i:j, :] = gr
+        cA = (gA * A).sum(-1).unsqueeze(-2)  # (B, h, 1, m)
+        gu = []
+        for i, j in spans:  # collect: A = Sᵀ·values
+            S = _exp_weights(with_filter(logK[..., i:j, :] + U[-1][..., i:j, :], i, j) - l_col)
+            if gV is not None:
+                gV[..., i:j, :] = S @ gA
+            gs = S.mul_(values[..., i:j, :] @ gA.transpose(-1, -2) - cA)
+            gu.append(gs.sum(-1, keepdim=True))
+            gK[..., i:j, :] += gs
+        for t in range(iters - 1, -1, -1):  # Sinkhorn, last iteration first: U[t] from V[t], V[t + 1] from U[t]
+            gv_prev = torch.zeros_like(gv)
+            for b, (i, j) in enumerate(spans):
+                lk, ut = logK[..., i:j, :], U[t][..., i:j, :]
+                C = _exp_weights(lk + ut + V[t + 1] - log_b)
+                g_u = (C @ gv.transpose(-1, -2)).neg_()
+                if t == iters - 1:
+                    g_u += gu[b]
+                gK[..., i:j, :] -= C.mul_(gv)
+                e = lk + V[t] + ut - log_a[..., i:j, None]
+                if valid is not None:  # padded rows: u is a constant there
+                    g_u = g_u.masked_fill_(~valid[..., i:j, None], 0.0)
+                    e = e.masked_fill_(~valid[..., i:j, None], _MASKED_LOG)
+                R = _exp_weights(e).mul_(g_u)
+                gK[..., i:j, :] -= R
+                gv_prev -= R.sum(-2, keepdim=True)
+            gv = gv_prev
+        return gK, gV, None, None, None, None, None, None
 
 
 # A scaled sum is trusted when it is at least exp(−20) of its largest possible term: the terms dropped below
@@ -405,9 +512,6 @@ def set_attention(
                 return out
             return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
-        # with autograd: log K kept for the backward, log-domain Sinkhorn and softmaxes
-        logK = [log_kernel(b) for b in range(len(spans))]
-        us, v = _sinkhorn_log_blocks(logK, log_a, log_b, valid, spans, iters)
-        A = _collect_log(logK.__getitem__, us, filt, spans, values)
-        outs = [_read_log(logK[b], v, filt.log(i, j), A) for b, (i, j) in enumerate(spans)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+        # with autograd: log K kept for the backward, log-domain Sinkhorn and softmaxes, the backward by hand
+        logK = torch.cat([log_kernel(b) for b in range(len(spans))], -2) if len(spans) > 1 else log_kernel(0)
+        return _LogDomainAttention.apply(logK, values, log_a, valid, filt, spans, iters, log_b)
