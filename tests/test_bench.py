@@ -184,24 +184,36 @@ def test_model_tokens_carry_constructor_arguments():
     assert m.stages[0].blocks[0].attn.max_landmarks == 4
 
 
-def test_keep_freed_memory_flag_reaches_the_workers_and_the_settings(monkeypatch):
-    """--keep-freed-memory: set in this process, exported for the fresh worker processes (which import sofa
-    with it), and recorded in the settings that go to the JSON."""
-    import argparse
+def test_the_sofa_command_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp_path):
+    """sofa.cli.main turns keep_freed_memory on for its process and exports it for the bench's worker processes
+    (restoring the environment afterwards); SOFA_KEEP_FREED_MEMORY=0 or ``bench --default-malloc`` keep glibc's
+    default, and the bench's JSON says which it measured."""
     import os
 
     import sofa.runtime
-    from sofa.bench import cli
+    from sofa.cli import main
 
-    calls = []
+    calls, seen = [], []
     monkeypatch.setattr(sofa.runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(sofa.runtime, "freed_memory_kept", lambda: bool(calls))
+    monkeypatch.delenv("SOFA_KEEP_FREED_MEMORY", raising=False)
+    assert main(["models", "poolformer_mini", "--no-macs"]) == 0
+    assert calls == [1] and "SOFA_KEEP_FREED_MEMORY" not in os.environ
     monkeypatch.setenv("SOFA_KEEP_FREED_MEMORY", "0")
-    settings = {}
-    cli._header(argparse.Namespace(keep_freed_memory=True, threads=None, device="cpu", bench_command="mixers"),
-                settings)
-    assert calls == [1] and os.environ["SOFA_KEEP_FREED_MEMORY"] == "1"
-    assert "keeps freed memory" in settings["malloc"]
-    settings = {}
-    cli._header(argparse.Namespace(keep_freed_memory=False, threads=None, device="cpu", bench_command="mixers"),
-                settings)
-    assert settings["malloc"].startswith("default") and calls == [1]
+    assert main(["models", "poolformer_mini", "--no-macs"]) == 0
+    assert calls == [1] and os.environ["SOFA_KEEP_FREED_MEMORY"] == "0"
+
+    import sofa.bench.mixers as mx
+
+    def spy(*a, **k):
+        seen.append(os.environ.get("SOFA_KEEP_FREED_MEMORY"))
+        return []
+    monkeypatch.setattr(mx, "bench_mixers", spy)
+    for env, flag, want in ((None, [], "keeps freed memory"), (None, ["--default-malloc"], "default")):
+        monkeypatch.delenv("SOFA_KEEP_FREED_MEMORY", raising=False)
+        js = tmp_path / f"m{len(seen)}.json"
+        main(["bench", "mixers", "--quick", "--mixers", "pool", "--json", str(js), *flag])
+        import json
+
+        assert want in json.loads(js.read_text())["settings"]["malloc"]
+    assert seen == ["1", "0"]  # what the worker processes would have inherited

@@ -2,11 +2,16 @@
 
 Each area of the library that has commands exposes ``register(subparsers)`` in its own ``cli`` module, which
 adds its sub-commands with ``set_defaults(func=...)``; ``func(args)`` returns an exit code (or None for 0).
+
+The command owns its process, so it turns on what the library leaves to the user: glibc keeps freed memory for
+reuse (:func:`sofa.keep_freed_memory`; its worker processes inherit it). ``SOFA_KEEP_FREED_MEMORY=0`` in the
+environment, or ``sofa bench ... --default-malloc``, keeps glibc's default instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that contribute sub-commands, in the order they appear in ``sofa --help``.
@@ -41,7 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    code = args.func(args)
+    from sofa.runtime import ENV, _from_environment
+
+    saved = os.environ.get(ENV)
+    if getattr(args, "default_malloc", False):
+        os.environ[ENV] = "0"
+    else:
+        os.environ.setdefault(ENV, "1")  # the user's "0" wins
+    try:
+        _from_environment()
+        code = args.func(args)
+    finally:  # main() may run inside another program (the tests): its environment is left as it was
+        if saved is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = saved
     return 0 if code is None else int(code)
 
 

@@ -40,9 +40,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false", default=None,
                    help="measure in this process instead of a fresh process per case (memory less exact)")
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="glibc keeps freed memory for reuse in every measured process (SOFA_KEEP_FREED_MEMORY=1, "
-                        "sofa.keep_freed_memory): no page faults on the large tensors of each call")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="measure with glibc's default malloc settings, as a Python process has them, instead of the "
+                        "sofa command's own (freed memory kept for reuse: sofa.keep_freed_memory)")
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds of timed runs per case; slow cases get fewer runs (never below 5 unless one run "
                         "alone exceeds it) (default 60)")
@@ -86,15 +86,16 @@ def register(subparsers) -> None:
 
 
 def _header(args, settings: Dict) -> Dict:
-    if args.keep_freed_memory:
-        import os
+    import os
 
-        from sofa.runtime import ENV, keep_freed_memory
+    from sofa.runtime import ENV, freed_memory_kept
 
-        os.environ[ENV] = "1"  # the workers, fresh processes, import sofa with it
-        keep_freed_memory()
-    settings["malloc"] = ("glibc keeps freed memory (SOFA_KEEP_FREED_MEMORY=1)" if args.keep_freed_memory
-                          else "default (glibc returns large freed blocks to the system)")
+    # set by sofa.cli.main for this process and, through the environment, for the worker processes
+    kept = freed_memory_kept() and os.environ.get(ENV, "").strip() not in ("", "0")
+    settings["malloc"] = ("glibc keeps freed memory for reuse (the sofa command's default, sofa.keep_freed_memory)"
+                          if kept else
+                          "glibc's default (large freed blocks returned to the system: --default-malloc or "
+                          "SOFA_KEEP_FREED_MEMORY=0, or a process that is not the sofa command)")
     if args.threads:
         import torch
 
