@@ -1,4 +1,5 @@
-"""Process-wide CPU settings that are the user's choice rather than the library's default."""
+"""Process-wide CPU settings that are the user's choice rather than the library's default (the ``sofa`` command,
+which owns its process, turns :func:`keep_freed_memory` on: ``sofa.cli.main``)."""
 from __future__ import annotations
 
 import ctypes
@@ -26,7 +27,8 @@ def keep_freed_memory() -> bool:
     pages. The price: the process keeps its peak heap resident. It cannot be undone in the process.
 
     glibc only: returns False where ``mallopt`` is missing (other C libraries, macOS, Windows), True once set.
-    ``SOFA_KEEP_FREED_MEMORY=1`` in the environment calls it when sofa is imported.
+    ``SOFA_KEEP_FREED_MEMORY=1`` in the environment calls it when sofa is imported; the ``sofa`` command sets it
+    for itself and its worker processes unless it is ``0``.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
