@@ -92,6 +92,8 @@ def test_newton_residual_flags_non_convergence():
 def test_newton_soft_backward_is_the_exact_inverse_gradient():
     """float64 gradcheck: the custom backward (−Vᵀ·G·Vᵀ) against finite differences of the converged forward."""
     A = kernel_matrix_with_condition(5.0, m=6, d=3).requires_grad_(True)
+    with pytest.raises(ValueError, match="log_m"):
+        set_attention(*leaves, 0.5, 0.1, 4, torch.zeros(n, m, dtype=dt, requires_grad=True), mask)
     assert torch.autograd.gradcheck(lambda a: newton_pinv(a, 40, "soft"), (A,), eps=1e-6, atol=1e-5)
     # and the same gradient as back-propagating through torch.linalg.inv of the shifted matrix
     G = torch.randn(6, 6, dtype=torch.float64)
@@ -102,6 +104,8 @@ def test_newton_soft_backward_is_the_exact_inverse_gradient():
 
 def test_newton_soft_norm_gradient_flows_through_iterations():
     A = kernel_matrix_with_condition(5.0, m=6, d=3).requires_grad_(True)
+    with pytest.raises(ValueError, match="log_m"):
+        set_attention(*leaves, 0.5, 0.1, 4, torch.zeros(n, m, dtype=dt, requires_grad=True), mask)
     assert torch.autograd.gradcheck(lambda a: newton_pinv(a, 20, "soft_norm"), (A,), eps=1e-6, atol=1e-5)
 
 
@@ -428,6 +432,8 @@ def test_set_attention_backward_matches_autograd_through_the_dense_reference(mas
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-9, msg=name)
     tiny = (f[:1, :, :20].clone().requires_grad_(), anchors.clone().requires_grad_(),
             ref.clone().requires_grad_(), vals[:1, :, :20].clone().requires_grad_())
+    with pytest.raises(ValueError, match="log_m"):
+        set_attention(*leaves, 0.5, 0.1, 4, torch.zeros(n, m, dtype=dt, requires_grad=True), mask)
     assert torch.autograd.gradcheck(
         lambda *t: set_attention(*t, 0.5, 0.1, 3, None, None, chunk_bytes=300), tiny, eps=1e-6, atol=1e-6)
     assert small_blocks[-1] >= 3

@@ -450,7 +450,9 @@ def set_attention(
 ) -> torch.Tensor:
     """SeT attention of features f (B, h, n, d) with values (B, h, n, dv) → (B, h, n, dv), float32.
 
-    ``f`` may be a :class:`ProjectedFeatures` (the projection done here, block by block).
+    ``f`` may be a :class:`ProjectedFeatures` (the projection done here, block by block). With autograd the
+    gradients of f, anchors, reference and values come from a backward written out over the blocks (first order
+    only: no double backward); ``log_m`` is a constant.
 
     anchors (h, k, d) (normalised here), reference (h, m, k); ``log_m``: the log position filter, broadcastable
     to (B, h, n, m) (None: no filter); ``mask`` (B, n) or (B, h, n), True for real tokens (padded ones get no
@@ -471,6 +473,8 @@ def set_attention(
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in (f, anchors, reference, values))
     if out is not None and grads:
         raise ValueError("set_attention: out= is for inference only (no autograd)")
+    if grads and isinstance(log_m, torch.Tensor) and log_m.requires_grad:
+        raise ValueError("set_attention: log_m gets no gradient (the position filter has no parameters); detach it")
     with no_autocast(values):
         f, values = (f if lazy else fp32(f)), fp32(values)
         z = F.normalize(fp32(anchors), dim=-1)
