@@ -139,26 +139,8 @@ class _LogDomainAttention(torch.autograd.Function):
         nb = len(spans)
         u_all, v_all = _sinkhorn_log_blocks(blocks, log_a, log_b, valid, spans, iters)
         u, v = u_all[-1], v_all[-1]
-
-        def with_filter(t, b):
-            lm = filt.log(*spans[b])
-            return t if lm is None else t + lm
-
-        def collect_logits(b):  # log K + u_T + log M of block b
-            i, j = spans[b]
-            return with_filter(blocks[b] + u[..., i:j, :], b)
-
-        l_col = _column_lse_exact(collect_logits, [0.0] * nb, nb)  # (B, h, 1, m)
-        A = None
-        for b, (i, j) in enumerate(spans):
-            part = _exp_weights(collect_logits(b) - l_col).transpose(-1, -2) @ values[..., i:j, :]
-            A = part if A is None else A.add_(part)
-        outs, l_rows = [], []
-        for b in range(nb):
-            r = with_filter(blocks[b] + v, b)
-            l_row = _lse(r, -1)  # (B, h, c, 1)
-            outs.append(_exp_weights(r - l_row) @ A)
-            l_rows.append(l_row)
+        A, l_col = _collect_log(blocks.__getitem__, [u[..., i:j, :] for i, j in spans], filt, spans, values)
+        outs, l_rows = zip(*(_read_log(blocks[b], v, filt.log(i, j), A) for b, (i, j) in enumerate(spans)))
         out = torch.cat(outs, -2) if nb > 1 else outs[0]
         ctx.filt, ctx.spans, ctx.log_b = filt, spans, log_b
         ctx.save_for_backward(logK, values, log_a, valid, A, out, l_col, torch.cat(l_rows, -2), torch.stack(u_all),
@@ -289,7 +271,8 @@ def _column_lse_exact(log_kernel, us, nb):
 
 def _collect_log(log_kernel, us, filt, spans, values):
     """A = colnorm(exp(log K + u + log M))ᵀ·values, (B, h, m, dv): each reference a convex combination of the
-    tokens, accumulated over blocks in the log domain with a running column maximum (as in flash attention)."""
+    tokens, accumulated over blocks in the log domain with a running column maximum (as in flash attention).
+    Returns (A, the column log-sum-exps of log K + u + log M, (B, h, 1, m))."""
     M = num = den = None
     for b, (i, j) in enumerate(spans):
         s = log_kernel(b) + us[b]
@@ -308,16 +291,19 @@ def _collect_log(log_kernel, us, filt, spans, values):
             num = num * a_old.transpose(-1, -2) + part_num * a_new.transpose(-1, -2)
             den = den * a_old + part_den * a_new
             M = new
-    return num / den.transpose(-1, -2)
+    return num / den.transpose(-1, -2), M + den.log()
 
 
 def _read_log(lk, v, lm, A):
-    """rownorm(exp(log K + v + log M))·A for one block of tokens, in the log domain."""
+    """rownorm(exp(log K + v + log M))·A for one block of tokens, in the log domain. Returns (the result, the
+    row log-sum-exps of log K + v + log M, (B, h, c, 1))."""
     r = lk + v
     if lm is not None:
         r = r + lm
-    w = _exp_weights(r - r.amax(-1, keepdim=True).detach())
-    return (w @ A) / w.sum(-1, keepdim=True)
+    mx = r.amax(-1, keepdim=True).detach()
+    w = _exp_weights(r - mx)
+    den = w.sum(-1, keepdim=True)
+    return (w @ A) / den, mx + den.log()
 
 
 @torch.no_grad()
@@ -395,9 +381,9 @@ def _streamed_scaled(log_kernel, nb, spans, log_a, log_b, filt, values, iters, e
             A = coll / den
             badc = den < _TRUST * qmax.transpose(-1, -2)
             if exact_rows:
-                A = _collect_log(log_kernel, us, filt, spans, values)
+                A = _collect_log(log_kernel, us, filt, spans, values)[0]
             elif bool(badc.any()):
-                A = torch.where(badc, _collect_log(log_kernel, us, filt, spans, values), A)
+                A = torch.where(badc, _collect_log(log_kernel, us, filt, spans, values)[0], A)
 
     # every token reads the references: weights K̃ ⊙ M̃ · e^(v − max v), normalised by row
     ev = _scaled(v - v.amax(-1, keepdim=True)).transpose(-1, -2)  # (B, h, m, 1)
@@ -408,7 +394,7 @@ def _streamed_scaled(log_kernel, nb, spans, log_a, log_b, filt, values, iters, e
         o = r[..., :dv] / den
         bad = den < _TRUST
         if bool(bad.any()):
-            o = torch.where(bad, _read_log(log_kernel(b), v, filt.log(i, j), A), o)
+            o = torch.where(bad, _read_log(log_kernel(b), v, filt.log(i, j), A)[0], o)
         emit(b, o)
 
 
