@@ -7,12 +7,22 @@ import ctypes.util
 import os
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 #: the largest mmap threshold glibc accepts on 64-bit systems (HEAP_MAX_SIZE / 2)
 _MMAP_MAX = 32 * 2**20
 ENV = "SOFA_KEEP_FREED_MEMORY"
 _kept = [False]
+
+
+def glibc():
+    """The C library with glibc's ``mallopt`` and ``malloc_trim``, or None where they are missing (other C
+    libraries, macOS, Windows)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def keep_freed_memory() -> bool:
@@ -30,13 +40,11 @@ def keep_freed_memory() -> bool:
     ``SOFA_KEEP_FREED_MEMORY=1`` in the environment calls it when sofa is imported; the ``sofa`` command sets it
     for itself and its worker processes unless it is ``0``.
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = glibc()
+    if libc is None:
         return False
     # setting either turns glibc's dynamic thresholds off, so both are set
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)) & bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    ok = bool(libc.mallopt(M_MMAP_THRESHOLD, _MMAP_MAX)) & bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     _kept[0] = _kept[0] or ok
     return ok
 
@@ -46,6 +54,11 @@ def freed_memory_kept() -> bool:
     return _kept[0]
 
 
+def requested_by_environment() -> bool:
+    """Whether ``SOFA_KEEP_FREED_MEMORY`` asks for :func:`keep_freed_memory` (set and not ``0``)."""
+    return os.environ.get(ENV, "").strip() not in ("", "0")
+
+
 def _from_environment() -> None:
-    if os.environ.get(ENV, "").strip() not in ("", "0"):
+    if requested_by_environment():
         keep_freed_memory()

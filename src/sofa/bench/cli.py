@@ -86,12 +86,10 @@ def register(subparsers) -> None:
 
 
 def _header(args, settings: Dict) -> Dict:
-    import os
-
-    from sofa.runtime import ENV, freed_memory_kept
+    from sofa.runtime import freed_memory_kept, requested_by_environment
 
     # set by sofa.cli.main for this process and, through the environment, for the worker processes
-    kept = freed_memory_kept() and os.environ.get(ENV, "").strip() not in ("", "0")
+    kept = freed_memory_kept() and requested_by_environment()
     settings["malloc"] = ("glibc keeps freed memory for reuse (the sofa command's default, sofa.keep_freed_memory)"
                           if kept else
                           "glibc's default (large freed blocks returned to the system: --default-malloc or "

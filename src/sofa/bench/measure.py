@@ -19,8 +19,6 @@ memory allocated before the call.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import datetime as _dt
 import gc
 import os
@@ -32,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from sofa.layers import rows_as_map
+from sofa.runtime import M_MMAP_THRESHOLD, glibc
 
 MEM_METHOD_CPU = (
     "fresh process per case; after timing, malloc_trim(0) and malloc mmap threshold 64 KiB (mallopt); "
@@ -40,7 +39,6 @@ MEM_METHOD_CPU = (
 )
 MEM_METHOD_CUDA = "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory allocated before"
 
-_M_MMAP_THRESHOLD = -3
 _mallopt_done = False
 
 
@@ -48,13 +46,12 @@ def configure_malloc(threshold: int = 64 * 1024) -> bool:
     """Return free heap memory to the system and serve blocks ≥ ``threshold`` bytes by mmap from now on, so that
     freed tensors leave the resident set (glibc only; call it after any timing: it makes allocation slower)."""
     global _mallopt_done
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-        if not _mallopt_done:
-            _mallopt_done = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
-    except (OSError, AttributeError):
-        _mallopt_done = False
+    libc = glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    if not _mallopt_done:
+        _mallopt_done = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
     return _mallopt_done
 
 
