@@ -188,6 +188,7 @@ def test_the_sofa_command_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp
     """sofa.cli.main turns keep_freed_memory on for its process and exports it for the bench's worker processes
     (restoring the environment afterwards); SOFA_KEEP_FREED_MEMORY=0 or ``bench --default-malloc`` keep glibc's
     default, and the bench's JSON says which it measured."""
+    import json
     import os
 
     import sofa.runtime
@@ -209,11 +210,9 @@ def test_the_sofa_command_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp
         seen.append(os.environ.get("SOFA_KEEP_FREED_MEMORY"))
         return []
     monkeypatch.setattr(mx, "bench_mixers", spy)
-    for env, flag, want in ((None, [], "keeps freed memory"), (None, ["--default-malloc"], "default")):
+    for flag, want in (([], "keeps freed memory"), (["--default-malloc"], "default")):
         monkeypatch.delenv("SOFA_KEEP_FREED_MEMORY", raising=False)
         js = tmp_path / f"m{len(seen)}.json"
         main(["bench", "mixers", "--quick", "--mixers", "pool", "--json", str(js), *flag])
-        import json
-
         assert want in json.loads(js.read_text())["settings"]["malloc"]
     assert seen == ["1", "0"]  # what the worker processes would have inherited
