@@ -74,13 +74,18 @@ def test_chunks_have_at_most_two_lengths():
     assert chunk_rows(25088, 256, 4, 1 << 20) == 896  # 28 equal chunks rather than 25 ragged ones
 
 
-def test_sample_moments_match_group_norm_statistics():
-    x = (torch.randn(4, 8, 6, 5) * 3 + 100).contiguous(memory_format=CL)  # a large mean: no cancellation
+@pytest.mark.parametrize("shape", [(4, 8, 6, 5), (2, 64, 8, 8), (3, 5, 7, 1), (2, 3, 256, 256)])
+def test_sample_moments_match_group_norm_statistics(shape):
+    """Per-sample sizes with 16, 64 (the most parts), 1 (odd) and 64 parts of 3072 values."""
+    x = (torch.randn(shape) * 3 + 100).contiguous(memory_format=CL)  # a large mean: no cancellation
     mean, var = sample_moments(x)
     v64, m64 = torch.var_mean(x.double().flatten(1), dim=1, correction=0)
     torch.testing.assert_close(mean.double(), m64, rtol=1e-6, atol=0)
     torch.testing.assert_close(var.double(), v64, rtol=1e-4, atol=0)
     torch.testing.assert_close(sample_moments(x.contiguous())[1], var)
+    compiled = torch.compile(sample_moments, fullgraph=True)(x)
+    torch.testing.assert_close(compiled[0].double(), m64, rtol=1e-6, atol=0)
+    torch.testing.assert_close(compiled[1].double(), v64, rtol=1e-4, atol=0)
 
 
 def test_packed_weights_follow_in_place_and_replaced_weights(kernel):

@@ -37,7 +37,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from sofa.layers import rows_as_map
 
-__all__ = ["metaformer_mlp_", "fold_mlp_weights", "sample_moments", "chunk_rows", "onednn_ready", "CHUNK_BYTES"]
+__all__ = ["metaformer_mlp_", "fold_mlp_weights", "sample_moments", "chunk_rows", "onednn_ready", "CHUNK_BYTES",
+           "MOMENT_PARTS"]
 
 #: hidden-activation bytes per chunk (measured on the project's machine: 2–8 MB are within noise of each other,
 #: below 1 MB the per-chunk overhead shows)
@@ -131,16 +132,27 @@ def chunk_rows(tokens: int, hidden: int, element_size: int, chunk_bytes: int) ->
     return -(-tokens // n)
 
 
+#: a sample's values are summed in up to this many equal parts (a power of two), then the parts are added
+MOMENT_PARTS = 64
+
+
 def sample_moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-sample mean and (biased) variance of ``x`` over all its other dimensions, in float32, as
     ``F.group_norm(x, 1)`` uses them: mean first, then the mean square about it (no cancellation; several times
-    faster on the CPU than ``torch.var_mean``, whose Welford loop does not vectorise)."""
+    faster on the CPU than ``torch.var_mean``, whose Welford loop does not vectorise).
+
+    Each sample is summed in ``MOMENT_PARTS`` equal parts (the largest power of two up to it that divides its size)
+    and the parts added: one parallel reduction over all (sample, part) rows. Compiled, this is 1.5–3× faster than
+    one reduction per sample, which inductor runs as a serial loop over samples of parallel reductions (a thread
+    fork and join each); eager it is as fast, and its rounding error is smaller."""
     B = x.shape[0]
-    t = x.permute(0, 2, 3, 1).reshape(B, -1) if x.is_contiguous(memory_format=_CL) else x.reshape(B, -1)
-    t = t.float()
-    m = t.mean(1, keepdim=True)
-    d = t - m
-    return m.squeeze(1), torch.linalg.vecdot(d, d) / t.shape[1]
+    t = x.permute(0, 2, 3, 1) if x.dim() == 4 and x.is_contiguous(memory_format=_CL) else x
+    n = t[0].numel()
+    parts = min(MOMENT_PARTS, n & -n)  # the largest power of two dividing n, at most MOMENT_PARTS
+    t = t.reshape(B, parts, n // parts).float()
+    m = t.sum(-1).sum(-1) / n
+    d = t - m.view(B, 1, 1)
+    return m, torch.linalg.vecdot(d, d).sum(-1) / n
 
 
 @torch.library.custom_op("sofa::metaformer_mlp_", mutates_args=("x",))
