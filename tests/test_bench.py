@@ -170,6 +170,44 @@ def test_poolformer_pair_is_timed_in_turn_with_the_same_weights():
     assert rec["max_rel_diff"] is not None and rec["max_rel_diff"] < 1e-5
     goals = model_goals([dict(rec, bench="model_pair", status="ok", side=32, dtype="fp32", compile=False)])
     assert len(goals) == 1 and "timed in turn" in goals[0]["goal"] and goals[0]["met"] == (rec["speedup"] >= 1.2)
+    from sofa.ops.fused_mlp import onednn_ready
+
+    if onednn_ready():  # the floor of ours (its oneDNN work alone) is timed in the same turns
+        assert len(rec["bound_speedup_runs"]) == 2 and rec["bound_speedup"] > 0 and rec["bound_images_per_s"] > 0
+        assert "oneDNN GEMMs and convolutions alone" in goals[0]["value"]
+
+
+def test_onednn_work_runs_every_gemm_chunk_and_convolution_of_the_model(monkeypatch):
+    """The floor timed beside the pair: each block's fc1 (GELU) and fc2 (residual add) once per chunk of the
+    fused operator, and the stem and downsampling convolutions; None where the model does not take that path."""
+    from sofa.bench.models import onednn_work
+    from sofa.models import create_model
+    from sofa.ops import fused_mlp as fm
+
+    if not fm.onednn_ready():
+        pytest.skip("this PyTorch build has no oneDNN fused convolution kernels")
+    calls = {"fc1": 0, "fc2": 0, "conv": 0}
+    conv, conv_add_ = fm._onednn_ops()
+
+    def counting(name, fn):
+        return lambda *a: calls.__setitem__(name, calls[name] + 1) or fn(*a)
+
+    monkeypatch.setattr(fm, "_onednn_ops", lambda: (counting("fc1", conv), counting("fc2", conv_add_)))
+    monkeypatch.setattr(torch.nn.functional, "conv2d", counting("conv", torch.nn.functional.conv2d))
+    torch.manual_seed(0)
+    model = create_model("poolformer_mini").eval()
+    x = torch.randn(3, 3, 64, 64)
+    step = onednn_work(model, x)
+    calls.update(fc1=0, fc2=0, conv=0)  # the forward that recorded the inputs does not count
+    step()
+    chunks = 0
+    for stage, side in zip(model.stages, (16, 8, 4, 2)):
+        for b in stage.blocks:
+            L = 3 * side * side
+            chunks += -(-L // fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, int(b.mlp_chunk_bytes)))
+    assert calls == {"fc1": chunks, "fc2": chunks, "conv": 4}
+    assert onednn_work(model, x.double()) is None
+    assert onednn_work(create_model("setformer_mini").eval(), x) is None
 
 
 def test_model_tokens_carry_constructor_arguments():

@@ -163,21 +163,90 @@ def _same_backbone(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tens
     return float((a - b).abs().max() / b.abs().max())
 
 
+def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[], None]]:
+    """A step that does only the oneDNN work of our PoolFormer's CPU inference on ``x``: every block's two MLP
+    GEMMs, with their fused GELU and in-place residual add, over the same chunks and prepacked weights as
+    :func:`sofa.ops.fused_mlp.metaformer_mlp_`, and the stem and downsampling convolutions, on the inputs they see
+    in a real forward; no norms, pooling, statistics or normalisation of chunks. Its time is a floor for the model's
+    with these kernels (None where the model does not take that path: not a MetaFormer with pooling / identity
+    blocks in float32 on the CPU, or no oneDNN kernels)."""
+    from sofa.layers import rows_as_map
+    from sofa.models.metaformer import MetaFormerBlock
+    from sofa.ops import fused_mlp as fm
+
+    blocks = [m for m in model.modules() if isinstance(m, MetaFormerBlock)]
+    convs = [getattr(model, "stem", None)] + [getattr(s, "downsample", None) for s in getattr(model, "stages", [])]
+    convs = [getattr(c, "conv", None) for c in convs if c is not None]
+    convs = [c for c in convs if isinstance(c, torch.nn.Conv2d)]
+    if not blocks or x.device.type != "cpu" or x.dtype != torch.float32 or not fm.onednn_ready():
+        return None
+    seen: Dict[torch.nn.Module, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.setdefault(m, a[0].detach().clone()))
+             for m in blocks + convs]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.inference_mode():
+        if not all(b in seen and b.inference_path(seen[b]) for b in blocks):
+            return None
+    conv, conv_add_ = fm._onednn_ops()
+    work: List[Callable[[], None]] = []
+    for c in (c for c in convs if c in seen):
+        work.append(lambda c=c, t=seen[c]: torch.nn.functional.conv2d(t, c.weight, c.bias, c.stride, c.padding,
+                                                                       c.dilation, c.groups))
+    for b in blocks:
+        t = seen[b]
+        B, C, H, W = t.shape
+        L = B * H * W
+        rows = fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, int(b.mlp_chunk_bytes))
+        params = (b.mlp.fc1.weight, b.mlp.fc1.bias, b.norm2.weight, b.norm2.bias, b.layer_scale2, b.mlp.fc2.weight,
+                  b.mlp.fc2.bias)
+        tokens = t.permute(0, 2, 3, 1).reshape(L, C).clone()  # the residual the GEMMs add into
+        n = tokens[:rows].clone()  # the chunk input (the real operator normalises each chunk into such a buffer)
+        packs = {k: fm._packed(params, k, True) for k in {min(rows, L - i) for i in range(0, L, rows)}}
+
+        def gemms(tokens=tokens, n=n, rows=rows, L=L, packs=packs):
+            for i in range(0, L, rows):
+                j = min(L, i + rows)
+                w1, b1, w2, b2 = packs[j - i]
+                h = conv(rows_as_map(n[: j - i]), w1, b1, *fm._1x1, "gelu", [], "none")
+                conv_add_(rows_as_map(tokens[i:j]), h, w2, b2, *fm._1x1, "add", 1.0, None, [], None)
+        work.append(gemms)
+
+    def step():
+        with torch.inference_mode():
+            for w in work:
+                w()
+    return step
+
+
 def run_pair(spec: Dict) -> Dict:
     """Two models (``spec["models"]``: ours, then the one it is compared with) timed in turn in one process
     (A B B A ...), so that a change of the machine's load hits both alike: the speed-up is the median over the
     ABBA blocks of t_B / t_A. For a PoolFormer pair ours first takes timm's weights and the stage outputs are
-    compared (``max_rel_diff``)."""
+    compared (``max_rel_diff``). Where ours runs the fused CPU path, :func:`onednn_work` is timed in the same turns:
+    ``bound_speedup`` is the speed-up ours would have over the other if everything but its oneDNN GEMMs and
+    convolutions took no time."""
     models, x, device, dtype = _prepare(spec, spec["models"])
     batch = x.shape[0]
     rec: Dict = {"max_rel_diff": _same_backbone(models[0], models[1], x[:2])}
+    floor = onednn_work(models[0], x) if dtype == torch.float32 else None
     models = [_compiled(m, spec) for m in models]
-    t = measure.time_interleaved({"a": _step(models[0], x, device, dtype), "b": _step(models[1], x, device, dtype)},
-                                 repeats=int(spec.get("repeats", 9)), warmup=int(spec.get("warmup", 3)),
+    steps = {"a": _step(models[0], x, device, dtype), "b": _step(models[1], x, device, dtype)}
+    if floor is not None:
+        steps["c"] = floor
+    t = measure.time_interleaved(steps, repeats=int(spec.get("repeats", 9)), warmup=int(spec.get("warmup", 3)),
                                  device=device)
     ratios = measure.paired_ratios(t["a"]["times_s"], t["b"]["times_s"])
     rec.update(speedup=statistics.median(ratios), speedup_runs=ratios, runs=len(ratios),
                images_per_s=[batch / t["a"]["median_s"], batch / t["b"]["median_s"]])
+    if floor is not None:
+        bound = measure.paired_ratios(t["c"]["times_s"], t["b"]["times_s"])
+        rec.update(bound_speedup=statistics.median(bound), bound_speedup_runs=bound,
+                   bound_images_per_s=batch / t["c"]["median_s"])
     return rec
 
 
@@ -246,8 +315,10 @@ def bench_models(
                     rec = dict(base, status="ok", **(run_isolated("model_pair", spec) if isolate else run_pair(spec)))
                     diff = "" if rec["max_rel_diff"] is None else f", same weights: stage-4 maps agree to " \
                                                                   f"{rec['max_rel_diff']:.1e}"
+                    bound = "" if rec.get("bound_speedup") is None else \
+                        f"; its oneDNN GEMMs and convolutions alone: {rec['bound_speedup']:.2f}×"
                     log(f"{a} / {b} {side}² {dt}, timed in turn: {rec['speedup']:.2f}× "
-                        f"(median of {rec['runs']} pairs{diff})")
+                        f"(median of {rec['runs']} pairs{diff}{bound})")
                 except Exception as err:
                     rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
                     log(f"{a} / {b} {side}² {dt}: failed: {rec['reason']}")
