@@ -170,7 +170,6 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
     in a real forward; no norms, pooling, statistics or normalisation of chunks. Its time is a floor for the model's
     with these kernels (None where the model does not take that path: not a MetaFormer with pooling / identity
     blocks in float32 on the CPU, or no oneDNN kernels)."""
-    from sofa.layers import rows_as_map
     from sofa.models.metaformer import MetaFormerBlock
     from sofa.ops import fused_mlp as fm
 
@@ -192,7 +191,6 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
     with torch.inference_mode():
         if not all(b in seen and b.inference_path(seen[b]) for b in blocks):
             return None
-    conv, conv_add_ = fm._onednn_ops()
     work: List[Callable[[], None]] = []
     for c in (c for c in convs if c in seen):
         work.append(lambda c=c, t=seen[c]: torch.nn.functional.conv2d(t, c.weight, c.bias, c.stride, c.padding,
@@ -211,9 +209,7 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
         def gemms(tokens=tokens, n=n, rows=rows, L=L, packs=packs):
             for i in range(0, L, rows):
                 j = min(L, i + rows)
-                w1, b1, w2, b2 = packs[j - i]
-                h = conv(rows_as_map(n[: j - i]), w1, b1, *fm._1x1, "gelu", [], "none")
-                conv_add_(rows_as_map(tokens[i:j]), h, w2, b2, *fm._1x1, "add", 1.0, None, [], None)
+                fm._onednn_chunk_(tokens[i:j], n[: j - i], *packs[j - i])
         work.append(gemms)
 
     def step():

@@ -61,23 +61,29 @@ def _reorder(w: torch.Tensor, rows: int) -> torch.Tensor:
     return torch._C._nn.mkldnn_reorder_conv2d_weight(w.to_mkldnn(), *_1x1[:3], _1x1[3], [1, w.shape[1], rows, 1])
 
 
+def _onednn_chunk_(rows: torch.Tensor, n: torch.Tensor, w1, b1, w2, b2) -> None:
+    """``rows += fc2(GELU(fc1(n)))`` for one chunk of tokens ((c, C) matrices, rows contiguous) through oneDNN,
+    with weights reordered by :func:`_reorder` for c rows: fc1 with GELU as a post-op, fc2 adding into ``rows`` in
+    place."""
+    conv, conv_add_ = _onednn_ops()
+    h = conv(rows_as_map(n), w1, b1, *_1x1, "gelu", [], "none")
+    conv_add_(rows_as_map(rows), h, w2, b2, *_1x1, "add", 1.0, None, [], None)
+
+
 @functools.lru_cache(maxsize=None)
 def onednn_ready() -> bool:
     """Whether the fused oneDNN kernels exist here and agree with plain convolutions on a small case (once)."""
     if os.environ.get("SOFA_CPU_MLP", "onednn").lower() == "aten" or not torch.backends.mkldnn.is_available():
         return False
     try:
-        conv, conv_add_ = _onednn_ops()
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(1, 8, 37, 1, generator=g).contiguous(memory_format=_CL)
-        res = torch.randn(1, 8, 37, 1, generator=g).contiguous(memory_format=_CL)
+        x, res = torch.randn(37, 8, generator=g), torch.randn(37, 8, generator=g)  # 37 tokens of 8 channels
         w1, b1 = torch.randn(24, 8, 1, 1, generator=g), torch.randn(24, generator=g)
         w2, b2 = torch.randn(8, 24, 1, 1, generator=g), torch.randn(8, generator=g)
-        want = res + F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+        want = res + F.linear(F.gelu(F.linear(x, w1.flatten(1), b1)), w2.flatten(1), b2)
         with torch.no_grad():
-            h = conv(x, _reorder(w1, 37), b1, *_1x1, "gelu", [], "none")
-            got = res.clone(memory_format=_CL)
-            conv_add_(got, h, _reorder(w2, 37), b2, *_1x1, "add", 1.0, None, [], None)
+            got = res.clone()
+            _onednn_chunk_(got, x, _reorder(w1, 37), b1, _reorder(w2, 37), b2)
         return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4))
     except Exception:  # no such kernels in this build, or they refuse these shapes
         return False
@@ -175,9 +181,6 @@ def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1
     tok_shift = (-mean.float() * rstd.float()).repeat_interleave(HW).view(L, 1)
     params = (fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b)
     packs = {}
-    if fused:
-        conv, conv_add_ = _onednn_ops()
-
     for i in range(0, L, rows_per):
         j = min(L, i + rows_per)
         if j - i not in packs:
@@ -186,8 +189,7 @@ def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1
         rows = tokens[i:j]
         n = torch.addcmul(tok_shift[i:j], rows, tok_rstd[i:j])  # γ, β are folded into w1, b1
         if fused:
-            conv_add_(rows_as_map(rows), conv(rows_as_map(n), w1, b1, *_1x1, "gelu", [], "none"), w2, b2, *_1x1, "add", 1.0,
-                      None, [], None)
+            _onednn_chunk_(rows, n, w1, b1, w2, b2)
         else:
             y = F.conv2d(F.gelu(F.conv2d(rows_as_map(n), w1, b1)), w2, b2)
             rows.add_(y[0, :, :, 0].t())
