@@ -155,3 +155,143 @@ def test_coco_detection_dataset_and_flip(shapes):
         assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
     images, targets = det_collate([ds[0], ds[1]])
     assert len(images) == 2 and targets[1]["image_id"] == ds.ids[1]
+
+
+# ---------------------------------------------------------------------------------------- bad files
+TRAIN_BAD_FOR_SEG = {1, 3, 5, 6, 7, 8}  # every kind of bad file below
+TRAIN_BAD_FOR_DET = {1, 5, 8}  # the bad images (detection reads no label maps)
+
+
+@pytest.fixture(scope="module")
+def shapes_with_bad_files(tmp_path_factory):
+    """A shapes set whose training split has a truncated, an empty and a resized image, and an empty, a
+    garbage and a truncated label map; validation has one empty label map."""
+    root = tmp_path_factory.mktemp("bad_shapes")
+    write_shapes(root, num_train=12, num_val=3, min_size=48, max_size=64, seed=3)
+    img, ann = root / "images" / "training", root / "annotations" / "training"
+
+    def name(i, ext):
+        return f"shapes_training_{i:05d}.{ext}"
+
+    (img / name(1, "jpg")).write_bytes((img / name(1, "jpg")).read_bytes()[:400])  # truncated image
+    (ann / name(3, "png")).write_bytes(b"")  # empty label map
+    (img / name(5, "jpg")).write_bytes(b"")  # empty image
+    (ann / name(6, "png")).write_bytes(b"this is no PNG at all")  # unreadable label map
+    (ann / name(7, "png")).write_bytes((ann / name(7, "png")).read_bytes()[:60])  # truncated label map
+    with Image.open(img / name(8, "jpg")) as im:  # the image no longer matches its label map and the JSON
+        im.resize((im.width + 5, im.height)).save(img / name(8, "jpg"))
+    (root / "annotations" / "validation" / "shapes_validation_00000.png").write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_segmentation_skips_and_counts_bad_files(shapes_with_bad_files, workers, capfd):
+    root = shapes_with_bad_files
+    pipe = SegPipeline(scale=(128, 48), crop_size=(48, 48))
+    ds = SegmentationDataset(root, "training", SegTrainTransform(pipe, rng=random.Random(0)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=lambda b: b)
+    items = [item for batch in loader for item in batch]
+    assert len(items) == len(ds) == 12  # every index yields a sample: the next usable one takes its place
+    assert {int(item["name"][-5:]) for item in items}.isdisjoint(TRAIN_BAD_FOR_SEG)
+    assert ds.num_skipped == len(TRAIN_BAD_FOR_SEG)  # each bad sample once, across workers
+    err = capfd.readouterr().err
+    for i in TRAIN_BAD_FOR_SEG:
+        assert f"shapes_training_{i:05d}" in err
+    for _ in range(2):  # a second epoch meets them again without counting them again
+        [ds[i] for i in range(len(ds))]
+    assert ds.num_skipped == len(TRAIN_BAD_FOR_SEG)
+
+
+def test_detection_skips_and_counts_bad_images(shapes_with_bad_files, capfd):
+    root = shapes_with_bad_files
+    ds = CocoDetection(root / "images" / "training", root / "annotations" / "instances_training.json",
+                       DetTrainTransform(0.5))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=det_collate)
+    targets = [t for _, batch in loader for t in batch]
+    assert len(targets) == len(ds) == 12
+    names = {ds.coco.imgs[t["image_id"]]["file_name"] for t in targets}
+    assert not names & {f"shapes_training_{i:05d}.jpg" for i in TRAIN_BAD_FOR_DET}
+    assert ds.num_skipped == len(TRAIN_BAD_FOR_DET)
+    err = capfd.readouterr().err
+    for i in TRAIN_BAD_FOR_DET:
+        assert f"skipping unreadable image {ds.image_dir / f'shapes_training_{i:05d}.jpg'}" in err
+    assert "but instances_training.json says" in err  # the resized image: what it is and what the JSON says
+
+
+def test_detection_unreadable_annotation_file_is_a_user_error(shapes_with_bad_files, tmp_path):
+    from sofa.train.errors import UserError
+
+    bad = tmp_path / "instances.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(UserError, match="cannot read the COCO annotation file"):
+        CocoDetection(shapes_with_bad_files / "images" / "training", bad)
+
+
+def test_segmentation_training_survives_bad_files_and_reports_them(shapes_with_bad_files, tmp_path, capsys):
+    pytest.importorskip("segmentation_models_pytorch")
+    from sofa.cli import main
+
+    run = tmp_path / "seg"
+    assert main(["train", "--task", "segmentation", "--data", str(shapes_with_bad_files), "--model",
+                 "poolformer_mini", "--epochs", "1", "--batch-size", "3", "--workers", "0", "--crop-size", "48",
+                 "--seg-scale", "128", "48", "--decoder-channels", "16", "--progress", "none", "--threads", "1",
+                 "--output", str(run)]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err + out.out
+    assert f"{len(TRAIN_BAD_FOR_SEG) + 1} unreadable image(s) were skipped" in (run / "log.txt").read_text()
+
+
+# ---------------------------------------------------------------------------------------- sofa data shapes DIR
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_shapes_into_an_existing_dataset_refuses_or_replaces_it_whole(tmp_path, capsys):
+    from sofa.cli import main
+
+    out = tmp_path / "s"
+    small = ["--min-size", "48", "--max-size", "64"]
+    assert main(["data", "shapes", str(out), "--train", "4", "--val", "2", *small]) == 0
+    before = {f: (out / f).read_bytes() for f in _files(out)}
+    # without --overwrite: refused, nothing touched
+    assert main(["data", "shapes", str(out), "--train", "2", "--val", "1", "--seed", "5", *small]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {f: (out / f).read_bytes() for f in _files(out)} == before
+    # with --overwrite: exactly the new dataset, no file of the old one left, no temporary folder beside it
+    assert main(["data", "shapes", str(out), "--train", "2", "--val", "1", "--seed", "5", "--overwrite", *small]) == 0
+    fresh = tmp_path / "fresh"
+    write_shapes(fresh, num_train=2, num_val=1, min_size=48, max_size=64, seed=5)
+    assert _files(out) == _files(fresh)
+    assert all((out / f).read_bytes() == (fresh / f).read_bytes() for f in _files(fresh))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "s"]
+    # a folder that is not a shapes dataset is never replaced, even with --overwrite
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["data", "shapes", str(other), "--overwrite"]) == 2
+    assert (other / "notes.txt").read_text() == "keep me" and _files(other) == ["notes.txt"]
+    # an existing empty folder is filled
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "shapes", str(tmp_path / "empty"), "--train", "1", "--val", "1", *small]) == 0
+    assert (tmp_path / "empty" / "classes.json").is_file()
+
+
+def test_shapes_interrupted_while_writing_leaves_the_old_dataset_whole(tmp_path, monkeypatch):
+    import sofa.dense.shapes as shapes_module
+
+    out = tmp_path / "s"
+    write_shapes(out, num_train=3, num_val=1, min_size=48, max_size=64, seed=0)
+    before = {f: (out / f).read_bytes() for f in _files(out)}
+    real, calls = shapes_module.render_sample, []
+
+    def fails_on_the_third(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(shapes_module, "render_sample", fails_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        write_shapes(out, num_train=5, num_val=1, min_size=48, max_size=64, seed=1, overwrite=True)
+    assert {f: (out / f).read_bytes() for f in _files(out)} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # the half-written copy is gone

@@ -4,17 +4,15 @@ Layout: ``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>`` (any dep
 
 * a missing or empty folder, no class folders, or a class folder without images: ``UserError`` saying what was
   expected and what was found;
-* corrupt or truncated files: skipped and counted (a warning names each one once; ``dataset.num_skipped`` counts
-  them, across DataLoader workers), never fatal — the next readable image of the dataset takes its place;
+* corrupt or truncated files, and images whose transform fails on one draw (an augmentation op that rejects it):
+  skipped and counted (a warning names each; ``dataset.num_skipped`` counts them, across DataLoader workers),
+  never fatal — the next usable image of the dataset takes its place (:mod:`sofa.data.skipping`);
 * grayscale, palette, RGBA/LA, CMYK and 16-bit/32-bit images: converted to 8-bit RGB (16-bit values scaled,
   not clipped).
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
+from sofa.data.skipping import SkippedSamples, load_first_usable
 from sofa.train.errors import UserError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -124,42 +123,29 @@ class ImageFolderDataset(Dataset):
         self.samples = samples
         self.targets = [t for _, t in samples]
         self.transform = transform
-        self._skipped = multiprocessing.Value("l", 0)  # shared with DataLoader workers (inherited)
-        self._warned: set[int] = set()
-        self.skipped_files: list[str] = []  # the ones seen by this process
+        self.skipped = SkippedSamples(len(samples), "image")
 
     @property
     def num_skipped(self) -> int:
-        """Unreadable files met so far (by this process and its DataLoader workers)."""
-        return int(self._skipped.value)
+        """Images skipped so far (unreadable, or their transform failed), by this process and its DataLoader
+        workers."""
+        return self.skipped.count
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _mark_bad(self, index: int, err: Exception) -> None:
-        if index in self._warned:
-            return
-        self._warned.add(index)
-        with self._skipped.get_lock():
-            self._skipped.value += 1
-        path = self.samples[index][0]
-        self.skipped_files.append(path)
-        print(f"warning: skipping unreadable image {path}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    def _read(self, index: int) -> Image.Image:
+        return load_image(self.samples[index][0])
+
+    def _prepare(self, index: int, img: Image.Image):
+        return (self.transform(img) if self.transform is not None else img), self.samples[index][1]
+
+    def _name(self, index: int) -> str:
+        return self.samples[index][0]
 
     def __getitem__(self, index: int):
-        n = len(self.samples)
-        for k in range(n):
-            i = (index + k) % n
-            path, target = self.samples[i]
-            try:
-                img = load_image(path)
-            except Exception as err:  # corrupt, truncated, not an image, unreadable
-                self._mark_bad(i, err)
-                continue
-            if self.transform is not None:
-                img = self.transform(img)
-            return img, target
-        raise UserError(f"none of the {n} images under {self.root} could be read")
+        return load_first_usable(index, len(self.samples), self._read, self._prepare, self._name, self.skipped,
+                                 str(self.root))
 
     def verify(self, max_workers: int = 0) -> int:
         """Decode every file once (reduced-size decode for JPEG) and drop the unreadable ones.
@@ -175,7 +161,7 @@ class ImageFolderDataset(Dataset):
                     img.load()
                 good.append((path, target))
             except Exception as err:
-                self._mark_bad(i, err)
+                self.skipped.unreadable(i, path, err)
                 bad += 1
         if bad:
             present = {t for _, t in good}
@@ -184,7 +170,7 @@ class ImageFolderDataset(Dataset):
                 raise UserError(f"every image of class folder(s) {lost[:10]} under {self.root} is unreadable")
             self.samples = good
             self.targets = [t for _, t in good]
-            self._warned = set()
+            self.skipped.renumber(len(good))
         return bad
 
 

@@ -6,6 +6,7 @@ live in :mod:`sofa.dense.tasks`. The high-resolution memory check is ``python -m
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -22,7 +23,9 @@ def register(subparsers) -> None:
                     "DIR/annotations/{training,validation}/*.png (ADE20K-style label maps: 0 background, 1-3 "
                     "circle/square/triangle), DIR/annotations/instances_{training,validation}.json (COCO).",
     )
-    s.add_argument("dir", metavar="DIR", help="output folder (created)")
+    s.add_argument("dir", metavar="DIR", help="output folder (created; an existing one must be empty)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the shapes dataset already in DIR, whole (other folders are never replaced)")
     s.add_argument("--train", type=int, default=200, help="training images (default 200)")
     s.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     s.add_argument("--min-size", type=int, default=96, help="smallest image side (default 96)")
@@ -37,19 +40,23 @@ def _shapes(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sofa.dense.shapes import write_shapes
+    from sofa.train.errors import UserError
 
     if args.min_size < 32 or args.max_size < args.min_size:
-        print(f"sofa data shapes: need 32 <= --min-size <= --max-size, got {args.min_size} and {args.max_size}")
+        print(f"sofa data shapes: need 32 <= --min-size <= --max-size, got {args.min_size} and {args.max_size}",
+              file=sys.stderr)
         return 2
     if args.train < 1 or args.val < 1:
-        print("sofa data shapes: --train and --val must be at least 1")
+        print("sofa data shapes: --train and --val must be at least 1", file=sys.stderr)
         return 2
     out = Path(args.dir)
-    if out.exists() and any(out.iterdir()) and not (out / "classes.json").is_file():
-        print(f"sofa data shapes: {out} exists and is not a shapes dataset; choose an empty or new folder")
-        return 2
-    summary = write_shapes(out, num_train=args.train, num_val=args.val, min_size=args.min_size,
-                           max_size=args.max_size, max_objects=args.max_objects, seed=args.seed)
+    try:
+        summary = write_shapes(out, num_train=args.train, num_val=args.val, min_size=args.min_size,
+                               max_size=args.max_size, max_objects=args.max_objects, seed=args.seed,
+                               overwrite=args.overwrite)
+    except UserError as err:
+        print(f"sofa data shapes: {err}", file=sys.stderr)
+        return err.exit_code
     for split in ("training", "validation"):
         s = summary[split]
         print(f"{split}: {s['images']} images, {s['instances']} objects")

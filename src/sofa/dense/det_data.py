@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from sofa.data.folder import load_image
+from sofa.data.skipping import SkippedSamples, load_first_usable
+from sofa.train.errors import UserError
 
 __all__ = ["CocoDetection", "DetTrainTransform", "det_collate"]
 
@@ -57,6 +60,10 @@ class CocoDetection(torch.utils.data.Dataset):
         transform: ``transform(image, target) -> (image, target)`` (e.g. :class:`DetTrainTransform`).
         with_masks: decode instance masks (Mask R-CNN).
         remove_empty: drop images with no usable annotation (for training).
+
+    An image that cannot be read (truncated, empty, not an image, not the size the JSON gives) or whose
+    transform fails is skipped and counted (:attr:`num_skipped`) with a warning; the next usable image takes its
+    place. An annotation file that cannot be read is a :class:`UserError`.
     """
 
     def __init__(self, image_dir, ann_file, transform=None, with_masks: bool = True, remove_empty: bool = False,
@@ -67,8 +74,12 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ann_file = Path(ann_file)
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"COCO annotation file {self.ann_file} not found (see `sofa data shapes DIR`)")
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(str(self.ann_file))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.coco = COCO(str(self.ann_file))
+        except (OSError, ValueError, KeyError, TypeError, AssertionError) as err:
+            what = f"{type(err).__name__}: {err}"
+            raise UserError(f"cannot read the COCO annotation file {self.ann_file}: {what}") from None
         self.transform = transform
         self.with_masks = with_masks
         self.cat_ids = sorted(self.coco.getCatIds())
@@ -82,6 +93,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if max_samples is not None:
             ids = ids[:max_samples]
         self.ids = ids
+        self.skipped = SkippedSamples(len(self.ids), "image")
 
     @staticmethod
     def _usable(ann: dict) -> bool:
@@ -90,11 +102,27 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int):
+    @property
+    def num_skipped(self) -> int:
+        """Images skipped so far (unreadable, or their transform failed), by this process and its DataLoader
+        workers."""
+        return self.skipped.count
+
+    def _path(self, index: int) -> Path:
+        return self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
+
+    def _read(self, index: int) -> torch.Tensor:
+        """The image as float (3, H, W) in [0, 1]; raises when it cannot be read or is not the annotated size."""
+        info = self.coco.imgs[self.ids[index]]
+        pil = load_image(self._path(index))
+        annotated = (info.get("width"), info.get("height"))
+        if None not in annotated and pil.size != annotated:
+            raise ValueError(f"the image is {pil.size[0]}x{pil.size[1]} but {self.ann_file.name} says "
+                             f"{annotated[0]}x{annotated[1]}")
+        return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+
+    def _prepare(self, index: int, img: torch.Tensor):
         image_id = self.ids[index]
-        info = self.coco.imgs[image_id]
-        pil = Image.open(self.image_dir / info["file_name"]).convert("RGB")
-        img = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
         h, w = img.shape[1:]
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -118,6 +146,12 @@ class CocoDetection(torch.utils.data.Dataset):
         if self.transform is not None:
             img, target = self.transform(img, target)
         return img, target
+
+    def __getitem__(self, index: int):
+        """``(image, target)`` of image ``index``, or of the next usable one when it cannot be read or its
+        transform fails (skipped, counted in :attr:`num_skipped`, with a warning)."""
+        return load_first_usable(index, len(self.ids), self._read, self._prepare, lambda i: str(self._path(i)),
+                                 self.skipped, str(self.image_dir))
 
 
 def det_collate(batch):

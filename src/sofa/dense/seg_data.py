@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sofa.data.folder import load_image
+from sofa.data.skipping import SkippedSamples, load_first_usable
+
 __all__ = [
     "ADE20K_CLASSES", "SegPipeline", "SegmentationDataset", "SegTrainTransform", "SegEvalTransform",
     "seg_train_collate", "seg_eval_collate", "reduce_zero_label", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -211,7 +214,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         reduce_zero_label: ADE20K's 0 → ignore, l → l − 1.
         num_classes / class_names: the label set; read from ``root/classes.json`` when present, else ADE20K's 150
             classes when ``reduce_zero_label`` and nothing else is given.
-    Items are dicts ``{"image", "label", "name", "ori_shape"}``.
+    Items are dicts ``{"image", "label", "name", "ori_shape"}``. A sample whose image or label map cannot be read
+    (truncated, empty, not an image, not single-channel, not the image's size) or whose transform fails is
+    skipped and counted (:attr:`num_skipped`) with a warning; the next usable sample takes its place.
     """
 
     def __init__(
@@ -246,6 +251,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self.samples = self.samples[:max_samples]
         self.class_names = list(class_names) if class_names is not None else self._default_classes()
         self.num_classes = len(self.class_names)
+        self.skipped = SkippedSamples(len(self.samples), "sample")
 
     def _default_classes(self) -> list[str]:
         meta = self.root / "classes.json"
@@ -259,10 +265,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def num_skipped(self) -> int:
+        """Samples skipped so far (an unreadable image or label map, or a failed transform), by this process and
+        its DataLoader workers."""
+        return self.skipped.count
+
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image (uint8 (3, H, W)) and label map (int64 (H, W)) of sample ``index``; raises when a file cannot
+        be read or the two do not fit together."""
         img_path, ann_path = self.samples[index]
-        img = torch.from_numpy(np.asarray(Image.open(img_path).convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-        label = np.asarray(Image.open(ann_path), dtype=np.uint8)
+        img = torch.from_numpy(np.asarray(load_image(img_path), dtype=np.uint8).copy()).permute(2, 0, 1)
+        with Image.open(ann_path) as ann:
+            label = np.asarray(ann, dtype=np.uint8)
         if label.ndim != 2:
             raise ValueError(f"label map {ann_path} must be single-channel (mode L or P), got shape {label.shape}")
         label = reduce_zero_label(label, self.ignore_index) if self.reduce_zero_label else label.astype(np.int64)
@@ -271,12 +286,22 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise ValueError(f"{ann_path} is {tuple(label.shape)} but its image is {tuple(img.shape[1:])}")
         return img, label
 
-    def __getitem__(self, index: int) -> dict:
-        img, label = self.load(index)
+    def _prepare(self, index: int, sample: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        img, label = sample
         ori_shape = tuple(label.shape)
         if self.transform is not None:
             img, label = self.transform(img, label)
         return {"image": img, "label": label, "name": self.samples[index][0].stem, "ori_shape": ori_shape}
+
+    def _name(self, index: int) -> str:
+        img_path, ann_path = self.samples[index]
+        return f"{img_path} (label map {ann_path})"
+
+    def __getitem__(self, index: int) -> dict:
+        """Sample ``index``, or the next usable one when its files cannot be read or its transform fails (skipped,
+        counted in :attr:`num_skipped`, with a warning)."""
+        return load_first_usable(index, len(self.samples), self.load, self._prepare, self._name, self.skipped,
+                                 str(self.root / "images" / self.split))
 
 
 def seg_train_collate(batch: list[dict]) -> dict:

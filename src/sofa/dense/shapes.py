@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["SHAPE_CLASSES", "write_shapes", "render_sample"]
+from sofa.train.errors import UserError
 
+__all__ = ["SHAPE_CLASSES", "write_shapes", "is_shapes_dataset", "render_sample"]
+
+DATASET_NAME = "sofa-shapes"  # classes.json's "dataset"
 SHAPE_CLASSES = ("circle", "square", "triangle")
 _CLASS_HUES = (0.0, 0.33, 0.62)  # red-ish circles, green-ish squares, blue-ish triangles
 SPLITS = ("training", "validation")
@@ -96,6 +102,15 @@ def render_sample(rng: np.random.Generator, height: int, width: int, max_objects
     return (img * 255).round().astype(np.uint8), label, objects
 
 
+def is_shapes_dataset(root: str | Path) -> bool:
+    """Whether ``root`` holds a dataset :func:`write_shapes` wrote (its ``classes.json`` says so)."""
+    meta = Path(root) / "classes.json"
+    try:
+        return json.loads(meta.read_text()).get("dataset") == DATASET_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def write_shapes(
     root: str | Path,
     num_train: int = 200,
@@ -104,17 +119,51 @@ def write_shapes(
     max_size: int = 160,
     max_objects: int = 4,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Write the dataset under ``root`` (see the module docstring); returns a summary dict.
 
     Image heights and widths are drawn independently from ``[min_size, max_size]``, so most images are
     non-square and few are multiples of 32.
+
+    ``root`` ends up holding the new dataset whole or is left as it was, never a mix of old and new files: the
+    dataset is written into a temporary folder beside ``root`` and renamed into place. ``root`` may be missing or
+    an empty folder; an existing shapes dataset is replaced only with ``overwrite``, and any other non-empty
+    folder is refused (:class:`UserError`) even then, so that nothing but a shapes dataset is ever deleted.
     """
+    root = Path(root).resolve()  # a real name to rename (also for "." or a link to a folder)
+    if root.exists():
+        if not root.is_dir():
+            raise UserError(f"{root} exists and is not a folder; choose a new or empty folder")
+        if any(root.iterdir()):
+            if not is_shapes_dataset(root):
+                raise UserError(f"{root} exists, is not empty and is not a shapes dataset; "
+                                "choose a new or empty folder")
+            if not overwrite:
+                raise UserError(f"{root} already holds a shapes dataset; pass --overwrite to replace it whole")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".writing", dir=root.parent))
+    try:
+        summary = _write_shapes_into(staging, num_train, num_val, min_size, max_size, max_objects, seed)
+        if root.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".replaced", dir=root.parent))
+            os.replace(root, retired)  # onto the empty folder just made: a rename, atomic on POSIX
+            os.replace(staging, root)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, root)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return {"root": str(root), **summary}
+
+
+def _write_shapes_into(root: Path, num_train: int, num_val: int, min_size: int, max_size: int, max_objects: int,
+                       seed: int) -> dict:
     from pycocotools import mask as mask_util
 
-    root = Path(root)
     rng = np.random.default_rng(seed)
-    summary = {"root": str(root), "classes": list(SHAPE_CLASSES)}
+    summary: dict = {"classes": list(SHAPE_CLASSES)}
     for split, count in zip(SPLITS, (num_train, num_val)):
         img_dir = root / "images" / split
         ann_dir = root / "annotations" / split
@@ -146,7 +195,7 @@ def write_shapes(
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
         summary[split] = {"images": len(images), "instances": len(annotations)}
     meta = {
-        "dataset": "sofa-shapes",
+        "dataset": DATASET_NAME,
         "classes": list(SHAPE_CLASSES),
         "label_map": {"0": "background"} | {str(k + 1): n for k, n in enumerate(SHAPE_CLASSES)},
         "note": "ADE20K-style label maps: 0 is background; reduce_zero_label=True ignores it (3 classes), "
