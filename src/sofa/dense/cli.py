@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     s.add_argument("--max-objects", type=int, default=4, help="objects per image, at most (default 4)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_shapes)
+    _add_listops(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -62,4 +63,48 @@ def _shapes(args: argparse.Namespace) -> int:
         print(f"{split}: {s['images']} images, {s['instances']} objects")
     print(f"wrote {out}/images, {out}/annotations (ADE-style PNG label maps and COCO instances_*.json)")
     print(f"try: sofa train --task segmentation --data {out}   |   sofa train --task detection --data {out}")
+    return 0
+
+
+def _add_listops(sub) -> None:
+    """``sofa data listops DIR``: the Long Range Arena ListOps files (:mod:`sofa.data.lra.listops`)."""
+    s = sub.add_parser(
+        "listops",
+        help="Long Range Arena ListOps: basic_{train,val,test}.tsv, seeded",
+        description="Write LRA's ListOps task: DIR/basic_train.tsv, basic_val.tsv, basic_test.tsv (Source<TAB>Target, "
+                    "as LRA's generator writes them), drawn with LRA's rules from a seeded random stream. A tree is "
+                    "kept when min-length < its length in tokens (operators, ']' and digits) < max-length.",
+    )
+    s.add_argument("dir", metavar="DIR", help="output folder (created; must be new or empty unless --overwrite)")
+    s.add_argument("--train", type=int, default=96000, help="training samples (default 96000)")
+    s.add_argument("--val", type=int, default=2000, help="validation samples (default 2000)")
+    s.add_argument("--test", type=int, default=2000, help="test samples (default 2000)")
+    s.add_argument("--max-depth", type=int, default=10, help="deepest level of a tree (default 10)")
+    s.add_argument("--max-args", type=int, default=10, help="arguments per operator, at most (default 10)")
+    s.add_argument("--min-length", type=int, default=500, help="keep trees longer than this (default 500)")
+    s.add_argument("--max-length", type=int, default=2000, help="keep trees shorter than this (default 2000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the three files in a non-empty DIR (anything else there is left alone)")
+    s.set_defaults(func=_listops)
+
+
+def _listops(args: argparse.Namespace) -> int:
+    import sys
+
+    from sofa.data.lra.listops import format_summary, write_listops
+    from sofa.train.errors import UserError
+
+    try:
+        summary = write_listops(args.dir, num_train=args.train, num_val=args.val, num_test=args.test, seed=args.seed,
+                                max_depth=args.max_depth, max_args=args.max_args, min_length=args.min_length,
+                                max_length=args.max_length, overwrite=args.overwrite)
+    except UserError as err:
+        print(f"sofa data listops: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:  # the partial files are already removed
+        print("sofa data listops: interrupted; nothing written", file=sys.stderr)
+        return 130
+    for line in format_summary(summary):
+        print(line)
     return 0
