@@ -482,16 +482,52 @@ def test_count_macs_of_a_model_is_per_image_and_close_to_paper():
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def test_cli_models_table(capsys):
+def _markdown_rows(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return {row[0]: dict(zip(cells[0], row)) for row in cells[1:]}
+
+
+def test_cli_models_lists_every_model_without_counting_macs(capsys, monkeypatch):
+    """The plain listing builds each model on the meta device only: no MAC counter, no forward pass, no real
+    weights; parameters and the papers' numbers for every registered model."""
+    import sofa.models.flops as flops
     from sofa.cli import main
 
-    assert main(["models", "soft_*mini", "--markdown"]) == 0
-    out = capsys.readouterr().out
-    assert "| soft_mini | soft |" in out and "soft_norm_mini" in out
-    mini = [line for line in out.splitlines() if line.startswith("| soft_mini ")][0]
-    cells = [c.strip() for c in mini.strip("|").split("|")]
-    assert float(cells[2]) == pytest.approx(count_params(create_model("soft_mini")) / 1e6, abs=0.01)
-    assert float(cells[5]) == pytest.approx(count_macs(create_model("soft_mini")) / 1e9, abs=0.01)
+    def refuse(*a, **k):
+        raise AssertionError("sofa models counted MACs without --macs")
+    for name in ("model_macs", "count_macs", "flop_counter"):
+        monkeypatch.setattr(flops, name, refuse)
+    monkeypatch.setattr(torch.nn.Module, "__call__", refuse)  # no forward pass of any model
+    assert main(["models", "--markdown"]) == 0
+    rows = _markdown_rows(capsys.readouterr().out)
+    assert sorted(rows) == sorted(ALL)
+    assert "GMACs" not in rows["soft_mini"] and rows["poolformer_s12"]["paper GMACs"] == "1.8"
+    assert rows["poolformer_s12"]["params (M)"] == "11.92" and rows["poolformer_s12"]["paper top-1"] == "77.2"
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_create_on_meta_has_the_real_models_parameters(name):
+    """Skipping initialisation on the meta device leaves every parameter and buffer's shape and dtype."""
+    from sofa.models.flops import create_on_meta
+
+    meta, real = create_on_meta(name).state_dict(), create_model(name).state_dict()
+    assert all(t.is_meta for t in meta.values())
+    assert {k: (t.shape, t.dtype) for k, t in meta.items()} == {k: (t.shape, t.dtype) for k, t in real.items()}
+
+
+def test_cli_models_table_with_macs(capsys):
+    from sofa.cli import main
+
+    assert main(["models", "soft_*mini", "--markdown", "--macs"]) == 0
+    rows = _markdown_rows(capsys.readouterr().out)
+    assert set(rows) == {"soft_mini", "soft_norm_mini"}
+    assert float(rows["soft_mini"]["params (M)"]) == pytest.approx(count_params(create_model("soft_mini")) / 1e6,
+                                                                   abs=0.01)
+    assert float(rows["soft_mini"]["GMACs"]) == pytest.approx(count_macs(create_model("soft_mini")) / 1e9, abs=0.01)
+    assert main(["models", "soft_mini", "--markdown", "--img-size", "128"]) == 0  # a size implies --macs
+    rows = _markdown_rows(capsys.readouterr().out)
+    assert rows["soft_mini"]["GMACs@128"] == f"{count_macs(create_model('soft_mini'), 128) / 1e9:.2f}"
     assert main(["models", "nothing_matches_*"]) == 1
 
 

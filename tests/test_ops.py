@@ -322,8 +322,13 @@ def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect,
     assert hits == expect and small_blocks == [12]
     slow = S.set_attention(f.clone().requires_grad_(), anchors, ref, vals, 0.5, eps, 5, lm, chunk_bytes=4096)
     dense = _set_dense_reference(f, anchors, ref, vals, 0.5, eps, 5, lm)
-    torch.testing.assert_close(fast, dense, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-4)
+    # the three differ by float32 rounding, which the sharp kernel amplifies: a score s (a length-d dot product,
+    # exact to d·eps relative) enters the plan as exp(s/ε), so the plan's entries and the outputs (their
+    # weighted means of the values) move by up to d·eps·max|s|/ε relative, times max|values|
+    scores = nystrom_embedding(f, anchors, 0.5) @ ref.transpose(-1, -2)
+    tol = d * torch.finfo(torch.float32).eps * scores.abs().max().item() / eps * vals.abs().max().item()
+    torch.testing.assert_close(fast, dense, rtol=0, atol=tol)
+    torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=tol)
 
 
 def test_set_attention_streamed_path_with_padding_and_sequence_filter(small_blocks):

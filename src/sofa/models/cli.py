@@ -8,15 +8,19 @@ from typing import List, Optional
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "models", help="list every model with parameters and GMACs at 224² beside the papers' numbers",
-        description="Every registered model: parameters and multiply-accumulates (GMACs, what the papers call "
-                    "FLOPs) of one 224x224 image, counted by a dispatcher-level counter that sees every matmul "
-                    "and convolution (SOFT's Newton iterations included), beside the papers' numbers.",
+        "models", help="list every model with its parameters beside the papers' numbers (GMACs with --macs)",
+        description="Every registered model: parameters (counted on the meta device: no memory, no "
+                    "initialisation) beside the papers' parameters, GMACs and top-1. With --macs also the "
+                    "multiply-accumulates (GMACs, what the papers call FLOPs) of one image, counted by a "
+                    "dispatcher-level counter that sees every matmul and convolution (SOFT's Newton iterations "
+                    "included); that runs each model once on the CPU, about a minute for all of them.",
     )
     p.add_argument("pattern", nargs="?", default="*", help="glob over model names (default: all)")
     p.add_argument("--family", choices=["soft", "setformer", "poolformer"], help="only this family")
-    p.add_argument("--no-macs", action="store_true", help="skip the MAC count (fast)")
-    p.add_argument("--img-size", type=int, default=224, help="input size for the MAC count (default 224)")
+    p.add_argument("--macs", action=argparse.BooleanOptionalAction, default=None,
+                   help="add a GMACs column: count each model's multiply-accumulates (slow; default off)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size for the MAC count (default 224; implies --macs)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(func=models_command)
 
@@ -49,46 +53,50 @@ def _table(rows: List[List[str]], header: List[str], markdown: bool) -> str:
     return "\n".join(out)
 
 
-def model_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = True, img_size: int = 224):
-    """One row per model: name, family, params (M), paper params, GMACs, paper GMACs, paper top-1, note."""
-    import torch
+COLUMNS = ["model", "family", "params (M)", "paper (M)", "Δ", "GMACs", "paper GMACs", "paper top-1", "note"]
+GMACS = COLUMNS.index("GMACs")  # the one column that counts MACs; left out unless asked for
 
-    from sofa.models import create_model, get_entry, list_models
-    from sofa.models.flops import count_params, model_macs
+
+def model_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = False, img_size: int = 224):
+    """One row per model, as :data:`COLUMNS`: name, family, params (M), paper params, Δ, [GMACs at ``img_size``,
+    only with ``macs``], paper GMACs, paper top-1, note. Parameters are counted on the meta device; ``macs``
+    runs each model once (:func:`sofa.models.flops.model_macs`)."""
+    from sofa.models import get_entry, list_models
+    from sofa.models.flops import count_params, create_on_meta, model_macs
 
     rows = []
     for name in list_models(pattern, family):
         entry = get_entry(name)
-        with torch.device("meta"):  # parameters only: no memory, no init time
-            model = create_model(name)
-        params = count_params(model) / 1e6
+        params = count_params(create_on_meta(name)) / 1e6
         paper = entry.paper
-        gmacs = f"{model_macs(name, img_size) / 1e9:.2f}" if macs else "-"
         pp = paper.get("params")
-        rows.append([
+        row = [
             name, entry.family, f"{params:.2f}", f"{pp}" if pp is not None else "-",
-            (f"{(params - pp) / pp * 100:+.1f}%" if pp else "-"), gmacs,
+            (f"{(params - pp) / pp * 100:+.1f}%" if pp else "-"),
             f"{paper['macs']}" if paper.get("macs") is not None else "-",
             f"{paper['top1']}" if paper.get("top1") is not None else "-", paper.get("note", ""),
-        ])
-        del model
+        ]
+        if macs:
+            row.insert(GMACS, f"{model_macs(name, img_size) / 1e9:.2f}")
+        rows.append(row)
     return rows
-
-
-HEADER = ["model", "family", "params (M)", "paper (M)", "Δ", "GMACs", "paper GMACs", "paper top-1", "note"]
 
 
 def models_command(args) -> int:
     import torch
 
+    macs = args.macs if args.macs is not None else args.img_size is not None
+    img_size = args.img_size or 224
     with torch.no_grad():  # a context, not a global switch: the command also runs inside other programs
-        rows = model_rows(args.pattern, args.family, not args.no_macs, args.img_size)
+        rows = model_rows(args.pattern, args.family, macs, img_size)
     if not rows:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
-    header = list(HEADER)
-    if args.img_size != 224:
-        header[5] = f"GMACs@{args.img_size}"
+    header = list(COLUMNS)
+    if not macs:
+        del header[GMACS]
+    elif img_size != 224:
+        header[GMACS] = f"GMACs@{img_size}"
     print(_table(rows, header, args.markdown))
     return 0
 

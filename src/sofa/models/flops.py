@@ -6,6 +6,9 @@ scaled-dot-product attention), wherever it is written: inside ``torch.no_grad``,
 ``@`` operator. So SOFT's landmark kernels and all 20 Newton–Schulz iterations (2 m×m×m products each), SeT's
 Nyström embedding and Sinkhorn-weighted aggregations, are counted. Element-wise work (norms, activations,
 exponentials, pooling) is not, as in fvcore and the papers' tables. MACs = FLOPs / 2.
+
+Parameters need no forward pass: :func:`create_on_meta` builds a model's structure on the meta device, without
+memory and without running its weight initialisation.
 """
 from __future__ import annotations
 
@@ -13,12 +16,44 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["count_params", "count_macs", "macs_by_module", "flop_counter", "model_macs"]
+__all__ = ["count_params", "count_macs", "macs_by_module", "flop_counter", "model_macs", "create_on_meta"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class _SkipMetaWrites(TorchDispatchMode):
+    """Returns ``self`` for in-place writes to a meta tensor (``uniform_``, ``erfinv_``, ``mul_``, ``copy_``, ...).
+
+    A meta tensor holds no values, so such a write has nothing to compute and keeps its shape, dtype and
+    strides; yet torch runs the meta versions of the random and arithmetic ops the weight initialisers use as
+    Python decompositions, which makes initialisation most of the time of a build on the meta device. Writes that
+    change the tensor's metadata (``resize_``, ``set_`` and the views tagged ``inplace_view``: ``t_``,
+    ``squeeze_``, ``as_strided_``, ...) run as usual.
+    """
+
+    _METADATA_WRITES = (torch.ops.aten.resize_, torch.ops.aten.set_)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        arguments = func._schema.arguments
+        if (args and isinstance(args[0], torch.Tensor) and args[0].is_meta and arguments
+                and arguments[0].alias_info is not None and arguments[0].alias_info.is_write
+                and torch.Tag.inplace_view not in func.tags and func.overloadpacket not in self._METADATA_WRITES):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def create_on_meta(name: str, **kwargs) -> nn.Module:
+    """Registered model ``name`` on the meta device, its weight initialisation skipped: every parameter and
+    buffer with its shape and dtype but no memory and no values, for counting parameters or reading the
+    architecture (all the models in a second or so)."""
+    from sofa.models import create_model
+
+    with torch.device("meta"), _SkipMetaWrites():
+        return create_model(name, **kwargs)
 
 
 def _extra_formulas() -> Dict:
@@ -107,8 +142,7 @@ def model_macs(name: str, input_size: Union[int, Tuple[int, ...]] = 224, per_blo
     full = create_model(name, **kwargs) if not per_block else None
     if full is not None:
         return count_macs(full, input_size)
-    with torch.device("meta"):
-        depths = tuple(create_model(name, **kwargs).depths)
+    depths = tuple(create_on_meta(name, **kwargs).depths)
     small = create_model(name, **{**kwargs, "depths": (1,) * len(depths)}).eval()
     x = _input(small, input_size, 1, "cpu", torch.float32)
     with flop_counter(depth=6) as counter:
