@@ -56,12 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _from_environment()
         code = args.func(args)
+    except BrokenPipeError:  # the reader of our output went away (`sofa models | head`): not an error of ours
+        _silence_stdout()
+        code = 0
     finally:  # main() may run inside another program (the tests): its environment is left as it was
         if saved is None:
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = saved
     return 0 if code is None else int(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush into the closed pipe raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover
