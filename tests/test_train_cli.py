@@ -44,6 +44,8 @@ def test_train_writes_everything_and_says_where(run, folder, capsys):
     log = (run / "log.txt").read_text()
     assert "wrote " + str(run) in log and "best.safetensors" in log and "sofa eval" in log
     assert "1 unreadable image(s)" in log  # broken.png skipped and counted, not fatal
+    # 2 epochs with the recipe's 5 of warm-up: the run says that its learning rate never reaches --lr
+    assert "warning: --epochs 2 is not longer than --warmup-epochs 5: the learning rate is still warming up" in log
     recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in recs if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
@@ -102,6 +104,7 @@ def test_digits_quick_run_learns(tmp_path, capsys):
     assert sofa("train", *TINY, "--epochs", 3, "--output", out) == 0
     text = capsys.readouterr().out
     assert "digits (scikit-learn, bundled): 1437 train / 360 val" in text
+    assert "warming up" not in text  # 3 epochs, 1 of warm-up
     last = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["val_top1"] > 60, last
 
@@ -290,3 +293,88 @@ def test_default_data_is_the_tasks_own(task, data):
     args = build_parser().parse_args(["train", "--task", task])
     cfg = resolve_train_config(args, **args.func.__wrapped__.keywords)
     assert cfg.data == data
+
+
+def _resolved(*argv):
+    from sofa.cli import build_parser
+    from sofa.train.cli import resolve_train_config
+
+    args = build_parser().parse_args(["train", *map(str, argv)])
+    return resolve_train_config(args, **args.func.__wrapped__.keywords)
+
+
+def test_workers_default_to_the_cpus_this_process_may_use(folder, monkeypatch, capsys):
+    """Per rank: the CPUs of this process's affinity, at most 8, shared by the ranks on the machine."""
+    import os
+
+    from sofa.train.config import default_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert default_workers() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert default_workers() == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert default_workers() == 2
+    monkeypatch.undo()
+    assert _resolved("--data", folder).workers == default_workers()
+    assert _resolved().workers == 1  # digits keeps its profile
+    assert _resolved("--data", folder, "--workers", 3).workers == 3
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "the CPUs this process may use, at most 8" in " ".join(capsys.readouterr().out.split())
+
+
+def test_warmup_warning_only_when_the_run_never_leaves_warmup(folder):
+    from sofa.train.loop import warmup_warning
+
+    assert "never reaches its peak --lr 0.001" in warmup_warning(_resolved("--data", folder, "--epochs", 5))
+    assert warmup_warning(_resolved("--data", folder, "--epochs", 6)) is None
+    assert warmup_warning(_resolved("--data", folder, "--epochs", 1, "--warmup-epochs", 0)) is None
+
+
+def _curves(records):
+    from sofa.train.plot import select_curves
+
+    curves = select_curves(records)
+    return {panel: {label: (x, y) for label, x, y in lines} for panel, lines in curves.items()}
+
+
+def test_curves_lr_from_epoch_records_when_few_steps_are_logged():
+    """Short epochs and --log-interval 20: one step record in 5 epochs; the lr panel still shows all 5 epochs."""
+    epochs = [{"type": "epoch", "epoch": e, "global_step": 4 * e, "lr": 1e-4 * e, "train_loss": 1.0 / e,
+               "val_top1": 20.0 * e, "val_count": 40} for e in range(1, 6)]
+    step = {"type": "step", "epoch": 4.5, "global_step": 18, "lr": 4.5e-4, "loss": 0.3}
+    curves = _curves(epochs[:4] + [step] + epochs[4:])
+    x, y = curves["lr"]["learning rate"]
+    assert x == [1, 2, 3, 4, 4.5, 5] and y == pytest.approx([1e-4, 2e-4, 3e-4, 4e-4, 4.5e-4, 5e-4])
+    assert set(curves["accuracy"]) == {"val top1"}
+
+
+def test_curves_never_put_a_count_on_the_accuracy_axis():
+    """A task's validation scores are plotted (segmentation's mIoU ...), its counts and losses are not."""
+    recs = [{"type": "epoch", "epoch": e, "global_step": e, "lr": 1e-3, "val_mIoU": 10.0 * e, "val_aAcc": 50.0,
+             "val_images": 8, "val_num_samples": 8, "val_loss": 1.0, "val_pixel_count": 512, "val_seconds": 1.5}
+            for e in (1, 2)]
+    curves = _curves(recs)
+    assert set(curves["accuracy"]) == {"val mIoU", "val aAcc"}
+    assert curves["accuracy"]["val mIoU"] == ([1, 2], [10.0, 20.0])
+    assert set(curves["loss"]) == {"val loss"}
+
+
+def test_curves_png_axes_show_the_selected_curves(tmp_path, monkeypatch):
+    """plot_metrics draws what select_curves chose: no count among the accuracy panel's lines."""
+    import matplotlib.pyplot as plt
+
+    from sofa.train.plot import plot_metrics
+
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    recs = [{"type": "epoch", "epoch": e, "global_step": e, "lr": 1e-3 * e, "train_loss": 1.0, "val_mIoU": 10.0 * e,
+             "val_images": 8} for e in (1, 2, 3)]
+    plot_metrics(recs, tmp_path / "curves.png")
+    ax_loss, ax_acc, ax_lr = closed[0].axes
+    assert [line.get_label() for line in ax_acc.get_lines()] == ["val mIoU"]
+    assert list(ax_lr.get_lines()[0].get_xdata()) == [1, 2, 3]
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL mid-epoch and resumed ends with the same weights as the run never interrupted.
+"""A run killed with SIGKILL mid-epoch, or stopped by SIGTERM or Ctrl-C, and resumed ends with the same weights as
+the run never interrupted.
 
 Everything random is on (Mixup/CutMix, RandAugment, random erasing, drop path, EMA, two loader workers), so the
 test also proves that data order and augmentation replay exactly after a resume. The killed run is a separate
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,16 +95,67 @@ def test_sigkill_mid_epoch_resume_from_epoch_checkpoint(data, reference, tmp_pat
 
 def test_checkpoint_on_demand_and_sigterm_then_resume_matches(data, reference, tmp_path, capsys, monkeypatch):
     """SIGUSR1 writes last.pt at the next step and training goes on; SIGTERM (preemption) writes it and stops
-    (exit 0); --resume then finishes the same run."""
+    (exit 143); --resume then finishes the same run."""
     out = tmp_path / "run"
     monkeypatch.setenv("SOFA_DEBUG_SIGNAL_AT_STEP", "2:USR1,9:TERM")
     capsys.readouterr()
-    _train_in_process("--data", data, *ARGS, "--output", out)
+    assert main(["train", "--data", str(data), *ARGS, "--output", str(out)]) == 128 + signal.SIGTERM
     text = capsys.readouterr().out
     assert "(on request) at epoch 1, step 3" in text
-    assert "stopped on SIGTERM; continue with: sofa train --resume" in text
+    assert f"stopped by SIGTERM at epoch 2, step 4/6 (global step 10), saved {out / 'last.pt'}; continue with: " \
+           f"sofa train --resume {out}" in text
     state = torch.load(out / "last.pt", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"]) == (1, 4)
     monkeypatch.delenv("SOFA_DEBUG_SIGNAL_AT_STEP")
     _train_in_process("--resume", out)
     _same_state(reference, out)
+
+
+def _last_step(run: Path) -> int:
+    """The last global step metrics.jsonl records (every step is recorded: --log-interval 1)."""
+    path = run / "metrics.jsonl"
+    steps = [0]
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            steps.append(json.loads(line)["global_step"])
+        except (json.JSONDecodeError, KeyError):
+            pass  # a line being written
+    return max(steps)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_the_process_group_saves_the_step_reached_and_resumes_exactly(data, reference, tmp_path, capsys,
+                                                                                 sig):
+    """What `timeout`, scancel, systemd (SIGTERM) and Ctrl-C (SIGINT) do: signal the whole process group, the two
+    data-loader workers included. The run saves last.pt at the step under way, says how to continue, exits with
+    128 + the signal's number, and --resume finishes it exactly like the uninterrupted run."""
+    out = tmp_path / "run"
+    log = tmp_path / "output.txt"
+    # the run waits after step 8 (epoch 2, step 2) until the signal comes, then notices it during step 9
+    env = dict(os.environ, OMP_NUM_THREADS="1", SOFA_DEBUG_WAIT_AT_STEP="8")
+    with open(log, "w") as sink:
+        p = subprocess.Popen([sys.executable, "-m", "sofa", "train", "--data", str(data), *ARGS, "--output", str(out)],
+                             stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _last_step(out) < 8:
+            assert p.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run did not reach step 8"
+            time.sleep(0.05)
+        os.killpg(p.pid, sig)
+        p.wait(timeout=240)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    text = log.read_text()
+    assert p.returncode == 128 + sig, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert f"continue with: sofa train --resume {out}" in text
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 9) == (1, 3, _last_step(out))
+    capsys.readouterr()
+    _train_in_process("--resume", out)
+    assert f"resumed {out} at epoch 2, step 3/6" in capsys.readouterr().out
+    _same_state(reference, out)
+    assert _records(out) == _records(reference)

@@ -20,7 +20,10 @@ examples:
   sofa train --resume runs/soft_tiny-digits-20250101-120000
 options come from (highest first): the command line, --config FILE, the resumed run, the data's defaults, the
 ImageNet recipe of the papers (AdamW, cosine, warm-up, label smoothing, Mixup/CutMix, RandAugment, random
-erasing, drop path). `kill -USR1 PID` writes a checkpoint now; SIGTERM writes one and stops.
+erasing, drop path). `kill -USR1 PID` writes a checkpoint at the next step. SIGTERM (timeout, scancel, systemd)
+and Ctrl-C stop the run after the current step, writing a checkpoint there; `sofa train --resume RUN_DIR`
+continues it. A run stopped so exits with 128 + the signal's number (143 for SIGTERM, 130 for Ctrl-C); a second
+Ctrl-C quits without saving. One run at a time may write a run directory (it holds RUN_DIR/.lock).
 """
 
 
@@ -166,13 +169,14 @@ def _validate(cfg) -> None:
 
 def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]) -> int:
     from sofa.train.loop import train
+    from sofa.train.stopping import exit_code
 
     cfg = resolve_train_config(args, known, task_defaults)
     for k in ("func",):
         if hasattr(cfg, k):
             delattr(cfg, k)
-    train(cfg)
-    return 0
+    result = train(cfg)
+    return exit_code(result.stopped_by) if result.stopped_by else 0
 
 
 # ------------------------------------------------------------------------------------------------ eval

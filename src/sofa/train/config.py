@@ -9,10 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from sofa.train.errors import UserError
+
+#: the most data-loader workers a rank starts by default: beyond this, more processes rarely feed a GPU faster
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Data-loader workers per rank by default: the CPUs this process may use (its affinity: what ``taskset``,
+    SLURM or a container grant), at most :data:`MAX_DEFAULT_WORKERS`, shared among the ranks that torchrun
+    starts on this machine (``LOCAL_WORLD_SIZE``)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cpus = os.cpu_count() or 1
+    local_ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return min(cpus, MAX_DEFAULT_WORKERS) // local_ranks
+
 
 # The loop's options and their defaults: the papers' ImageNet recipe (AdamW, cosine with warm-up, 300 epochs).
 LOOP_DEFAULTS: dict[str, Any] = dict(
@@ -35,7 +52,7 @@ LOOP_DEFAULTS: dict[str, Any] = dict(
     clip_mode="norm",
     drop_path=0.1,
     img_size=224,
-    workers=4,
+    workers=default_workers(),
     seed=0,
     device="auto",
     amp="auto",
@@ -67,7 +84,9 @@ def add_loop_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
     g.add_argument("--seed", type=int, default=None, help=f"random seed (default {d['seed']})")
     g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
-    g.add_argument("--workers", "-j", type=int, default=None, help=f"data loader processes per rank (default {d['workers']}; digits 1)")
+    g.add_argument("--workers", "-j", type=int, default=None,
+                   help=f"data loader processes per rank (default: the CPUs this process may use, at most "
+                        f"{MAX_DEFAULT_WORKERS}, divided among the ranks on this machine: {d['workers']} here; digits 1)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; digits 1)")
     g = p.add_argument_group("schedule and optimiser")
     g.add_argument("--epochs", type=int, default=None, help=f"(default {d['epochs']}; digits 15)")

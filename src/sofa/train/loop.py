@@ -4,7 +4,8 @@ One process per device; under ``torchrun`` the processes form a DDP group (NCCL 
 reads its shard of the data and only rank 0 writes files or prints. Determinism: every training step seeds python
 ``random``, numpy and torch from ``(seed, epoch, step, rank)`` and every training sample's augmentation is seeded
 from ``(seed, epoch, index)``, so a run resumed from any checkpoint (epoch end or mid-epoch) replays exactly what
-the uninterrupted run would have done.
+the uninterrupted run would have done. SIGTERM and Ctrl-C stop a run at the step reached, resumably
+(``sofa.train.stopping``); one run at a time writes a run directory (``sofa.train.runlock``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from torch import nn
 from sofa.data.sampling import EpochShardSampler, SeededDataset, ShardSampler, mix_seed, seed_everything
 from sofa.train import checkpoint as ckpt
 from sofa.train.config import config_to_dict
-from sofa.train.errors import TrainingDiverged, UserError
+from sofa.train.errors import TrainingDiverged, UserError, WriteFailed, writing
+from sofa.train.runlock import RunLock
+from sofa.train.stopping import DataLoader, StopRequests, signal_name
 from sofa.train.task import EvalContext, Task, get_task, unwrap
 
 
@@ -103,19 +106,34 @@ class Reporter:
         self._log_file = None
         if is_main and run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(run_dir / "log.txt", "a", buffering=1)
+            with writing(run_dir / "log.txt"):
+                self._log_file = open(run_dir / "log.txt", "a", buffering=1)
 
     def log(self, msg: str) -> None:
+        """A line on stdout (lines that start with error, warning or stopped also under --progress none) and
+        in log.txt."""
         if not self.is_main:
             return
         if self.mode == "bar":
             from tqdm import tqdm
 
             tqdm.write(msg, file=sys.stdout)
-        elif self.mode != "none" or msg.startswith(("error", "warning")):
+        elif self.mode != "none" or msg.startswith(("error", "warning", "stopped")):
             print(msg, flush=True)
         if self._log_file is not None:
+            with writing(self.run_dir / "log.txt"):
+                self._log_file.write(msg + "\n")
+
+    def record(self, msg: str) -> None:
+        """A line in log.txt only (what the command line prints itself, e.g. the error that ends the run); a
+        log.txt that cannot be written is left as it is."""
+        if self._log_file is None:
+            return
+        try:
             self._log_file.write(msg + "\n")
+            self._log_file.flush()
+        except OSError:
+            pass
 
     def bar(self, total: int, initial: int, desc: str):
         if not self.is_main or self.mode != "bar":
@@ -160,12 +178,13 @@ class MetricsLog:
                 continue  # a line torn by the kill
             if rec.get("global_step", 0) <= global_step:
                 keep.append(json.dumps(rec))
-        ckpt.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
+        with writing(self.path):
+            ckpt.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(rec, default=float) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
@@ -226,10 +245,11 @@ def _debug_int(name: str) -> int | None:
 
 def make_loader(dataset, batch_size: int, sampler=None, workers: int = 0, collate_fn=None, drop_last=False,
                 device: torch.device | None = None):
+    """A data loader whose workers leave stop signals to this process (see ``sofa.train.stopping``)."""
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(persistent_workers=False, prefetch_factor=2)
-    return torch.utils.data.DataLoader(
+    return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         drop_last=drop_last, pin_memory=bool(device is not None and device.type == "cuda"), **kw,
     )
@@ -251,34 +271,8 @@ class TrainResult:
     best: dict[str, Any]
     last_metrics: dict[str, Any]
     files: dict[str, str]
-
-
-class _Signals:
-    """SIGUSR1: save a checkpoint at the next step. SIGTERM: save and stop (preemption)."""
-
-    def __init__(self):
-        self.save = False
-        self.stop = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig, fn in ((getattr(signal, "SIGUSR1", None), self._on_save), (signal.SIGTERM, self._on_stop)):
-                if sig is not None:
-                    self._old[sig] = signal.signal(sig, fn)
-        return self
-
-    def _on_save(self, *_):
-        self.save = True
-
-    def _on_stop(self, *_):
-        self.stop = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    #: the signal that stopped the run before its last epoch (``last.pt`` holds the step reached), else None
+    stopped_by: int | None = None
 
 
 def train(cfg: argparse.Namespace) -> TrainResult:
@@ -299,33 +293,55 @@ def _train(cfg: argparse.Namespace, d: Dist) -> TrainResult:
     # ---- the run directory: decided by rank 0, shared with the others
     msg = None
     run_dir = None
+    lock: RunLock | None = None  # rank 0's, held until the run ends
     if d.is_main:
         try:
             if cfg.resume:
                 run_dir = Path(cfg.resume)
+                if run_dir.is_dir():
+                    lock = RunLock(run_dir).acquire()
                 resume_state = ckpt.load_training_state(run_dir)
             else:
                 run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
+                with writing(run_dir):
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunLock(run_dir).acquire()
                 if (run_dir / "last.pt").exists():
                     raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
                                     f"or choose another --output")
-                run_dir.mkdir(parents=True, exist_ok=True)
         except UserError as err:
             msg = str(err)
-    msg, run_dir = d.broadcast((msg, str(run_dir) if run_dir else None))
-    if msg:
-        raise UserError(msg)
-    run_dir = Path(run_dir)
-    if cfg.resume and not d.is_main:
-        resume_state = ckpt.load_training_state(run_dir)
-    cfg.output = str(run_dir)
-
-    rep = Reporter(d.is_main, cfg.progress, run_dir if d.is_main else None)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", d.is_main)
     try:
-        return _train_inner(cfg, d, rep, metrics, run_dir, resume_state)
+        msg, run_dir = d.broadcast((msg, str(run_dir) if run_dir else None))
+        if msg:
+            raise UserError(msg)
+        run_dir = Path(run_dir)
+        if cfg.resume and not d.is_main:
+            resume_state = ckpt.load_training_state(run_dir)
+        cfg.output = str(run_dir)
+
+        rep = Reporter(d.is_main, cfg.progress, run_dir if d.is_main else None)
+        metrics = MetricsLog(run_dir / "metrics.jsonl", d.is_main)
+        try:
+            if lock is not None and lock.unsupported:
+                rep.log(f"warning: {lock.unsupported}: nothing keeps a second run from writing to it")
+            if lock is not None and lock.previous_holder:
+                rep.log(f"note: took over {lock.path}, left by a run that ended without releasing it "
+                        f"({lock.previous_holder})")
+            return _train_inner(cfg, d, rep, metrics, run_dir, resume_state)
+        except UserError as err:  # the command line prints it; log.txt keeps it too
+            if isinstance(err, WriteFailed) and d.is_main and (run_dir / "last.pt").is_file():
+                hint = WriteFailed(f"{err}; {run_dir / 'last.pt'} from before is intact: make room, then continue "
+                                   f"with sofa train --resume {run_dir}")
+                rep.record(f"error: {hint}")
+                raise hint from err
+            rep.record(f"error: {err}")
+            raise
+        finally:
+            rep.close()
     finally:
-        rep.close()
+        if lock is not None:
+            lock.release()
 
 
 def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path, resume_state) -> TrainResult:
@@ -427,7 +443,8 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                       progress=rep.progress)
 
     if d.is_main:
-        ckpt.atomic_write_text(run_dir / "config.yaml", _yaml(config_to_dict(cfg)))
+        with writing(run_dir / "config.yaml"):
+            ckpt.atomic_write_text(run_dir / "config.yaml", _yaml(config_to_dict(cfg)))
     data_name = "digits (scikit-learn, bundled)" if str(cfg.data) == "digits" else str(cfg.data)
     if start_epoch == 0 and start_step == 0:
         rep.log(
@@ -439,9 +456,14 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
         rep.log(f"  {cfg.epochs} epochs × {steps_per_epoch} steps of {bs}"
                 f"{f'×{d.world_size}' if d.distributed else ''}, {cfg.opt} lr {cfg.lr:g} wd {cfg.weight_decay:g}, "
                 f"{cfg.sched} schedule, warm-up {cfg.warmup_epochs:g} epoch(s); writing to {run_dir}/")
+    warning = warmup_warning(cfg)
+    if warning:
+        rep.log(warning)
 
     debug_kill = _debug_int("SOFA_DEBUG_KILL_AT_STEP")
     debug_nan = _debug_int("SOFA_DEBUG_NAN_AT_STEP")
+    # test hook: after this global step, wait (up to a minute) for a stop signal, so that it lands at a known step
+    debug_wait = _debug_int("SOFA_DEBUG_WAIT_AT_STEP")
     # test hooks: "2:USR1,3:TERM" sends those signals to this process after those global steps
     debug_signals = {int(k): v for k, v in (x.split(":") for x in os.environ.get("SOFA_DEBUG_SIGNAL_AT_STEP", "").split(",") if x)}
     files = {
@@ -477,12 +499,22 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
             "task": task.state_dict(),
             "metadata": build_metadata(task, cfg),
         }
-        ckpt.atomic_torch_save(state, run_dir / "last.pt")
+        with writing(run_dir / "last.pt"):
+            ckpt.atomic_torch_save(state, run_dir / "last.pt")
         last_saved.update(epoch=epoch, step=step_in_epoch)
+
+    def save_weights(name: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        with writing(run_dir / name):
+            ckpt.save_weights(run_dir / name, state_dict, meta)
+
+    def stopped(by: int, where: str) -> TrainResult:
+        rep.log(f"stopped by {signal_name(by)} {where} (global step {global_step}), saved {run_dir / 'last.pt'}; "
+                f"continue with: sofa train --resume {run_dir}")
+        return TrainResult(run_dir, best, last_metrics, files, stopped_by=by)
 
     last_metrics: dict[str, Any] = {}
     params = [p for p in model.parameters() if p.requires_grad]
-    with _Signals() as sig:
+    with StopRequests() as sig:
         for epoch in range(start_epoch, int(cfg.epochs)):
             first = start_step if epoch == start_epoch else 0
             meters = dict(meters_init) if (epoch == start_epoch and first) else {}
@@ -500,8 +532,9 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                 loss = out.loss
                 if debug_nan is not None and global_step + 1 == debug_nan:
                     loss = loss * float("nan")
+                # agreed by all ranks: loss not finite, checkpoint requested, number of the stop signal (0: none)
                 flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0,
-                                      float(sig.save), float(sig.stop)])
+                                      float(sig.save), float(sig.stop_signal or 0)])
                 if d.distributed:  # NCCL reduces device tensors only
                     flags = flags.to(device)
                     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -573,12 +606,17 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                         rep.log(f"saved {run_dir / 'last.pt'} (on request) at epoch {epoch + 1}, step {done_in_epoch}")
                     sig.save = False
                 if flags[2] > 0 and done_in_epoch < steps_per_epoch:
-                    rep.log(f"stopped on SIGTERM; continue with: sofa train --resume {run_dir}")
-                    return TrainResult(run_dir, best, last_metrics, files)
+                    if bar is not None:
+                        bar.close()
+                    return stopped(int(flags[2]), f"at epoch {epoch + 1}, step {done_in_epoch}/{steps_per_epoch}")
                 if debug_kill is not None and global_step == debug_kill:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if global_step in debug_signals:
                     os.kill(os.getpid(), getattr(signal, "SIG" + debug_signals[global_step]))
+                if global_step == debug_wait:
+                    deadline = time.monotonic() + 60
+                    while not sig.stop and time.monotonic() < deadline:
+                        time.sleep(0.02)
             if bar is not None:
                 bar.close()
             epoch_time = time.perf_counter() - t0
@@ -611,19 +649,16 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                     best.update(value=float(v), epoch=epoch + 1, which=which)
                     improved = which
             rep.log(_epoch_line(rec, int(cfg.epochs), task.primary_metric))
-            if sig.stop:
-                rep.log("SIGTERM received: saving and stopping")
             if d.is_main:
                 meta = build_metadata(task, cfg, {"epoch": epoch + 1, "metrics": {k: v for k, v in rec.items()
                                                                                     if k.startswith(("val_", "ema_val_"))}})
-                ckpt.save_weights(run_dir / "model.safetensors", model.state_dict(), meta)
+                save_weights("model.safetensors", model.state_dict(), meta)
                 if ema is not None:
-                    ckpt.save_weights(run_dir / "model_ema.safetensors", ema.module.state_dict(), dict(meta, ema=True))
+                    save_weights("model_ema.safetensors", ema.module.state_dict(), dict(meta, ema=True))
                     files["model_ema.safetensors"] = "EMA weights"
                 if improved is not None:
                     src = ema.module if improved == "ema" else model
-                    ckpt.save_weights(run_dir / "best.safetensors", src.state_dict(),
-                                      dict(meta, best=dict(best)))
+                    save_weights("best.safetensors", src.state_dict(), dict(meta, best=dict(best)))
                     files["best.safetensors"] = f"best weights ({task.primary_metric} {best['value']:.4g}, epoch {best['epoch']}{', EMA' if improved == 'ema' else ''})"
                 save_state(epoch + 1, 0, {})
                 try:
@@ -633,9 +668,9 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
                 except Exception as err:  # a plot is never worth a crash
                     rep.log(f"warning: could not draw curves.png: {err}")
             d.barrier()
-            if sig.stop:
-                rep.log(f"stopped on SIGTERM; continue with: sofa train --resume {run_dir}")
-                return TrainResult(run_dir, best, last_metrics, files)
+            stop_signal = _agree_max(d, sig.stop_signal or 0)  # a signal may have come during the evaluation
+            if stop_signal and epoch + 1 < int(cfg.epochs):
+                return stopped(stop_signal, f"after epoch {epoch + 1}")
 
     dump = os.environ.get("SOFA_DEBUG_RANK_WEIGHTS")
     if dump:  # test hook: every rank writes its final weights, to check that the ranks agree
@@ -656,6 +691,25 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
             rep.log(f"  {name:<22} {what}")
     rep.log(f"evaluate: sofa eval {run_dir}    predict: sofa predict --checkpoint {run_dir} IMAGE...")
     return TrainResult(run_dir, best, last_metrics, files)
+
+
+def warmup_warning(cfg: argparse.Namespace) -> str | None:
+    """The warning for a run too short to leave its warm-up: its learning rate never reaches --lr."""
+    warmup, epochs = float(cfg.warmup_epochs or 0), int(cfg.epochs)
+    if warmup <= 0 or epochs > warmup:
+        return None
+    return (f"warning: --epochs {epochs} is not longer than --warmup-epochs {warmup:g}: the learning rate is still "
+            f"warming up when the run ends and never reaches its peak --lr {cfg.lr:g} nor the {cfg.sched} decay; "
+            f"lengthen --epochs or shorten --warmup-epochs")
+
+
+def _agree_max(d: Dist, value: int) -> int:
+    """The largest of the ranks' ``value`` (the value itself without DDP)."""
+    if not d.distributed:
+        return int(value)
+    t = torch.tensor([float(value)], device=d.device)  # NCCL reduces device tensors only
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def _epoch_line(rec: dict[str, Any], epochs: int, primary: str) -> str:
