@@ -11,7 +11,7 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str = "
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from sofa.train.checkpoint import atomic_write
+    from sofa.checkpoint import atomic_write
 
     steps = [r for r in records if r.get("type") == "step"]
     epochs = [r for r in records if r.get("type") == "epoch"]
