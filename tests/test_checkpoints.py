@@ -7,13 +7,16 @@ dense features; every input size) must agree within 1e-5 × max|reference|.
 """
 from __future__ import annotations
 
+import json
+import os
 import warnings
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sofa.models import CheckpointError, create_model, read_checkpoint, save_safetensors
+from sofa.checkpoint import CheckpointError, read_checkpoint, save_weights
+from sofa.models import create_model
 
 TOL = 1e-5
 
@@ -129,12 +132,20 @@ class Arbitrary:
     """A class a pickle could construct: weights_only loading must refuse it."""
 
 
-def test_pickles_are_read_with_weights_only(tmp_path):
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": Arbitrary()}, path)
-    # not in torch's weights_only allow-list: refused, with the reason
-    with pytest.raises(CheckpointError, match="weights_only=True"):
-        read_checkpoint(path)
+def test_pickles_with_objects_are_refused_naming_them_without_torchs_advice(tmp_path):
+    """A pickle holding objects (a class, an argparse.Namespace) is refused for safety: the message names the
+    objects and a safe remedy, and never relays torch's advice to load with weights_only=False."""
+    import argparse
+
+    for name, extra in (("class", Arbitrary()), ("namespace", argparse.Namespace(lr=0.1))):
+        path = tmp_path / f"{name}.pth"
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "args": extra}, path)
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+        text = str(info.value)
+        want = "test_checkpoints.Arbitrary" if name == "class" else "argparse.Namespace"
+        assert f"holds objects that are not tensors ({want})" in text and "for safety" in text, text
+        assert "weights_only=False" not in text and "will likely succeed" not in text, text
 
 
 def test_convert_cli_and_safetensors_round_trip(tmp_path, reference_dir):
@@ -150,7 +161,7 @@ def test_convert_cli_and_safetensors_round_trip(tmp_path, reference_dir):
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
     # our own writer, and timm's loader reads the same file
-    save_safetensors(b, tmp_path / "b.safetensors")
+    save_weights(tmp_path / "b.safetensors", b.state_dict())
     import timm
 
     c = timm.create_model("soft_mini", num_classes=10, checkpoint_path=str(tmp_path / "b.safetensors")).eval()
@@ -221,7 +232,8 @@ def test_original_layout_errors_name_sofa_keys(tmp_path, soft_original):
 
 
 def test_classifier_of_another_size_dropped_with_warning(reference_dir):
-    with pytest.warns(UserWarning, match=r"classifier head\.weight \(10, 128\) dropped"):
+    with pytest.warns(UserWarning, match=r"a classifier for 10 classes, the model has 4: head\.bias, head\.weight "
+                                         r"re-initialised, the rest loaded"):
         m = create_model("soft_mini", checkpoint_path=reference_dir / "soft_mini.pth", num_classes=4)
     assert m.head.weight.shape == (4, 128)
     ref = torch.load(reference_dir / "soft_mini.pth", weights_only=True)["state_dict"]
@@ -251,7 +263,7 @@ def test_released_20_block_small_loads_into_soft_small(tmp_path):
     narrow = dict(embed_dims=(32, 64, 96, 128), num_heads=(1, 2, 3, 4))
     released = create_model("soft_small_released", num_classes=3, **narrow)
     path = tmp_path / "released_small.safetensors"
-    save_safetensors(released, path)
+    save_weights(path, released.state_dict())
     with pytest.warns(UserWarning, match="20-block Small"):
         m = create_model("soft_small", checkpoint_path=path, **narrow)
     assert m.depths == (1, 3, 20, 4)
@@ -295,3 +307,78 @@ def test_timm_port_weights_load_with_the_same_backbone_and_a_warning_about_the_h
     pooled_norm = torch.nn.functional.layer_norm(got.mean((-2, -1)), (512,), ours.norm.weight, ours.norm.bias, 1e-6)
     assert rel_err(ours.head(pooled_norm), logits_theirs) < TOL
 
+
+
+# ---------------------------------------------------------------------------------------------------- files
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    """Checkpoints, converted weights and JSON get the permissions of any new file, as log.txt does."""
+    from sofa.checkpoint import atomic_torch_save, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        paths = [save_weights(tmp_path / "w.safetensors", {"a": torch.zeros(2)}, {"model": "x"}),
+                 atomic_write_text(tmp_path / "e.json", "{}"),
+                 atomic_torch_save({"a": torch.zeros(2)}, tmp_path / "last.pt")]
+        with open(tmp_path / "log.txt", "w") as f:  # what a plain open() gives, for comparison
+            f.write("")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "log.txt").stat().st_mode & 0o777 == mode
+    for p in paths:
+        assert p.stat().st_mode & 0o777 == mode, (p.name, oct(p.stat().st_mode))
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_a_full_disk_propagates_unchanged_and_leaves_the_old_file(tmp_path, monkeypatch, where):
+    import errno
+
+    from sofa import checkpoint as ckpt
+
+    target = tmp_path / "model.safetensors"
+    save_weights(target, {"a": torch.ones(3)}, {"epoch": 1})
+    before = target.read_bytes()
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fail(*_):
+        raise full
+
+    if where == "fsync":
+        monkeypatch.setattr(os, "fsync", fail)
+        with pytest.raises(OSError) as info:
+            save_weights(target, {"a": torch.zeros(3)}, {"epoch": 2})
+    else:
+        with pytest.raises(OSError) as info:
+            ckpt.atomic_write(target, fail)
+    assert info.value is full and info.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp file left
+    assert target.read_bytes() == before
+
+
+def test_reader_returns_one_metadata_dict_for_every_sofa_format(tmp_path):
+    """The same metadata whichever writer made the file: today's save_weights, an older sofa convert
+    (``sofa="1"`` + keys JSON-encoded one by one), a training state; foreign safetensors: empty."""
+    from safetensors.torch import save_file
+
+    from sofa.checkpoint import STATE_FORMAT
+
+    state = {"head.weight": torch.zeros(3, 2)}
+    meta = {"model": "poolformer_mini", "num_classes": 3, "depths": [1, 1, 3, 1]}
+    save_weights(tmp_path / "new.safetensors", state, meta)
+    save_file(state, str(tmp_path / "old.safetensors"),
+              metadata={"format": "pt", "sofa": "1", **{k: v if isinstance(v, str) else json.dumps(v)
+                                                       for k, v in meta.items()}})
+    save_file(state, str(tmp_path / "timm.safetensors"), metadata={"format": "pt"})
+    torch.save({"format": STATE_FORMAT, "model": state, "metadata": meta, "config": {"lr": 0.1}, "epoch": 4},
+               tmp_path / "last.pt")
+    assert read_checkpoint(tmp_path / "new.safetensors")[1] == meta
+    assert read_checkpoint(tmp_path / "old.safetensors")[1] == meta
+    assert read_checkpoint(tmp_path / "timm.safetensors")[1] == {}
+    sd, got = read_checkpoint(tmp_path / "last.pt")
+    assert got == dict(meta, config={"lr": 0.1}, epoch=4) and torch.equal(sd["head.weight"], state["head.weight"])
+    # a run directory: best, else final, else the training state; or the weights asked for
+    assert read_checkpoint(tmp_path)[1] == got
+    (tmp_path / "new.safetensors").rename(tmp_path / "model.safetensors")
+    assert read_checkpoint(tmp_path)[1] == meta and read_checkpoint(tmp_path, "final")[1] == meta
+    with pytest.raises(CheckpointError, match="has no best weights"):
+        read_checkpoint(tmp_path, "best")

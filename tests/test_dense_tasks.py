@@ -76,10 +76,10 @@ def _metrics(run):
 
 def test_segmentation_train_eval_resume_cli(shapes, tmp_path):
     import sofa
-    from sofa.models.checkpoint import save_safetensors
+    from sofa.checkpoint import save_weights
 
     backbone = tmp_path / "cls.safetensors"  # a classification checkpoint for the backbone
-    save_safetensors(sofa.create_model("poolformer_mini", num_classes=5), backbone)
+    save_weights(backbone, sofa.create_model("poolformer_mini", num_classes=5).state_dict())
     run = tmp_path / "seg"
     common = ["--data", str(shapes), "--model", "poolformer_mini", "--batch-size", "3", "--workers", "0",
               "--crop-size", "48", "--seg-scale", "128", "48", "--decoder-channels", "16", "--progress", "none",
@@ -97,7 +97,7 @@ def test_segmentation_train_eval_resume_cli(shapes, tmp_path):
     ev = json.loads(out.read_text())["metrics"]
     assert ev["mIoU"] == pytest.approx(rec["val_mIoU"], abs=1e-6)
     # resume to a longer schedule continues from epoch 2 (the backbone file is built over, then replaced)
-    save_safetensors(sofa.create_model("poolformer_mini", num_classes=5), backbone)
+    save_weights(backbone, sofa.create_model("poolformer_mini", num_classes=5).state_dict())
     assert main(["train", "--resume", str(run), "--epochs", "2", "--progress", "none"]) == 0
     epochs = [r["epoch"] for r in _metrics(run) if "val_mIoU" in r]
     assert epochs[-1] == 2 and len(epochs) == 2

@@ -174,6 +174,26 @@ class ImageFolderDataset(Dataset):
         return bad
 
 
+#: the folder names of each split of an image folder
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+
+
+def image_folder_split(root: str | os.PathLike, split: str) -> Path:
+    """``root/<split>`` alone (``val`` is also found as ``validation``): what ``sofa eval`` measures, which needs
+    no train/ beside it. A clear error describing the layout where it is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist (expected {root}/{split}/<class>/…)"
+                        if not root.exists() else f"--data {root} is not a directory")
+    names = SPLIT_FOLDERS.get(split, (split,))
+    found = next((root / n for n in names if (root / n).is_dir()), None)
+    if found is None:
+        entries = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))[:8]
+        raise UserError(f"data folder {root} has no {split}/ folder: expected {root}/{split}/<class>/<images>; "
+                        f"found {', '.join(f'{e}/' for e in entries) if entries else 'no folders'}")
+    return found
+
+
 def image_folder_splits(root: str | os.PathLike) -> tuple[Path, Path]:
     """``(root/train, root/val)``, or a clear error describing the expected layout."""
     root = Path(root)
@@ -182,7 +202,7 @@ def image_folder_splits(root: str | os.PathLike) -> tuple[Path, Path]:
     if not root.is_dir():
         raise UserError(f"--data {root} is not a directory")
     train = root / "train"
-    val = next((root / n for n in ("val", "validation") if (root / n).is_dir()), root / "val")
+    val = next((root / n for n in SPLIT_FOLDERS["val"] if (root / n).is_dir()), root / "val")
     if not train.is_dir():
         entries = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:8]
         raise UserError(

@@ -7,11 +7,9 @@
 Importing this package registers every model in sofa's registry and in timm's (``timm.create_model`` works
 too; names timm already owns get a ``sofa_`` prefix there).
 """
-from sofa.models.registry import create_model, get_entry, list_models, register_in_timm, timm_name
-from sofa.models.checkpoint import CheckpointError, load_into, read_checkpoint, save_safetensors
+from sofa.models.registry import create_model, get_entry, list_models, map_checkpoint, register_in_timm, timm_name
 from sofa.models import poolformer, setformer, soft  # noqa: F401  (register their variants)
 
 register_in_timm()
 
-__all__ = ["create_model", "list_models", "get_entry", "timm_name", "register_in_timm", "CheckpointError",
-           "read_checkpoint", "load_into", "save_safetensors"]
+__all__ = ["create_model", "list_models", "get_entry", "timm_name", "register_in_timm", "map_checkpoint"]

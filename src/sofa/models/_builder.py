@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from torch import nn
 
-from sofa.models.checkpoint import CheckpointError, load_into, read_checkpoint
+from sofa.checkpoint import CheckpointError, load_model_weights, read_checkpoint
 
 __all__ = ["build_model"]
 
@@ -53,7 +53,7 @@ def build_model(
     source = "checkpoint"
     if checkpoint_path is not None:
         source = f"checkpoint {checkpoint_path}"
-        state, meta = read_checkpoint(checkpoint_path)
+        state, meta = read_checkpoint(checkpoint_path)  # a file or a run directory
         state = filter_fn(state)
         ckpt_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
         if user_num_classes is None and not features_only:
@@ -73,14 +73,14 @@ def build_model(
         drop = user_num_classes is not None and user_num_classes != ckpt_classes
         head_keys = _head_keys(model) if features_only else set()
         try:
-            load_into(
-                model, state, drop_classifier=drop and not features_only, source=source,
-                allow_missing=feature_keys, allow_unexpected=feature_keys,
+            load_model_weights(
+                model, state, source, allow_head_reset=drop and not features_only,
+                checkpoint_model=meta.get("model"), allow_missing=feature_keys, allow_unexpected=feature_keys,
                 ignore=lambda k: k in head_keys or (features_only and k.startswith(("head.", "norm."))),
             )
         except CheckpointError as err:
             if not features_only and any(feature_keys(k) for k in state) and "norm.weight" not in state:
-                raise CheckpointError(f"{err}\n  (a dense backbone checkpoint, with per-stage output norms and no "
+                raise CheckpointError(f"{err} (a dense backbone checkpoint, with per-stage output norms and no "
                                       f"classifier: pass features_only=True)") from None
             raise
     if features_only:

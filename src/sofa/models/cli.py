@@ -102,9 +102,12 @@ def models_command(args) -> int:
 
 
 def convert_command(args) -> int:
+    """Write ``args.out`` with metadata (model, task, num_classes) that ``sofa predict / eval / train
+    --checkpoint`` read, so the converted file needs no more options. Every failure is one line, exit code 1."""
+    from sofa.checkpoint import save_weights
     from sofa.models import create_model, get_entry
-    from sofa.models.checkpoint import CheckpointError, save_safetensors
     from sofa.models.flops import count_params
+    from sofa.train.errors import UserError
 
     try:
         get_entry(args.model)
@@ -115,12 +118,16 @@ def convert_command(args) -> int:
             kwargs["features_only"] = True
         model = create_model(args.model, checkpoint_path=args.original, **kwargs)
         inner = getattr(model, "model", model)  # a features-only wrapper holds the backbone as .model
-        meta = {"model": args.model, "source": str(args.original), "num_classes": getattr(inner, "num_classes", 0)}
+        meta = {"model": args.model, "num_classes": getattr(inner, "num_classes", 0), "source": str(args.original)}
+        meta.update({"features_only": True} if args.features else {"task": "classification"})
         if getattr(inner, "depths", None) is not None:
             meta["depths"] = list(inner.depths)
-        save_safetensors(inner, args.out, metadata=meta)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        save_weights(args.out, inner.state_dict(), meta)
+    except (UserError, ValueError) as err:
         print(f"sofa convert: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"sofa convert: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {args.model}, {count_params(inner) / 1e6:.2f}M parameters, "
           f"{meta['num_classes']} classes")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 from torch import nn
 
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry", "register_in_timm",
-           "timm_name"]
+           "timm_name", "map_checkpoint"]
 
 
 @dataclass
@@ -31,6 +31,13 @@ class ModelEntry:
     paper: Dict[str, Any] = field(default_factory=dict)
     #: name under which the model is registered in timm (``sofa_<name>`` where timm owns ``name``)
     timm_name: Optional[str] = None
+
+    @property
+    def checkpoint_filter_fn(self) -> Callable[..., Dict]:
+        """The family's ``checkpoint_filter_fn(state, model=None)``: original release (and timm port) keys →
+        sofa's, sofa's own keys unchanged; given the model it also adapts tensors to it. Every family module
+        defines one, timm's convention."""
+        return getattr(sys.modules[self.fn.__module__], "checkpoint_filter_fn")
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
@@ -81,8 +88,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[
         name: a name from :func:`list_models` (a ``sofa_`` prefix, as used in timm's registry, is accepted).
         pretrained: sofa never downloads anything; ``pretrained=True`` needs ``checkpoint_path``.
         checkpoint_path: an original checkpoint (SOFT's or PoolFormer's layout, bare or wrapped in
-            ``state_dict`` / ``model`` / ``state_dict_ema``, with or without a ``module.`` prefix) or a
-            safetensors file written by ``sofa convert`` / :func:`sofa.models.checkpoint.save_safetensors`.
+            ``state_dict`` / ``model`` / ``state_dict_ema``, with or without a ``module.`` prefix), a safetensors
+            file written by ``sofa convert`` / ``sofa train``, a training state ``last.pt``, or a run directory
+            of ``sofa train`` (its best weights); see :func:`sofa.checkpoint.read_checkpoint`. Without
+            ``num_classes`` the model gets the checkpoint's; with another one the classifier is replaced.
         **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``img_size``,
             ``features_only``, ``out_indices`` and the family's architecture arguments.
     """
@@ -93,6 +102,21 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[
             f"safetensors file from `sofa convert`)"
         )
     return entry.fn(pretrained=False, checkpoint_path=checkpoint_path, **kwargs)
+
+
+def map_checkpoint(state: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """``state`` in sofa's layout for ``model``: a model of sofa's zoo (by ``pretrained_cfg['architecture']``)
+    maps it through its family's ``checkpoint_filter_fn`` (original release layouts → sofa's keys, tensors
+    adapted to the model); other models (timm's, task models) get it unchanged."""
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    try:
+        entry = get_entry(arch) if arch else None
+    except ValueError:
+        entry = None
+    if entry is None:
+        return state
+    filter_fn = entry.checkpoint_filter_fn
+    return filter_fn(filter_fn(state), model)
 
 
 def timm_name(name: str) -> str:

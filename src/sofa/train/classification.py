@@ -93,12 +93,22 @@ class ClassificationTask(Task):
                 from sofa.data.digits import DIGITS_CLASSES
 
                 self._classes = list(DIGITS_CLASSES)
-            else:
-                from sofa.data.folder import find_classes, image_folder_splits
+            else:  # the training folder's; where there is none, sofa eval's (which needs no train/)
+                from sofa.data.folder import find_classes, image_folder_split, image_folder_splits
 
-                train, _ = image_folder_splits(self.cfg.data)
+                train = Path(self.cfg.data) / "train"
+                if not train.is_dir():
+                    if getattr(self.cfg, "split", None) is None:  # training: an error describing the layout
+                        train, _ = image_folder_splits(self.cfg.data)
+                    else:
+                        train = image_folder_split(self.cfg.data, self.eval_split)
                 self._classes = find_classes(train)
         return self._classes
+
+    @property
+    def eval_split(self) -> str:
+        """The split ``sofa eval`` measures (its ``--split``, set only there): val (default) or test."""
+        return getattr(self.cfg, "split", None) or "val"
 
     @property
     def num_classes(self) -> int:
@@ -125,10 +135,9 @@ class ClassificationTask(Task):
 
             size = self._data_config()["input_size"][1:]
             return DigitsDataset(split, img_size=tuple(size), transform=transform, seed=int(self.cfg.seed))
-        from sofa.data.folder import ImageFolderDataset, image_folder_splits
+        from sofa.data.folder import ImageFolderDataset, image_folder_split
 
-        train_dir, val_dir = image_folder_splits(self.cfg.data)
-        ds = ImageFolderDataset(train_dir if split == "train" else val_dir, transform, classes=self.classes)
+        ds = ImageFolderDataset(image_folder_split(self.cfg.data, split), transform, classes=self.classes)
         mode = getattr(self.cfg, "verify_images", "auto")
         if mode == "always" or (mode == "auto" and len(ds) <= 20000):
             bad = ds.verify()
@@ -139,6 +148,10 @@ class ClassificationTask(Task):
     def build_datasets(self):
         from sofa.data.transforms import build_transform
 
+        if not self.is_digits:
+            from sofa.data.folder import image_folder_splits
+
+            image_folder_splits(self.cfg.data)  # both folders, or an error describing the layout
         dc = self._data_config()
         train = self._dataset("train", build_transform(dc, True, self._aug()))
         val = self._dataset("val", build_transform(dc, False))
@@ -147,7 +160,7 @@ class ClassificationTask(Task):
     def build_eval_dataset(self):
         from sofa.data.transforms import build_transform
 
-        return self._dataset("val", build_transform(self._data_config(), False))
+        return self._dataset(self.eval_split, build_transform(self._data_config(), False))
 
     # ---------------------------------------------------------------- model
     def build_model(self, load_weights: bool = True) -> nn.Module:
@@ -157,11 +170,12 @@ class ClassificationTask(Task):
         model = build_model(c.model, num_classes=self.num_classes, img_size=c.img_size,
                             drop_path_rate=c.drop_path if c.drop_path else None)
         if load_weights and getattr(c, "checkpoint", None):
-            from sofa.train.checkpoint import load_model_weights, read_checkpoint
+            from sofa.checkpoint import read_checkpoint
+            from sofa.train import factory
 
             sd, meta = read_checkpoint(c.checkpoint)
-            load_model_weights(model, sd, str(c.checkpoint), allow_head_reset=True, log=self.log,
-                               checkpoint_model=meta.get("model"))
+            factory.load_weights(model, sd, f"checkpoint {c.checkpoint}", allow_head_reset=True, log=self.log,
+                                 checkpoint_model=meta.get("model"))
             self.log(f"loaded initial weights from {c.checkpoint}")
         if self.data_config is None:
             from sofa.data.transforms import resolve_data_config

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from sofa.checkpoint import RUN_WEIGHTS
 from sofa.train.errors import UserError
 
 TRAIN_EPILOG = """\
@@ -82,13 +83,21 @@ def register(subparsers) -> None:
     # ---------------------------------------------------------------- eval
     e = subparsers.add_parser(
         "eval", help="top-1/top-5 and loss of a checkpoint on a dataset (printed and written as JSON)",
-        description="Evaluate a checkpoint (a run directory, .safetensors or last.pt) on a dataset: by default the "
-                    "data it was trained on (its validation split).",
+        description="Evaluate a checkpoint (a run directory, .safetensors, last.pt or an original release .pth) on "
+                    "a dataset: by default the data it was trained on (its validation split). The metrics are "
+                    "printed first, with the weights they score; then they are written as JSON.",
     )
-    e.add_argument("checkpoint", help="run directory, .safetensors weights or a last.pt training state")
+    e.add_argument("checkpoint", help="run directory, .safetensors weights, a last.pt training state or an "
+                                      "original release .pth (with --model)")
+    e.add_argument("--weights", default=None, choices=tuple(RUN_WEIGHTS),
+                   help="which weights of a run directory: best (default; the final ones where no best was "
+                        "saved), final, or ema")
     e.add_argument("--data", default=None, help="'digits' or an image folder with val/<class>/ (default: the training data)")
+    e.add_argument("--split", default=None, choices=("val", "test"),
+                   help="the folder of --data to measure: val/ (default) or test/; no train/ is needed")
     e.add_argument("--task", default=None, help="(default: the checkpoint's)")
-    e.add_argument("--model", default=None, help="(default: the checkpoint's)")
+    e.add_argument("--model", default=None,
+                   help="(default: the checkpoint's; needed for an original release checkpoint, which does not say)")
     e.add_argument("--img-size", type=int, default=None, help="(default: the checkpoint's)")
     e.add_argument("--batch-size", "-b", type=int, default=None, help="(default 128)")
     e.add_argument("--workers", "-j", type=int, default=None, help="(default 4)")
@@ -98,7 +107,10 @@ def register(subparsers) -> None:
     e.add_argument("--seed", type=int, default=None, help="seed of the digits train/test split (default: the checkpoint's)")
     e.add_argument("--progress", default=None, choices=("auto", "bar", "log", "none"))
     e.add_argument("--output", "-o", default=None, metavar="FILE",
-                   help="JSON file for the metrics (default: eval_<data>.json beside the checkpoint)")
+                   help="JSON file for the metrics (default: eval_<data>[_<split>][_<weights>].json beside the "
+                        "checkpoint). Where it cannot be written the metrics are still printed, with a warning; "
+                        "the exit code is then 1 for a FILE given here, 0 for the default file (a checkpoint in a "
+                        "read-only folder is normal)")
     eval_task_defaults = _add_task_args(e)
     e.set_defaults(func=_guard(functools.partial(cmd_eval, known=_known(e), task_defaults=eval_task_defaults)))
 
@@ -110,8 +122,10 @@ def register(subparsers) -> None:
     q.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     q.add_argument("--checkpoint", "-c", default=None,
                    help="run directory, .safetensors or last.pt (default: the newest run under runs/)")
+    q.add_argument("--model", default=None,
+                   help="model name (default: the checkpoint's; needed for an original release checkpoint)")
     q.add_argument("--topk", "-k", type=int, default=5, help="classes per image (default 5)")
-    q.add_argument("--device", default="auto")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     q.add_argument("--batch-size", "-b", type=int, default=32)
     q.add_argument("--json", default=None, metavar="FILE", help="also write the predictions as JSON ('-' = stdout only JSON)")
     q.set_defaults(func=_guard(cmd_predict))
@@ -125,14 +139,16 @@ def resolve_train_config(args: argparse.Namespace, known: set[str], task_default
     file_cfg = load_config_file(args.config) if args.config else {}
     resume_cfg: dict[str, Any] = {}
     if args.resume:
-        from sofa.train.checkpoint import load_training_state
+        from sofa.checkpoint import load_training_state
 
         resume_cfg = dict(load_training_state(args.resume).get("config") or {})
         for k in ("resume", "output", "config"):
             resume_cfg.pop(k, None)
+    checkpoint_layer = _checkpoint_model_layer(args, file_cfg, resume_cfg)
     task_name = args.task or file_cfg.get("task") or resume_cfg.get("task") or LOOP_DEFAULTS["task"]
     task_cls = get_task(task_name)
-    partial = resolve(args, known, [("config file " + str(args.config), file_cfg), ("resumed run", resume_cfg)])
+    partial = resolve(args, known, [("config file " + str(args.config), file_cfg), ("resumed run", resume_cfg),
+                                    checkpoint_layer])
     partial.task = task_name
     # the data decides a profile (e.g. digits) — look at data as resolved so far
     defaults_of_task = dict(task_defaults.get(task_name, {}), **task_cls.defaults)
@@ -142,6 +158,7 @@ def resolve_train_config(args: argparse.Namespace, known: set[str], task_default
     layers = [
         ("config file " + str(args.config), file_cfg),
         ("resumed run", resume_cfg),
+        checkpoint_layer,
         ("data profile", profile),
         ("task defaults", defaults_of_task),
         ("loop defaults", LOOP_DEFAULTS),
@@ -149,6 +166,20 @@ def resolve_train_config(args: argparse.Namespace, known: set[str], task_default
     cfg = resolve(partial, known, layers)
     _validate(cfg)
     return cfg
+
+
+def _checkpoint_model_layer(args: argparse.Namespace, file_cfg: dict[str, Any],
+                            resume_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Fine-tuning from ``--checkpoint`` with no model named anywhere: the model the checkpoint says it holds
+    (below the command line, the config file and a resumed run; above the data's and the task's defaults)."""
+    checkpoint = getattr(args, "checkpoint", None) or file_cfg.get("checkpoint")
+    if not checkpoint or args.model or file_cfg.get("model") or resume_cfg.get("model"):
+        return ("checkpoint", {})
+    from sofa.checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(checkpoint)
+    model = meta.get("model") or (meta.get("config") or {}).get("model")
+    return (f"checkpoint {checkpoint}", {"model": model} if model else {})
 
 
 def _validate(cfg) -> None:
@@ -180,46 +211,72 @@ def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str
 
 
 # ------------------------------------------------------------------------------------------------ eval
+def _refuse_backbone(path: Path, meta: dict[str, Any]) -> None:
+    if meta.get("features_only"):
+        raise UserError(f"{path} holds a backbone without classifier (sofa convert --features), for dense tasks: "
+                        f"sofa train --task segmentation|detection --backbone-checkpoint {path}")
+
+
 def cmd_eval(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]) -> int:
-    from sofa.train.checkpoint import atomic_write_text, read_checkpoint
+    from sofa.checkpoint import atomic_write_text, describe_weights, read_checkpoint, resolve_checkpoint
     from sofa.train.config import LOOP_DEFAULTS, resolve
+    from sofa.train.factory import checkpoint_num_classes
     from sofa.train.loop import evaluate_checkpoint
     from sofa.train.task import get_task
 
-    sd, meta = read_checkpoint(args.checkpoint)
+    path = resolve_checkpoint(args.checkpoint, args.weights)
+    sd, meta = read_checkpoint(path)
+    _refuse_backbone(path, meta)
     saved = dict(meta.get("config") or {})
     for k in ("resume", "output", "config", "checkpoint", "func"):
         saved.pop(k, None)
     if meta.get("model"):
         saved.setdefault("model", meta["model"])
-    if meta.get("num_classes"):
-        saved["num_classes"] = meta["num_classes"]
     task_name = args.task or meta.get("task") or saved.get("task") or LOOP_DEFAULTS["task"]
     task_cls = get_task(task_name)
-    if not (args.model or saved.get("model")):
-        raise UserError(f"{args.checkpoint} does not say which model it holds: pass --model")
+    model = args.model or saved.get("model")
+    if not model:
+        raise UserError(f"{path} does not say which model it holds (an original release checkpoint, or a file "
+                        f"not written by sofa): pass --model NAME (`sofa models` lists them)")
+    if meta.get("num_classes"):
+        saved["num_classes"] = meta["num_classes"]
+    elif not saved.get("num_classes") and task_name == "classification":
+        saved["num_classes"] = checkpoint_num_classes(model, sd)
+    if args.split not in (None, "val") and task_name != "classification":
+        raise UserError(f"--split {args.split} applies to image folders of the classification task, not {task_name}")
     eval_defaults = dict(LOOP_DEFAULTS, batch_size=128, amp="auto", progress="auto")
     layers = [("checkpoint", saved), ("task defaults", dict(task_defaults.get(task_name, {}), **task_cls.defaults)),
               ("defaults", eval_defaults)]
     all_known = known | set(saved) | set(LOOP_DEFAULTS)
     cfg = resolve(args, all_known, layers)
     cfg.task = task_name
+    cfg.split = args.split or "val"
     cfg.checkpoint = None  # the weights come from the evaluated checkpoint, not the run's initial weights
     if meta.get("classes"):
         cfg.classes = list(meta["classes"])
     data = str(cfg.data or "digits")
-    metrics = evaluate_checkpoint(cfg, str(args.checkpoint), meta, sd)
+    weights = describe_weights(path, meta)
+    metrics = evaluate_checkpoint(cfg, str(path), meta, sd)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    ck = Path(args.checkpoint)
-    out = Path(args.output) if args.output else (ck if ck.is_dir() else ck.parent) / (
-        f"eval_{'digits' if data == 'digits' else Path(data).name or 'data'}.json")
-    record = {"checkpoint": str(args.checkpoint), "model": cfg.model, "task": task_name, "data": data,
-              "img_size": cfg.img_size, "metrics": metrics, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
                       if k not in ("seconds",))
-    print(f"{cfg.model} on {data}: {shown}  ({metrics['seconds']:.1f}s)")
+    print(f"{cfg.model} on {data} ({cfg.split}): {shown}  ({metrics['seconds']:.1f}s)")
+    others = [w for w, f in RUN_WEIGHTS.items() if (path.parent / f).is_file() and path.name != f]
+    choose = f"; --weights {' / '.join(others)} for the others" if Path(args.checkpoint).is_dir() and others else ""
+    print(f"scored {path}" + (f": the {weights}" if weights != path.name else "") + choose, flush=True)
+    stem = "digits" if data == "digits" else Path(data).name or "data"
+    suffix = "".join(f"_{x}" for x in (cfg.split if cfg.split != "val" else None, args.weights) if x)
+    out = Path(args.output) if args.output else path.parent / f"eval_{stem}{suffix}.json"
+    record = {"checkpoint": str(path), "weights": weights, "model": cfg.model, "task": task_name, "data": data,
+              "split": cfg.split, "img_size": cfg.img_size, "metrics": metrics,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    except OSError as err:
+        print(f"warning: could not write {out}: {err.strerror or err}; the metrics above are complete"
+              + ("" if args.output else " (write them elsewhere with -o FILE)"), file=sys.stderr)
+        return 1 if args.output else 0
     print(f"wrote {out}")
     return 0
 
@@ -234,43 +291,47 @@ def _newest_run() -> Path | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
-    from sofa.train.checkpoint import atomic_write_text, load_model_weights, read_checkpoint
+    from sofa.checkpoint import atomic_write_text, read_checkpoint, resolve_checkpoint
     from sofa.train.classification import predict_images
-    from sofa.train.factory import build_model
+    from sofa.train.factory import build_model, checkpoint_num_classes, load_weights
+    from sofa.train.loop import setup_distributed, teardown_distributed
 
+    if args.topk < 1:
+        raise UserError(f"--topk must be ≥ 1, got {args.topk}")
     ck = args.checkpoint
     if ck is None:
         ck = _newest_run()
         if ck is None:
             raise UserError("no --checkpoint given and no run under runs/: train one with `sofa train` first")
         print(f"using the newest run, {ck}", file=sys.stderr)
-    sd, meta = read_checkpoint(ck)
+    path = resolve_checkpoint(ck)
+    sd, meta = read_checkpoint(path)
+    _refuse_backbone(path, meta)
     if meta.get("task", "classification") != "classification":
-        raise UserError(f"sofa predict classifies images; {ck} holds a {meta.get('task')} model (use sofa eval)")
+        raise UserError(f"sofa predict classifies images; {path} holds a {meta.get('task')} model (use sofa eval)")
     cfg = meta.get("config") or {}
-    name = meta.get("model") or cfg.get("model")
+    name = args.model or meta.get("model") or cfg.get("model")
     if not name:
-        raise UserError(f"{ck} does not say which model it holds (not written by sofa train?)")
+        raise UserError(f"{path} does not say which model it holds (an original release checkpoint, or a file "
+                        f"not written by sofa): pass --model NAME (`sofa models` lists them)")
     classes = meta.get("classes")
-    num_classes = int(meta.get("num_classes") or (len(classes) if classes else 0))
+    num_classes = int(meta.get("num_classes") or (len(classes) if classes else 0)
+                      or checkpoint_num_classes(name, sd) or 0)
     if not num_classes:
-        raise UserError(f"{ck} does not record its number of classes")
-    model = build_model(name, num_classes=num_classes, img_size=meta.get("img_size"))
-    load_model_weights(model, sd, str(ck), checkpoint_model=name)
-    dc = meta.get("data_config")
-    if not dc:
-        from sofa.data.transforms import resolve_data_config
+        raise UserError(f"{path} has no classifier to predict with (a backbone without a head?)")
+    d = setup_distributed(args.device)  # the device, or one line saying why it cannot be used
+    try:
+        model = build_model(name, num_classes=num_classes, img_size=meta.get("img_size"))
+        load_weights(model, sd, f"checkpoint {path}", checkpoint_model=meta.get("model"))
+        dc = meta.get("data_config")
+        if not dc:
+            from sofa.data.transforms import resolve_data_config
 
-        dc = resolve_data_config(model, meta.get("img_size"))
-    dc["input_size"] = tuple(dc["input_size"])
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.topk < 1:
-        raise UserError(f"--topk must be ≥ 1, got {args.topk}")
-    results = predict_images(model, list(args.images), dc, classes, args.topk, device, args.batch_size)
+            dc = resolve_data_config(model, meta.get("img_size"))
+        dc["input_size"] = tuple(dc["input_size"])
+        results = predict_images(model, list(args.images), dc, classes, args.topk, d.device, args.batch_size)
+    finally:
+        teardown_distributed(d)
     if args.json == "-":
         print(json.dumps(results, indent=2))
     else:

@@ -1,13 +1,14 @@
-"""``build_model``: sofa's zoo first (``sofa.create_model``), any timm architecture as a fallback.
+"""``build_model``: sofa's zoo first (``sofa.create_model``), any timm architecture as a fallback; and
+``load_weights``, how the command line puts a checkpoint into such a model.
 
 Nothing is ever downloaded: models are built with random weights (``pretrained=False``); initial weights come
 from ``--checkpoint FILE``.
 """
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from sofa.train.errors import UserError
@@ -68,3 +69,36 @@ def build_model(name: str, num_classes: int, img_size: int | tuple[int, int] | N
             kw.pop("img_size")
             return timm.create_model(name, pretrained=False, **kw)
         raise
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
+                 allow_head_reset: bool = False, log: Callable[[str], None] | None = None,
+                 checkpoint_model: str | None = None) -> None:
+    """Load a checkpoint's state dict into a model built by :func:`build_model`, in whatever layout the model's
+    family knows (an original release ``.pth`` is mapped by the family's ``checkpoint_filter_fn``), exactly:
+    see :func:`sofa.checkpoint.load_model_weights` (``allow_head_reset``: a classifier of another size is
+    re-initialised, with a message to ``log``)."""
+    from sofa.checkpoint import load_model_weights
+    from sofa.models import map_checkpoint
+
+    load_model_weights(model, map_checkpoint(dict(state_dict), model), source, allow_head_reset=allow_head_reset,
+                       log=log, checkpoint_model=checkpoint_model)
+
+
+def checkpoint_num_classes(name: str, state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """The number of classes of model ``name``'s classifier in ``state_dict`` (any layout the family maps);
+    None when the checkpoint has no classifier or the model's classifier is not known."""
+    if name in sofa_model_names():
+        from sofa.models import get_entry
+
+        entry = get_entry(name)
+        state = entry.checkpoint_filter_fn(dict(state_dict))
+        classifier = entry.pretrained_cfg.get("classifier")
+    else:
+        from timm.models import get_pretrained_cfg_value
+
+        state, classifier = state_dict, get_pretrained_cfg_value(name, "classifier")
+    if isinstance(classifier, (tuple, list)):
+        classifier = classifier[-1]
+    weight = state.get(f"{classifier}.weight") if classifier else None
+    return int(weight.shape[0]) if weight is not None and weight.dim() >= 1 else None

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sofa.data.sampling import EpochShardSampler, SeededDataset, ShardSampler, mix_seed, seed_everything
-from sofa.train import checkpoint as ckpt
+from sofa import checkpoint as ckpt
 from sofa.train.config import config_to_dict
 from sofa.train.errors import TrainingDiverged, UserError, WriteFailed, writing
 from sofa.train.runlock import RunLock
@@ -750,14 +750,19 @@ def _yaml(d: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ evaluate
 def evaluate_checkpoint(cfg: argparse.Namespace, checkpoint_path: str, metadata: dict[str, Any],
                         state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Metrics of the checkpoint on ``cfg.data`` (the task's evaluation split), all ranks agreeing."""
+    """Metrics of the checkpoint on ``cfg.data`` (the task's evaluation split), all ranks agreeing.
+
+    ``state_dict`` may be in any layout the model's family maps (an original release checkpoint); it must fit
+    the model exactly."""
+    from sofa.train.factory import load_weights
+
     d = setup_distributed(cfg.device)
     try:
         seed_everything(int(cfg.seed or 0))
         rep = Reporter(d.is_main, cfg.progress or "auto", None)
         task = get_task(cfg.task)(cfg, log=rep.log)
         model = task.build_model()
-        ckpt.load_model_weights(model, state_dict, checkpoint_path, checkpoint_model=metadata.get("model"))
+        load_weights(model, state_dict, f"checkpoint {checkpoint_path}", checkpoint_model=metadata.get("model"))
         model.to(d.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)

@@ -61,7 +61,7 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str = "
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from sofa.train.checkpoint import atomic_write
+    from sofa.checkpoint import atomic_write
 
     curves = select_curves(records)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
