@@ -16,7 +16,7 @@ import pytest
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
-from sofa.train import checkpoint as ckpt
+from sofa import checkpoint as ckpt
 
 TINY = ["--model", "test_vit", "--img-size", "16", "--workers", "0", "--progress", "log", "--log-interval", "1",
         "--threads", "1", "-b", "4"]
