@@ -254,15 +254,10 @@ def test_eval_crop_and_interpolation_come_from_the_pretrained_cfg(folder):
 
 @pytest.mark.slow
 def test_default_digits_run_reaches_95_percent(tmp_path, capsys):
-    """`sofa train` with no options (the `make demo` run): ≥95% test accuracy, well under 5 minutes on 2 cores."""
-    import time
-
-    t0 = time.perf_counter()
+    """`sofa train` with no options (the `make demo` run): ≥95% test accuracy (its time is the README's)."""
     assert sofa("train", "--output", tmp_path / "demo") == 0
-    seconds = time.perf_counter() - t0
     last = [json.loads(l) for l in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["val_top1"] >= 95.0, last
-    assert seconds < 300, seconds
 
 
 @pytest.mark.slow
