@@ -204,7 +204,7 @@ def test_onednn_work_runs_every_gemm_chunk_and_convolution_of_the_model(monkeypa
     for stage, side in zip(model.stages, (16, 8, 4, 2)):
         for b in stage.blocks:
             L = 3 * side * side
-            chunks += -(-L // fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, int(b.mlp_chunk_bytes)))
+            chunks += -(-L // fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, fm.mlp_chunk_bytes()))
     assert calls == {"fc1": chunks, "fc2": chunks, "conv": 4}
     assert onednn_work(model, x.double()) is None
     assert onednn_work(create_model("setformer_mini").eval(), x) is None

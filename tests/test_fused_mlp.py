@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sofa.ops import fused_mlp
-from sofa.ops.fused_mlp import chunk_rows, metaformer_mlp_, onednn_ready, sample_moments
+from sofa import switches
+from sofa.ops.fused_mlp import chunk_rows, choose_impl, metaformer_mlp_, onednn_ready, sample_moments
 
 CL = torch.channels_last
 
@@ -30,11 +30,11 @@ def _reference(x, p, eps=1e-5):
     return x + q["ls"].view(-1, 1, 1) * h
 
 
-def _run(x, p, chunk_bytes, eps=1e-5):
+def _run(x, p, chunk_bytes, eps=1e-5, impl="auto"):
     mean, var = sample_moments(x)
     y = x.clone(memory_format=CL)
     assert metaformer_mlp_(y, mean, torch.rsqrt(var + eps), p["fc1_w"], p["fc1_b"], p["norm_w"], p["norm_b"],
-                           p["ls"], p["fc2_w"], p["fc2_b"], chunk_bytes) is None
+                           p["ls"], p["fc2_w"], p["fc2_b"], chunk_bytes, impl) is None
     return y
 
 
@@ -42,13 +42,13 @@ KERNELS = ["onednn", "aten"]
 
 
 @pytest.fixture(params=KERNELS)
-def kernel(request, monkeypatch):
-    if request.param == "onednn":
-        if not onednn_ready():
-            pytest.skip("this PyTorch build has no oneDNN fused convolution kernels")
-    else:
-        monkeypatch.setattr(fused_mlp, "onednn_ready", lambda: False)
-    return request.param
+def kernel(request):
+    """The kernel set, pinned for the whole test through the ``SOFA_CPU_MLP`` switch (models) and ``impl=``."""
+    if request.param == "onednn" and not onednn_ready():
+        pytest.skip("this PyTorch build has no oneDNN fused convolution kernels")
+    with switches.CPU_MLP.override(request.param):
+        assert choose_impl() == request.param
+        yield request.param
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 9, 11), (1, 8, 1, 1), (2, 24, 5, 1)])
@@ -60,7 +60,7 @@ def test_fused_mlp_equals_the_released_mlp_over_ragged_chunks(shape, kernel):
     p = _params(C, 4 * C)
     want = _reference(x, p)
     for chunk_bytes in (1, 64 * 4 * C * 4, 1 << 30):  # the smallest chunks (64 tokens), 64 tokens, one chunk
-        y = _run(x, p, chunk_bytes)
+        y = _run(x, p, chunk_bytes, impl=kernel)
         assert y.is_contiguous(memory_format=CL)
         torch.testing.assert_close(y.double(), want, rtol=2e-5, atol=2e-5)
 
@@ -115,7 +115,12 @@ def test_fused_mlp_refuses_what_it_cannot_run():
 
 def test_onednn_switch_off_by_environment(monkeypatch):
     monkeypatch.setenv("SOFA_CPU_MLP", "aten")
-    assert onednn_ready.__wrapped__() is False
+    fresh = switches.Switch("SOFA_CPU_MLP", "onednn", "", ("onednn", "aten"))  # what the import reads
+    assert fresh.get() == "aten"
+    with switches.CPU_MLP.override(fresh.get()):
+        assert choose_impl() == "aten"
+    with pytest.raises(ValueError, match="impl must be"):
+        _run(torch.randn(1, 8, 2, 2).contiguous(memory_format=CL), _params(8, 32), 1 << 20, impl="mkl")
 
 
 def _model(mixers, **kw):
@@ -132,30 +137,23 @@ def _model(mixers, **kw):
 
 @pytest.mark.parametrize("mixers", ["pool", ("pool", "identity", "pool", "identity")])
 def test_model_inference_path_equals_the_textbook_model(mixers, kernel):
-    """A whole model on the inference path, against the same model's textbook blocks (grad mode on, fused off):
+    """A whole model on the inference path, against the same model's textbook blocks (impl="reference"):
     logits and stage maps."""
     from sofa.models.metaformer import MetaFormerBlock
 
     m = _model(mixers)
     x = torch.randn(3, 3, 61, 45)
-    calls = []
-    real = MetaFormerBlock.forward_inference
-
-    def spy(self, *a, **k):
-        calls.append(1)
-        return real(self, *a, **k)
-
+    chosen = []
+    blocks = [b for b in m.modules() if isinstance(b, MetaFormerBlock)]
+    hooks = [b.register_forward_pre_hook(lambda b, a: chosen.append(b.chosen_impl(a[0]))) for b in blocks]
     with torch.no_grad():
-        MetaFormerBlock.forward_inference = spy
-        try:
-            y = m(x)
-            feats = m.forward_intermediates(x, intermediates_only=True)
-        finally:
-            MetaFormerBlock.forward_inference = real
-    assert len(calls) == 2 * 7  # every block, both calls
-    for blk in m.modules():
-        if isinstance(blk, MetaFormerBlock):
-            blk.fused = False
+        y = m(x)
+        feats = m.forward_intermediates(x, intermediates_only=True)
+    for h in hooks:
+        h.remove()
+    assert chosen == ["fused_cpu"] * (2 * 7)  # every block, both calls
+    for blk in blocks:
+        blk.impl = "reference"
     y_ref = m(x).detach()
     feats_ref = [f.detach() for f in m.forward_intermediates(x, intermediates_only=True)]
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
@@ -164,21 +162,28 @@ def test_model_inference_path_equals_the_textbook_model(mixers, kernel):
 
 
 def test_inference_path_only_without_autograd_and_in_float32():
+    from timm.layers import DropPath
+
     from sofa.models.metaformer import MetaFormerBlock
 
     blk = MetaFormerBlock(8, "pool").eval()
     x = torch.randn(2, 8, 5, 5).contiguous(memory_format=CL)
     with torch.no_grad():
-        assert blk.inference_path(x)
-        assert not blk.inference_path(x.contiguous())  # NCHW
-        assert not blk.inference_path(x.bfloat16())
-    assert not blk.inference_path(x)  # autograd on
+        assert blk.chosen_impl(x) == "fused_cpu"
+        assert blk.chosen_impl(x.contiguous()) == "folded"  # NCHW
+        assert blk.chosen_impl(x.bfloat16()) == "folded"
+        with switches.ONE_PASS.override(True):  # the FLOP counter's one-pass forms
+            assert blk.chosen_impl(x) == "folded"
+    assert blk.chosen_impl(x) == "folded"  # autograd on
     y = blk(x.requires_grad_())
     assert y.requires_grad
     blk.train()
-    blk.drop_path = torch.nn.Dropout(0.5)  # an active drop in training mode: never the inference path
+    blk.drop_path = DropPath(0.5)  # an active drop in training mode: never the inference path
     with torch.no_grad():
-        assert not blk.inference_path(x)
+        assert blk.chosen_impl(x) == "folded"
+    blk.mlp.drop.p = 0.1  # active MLP dropout: the textbook form
+    with torch.no_grad():
+        assert blk.chosen_impl(x) == "reference"
 
 
 def test_inference_path_under_bf16_autocast_and_in_the_flop_counter():

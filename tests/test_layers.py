@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sofa.layers
-from sofa.layers import MIN_ROWS, Linear, linear
+from sofa import switches
+from sofa.layers import Linear, linear
+from sofa.ops.linear import choose_impl
+from sofa.ops.numerics import LINEAR_MIN_ROWS as MIN_ROWS
 
 
 def _routes(monkeypatch):
@@ -46,8 +48,9 @@ def test_other_cases_are_plain_f_linear(monkeypatch):
     lin.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast decides the dtype: F.linear
         assert lin(torch.randn(4 * MIN_ROWS, 16)).dtype == torch.bfloat16
-    monkeypatch.setattr(sofa.layers, "_ENABLED", False)  # SOFA_CPU_LINEAR=blas
-    lin(torch.randn(4 * MIN_ROWS, 16))
+    with switches.CPU_LINEAR.override("blas"):  # SOFA_CPU_LINEAR=blas
+        lin(torch.randn(4 * MIN_ROWS, 16))
+    linear(torch.randn(4 * MIN_ROWS, 16), lin.weight, impl="blas")
     assert calls == []
 
 
@@ -57,7 +60,20 @@ def test_linear_is_an_nn_linear_with_the_same_state():
 
 
 def test_environment_turns_the_route_off(monkeypatch):
+    """The switch reads its environment variable (once, at import: a fresh Switch reads it again)."""
+    x, w = torch.randn(4 * MIN_ROWS, 16), torch.randn(8, 16)
     monkeypatch.setenv("SOFA_CPU_LINEAR", "blas")
-    assert not sofa.layers._onednn_enabled()
+    with switches.CPU_LINEAR.override(switches.Switch("SOFA_CPU_LINEAR", "onednn", "", ("onednn", "blas")).get()):
+        assert choose_impl(x, w) == "blas"
     monkeypatch.setenv("SOFA_CPU_LINEAR", "onednn")
-    assert sofa.layers._onednn_enabled() == torch.backends.mkldnn.is_available()
+    with switches.CPU_LINEAR.override(switches.Switch("SOFA_CPU_LINEAR", "onednn", "", ("onednn", "blas")).get()):
+        assert choose_impl(x, w) == ("onednn" if torch.backends.mkldnn.is_available() else "blas")
+
+
+def test_pinned_impl_runs_that_route(monkeypatch):
+    calls = _routes(monkeypatch)
+    x, w, b = torch.randn(MIN_ROWS - 1, 16), torch.randn(8, 16), torch.randn(8)  # auto would take F.linear
+    torch.testing.assert_close(linear(x, w, b, impl="onednn"), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    assert calls == [(1, 16, MIN_ROWS - 1, 1)]
+    with pytest.raises(ValueError, match="impl must be"):
+        linear(x, w, b, impl="mkl")

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sofa import switches
 from sofa.mixers import (
     Identity,
     Pooling,
@@ -193,13 +194,15 @@ class _SubnormalScan(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("kind", ["soft", "soft_norm", "set", "attn"])
-def test_no_operator_makes_subnormal_floats(kind, monkeypatch):
+def test_no_operator_makes_subnormal_floats(kind):
     """Subnormal floats make CPU arithmetic ~20× slower (the released SOFT code's CPU slowdown): no operator of
     a mixer's inference or training step may produce one, on inputs spread wide enough that the kernels and
     transport plans reach far below float32's smallest normal number."""
-    import sofa.ops.set
+    with switches.SET_CHUNK_BYTES.override(16 * 1024):  # SeT: many blocks of rows, merged log-sum-exps
+        _scan_subnormals(kind)
 
-    monkeypatch.setattr(sofa.ops.set, "CHUNK_BYTES", 16 * 1024)  # SeT: many blocks of rows, merged log-sum-exps
+
+def _scan_subnormals(kind):
     torch.manual_seed(0)
     m = make(kind)
     x = torch.randn(1, 24 * 24, 64) * 3.0
@@ -225,17 +228,14 @@ def test_no_operator_makes_subnormal_floats(kind, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["soft", "soft_norm"])
-def test_soft_inference_path_equals_the_autograd_path(kind, monkeypatch):
+def test_soft_inference_path_equals_the_autograd_path(kind):
     """Without autograd SOFT streams its kernel over token blocks into a token-major buffer; with autograd it
     runs the one-pass form: the same outputs (and the same residual diagnostic)."""
-    import sofa.ops.soft
-
-    monkeypatch.setattr(sofa.ops.soft, "CHUNK_BYTES", 64 * 1024)  # many blocks at this size
     torch.manual_seed(0)
     m = make(kind, landmark_stride=4).eval()
     m.record_residual = True
     x = torch.randn(2, 30 * 27, DIM)
-    with torch.no_grad():
+    with torch.no_grad(), switches.SOFT_CHUNK_BYTES.override(64 * 1024):  # many blocks at this size
         fast = m(x, hw=(30, 27))
         r_fast = m.last_residual
     slow = m(x.requires_grad_(), hw=(30, 27))
@@ -243,16 +243,14 @@ def test_soft_inference_path_equals_the_autograd_path(kind, monkeypatch):
     torch.testing.assert_close(r_fast, m.last_residual)
 
 
-def test_set_inference_path_equals_the_autograd_path_over_many_blocks(monkeypatch):
+def test_set_inference_path_equals_the_autograd_path_over_many_blocks():
     """Without autograd SeT rebuilds its log-kernel blocks where it reads them and runs a scaling-domain
     Sinkhorn; with autograd it keeps them and runs the log domain: the same outputs, over many blocks."""
-    import sofa.ops.set
-
-    monkeypatch.setattr(sofa.ops.set, "CHUNK_BYTES", 16 * 1024)
     torch.manual_seed(0)
     m = make("set").eval()
     x = torch.randn(2, 40 * 37, DIM) * 2.0
-    with torch.no_grad():
-        fast = m(x, hw=(40, 37))
-    slow = m(x.requires_grad_(), hw=(40, 37))
+    with switches.SET_CHUNK_BYTES.override(16 * 1024):
+        with torch.no_grad():
+            fast = m(x, hw=(40, 37))
+        slow = m(x.requires_grad_(), hw=(40, 37))
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-5)

@@ -335,18 +335,17 @@ def test_setformer_macs_within_10_percent_of_targets(name):
     assert abs(count_macs(m) / 1e9 - target) <= 0.1 * target
 
 
-def test_pooling_nchw_equals_the_token_mixer():
+def test_pooling_a_map_equals_pooling_its_tokens():
     from sofa.mixers import Pooling
-    from sofa.models.metaformer import PoolMixer2d
 
     x = torch.randn(2, 5, 7, 9)
     tokens = Pooling(3)(x.flatten(2).transpose(1, 2), hw=(7, 9))
-    torch.testing.assert_close(PoolMixer2d(3)(x), tokens.transpose(1, 2).reshape(2, 5, 7, 9))
+    torch.testing.assert_close(Pooling(3)(x), tokens.transpose(1, 2).reshape(2, 5, 7, 9))
 
 
 @pytest.mark.parametrize("mixer", ["pool", "identity"])
 def test_folded_poolformer_block_equals_the_textbook_form(mixer):
-    """The folded fast path (GroupNorm affines and LayerScales folded) = the released block, forward and grads."""
+    """The folded form (GroupNorm affines and LayerScales folded) = the released block, forward and grads."""
     from sofa.models.metaformer import MetaFormerBlock
 
     torch.manual_seed(0)
@@ -357,8 +356,9 @@ def test_folded_poolformer_block_equals_the_textbook_form(mixer):
             p.copy_(torch.randn_like(p))
     x = torch.randn(2, 16, 9, 11, requires_grad=True)
     outs, grads = [], []
-    for fused in (True, False):
-        blk.fused = fused
+    for impl in ("auto", "reference"):
+        blk.impl = impl
+        assert blk.chosen_impl(x) == ("folded" if impl == "auto" else "reference")
         y = blk(x)
         g = torch.autograd.grad(y.square().sum(), [x] + list(blk.parameters()))
         outs.append(y)
@@ -371,7 +371,7 @@ def test_folded_poolformer_block_equals_the_textbook_form(mixer):
 def test_cpu_channels_last_runs_change_only_the_strides():
     """On the CPU the stages run channels-last (1×1 convs as oneDNN GEMMs, no reorders): same logits and stage
     maps as the input's own layout."""
-    from sofa.models.metaformer import MetaFormer
+    from sofa import switches
 
     torch.manual_seed(0)
     m = small("poolformer_s12_set").eval()
@@ -379,10 +379,10 @@ def test_cpu_channels_last_runs_change_only_the_strides():
     with torch.no_grad():
         feats = m.forward_intermediates(x, intermediates_only=True)
         y = m(x)
-        m.cpu_channels_last = False
-        feats_ref = m.forward_intermediates(x, intermediates_only=True)
-        y_ref = m(x)
-    assert MetaFormer.cpu_channels_last and feats[0].is_contiguous(memory_format=torch.channels_last)
+        with switches.CPU_CHANNELS_LAST.override(False):
+            feats_ref = m.forward_intermediates(x, intermediates_only=True)
+            y_ref = m(x)
+    assert switches.CPU_CHANNELS_LAST.get() and feats[0].is_contiguous(memory_format=torch.channels_last)
     assert feats_ref[0].is_contiguous()
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     for a, b in zip(feats, feats_ref):
@@ -396,13 +396,13 @@ def test_hybrid_mixers_are_the_named_ones():
     for key, cls in kinds.items():
         m = small(f"poolformer_s12_{key}")
         mixers = [type(s.blocks[0].token_mixer) for s in m.stages]
-        assert mixers[2:] == [cls, cls] and mixers[0].__name__ == "PoolMixer2d"
+        assert mixers[2:] == [cls, cls] and mixers[0].__name__ == "Pooling"
     assert small("poolformer_s12_attn").stages[2].pos_embed is not None
     assert [type(s.blocks[0].token_mixer).__name__ for s in small("poolformer_s12_identity").stages] == \
-        ["IdentityMixer2d"] * 4
+        ["Identity"] * 4
     m = small("poolformer_s12", token_mixers=("pool", "set", "soft_norm", {"kind": "attn", "num_heads": 4}))
     assert [type(s.blocks[0].token_mixer).__name__ for s in m.stages] == \
-        ["PoolMixer2d", "SeTAttention", "SoftAttention", "SoftmaxAttention"]
+        ["Pooling", "SeTAttention", "SoftAttention", "SoftmaxAttention"]
 
 
 def test_soft_options_reach_the_mixers():

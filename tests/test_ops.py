@@ -264,44 +264,22 @@ def test_position_filters():
     torch.testing.assert_close(position_filter_1d(7, 3, 0.3, log=True).exp(), position_filter_1d(7, 3, 0.3))
 
 
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """set_attention's blocks as small as ``chunk_bytes`` asks (its 256-row minimum lifted), so that these small
-    problems run over many blocks; records the block counts."""
-    import sofa.ops.set as S
-    from sofa.ops._util import token_spans
-
-    counts = []
-
-    def spans(n, row_bytes, chunk_bytes):
-        out = token_spans(n, row_bytes, chunk_bytes, min_rows=4)
-        counts.append(len(out))
-        return out
-    monkeypatch.setattr(S, "token_spans", spans)
-    return counts
-
-
 def _set_dense_reference(f, anchors, ref, vals, sigma, eps, iters, log_m=None, mask=None):
     """SeT's attention from the whole n×m plan (sinkhorn_log), its filter and two softmaxes: quadratic memory,
-    independent of set_attention's blocks, scaling domain and fallbacks."""
-    from sofa.ops import sinkhorn_log
+    independent of set_attention's blocks, scaling domain and fallbacks (the op package's reference)."""
+    from sofa.ops.set import set_attention_reference
 
-    scores = nystrom_embedding(f, anchors, sigma) @ ref.transpose(-1, -2)
-    log_p = sinkhorn_log(scores, eps, iters, None if mask is None else mask[:, None, :].expand(scores.shape[:-1]))
-    if log_m is not None:
-        log_p = log_p + log_m
-    A = torch.softmax(log_p, -2).transpose(-1, -2) @ vals
-    return torch.softmax(log_p, -1) @ A
+    return set_attention_reference(f, anchors, ref, vals, sigma, eps, iters, log_m, mask)
 
 
 @pytest.mark.parametrize("eps,scale,expect", [(0.1, 1.0 / math.sqrt(8), set()),
                                               (0.01, 3.0, {"row", "column", "collect", "read"})])
-def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect, monkeypatch, small_blocks):
+def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect, monkeypatch):
     """Without autograd set_attention runs in the scaling domain over blocks (K̃ only, fused sweeps); rows and
     columns whose scaled sums are too small to trust go through exact log-domain fallbacks. With mild settings
     none is needed; with a sharp kernel (ε = 0.01, spread inputs) all four are, and the result still equals the
     dense reference and the autograd (log-domain) path, with the 2-D filter given as its two factors."""
-    import sofa.ops.set as S
+    import sofa.ops.set.attention as S
     from sofa.ops.position import GridFilter
 
     hits = set()
@@ -318,9 +296,9 @@ def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect,
     lm = position_filter_2d((H, W), (4, 4), 0.1, log=True)
     torch.testing.assert_close(grid.log_block(37, 101), lm[37:101])
     with torch.no_grad():
-        fast = S.set_attention(f, anchors, ref, vals, 0.5, eps, 5, grid, chunk_bytes=4096)
-    assert hits == expect and small_blocks == [12]
-    slow = S.set_attention(f.clone().requires_grad_(), anchors, ref, vals, 0.5, eps, 5, lm, chunk_bytes=4096)
+        fast = S.set_attention(f, anchors, ref, vals, 0.5, eps, 5, grid, block_rows=32)  # 12 blocks
+    assert hits == expect
+    slow = S.set_attention(f.clone().requires_grad_(), anchors, ref, vals, 0.5, eps, 5, lm, block_rows=32)
     dense = _set_dense_reference(f, anchors, ref, vals, 0.5, eps, 5, lm)
     # the three differ by float32 rounding, which the sharp kernel amplifies: a score s (a length-d dot product,
     # exact to d·eps relative) enters the plan as exp(s/ε), so the plan's entries and the outputs (their
@@ -331,7 +309,7 @@ def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect,
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=tol)
 
 
-def test_set_attention_streamed_path_with_padding_and_sequence_filter(small_blocks):
+def test_set_attention_streamed_path_with_padding_and_sequence_filter():
     """Padded sequences (mask) with the dense (B, 1, n, m) sequence filter, many blocks: the valid rows equal
     the dense reference computed on the plan with zero-mass padded rows."""
     from sofa.ops import position_filter_sequence
@@ -345,19 +323,18 @@ def test_set_attention_streamed_path_with_padding_and_sequence_filter(small_bloc
     mask[1, 97:] = False
     lm = position_filter_sequence(mask, m, 0.2, log=True)[:, None]
     with torch.no_grad():
-        fast = set_attention(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask, chunk_bytes=2048)
-    assert small_blocks[0] >= 3
+        fast = set_attention(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask, block_rows=14)  # 11 blocks
     dense = _set_dense_reference(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask)
     torch.testing.assert_close(fast[0], dense[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast[1, :, :97], dense[1, :, :97], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("eps,scale", [(0.1, 0.35), (0.01, 3.0)])
-def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch, small_blocks):
+def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch):
     """f given as ProjectedFeatures (x, W, b): projected per block inside set_attention, including the blocks the
     exact fallbacks rebuild (ε = 0.01, spread inputs). Same result as the materialised f = split(x·Wᵀ + b), with
     padding and two images; with autograd the gradients of W, b and x are the same too."""
-    import sofa.ops.set as S
+    import sofa.ops.set.attention as S
     from sofa.ops.set import ProjectedFeatures, set_attention
 
     rebuilt = []
@@ -373,16 +350,15 @@ def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch,
     full = lambda x, W, b: (x @ W.t() + b).unflatten(-1, (h, -1)).transpose(1, 2)  # noqa: E731
     with torch.no_grad():
         lazy = set_attention(ProjectedFeatures(x, W, b, h), anchors, ref, vals, 0.5, eps, 5, None, mask,
-                             chunk_bytes=2048)
-        eager = set_attention(full(x, W, b), anchors, ref, vals, 0.5, eps, 5, None, mask, chunk_bytes=2048)
+                             block_rows=14)  # 22 blocks
+        eager = set_attention(full(x, W, b), anchors, ref, vals, 0.5, eps, 5, None, mask, block_rows=14)
     assert bool(rebuilt) == (eps < 0.1)  # the sharp case rebuilds blocks of log K for the exact rows
-    assert small_blocks[0] >= 3
     torch.testing.assert_close(lazy[0], eager[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lazy[1, :, :211], eager[1, :, :211], rtol=1e-5, atol=1e-5)
     grads = []
     for make in (lambda x, W, b: ProjectedFeatures(x, W, b, h), full):
         xs, Ws, bs = (t.clone().requires_grad_() for t in (x, W, b))
-        y = set_attention(make(xs, Ws, bs), anchors, ref, vals, 0.5, eps, 5, None, mask, chunk_bytes=2048)
+        y = set_attention(make(xs, Ws, bs), anchors, ref, vals, 0.5, eps, 5, None, mask, block_rows=14)
         (y[0].square().sum() + y[1, :, :211].square().sum()).backward()
         grads.append((xs.grad, Ws.grad, bs.grad))
     for g_lazy, g_eager in zip(*grads):
@@ -393,7 +369,7 @@ def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch,
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_set_attention_backward_matches_autograd_through_the_dense_reference(masked, small_blocks):
+def test_set_attention_backward_matches_autograd_through_the_dense_reference(masked):
     """With autograd set_attention runs its own backward over blocks (no graph of the Sinkhorn iterations): the
     gradients of the features, anchors, reference and values equal autograd's through the dense reference
     (sinkhorn_log on the whole plan, two softmaxes), in float64, over many blocks, with the 2-D filter or with
@@ -418,8 +394,7 @@ def test_set_attention_backward_matches_autograd_through_the_dense_reference(mas
         mask = None
         filt, dense_lm = GridFilter((H, W), (3, 3), 0.3), position_filter_2d((H, W), (3, 3), 0.3, log=True).to(dt)
     leaves = [t.clone().requires_grad_() for t in (f, anchors, ref, vals)]
-    got = set_attention(*leaves, 0.5, 0.1, 4, filt, mask, chunk_bytes=1000)
-    assert small_blocks[0] >= 3
+    got = set_attention(*leaves, 0.5, 0.1, 4, filt, mask, block_rows=6)  # 12 blocks
     leaves_ref = [t.clone().requires_grad_() for t in (f, anchors, ref, vals)]
     want = _set_dense_reference(*leaves_ref, 0.5, 0.1, 4,
                                 dense_lm, mask)
@@ -436,8 +411,7 @@ def test_set_attention_backward_matches_autograd_through_the_dense_reference(mas
     with pytest.raises(ValueError, match="log_m"):
         set_attention(*leaves, 0.5, 0.1, 4, torch.zeros(n, m, dtype=dt, requires_grad=True), mask)
     assert torch.autograd.gradcheck(
-        lambda *t: set_attention(*t, 0.5, 0.1, 3, None, None, chunk_bytes=300), tiny, eps=1e-6, atol=1e-6)
-    assert small_blocks[-1] >= 3
+        lambda *t: set_attention(*t, 0.5, 0.1, 3, None, None, block_rows=4), tiny, eps=1e-6, atol=1e-6)  # 5 blocks
 
 
 def test_set_attention_saves_little_for_its_backward():

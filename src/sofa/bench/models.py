@@ -177,7 +177,7 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
     convs = [getattr(model, "stem", None)] + [getattr(s, "downsample", None) for s in getattr(model, "stages", [])]
     convs = [getattr(c, "conv", None) for c in convs if c is not None]
     convs = [c for c in convs if isinstance(c, torch.nn.Conv2d)]
-    if not blocks or x.device.type != "cpu" or x.dtype != torch.float32 or not fm.onednn_ready():
+    if not blocks or x.device.type != "cpu" or x.dtype != torch.float32 or fm.choose_impl() != "onednn":
         return None
     seen: Dict[torch.nn.Module, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda m, a: seen.setdefault(m, a[0].detach().clone()))
@@ -189,7 +189,7 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
         for h in hooks:
             h.remove()
     with torch.inference_mode():
-        if not all(b in seen and b.inference_path(seen[b]) for b in blocks):
+        if not all(b in seen and b.chosen_impl(seen[b]) == "fused_cpu" for b in blocks):
             return None
     work: List[Callable[[], None]] = []
     for c in (c for c in convs if c in seen):
@@ -199,17 +199,17 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
         t = seen[b]
         B, C, H, W = t.shape
         L = B * H * W
-        rows = fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, int(b.mlp_chunk_bytes))
+        rows = fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, fm.mlp_chunk_bytes())
         params = (b.mlp.fc1.weight, b.mlp.fc1.bias, b.norm2.weight, b.norm2.bias, b.layer_scale2, b.mlp.fc2.weight,
                   b.mlp.fc2.bias)
         tokens = t.permute(0, 2, 3, 1).reshape(L, C).clone()  # the residual the GEMMs add into
         n = tokens[:rows].clone()  # the chunk input (the real operator normalises each chunk into such a buffer)
-        packs = {k: fm._packed(params, k, True) for k in {min(rows, L - i) for i in range(0, L, rows)}}
+        packs = {k: fm.packed_weights(params, k, True) for k in {min(rows, L - i) for i in range(0, L, rows)}}
 
         def gemms(tokens=tokens, n=n, rows=rows, L=L, packs=packs):
             for i in range(0, L, rows):
                 j = min(L, i + rows)
-                fm._onednn_chunk_(tokens[i:j], n[: j - i], *packs[j - i])
+                fm.onednn_chunk_(tokens[i:j], n[: j - i], *packs[j - i])
         work.append(gemms)
 
     def step():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sofa.mixers.attention import SoftmaxAttention
 from sofa.mixers.base import TokenMixer
 from sofa.mixers.set import SeTAttention
-from sofa.mixers.simple import Identity, Pooling, pool_minus_input_2d
+from sofa.mixers.simple import Identity, Pooling
 from sofa.mixers.soft import SoftAttention, bounded_grid
 
 MIXERS = {
@@ -40,6 +40,5 @@ __all__ = [
     "SoftmaxAttention",
     "build_mixer",
     "bounded_grid",
-    "pool_minus_input_2d",
     "MIXERS",
 ]

@@ -1,4 +1,5 @@
-"""SeT attention (self-optimal transport), SETFORMER.md: tokens matched to a learned reference set by Sinkhorn.
+"""SeT attention (self-optimal transport; docs/methods/setformer.md): tokens matched to a learned reference set
+by Sinkhorn.
 
 Per head: features f = x·W_f and values u = x·W_u; the Nyström embedding ψ(f) ∈ R^k (Gaussian kernel on the
 sphere with k learned unit-norm anchors); scores ψ(f_i)·y_j against a learned reference Y ∈ R^{m×k}; the
@@ -6,10 +7,10 @@ entropic OT plan T (log-domain Sinkhorn, ε, rows 1/n, columns 1/m) multiplied b
 references collect tokens, A = colnorm(T)ᵀ·u, and every token reads them back, out = rownorm(T)·A. The implied
 token-to-token attention rownorm(T)·colnorm(T)ᵀ is non-negative, rows sum to 1, rank ≤ m; cost O(n·m·(k+d)).
 
-Choices where the paper is silent (see SETFORMER.md): two projections (features and values); the row and
-column normalisations of T⊙M are done in the log domain (log T + log M normalised), which is the same
-arithmetic without underflow; the depthwise 3×3 local term on u (CSWin's LePE) is added after merging heads,
-before the output projection, as in CSWin; images only.
+Choices where the paper is silent (see docs/methods/setformer.md, "Choices where the paper is silent"): two
+projections (features and values); the row and column normalisations of T⊙M are done in the log domain (log T + log
+M normalised), which is the same arithmetic without underflow; the depthwise 3×3 local term on u (CSWin's LePE) is
+added after merging heads, before the output projection, as in CSWin; images only.
 """
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ from torch import nn
 
 from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
-from sofa.ops import nystrom_embedding, sinkhorn_log
-from sofa.ops.set import ProjectedFeatures, set_attention
 from sofa.ops._util import no_autocast
-from sofa.ops.position import GridFilter, position_filter_2d, position_filter_sequence
+from sofa.ops.position import GridFilter, position_filter_sequence
+from sofa.ops.set import ProjectedFeatures, set_attention, set_log_plan, streams_in_place
 
 
 def reference_grid(m: int) -> tuple[int, int]:
@@ -72,22 +72,23 @@ class SeTAttention(TokenMixer):
         self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if lepe else None
         self.proj = Linear(dim, dim)
 
+    def position_filter(self, x: torch.Tensor, hw=None, mask=None):
+        """The log position filter: a :class:`~sofa.ops.position.GridFilter` for images, (B, 1, n, m) for
+        sequences, None without one (``tau`` None or 0)."""
+        if not self.tau:
+            return None
+        if hw is not None:
+            return GridFilter(hw, reference_grid(self.num_refs), self.tau, x.device)  # the (n, m) filter's factors
+        valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
+        return position_filter_sequence(valid, self.num_refs, self.tau, log=True)[:, None]
+
     def log_plan(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
-        """log(T ⊙ M), (B, h, n, m), float32: the filtered transport plan of every head."""
+        """log(T ⊙ M), (B, h, n, m), float32: the filtered transport plan of every head
+        (:func:`sofa.ops.set.set_log_plan`; quadratic memory, for tests and plots)."""
         f = split_heads(self.f(x), self.num_heads)
         with no_autocast(x):
-            psi = nystrom_embedding(f.float(), self.anchors.float(), self.sigma)  # (B, h, n, k)
-            scores = psi @ self.reference.float().transpose(-1, -2)  # (B, h, n, m)
-            head_mask = None if mask is None else mask[:, None, :].expand(-1, self.num_heads, -1)
-            log_t = sinkhorn_log(scores, self.eps, self.sinkhorn_iters, head_mask)
-            if self.tau:
-                if hw is not None:
-                    log_m = position_filter_2d(hw, reference_grid(self.num_refs), self.tau, x.device, log=True)
-                else:
-                    valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
-                    log_m = position_filter_sequence(valid, self.num_refs, self.tau, log=True)[:, None]
-                log_t = log_t + log_m
-        return log_t
+            return set_log_plan(f.float(), self.anchors.float(), self.reference.float(), self.sigma, self.eps,
+                                self.sinkhorn_iters, self.position_filter(x, hw, mask), mask)
 
     def attention(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
         """The implied token-to-token attention rownorm(T)·colnorm(T)ᵀ, (B, h, n, n): for tests and plots only
@@ -101,25 +102,20 @@ class SeTAttention(TokenMixer):
         (K̃ without autograd, log K with it) and no other n×m temporary."""
         self.check_input(x, hw, mask)
         h = self.num_heads
-        log_m = None
         if hw is not None:
-            grid = reference_grid(self.num_refs)
-            if self.tau:
-                log_m = GridFilter(hw, grid, self.tau, x.device)  # the (n, m) filter from its two factors
-        elif self.tau:
-            valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
-            log_m = position_filter_sequence(valid, self.num_refs, self.tau, log=True)[:, None]  # (B, 1, n, m)
+            reference_grid(self.num_refs)  # images need a square reference grid
+        log_m = self.position_filter(x, hw, mask)
         u_tokens = self.u(x)
         B, N, C = u_tokens.shape
         lepe = None
         if hw is not None and self.lepe is not None:
             # the tokens (B, N, C) read as a channels-last image, the result back in the token layout: no copies
             lepe = self.lepe(u_tokens.reshape(B, *hw, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
-        inplace = not torch.is_grad_enabled() and u_tokens.dtype == torch.float32
+        inplace = streams_in_place(u_tokens)
         if inplace:
             # without autograd the features are projected block by block inside set_attention (never a whole map)
             # and the result overwrites the values: set_attention reads all of them before it writes its first
-            # block. Two buffers of the token map's size fewer are allocated (7% less time at 224², measured).
+            # block. Two buffers of the token map's size fewer are allocated.
             f = ProjectedFeatures(x, self.f.weight, self.f.bias, h)
         else:
             f = split_heads(self.f(x), h)

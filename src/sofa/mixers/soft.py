@@ -1,6 +1,6 @@
 """SOFT attention: a Gaussian kernel made low-rank by Nyström landmarks and a Newton–Schulz pseudo-inverse.
 
-Per head (SOFT.md): Q = x·W_q / d^{1/4}, K = Q (no key projection), V = x·W_v; landmarks L from Q;
+Per head (docs/methods/soft.md): Q = x·W_q / d^{1/4}, K = Q (no key projection), V = x·W_v; landmarks L from Q;
 K1 = exp(−½ dist²(Q, L)) (N×m), A = exp(−½ dist²(L, L)) (m×m); out = K1·(A⁺·(K1ᵀ·V)) + DWConv(V). The
 association on the right costs O(N·m·d). Kernels, landmarks and iterations run in float32 under autocast.
 """
@@ -14,8 +14,8 @@ from torch import nn
 
 from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
-from sofa.ops.soft import soft_kernel_attention
 from sofa.ops._util import no_autocast
+from sofa.ops.soft import soft_kernel_attention, streams_in_place
 
 
 def bounded_grid(gh: int, gw: int, max_landmarks: int | None) -> tuple[int, int]:
@@ -185,7 +185,7 @@ class SoftAttention(TokenMixer):
         q_tokens = self.q(x)
         # without autograd the result overwrites the queries (each block is written after its kernel block is
         # built from them): one token-map-sized allocation fewer
-        inplace = not torch.is_grad_enabled() and q_tokens.dtype == torch.float32
+        inplace = streams_in_place(q_tokens)
         with no_autocast(x):
             L = self._landmark_act(self.image_landmarks(q_tokens.float(), H, W))
             q, v = split_heads(q_tokens, h).float(), split_heads(v_tokens, h).float()

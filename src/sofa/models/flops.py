@@ -71,15 +71,16 @@ def _extra_formulas() -> Dict:
 
 def flop_counter(**kwargs):
     """A :class:`~torch.utils.flop_counter.FlopCounterMode` that also counts CPU fused attention, and counts the
-    algorithms' own products: inside it SOFT runs its one-pass form (``sofa.ops._util.one_pass``), not the
-    streamed inference path that builds its kernel twice to stay in the cache."""
+    algorithms' own products: inside it the ``SOFA_ONE_PASS`` switch is on, so every op runs its one-pass form
+    (SOFT's kernel once, not the streamed inference path that builds it twice to stay in the cache; the
+    PoolFormer block's MLP as convolutions the counter sees, not the fused operator)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sofa.ops._util import one_pass
+    from sofa import switches
 
     class _Counter(FlopCounterMode):
         def __enter__(self):
-            self._one_pass = one_pass()
+            self._one_pass = switches.ONE_PASS.override(True)
             self._one_pass.__enter__()
             return super().__enter__()
 

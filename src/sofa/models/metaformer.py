@@ -6,9 +6,9 @@ per-channel LayerScale vectors ``ls1``, ``ls2`` (Yu et al., "MetaFormer is Actua
 Two block layouts, chosen by the norm:
 
 * ``norm="groupnorm"`` (PoolFormer): the block works on (B, C, H, W) maps: GroupNorm with one group, the mixer,
-  1×1-convolution MLP. Pooling and identity run on the map directly; a token mixer (SOFT, SeT, softmax
-  attention) sees the map as (B, H·W, C) tokens with ``hw=(H, W)`` for the mixer call only. No per-block
-  layout conversion is paid by the pooling stages.
+  1×1-convolution MLP, all in one op, :func:`sofa.ops.pool.metaformer_block`. Pooling and identity run on the
+  map directly; a token mixer (SOFT, SeT, softmax attention) sees the map as (B, H·W, C) tokens with
+  ``hw=(H, W)`` for the mixer call only. No per-block layout conversion is paid by the pooling stages.
 * ``norm="layernorm"`` (SeTformer): the stage works on (B, N, C) tokens: LayerNorm, the mixer, Linear MLP; the
   stage converts from and to (B, C, H, W) once at its ends.
 
@@ -22,19 +22,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from timm.layers import DropPath, trunc_normal_
-
+from sofa import switches
 from sofa.layers import Linear
-from sofa.ops._util import one_pass_active
-from sofa.ops.fused_mlp import CHUNK_BYTES, fold_mlp_weights, metaformer_mlp_, sample_moments
+from sofa.mixers.simple import Pooling
+from sofa.ops.pool import BlockWeights, metaformer_block
+from sofa.ops.pool import choose_impl as choose_block_impl
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "TokenBlock", "MixerSpec", "resize_pos_embed_2d"]
 
 MixerSpec = Union[str, Dict[str, Any]]
-NCHW_MIXERS = ("pool", "identity")
+#: mixers that work on (B, C, H, W) maps as they are (the rest take (B, N, C) tokens)
+MAP_MIXERS = ("pool", "identity")
 
 
 # ---------------------------------------------------------------------------------------------------- layers
@@ -80,30 +82,6 @@ class ClassifierMixin:
             nn.init.zeros_(self.head.bias)
 
 
-class PoolMixer2d(nn.Module):
-    """PoolFormer's mixer on a (B, C, H, W) map: AvgPool(k, 1, k//2, count_include_pad=False)(x) − x.
-
-    The same arithmetic as :class:`sofa.mixers.Pooling` on tokens (tested equal), without the layout round trip.
-    """
-
-    def __init__(self, pool_size: int = 3):
-        super().__init__()
-        self.pool_size = pool_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2, count_include_pad=False) - x
-
-    def extra_repr(self) -> str:
-        return f"pool_size={self.pool_size}"
-
-
-class IdentityMixer2d(nn.Module):
-    """The identity mixer (PoolFormer's ablation): the block adds ``ls1 · Norm1(x)``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 class ConvMlp(nn.Module):
     """1×1 conv → GELU → 1×1 conv on (B, C, H, W)."""
 
@@ -140,18 +118,17 @@ def resize_pos_embed_2d(pos: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
 
 
 def build_token_mixer(spec: MixerSpec, dim: int) -> Tuple[nn.Module, bool]:
-    """Mixer module for ``spec`` and whether it works on tokens (True) or on (B, C, H, W) maps (False)."""
+    """Mixer module for ``spec`` and whether it takes (B, N, C) tokens (False: it mixes (B, C, H, W) maps as they
+    are, pooling and identity)."""
+    from sofa.mixers import build_mixer
+
     if isinstance(spec, str):
         spec = {"kind": spec}
     spec = dict(spec)
     kind = spec.pop("kind")
     spec.pop("pos_embed", None)
-    if kind == "pool":
-        return PoolMixer2d(spec.get("pool_size", 3)), False
-    if kind == "identity":
-        return IdentityMixer2d(), False
-    from sofa.mixers import build_mixer
-
+    if kind in MAP_MIXERS:
+        return build_mixer(kind, dim, **spec), False
     spec.setdefault("num_heads", max(1, dim // 32))  # heads of size 32 unless given
     return build_mixer(kind, dim, **spec), True
 
@@ -164,122 +141,57 @@ def _mixer_kind(spec: MixerSpec) -> str:
 class MetaFormerBlock(nn.Module):
     """(B, C, H, W) block with GroupNorm(1): ``x + dp(ls1·mixer(norm1(x)))``, ``x + dp(ls2·mlp(norm2(x)))``.
 
-    With pooling or identity as the mixer the block runs a folded form of the same arithmetic (``fused``, on by
-    default), since these models are limited by memory traffic, not FLOPs: the GroupNorm affines and the
-    LayerScales are folded into per-channel factors and into the 1×1 MLP weights, which saves four full passes
-    over the activations per block:
+    The forward is one op, :func:`sofa.ops.pool.metaformer_block`: with pooling or identity as the mixer it
+    chooses among the fused CPU inference form, the folded form and the textbook form (same results to float
+    rounding); with a token mixer it runs the textbook form, the mixer seeing the map as (B, H·W, C) tokens.
 
-    * pooling is linear and per-channel and keeps constants (count_include_pad=False), so
-      ``pool(γ·n + β) − (γ·n + β) = γ·(pool(n) − n)`` for the normalised n: the mixer branch is
-      ``(ls1·γ1)·(pool(n) − n)`` (identity: ``ls1·(γ1·n + β1)``), added with one ``addcmul``;
-    * ``fc1(γ2·n + β2) = (W1·diag γ2)·n + (b1 + W1·β2)`` and ``ls2·fc2(h) = (diag ls2·W2)·h + ls2·b2``.
-
-    Inference on the CPU (no autograd, float32, channels-last) takes a third form, :meth:`forward_inference`: the
-    mixer half from the GroupNorm statistics alone, the MLP half as one fused, chunked, in-place oneDNN operator
-    (:func:`sofa.ops.fused_mlp.metaformer_mlp_`).
-    Under ``torch.compile`` that operator stays one kernel and inductor fuses the rest; with autograd, compiled
-    models run the textbook form (the folded form compiled to slower code).
-
-    The weights are folded on every forward (cheap: they are C×4C), so training sees the same gradients;
-    results equal the unfolded form to float rounding (tested against the released outputs as well).
+    Args:
+        impl: the op's ``impl`` ("auto", "fused_cpu", "folded" or "reference"); an attribute, so it can be set on
+            a built model.
     """
 
-    #: use the folded form for pooling / identity mixers (set False to run the textbook form)
-    fused = True
-
     def __init__(self, dim: int, mixer: MixerSpec = "pool", mlp_ratio: float = 4.0, drop: float = 0.0,
-                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = 1e-5, norm_eps: float = 1e-5):
+                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = 1e-5, norm_eps: float = 1e-5,
+                 impl: str = "auto"):
         super().__init__()
         self.norm1 = GroupNorm1(dim, eps=norm_eps)
-        self.token_mixer, self.tokens = build_token_mixer(mixer, dim)
+        self.token_mixer, self.mixer_takes_tokens = build_token_mixer(mixer, dim)
         self.norm2 = GroupNorm1(dim, eps=norm_eps)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         init = 1.0 if layer_scale_init_value is None else layer_scale_init_value
         self.layer_scale1 = nn.Parameter(torch.full((dim,), float(init)))
         self.layer_scale2 = nn.Parameter(torch.full((dim,), float(init)))
+        self.impl = impl
 
-    def mix(self, y: torch.Tensor) -> torch.Tensor:
-        if not self.tokens:
-            return self.token_mixer(y)
+    def mix_tokens(self, y: torch.Tensor) -> torch.Tensor:
+        """The token mixer on a (B, C, H, W) map, seen as (B, H·W, C) tokens with ``hw=(H, W)``."""
         B, C, H, W = y.shape
         t = self.token_mixer(y.flatten(2).transpose(1, 2), hw=(H, W))
         return t.transpose(1, 2).reshape(B, C, H, W)
 
-    #: inference on the CPU runs the MLP over chunks of tokens whose hidden activations take about this many
-    #: bytes (:func:`sofa.ops.fused_mlp.metaformer_mlp_`); 0 turns that path off
-    mlp_chunk_bytes = CHUNK_BYTES
+    def weights(self) -> BlockWeights:
+        n1, n2, fc1, fc2 = self.norm1, self.norm2, self.mlp.fc1, self.mlp.fc2
+        return BlockWeights(n1.weight, n1.bias, n1.eps, self.layer_scale1, n2.weight, n2.bias, n2.eps,
+                            self.layer_scale2, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
 
-    def inference_path(self, x: torch.Tensor) -> bool:
-        """Whether ``x`` takes the fused CPU inference path (:meth:`forward_inference`): pooling or identity mixer,
-        no autograd, a channels-last float32 CPU map, no active dropout, and not inside the FLOP counter (which
-        counts the algorithm's own products)."""
-        return bool(
-            self.fused and not self.tokens and self.mlp_chunk_bytes and not torch.is_grad_enabled()
-            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and (not self.training or (self.mlp.drop.p == 0.0 and isinstance(self.drop_path, nn.Identity)))
-            and type(self.mlp.act) is nn.GELU and self.mlp.act.approximate == "none"
-            and not one_pass_active()
-            and not (torch.compiler.is_compiling() and torch.is_autocast_enabled("cpu"))
-        )
+    def _op_arguments(self) -> Dict[str, Any]:
+        if self.mixer_takes_tokens:
+            mixer = self.mix_tokens
+        else:
+            mixer = "pool" if isinstance(self.token_mixer, Pooling) else "identity"
+        return dict(mixer=mixer, pool_size=getattr(self.token_mixer, "pool_size", 3), drop=self.mlp.drop.p,
+                    drop_path=getattr(self.drop_path, "drop_prob", 0.0), training=self.training)
+
+    def chosen_impl(self, x: torch.Tensor) -> str:
+        """The form :func:`sofa.ops.pool.metaformer_block` runs for ``x`` in the current grad mode."""
+        if self.impl != "auto":
+            return self.impl
+        args = self._op_arguments()
+        return choose_block_impl(x, args["mixer"], args["drop"], args["drop_path"], args["training"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inference_path(x):
-            return self.forward_inference(x)
-        # autograd under torch.compile: the textbook form, which inductor fuses itself (the folded form compiled to
-        # slower code, docs/benchmarks.md)
-        if self.fused and not self.tokens and (self.mlp.drop.p == 0.0 or not self.training) \
-                and not torch.compiler.is_compiling():
-            return self._forward_folded(x)
-        x = x + self.drop_path(self.layer_scale1.view(-1, 1, 1) * self.mix(self.norm1(x)))
-        x = x + self.drop_path(self.layer_scale2.view(-1, 1, 1) * self.mlp(self.norm2(x)))
-        return x
-
-    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """The block on the fused CPU inference path (check :meth:`inference_path` first).
-
-        The mixer half, from GroupNorm(1)'s statistics (μ, σ²) and r = (σ² + ε)^-½: pooling keeps constants
-        (count_include_pad=False), so ``pool(γ·n + β) − (γ·n + β) = γ·r·(pool(x) − x)`` and the branch is one
-        ``addcmul`` of x with (ls1·γ1·r)·(pool(x) − x) (identity: ``x + ls1·(γ1·r·(x − μ) + β1)``). The MLP half is
-        :func:`sofa.ops.fused_mlp.metaformer_mlp_`, in place on the mixer's output."""
-        n1, n2 = self.norm1, self.norm2
-        mean, var = sample_moments(x)
-        coef = (self.layer_scale1 * n1.weight).view(1, -1, 1, 1) * torch.rsqrt(var + n1.eps).view(-1, 1, 1, 1)
-        if isinstance(self.token_mixer, PoolMixer2d):
-            x = torch.addcmul(x, self.token_mixer(x), coef)
-        else:  # identity
-            shift = (self.layer_scale1 * n1.bias).view(1, -1, 1, 1) - coef * mean.view(-1, 1, 1, 1)
-            x = torch.addcmul(x + shift, x, coef)
-        x = x.contiguous(memory_format=torch.channels_last)
-        mean2, var2 = sample_moments(x)
-        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        metaformer_mlp_(x, mean2, torch.rsqrt(var2 + n2.eps), fc1.weight, fc1.bias, n2.weight, n2.bias,
-                        self.layer_scale2, fc2.weight, fc2.bias, int(self.mlp_chunk_bytes))
-        return x
-
-    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
-        """The same arithmetic with autograd (or off the CPU): GroupNorm without affine, the affines and
-        LayerScales folded into per-channel factors and into the MLP weights."""
-        n1, n2 = self.norm1, self.norm2
-        ls1, ls2 = self.layer_scale1, self.layer_scale2
-        n = F.group_norm(x, 1, None, None, n1.eps)
-        s1 = (ls1 * n1.weight).to(x.dtype).view(-1, 1, 1)
-        if isinstance(self.token_mixer, PoolMixer2d):
-            branch, shift = self.token_mixer(n), None
-        else:  # identity: ls1·(γ1·n + β1)
-            branch, shift = n, (ls1 * n1.bias).to(x.dtype).view(-1, 1, 1)
-        if isinstance(self.drop_path, nn.Identity):
-            x = torch.addcmul(x if shift is None else x + shift, s1, branch)
-        else:
-            x = x + self.drop_path(s1 * branch if shift is None else s1 * branch + shift)
-        n = F.group_norm(x, 1, None, None, n2.eps)
-        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        w1, b1, w2, b2 = fold_mlp_weights(fc1.weight, fc1.bias, n2.weight, n2.bias, ls2, fc2.weight, fc2.bias)
-        if shift is None:  # β1 cancels under pooling; keep it in the graph (gradient exactly 0, as DDP expects)
-            b1 = b1 + 0.0 * n1.bias.sum()
-        h = F.conv2d(self.mlp.act(F.conv2d(n, w1, b1)), w2, b2)
-        return x + self.drop_path(h)
+        return metaformer_block(x, self.weights(), **self._op_arguments(), impl=self.impl)
 
 
 class TokenBlock(nn.Module):
@@ -289,8 +201,7 @@ class TokenBlock(nn.Module):
                  layer_scale_init_value: Optional[float] = 1e-5, norm_eps: float = 1e-5):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.token_mixer, tokens = build_token_mixer(mixer, dim)
-        self.nchw_mixer = not tokens
+        self.token_mixer, self.mixer_takes_tokens = build_token_mixer(mixer, dim)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -298,15 +209,8 @@ class TokenBlock(nn.Module):
         self.layer_scale1 = nn.Parameter(torch.full((dim,), float(init)))
         self.layer_scale2 = nn.Parameter(torch.full((dim,), float(init)))
 
-    def mix(self, y: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-        if not self.nchw_mixer:
-            return self.token_mixer(y, hw=hw)
-        B, N, C = y.shape
-        m = self.token_mixer(y.transpose(1, 2).reshape(B, C, *hw))
-        return m.flatten(2).transpose(1, 2)
-
     def forward(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path(self.layer_scale1 * self.mix(self.norm1(x), hw))
+        x = x + self.drop_path(self.layer_scale1 * self.token_mixer(self.norm1(x), hw=hw))
         x = x + self.drop_path(self.layer_scale2 * self.mlp(self.norm2(x)))
         return x
 
@@ -362,8 +266,8 @@ class MetaFormerStage(nn.Module):
         if pos_embed_grid is not None:
             self.pos_embed = nn.Parameter(torch.zeros(1, dim, *pos_embed_grid))
             trunc_normal_(self.pos_embed, std=0.02)
-        self.tokens = norm == "layernorm"
-        block = TokenBlock if self.tokens else MetaFormerBlock
+        self.token_blocks = norm == "layernorm"
+        block = TokenBlock if self.token_blocks else MetaFormerBlock
         self.blocks = nn.ModuleList(
             [block(dim, mixer, mlp_ratio, drop, dpr[i], layer_scale_init_value) for i in range(depth)]
         )
@@ -375,7 +279,7 @@ class MetaFormerStage(nn.Module):
             x = x + resize_pos_embed_2d(self.pos_embed, x.shape[-2:]).to(x.dtype)
         B, C, H, W = x.shape
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
-        if self.tokens:
+        if self.token_blocks:
             t = x.flatten(2).transpose(1, 2)
             for blk in self.blocks:
                 t = checkpoint(blk, t, (H, W), use_reentrant=False) if use_ckpt else blk(t, (H, W))
@@ -393,8 +297,9 @@ class MetaFormer(ClassifierMixin, nn.Module):
         depths, dims: blocks and channels per stage.
         token_mixers: one spec per stage: ``"pool"``, ``"identity"``, or any kind of
             :func:`sofa.mixers.build_mixer` (``"soft"``, ``"soft_norm"``, ``"set"``, ``"attn"``), as a string or a
-            dict ``{"kind": ..., **mixer_kwargs}`` (``num_heads`` defaults to dim / 32); a dict may carry ``"pos_embed": True`` for a learned absolute
-            position embedding added at the start of the stage (stored for a 224² input, resized to any input).
+            dict ``{"kind": ..., **mixer_kwargs}`` (``num_heads`` defaults to dim / 32); a dict may carry
+            ``"pos_embed": True`` for a learned absolute position embedding added at the start of the stage
+            (stored for a 224² input, resized to any input).
         mlp_ratios: MLP hidden width / dim per stage.
         norm: ``"groupnorm"`` (PoolFormer: GroupNorm(1), (B, C, H, W) blocks) or ``"layernorm"`` (token blocks).
         stem: ``"poolformer"`` (Conv 7×7 s4 p2) or ``"conv2"`` (two 3×3 s2 convs with LayerNorm).
@@ -404,9 +309,6 @@ class MetaFormer(ClassifierMixin, nn.Module):
             of four bools picks stages (released RetinaNet configs leave out the first).
         drop_rate, drop_path_rate: dropout in the MLP / head, and stochastic depth rising linearly over all blocks.
     """
-
-    #: run the stages in channels-last layout on the CPU (see ``_to_internal``); False keeps the input's layout
-    cpu_channels_last = True
 
     def __init__(
         self,
@@ -470,7 +372,7 @@ class MetaFormer(ClassifierMixin, nn.Module):
             out_norms = [out_norms] * n
         self.out_norm_stages = tuple(bool(b) for b in out_norms)
         if any(self.out_norm_stages):
-            self.out_norms = nn.ModuleList([norm2d(d) if b else nn.Identity() for d, b in zip(dims, out_norms)])
+            self.out_norms = nn.ModuleList([norm2d(d) if b else nn.Identity() for d, b in zip(dims, out_norms, strict=False)])
         else:
             self.out_norms = None
         self.norm = norm2d(dims[-1])
@@ -512,14 +414,15 @@ class MetaFormer(ClassifierMixin, nn.Module):
                              f"least {k}x{k} pixels")
 
     def _to_internal(self, x: torch.Tensor) -> torch.Tensor:
-        """The layout the stages run in: channels-last on the CPU (``cpu_channels_last``), the input's elsewhere.
+        """The layout the stages run in: channels-last on the CPU (the ``SOFA_CPU_CHANNELS_LAST`` switch), the
+        input's elsewhere.
 
         On the CPU a 1×1 convolution on a channels-last map is one oneDNN GEMM at full vector width, while on an
         NCHW map oneDNN first reorders it to a blocked layout and back; GroupNorm, average pooling and the
         per-channel products all have channels-last CPU kernels, and a channels-last map is already (B, H·W, C)
         tokens for the token mixers. Outputs are the same maps (only their strides differ).
         """
-        if self.cpu_channels_last and x.device.type == "cpu" and x.dim() == 4:
+        if switches.CPU_CHANNELS_LAST.get() and x.device.type == "cpu" and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 

@@ -1,4 +1,5 @@
-"""SeTformer (Shamsolmoali et al., "SeTformer is What You Need for Vision and Language", AAAI 2024), SETFORMER.md.
+"""SeTformer (Shamsolmoali et al., "SeTformer is What You Need for Vision and Language", AAAI 2024); the method
+in docs/methods/setformer.md.
 
 No code or size table was released; this is the project's design where the paper is silent, on the MetaFormer
 builder (:mod:`sofa.models.metaformer`):
@@ -11,8 +12,8 @@ builder (:mod:`sofa.models.metaformer`):
   anchors, ε = 0.1, τ = 0.1, 5 Sinkhorn iterations; no shifted windows, no attention bias (paper).
 * Head: LayerNorm → global average pool → Linear.
 
-Sizes: widths and depths chosen to land within 10% of the SETFORMER.md targets (parameters and MACs at 224²,
-measured by :func:`sofa.models.flops.count_macs`): Mini 15.9M / 3.01G (MLP ratio 4), Tiny 24.2M / 4.25G,
+Sizes: widths and depths chosen to land within 10% of the targets in docs/methods/setformer.md (parameters and
+MACs at 224², measured by :func:`sofa.models.flops.count_macs`): Mini 15.9M / 3.01G (MLP ratio 4), Tiny 24.2M / 4.25G,
 Small 35.1M / 6.65G, Base 49.7M / 8.83G (MLP ratio 3).
 Any input size works: every stage is global over its tokens with a fixed reference set (linear cost).
 """
@@ -71,7 +72,7 @@ def _cfg() -> Dict:
 def _register_all():
     for key, v in VARIANTS.items():
         name = f"setformer_{key}"
-        paper = dict(params=v["params"], macs=v["macs"], top1=v["top1"], note="targets (SETFORMER.md)")
+        paper = dict(params=v["params"], macs=v["macs"], top1=v["top1"], note="targets (docs/methods/setformer.md)")
         cfg = _cfg()
 
         def fn(pretrained=False, _name=name, _v=v, _cfg=cfg, **kwargs):

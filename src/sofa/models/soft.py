@@ -1,4 +1,4 @@
-"""SOFT and SOFT-Norm vision transformers, exactly the released architecture (fudan-zvg/SOFT), see SOFT.md.
+"""SOFT and SOFT-Norm vision transformers, exactly the released architecture (fudan-zvg/SOFT), see docs/methods/soft.md.
 
 * Stem (stride 4): three Conv3×3+BN+ReLU (3→32 s2, 32→32 s1, 32→C₁ s2); downsampling to stages 2–4:
   Conv3×3 s2 + BN + ReLU.
@@ -31,10 +31,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-from timm.layers import DropPath, trunc_normal_
 
 from sofa.models._builder import build_model
 from sofa.models.metaformer import ClassifierMixin, Mlp

@@ -16,11 +16,11 @@ C×4C weights). How fast those GEMMs run on a CPU depends on what surrounds them
   whenever any of the seven tensors changes in place or is replaced), instead of being reordered on every call.
 * **The norm without a normalised copy.** GroupNorm(1) needs each sample's mean and variance over (C, H, W); the
   caller passes them in (:func:`sample_moments`), and each chunk is normalised into a cache-sized buffer just
-  before its GEMM. (Also returning the output's moments, for the next block's norm, was tried: no faster.)
+  before its GEMM.
 
-The oneDNN kernels (``torch.ops.mkldnn._convolution_pointwise``) exist in PyTorch builds with oneDNN; they are
-checked once against plain convolutions, and where they are missing or differ the same chunk loop runs with
-``F.conv2d`` and ``F.gelu`` (also the path for inputs under autocast). ``SOFA_CPU_MLP=aten`` forces that path.
+Two kernel sets run the same chunk loop (``impl=``): "onednn", the fused kernels above
+(``torch.ops.mkldnn._convolution_pointwise``, in PyTorch builds with oneDNN; checked once against plain
+convolutions), and "aten", ``F.conv2d`` and ``F.gelu``. :func:`choose_impl` writes the "auto" rule.
 
 Exposed as the custom operator ``torch.ops.sofa.metaformer_mlp_`` so that ``torch.compile`` calls it as one opaque
 kernel and fuses the element-wise work around it.
@@ -28,21 +28,21 @@ kernel and fuses the element-wise work around it.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from sofa.layers import rows_as_map
+from sofa import switches
+from sofa.ops import numerics
+from sofa.ops._util import check_impl
+from sofa.ops.linear import rows_as_map
 
-__all__ = ["metaformer_mlp_", "fold_mlp_weights", "sample_moments", "chunk_rows", "onednn_ready", "CHUNK_BYTES",
-           "MOMENT_PARTS"]
+__all__ = ["metaformer_mlp_", "fold_mlp_weights", "sample_moments", "chunk_rows", "onednn_ready", "choose_impl",
+           "packed_weights", "onednn_chunk_", "mlp_chunk_bytes", "IMPLS", "MOMENT_PARTS"]
 
-#: hidden-activation bytes per chunk (measured on the project's machine: 2–8 MB are within noise of each other,
-#: below 1 MB the per-chunk overhead shows)
-CHUNK_BYTES = 4 << 20
+IMPLS = ("onednn", "aten")
 
 #: packed weights kept per block for this many distinct chunk lengths (each distinct input size adds one or two)
 _PACKS_PER_BLOCK = 8
@@ -61,7 +61,7 @@ def _reorder(w: torch.Tensor, rows: int) -> torch.Tensor:
     return torch._C._nn.mkldnn_reorder_conv2d_weight(w.to_mkldnn(), *_1x1[:3], _1x1[3], [1, w.shape[1], rows, 1])
 
 
-def _onednn_chunk_(rows: torch.Tensor, n: torch.Tensor, w1, b1, w2, b2) -> None:
+def onednn_chunk_(rows: torch.Tensor, n: torch.Tensor, w1, b1, w2, b2) -> None:
     """``rows += fc2(GELU(fc1(n)))`` for one chunk of tokens ((c, C) matrices, rows contiguous) through oneDNN,
     with weights reordered by :func:`_reorder` for c rows: fc1 with GELU as a post-op, fc2 adding into ``rows`` in
     place."""
@@ -73,7 +73,7 @@ def _onednn_chunk_(rows: torch.Tensor, n: torch.Tensor, w1, b1, w2, b2) -> None:
 @functools.lru_cache(maxsize=None)
 def onednn_ready() -> bool:
     """Whether the fused oneDNN kernels exist here and agree with plain convolutions on a small case (once)."""
-    if os.environ.get("SOFA_CPU_MLP", "onednn").lower() == "aten" or not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available():
         return False
     try:
         g = torch.Generator().manual_seed(0)
@@ -83,7 +83,7 @@ def onednn_ready() -> bool:
         want = res + F.linear(F.gelu(F.linear(x, w1.flatten(1), b1)), w2.flatten(1), b2)
         with torch.no_grad():
             got = res.clone()
-            _onednn_chunk_(got, x, _reorder(w1, 37), b1, _reorder(w2, 37), b2)
+            onednn_chunk_(got, x, _reorder(w1, 37), b1, _reorder(w2, 37), b2)
         return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4))
     except Exception:  # no such kernels in this build, or they refuse these shapes
         return False
@@ -100,7 +100,7 @@ def fold_mlp_weights(fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b):
     return w1, b1, fc2_w * ls.view(-1, 1, 1, 1), fc2_b * ls
 
 
-def _packed(tensors: Tuple[torch.Tensor, ...], rows: int, pack: bool):
+def packed_weights(tensors: Tuple[torch.Tensor, ...], rows: int, pack: bool):
     """Folded (and, with ``pack``, reordered) weights for chunks of ``rows`` tokens, cached per fc1 weight.
 
     The cache keeps only what the chunks use: the reordered weights per chunk length with ``pack`` (the folded
@@ -148,8 +148,8 @@ def sample_moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     faster on the CPU than ``torch.var_mean``, whose Welford loop does not vectorise).
 
     Each sample is summed in ``MOMENT_PARTS`` equal parts (the largest power of two up to it that divides its size)
-    and the parts added: one parallel reduction over all (sample, part) rows. Compiled, this is 1.5–3× faster than
-    one reduction per sample, which inductor runs as a serial loop over samples of parallel reductions (a thread
+    and the parts added: one parallel reduction over all (sample, part) rows. Compiled, this is faster than one
+    reduction per sample, which inductor runs as a serial loop over samples of parallel reductions (a thread
     fork and join each); eager it is as fast, and its rounding error is smaller."""
     B = x.shape[0]
     t = x.permute(0, 2, 3, 1) if x.dim() == 4 and x.is_contiguous(memory_format=_CL) else x
@@ -161,20 +161,43 @@ def sample_moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return m, torch.linalg.vecdot(d, d).sum(-1) / n
 
 
+def mlp_chunk_bytes() -> int:
+    """Hidden-activation bytes per chunk: the ``SOFA_MLP_CHUNK_BYTES`` switch, or ``numerics.MLP_CHUNK_BYTES``."""
+    return switches.MLP_CHUNK_BYTES.get() or numerics.MLP_CHUNK_BYTES
+
+
+def choose_impl() -> str:
+    """The ``impl="auto"`` rule: "onednn" where the fused kernels work here (:func:`onednn_ready`), the
+    ``SOFA_CPU_MLP`` switch allows them and autocast is off; "aten" otherwise."""
+    if switches.CPU_MLP.get() == "onednn" and onednn_ready() and not torch.is_autocast_enabled("cpu"):
+        return "onednn"
+    return "aten"
+
+
 @torch.library.custom_op("sofa::metaformer_mlp_", mutates_args=("x",))
 def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1_w: torch.Tensor,
                     fc1_b: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, ls: torch.Tensor,
-                    fc2_w: torch.Tensor, fc2_b: torch.Tensor, chunk_bytes: int) -> None:
-    """``x += ls · fc2(GELU(fc1(γ·(x − mean)·rstd + β)))`` in place on a channels-last float32 (B, C, H, W) map on
-    the CPU, where ``mean`` and ``rstd`` (B,) are the per-sample GroupNorm(1) statistics of ``x`` and (γ, β) its
-    affine. Inference only (no autograd)."""
+                    fc2_w: torch.Tensor, fc2_b: torch.Tensor, chunk_bytes: int, impl: str = "auto") -> None:
+    """``x += ls · fc2(GELU(fc1(γ·(x − mean)·rstd + β)))`` in place, inference only (no autograd).
+
+    Args:
+        x: (B, C, H, W) channels-last float32 map on the CPU.
+        mean, rstd: (B,) the per-sample GroupNorm(1) statistics of ``x`` (rstd = (σ² + ε)^−½).
+        fc1_w (4C, C, 1, 1), fc1_b (4C,), norm_w (C,), norm_b (C,) (GroupNorm's affine γ, β), ls (C,),
+        fc2_w (C, 4C, 1, 1), fc2_b (C,).
+        chunk_bytes: hidden-activation bytes per chunk of tokens (:func:`mlp_chunk_bytes` gives the default).
+        impl: "auto" (:func:`choose_impl`), "onednn" or "aten".
+    """
+    check_impl("metaformer_mlp_", impl, IMPLS)
+    if impl == "onednn" and not onednn_ready():
+        raise ValueError("metaformer_mlp_: impl='onednn' needs oneDNN's fused kernels, which this build lacks")
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous(memory_format=_CL):
         raise ValueError("metaformer_mlp_: needs a channels-last float32 CPU map, got "
                          f"{x.dtype} on {x.device} with strides {x.stride()}")
     B, C, H, W = x.shape
     HW, L = H * W, B * H * W
     hidden = fc1_w.shape[0]
-    fused = onednn_ready() and not torch.is_autocast_enabled("cpu")
+    fused = (choose_impl() if impl == "auto" else impl) == "onednn"
     rows_per = chunk_rows(L, hidden, 4, chunk_bytes)
     tokens = x.permute(0, 2, 3, 1).view(L, C)  # token-major rows of the map (a view: writes land in x)
     tok_rstd = rstd.float().repeat_interleave(HW).view(L, 1)
@@ -184,18 +207,18 @@ def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1
     for i in range(0, L, rows_per):
         j = min(L, i + rows_per)
         if j - i not in packs:
-            packs[j - i] = _packed(params, j - i, fused)
+            packs[j - i] = packed_weights(params, j - i, fused)
         w1, b1, w2, b2 = packs[j - i]
         rows = tokens[i:j]
         n = torch.addcmul(tok_shift[i:j], rows, tok_rstd[i:j])  # γ, β are folded into w1, b1
         if fused:
-            _onednn_chunk_(rows, n, w1, b1, w2, b2)
+            onednn_chunk_(rows, n, w1, b1, w2, b2)
         else:
             y = F.conv2d(F.gelu(F.conv2d(rows_as_map(n), w1, b1)), w2, b2)
             rows.add_(y[0, :, :, 0].t())
 
 
 @metaformer_mlp_.register_fake
-def _(x, mean, rstd, fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b, chunk_bytes):
+def _(x, mean, rstd, fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b, chunk_bytes, impl="auto"):
     return None
 

@@ -3,13 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from sofa.ops._util import fp32, no_autocast
-
-# exp(-40) ~ 4e-18: kernel entries below it are set to exact zero. Products of two kept entries stay far
-# above float32's smallest normal number (1.2e-38), so the matmuls that follow never produce subnormal
-# floats, whose CPU arithmetic is ~20x slower (the released SOFT code's CPU slowdown). The change to any
-# output is below 1e-17 per entry, far under float32 resolution of entries of order one.
-UNDERFLOW_EXPONENT = -40.0
+from sofa.ops._util import fp32, needs_graph, no_autocast
+from sofa.ops.numerics import UNDERFLOW_EXPONENT, keep_threshold
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -41,18 +36,14 @@ def underflow_to_zero(exponent: torch.Tensor) -> torch.Tensor:
     return torch.exp(exponent.clamp_min(UNDERFLOW_EXPONENT)) * (exponent >= UNDERFLOW_EXPONENT)
 
 
-def _needs_graph(*ts: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``exp(−½·dist²(a, b))`` (SOFT's kernel), (..., n, d) × (..., m, d) → (..., n, m), float32.
 
-    Entries too small to matter (below exp(−40)) are exact zeros: see ``UNDERFLOW_EXPONENT``.
+    Entries too small to matter (below exp(−40)) are exact zeros: see ``sofa.ops.numerics``.
     Without autograd (inference) the same values come from one buffer updated in place (no temporaries the
     size of the kernel: on the CPU each fresh large tensor also costs its page faults).
     """
-    if not _needs_graph(a, b) and a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-1]:
+    if not needs_graph(a, b) and a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-1]:
         return _gaussian_kernel_inplace(a, b)
     return underflow_to_zero(-0.5 * squared_distances(a, b))
 
@@ -75,16 +66,6 @@ def _gaussian_kernel_inplace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # below it, whose entry becomes zero; capping those at a little more keeps exp() out of its slow range
         k.clamp_(0.0, -2.0 * UNDERFLOW_EXPONENT + 1.0).mul_(-0.5).exp_()
         # keep an entry iff its exponent was ≥ UNDERFLOW_EXPONENT, i.e. iff its value ≥ exp(UNDERFLOW_EXPONENT)
-        torch.nn.functional.threshold_(k, _keep_threshold(k.dtype), 0.0)
+        torch.nn.functional.threshold_(k, keep_threshold(k.dtype), 0.0)
         return k.reshape(*a.shape[:-2], n, m)
 
-
-_THRESHOLDS: dict = {}
-
-
-def _keep_threshold(dtype: torch.dtype) -> float:
-    """The largest value below exp(UNDERFLOW_EXPONENT) in ``dtype`` (threshold keeps values above it)."""
-    if dtype not in _THRESHOLDS:
-        e = torch.exp(torch.tensor(UNDERFLOW_EXPONENT, dtype=dtype))
-        _THRESHOLDS[dtype] = torch.nextafter(e, torch.zeros((), dtype=dtype)).item()
-    return _THRESHOLDS[dtype]

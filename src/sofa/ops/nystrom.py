@@ -1,4 +1,5 @@
-"""The Nyström embedding of SeT (SETFORMER.md, step 2): tokens into a k-dimensional RKHS approximation.
+"""The Nyström embedding of SeT (docs/methods/setformer.md, "Nyström embedding"): tokens into a k-dimensional
+RKHS approximation.
 
 κ(a, z) = |a|·exp((⟨a/|a|, z⟩ − 1)/σ²) for unit-norm anchors z (a Gaussian kernel on the sphere, scaled by
 the norm), and ψ(a) = κ(Z, Z)^{−1/2}·κ(Z, a), so that ⟨ψ(a), ψ(a′)⟩ approximates κ(a, a′).

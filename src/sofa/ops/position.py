@@ -1,4 +1,5 @@
-"""Position filters of SeT: M_ij = exp(−(α_i − β_j)² / τ²) between token i and reference j (SETFORMER.md).
+"""Position filters of SeT: M_ij = exp(−(α_i − β_j)² / τ²) between token i and reference j
+(docs/methods/setformer.md, "Position filter").
 
 Cell centres are used for both grids, α_i = (i + ½)/n and β_j = (j + ½)/m, which keeps them aligned at both
 ends. Results are float32.

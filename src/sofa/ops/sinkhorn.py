@@ -6,10 +6,7 @@ import math
 import torch
 
 from sofa.ops._util import fp32, no_autocast
-
-# Log-mass given to padded rows: exp of it is exactly zero in float32, yet it stays finite, so no inf − inf
-# (and no NaN gradient) ever appears.
-_MASKED_LOG = -1e30
+from sofa.ops.numerics import MASKED_LOG
 
 
 def sinkhorn_log(
@@ -46,13 +43,13 @@ def sinkhorn_log(
                 )
             valid = mask.bool()
             n_valid = valid.sum(-1, keepdim=True).clamp_min(1).to(logK.dtype)
-            log_a = torch.where(valid, -torch.log(n_valid), torch.full_like(logK[..., 0], _MASKED_LOG))
+            log_a = torch.where(valid, -torch.log(n_valid), torch.full_like(logK[..., 0], MASKED_LOG))
             logK = logK.masked_fill(~valid.unsqueeze(-1), 0.0)
         v = torch.zeros_like(logK[..., 0, :])  # (..., m)
         for _ in range(iters):
             u = log_a - torch.logsumexp(logK + v.unsqueeze(-2), dim=-1)
             if valid is not None:
-                u = torch.where(valid, u, torch.full_like(u, _MASKED_LOG))
+                u = torch.where(valid, u, torch.full_like(u, MASKED_LOG))
             v = log_b - torch.logsumexp(logK + u.unsqueeze(-1), dim=-2)
         return logK + u.unsqueeze(-1) + v.unsqueeze(-2)
 

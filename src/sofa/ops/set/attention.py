@@ -1,24 +1,24 @@
 """SeT's whole attention in one streaming pass structure: Nyström scores, Sinkhorn, plan-weighted aggregation.
 
-``set_attention`` computes, per head, exactly what ``SeTAttention.log_plan`` followed by its two softmaxes
-computes (the reference path, kept for tests and plots):
+``set_attention`` computes, per head, what :func:`sofa.ops.set.reference.set_attention_reference` computes from
+the whole plan (its log is :func:`sofa.ops.set.reference.set_log_plan`) followed by two softmaxes:
 
     log T = log K + u·1ᵀ + 1·vᵀ (Sinkhorn potentials u, v on log K = scores/ε), log P = log T + log M,
     out = softmax_rows(log P) · (softmax_cols(log P)ᵀ · values)
 
 but over blocks of tokens, holding one N×m matrix per head and no other N×m temporary than one block:
 
-* Without autograd (``_streamed_scaled``) the matrix is K̃ = exp(log K − row max), the only N×m exponential
-  taken. Each Sinkhorn iteration is one sweep over it: per block, the row sums K̃·e^(v − max v) give the block's
-  row potentials and the same cache-resident block adds its share to the column sums for the next v. The last
-  sweep also collects the values into the references (column-normalised weights K̃ ⊙ M̃ times per-row factors,
-  one GEMM per block) and one more sweep reads them back (row-normalised, one GEMM per block). K̃ is read
-  iters + 1 times in all. The position filter M̃ is built per block (for images from its row and column
-  factors, ``GridFilter``). A row or column whose scaled sum is too small to trust is recomputed exactly in
-  the log domain from rebuilt log-K blocks.
-* With autograd the matrix is log K, kept for the backward: log-domain Sinkhorn with log-sum-exps accumulated
-  block by block (running maximum and sum), the column softmax accumulated the same way (as in flash
-  attention), the row softmax local to each block.
+* ``impl="scaling"`` (the choice without autograd, ``_streamed_scaled``): the matrix is K̃ = exp(log K − row max),
+  the only N×m exponential taken. Each Sinkhorn iteration is one sweep over it: per block, the row sums K̃·e^(v −
+  max v) give the block's row potentials and the same cache-resident block adds its share to the column sums for the
+  next v. The last sweep also collects the values into the references (column-normalised weights K̃ ⊙ M̃ times
+  per-row factors, one GEMM per block) and one more sweep reads them back (row-normalised, one GEMM per block). K̃
+  is read iters + 1 times in all. The position filter M̃ is built per block (for images from its row and column
+  factors, ``GridFilter``). A row or column whose scaled sum is too small to trust is recomputed exactly in the log
+  domain from rebuilt log-K blocks.
+* ``impl="log_domain"`` (the choice with autograd): the matrix is log K, kept for the backward: log-domain Sinkhorn
+  with log-sum-exps accumulated block by block (running maximum and sum), the column softmax accumulated the same
+  way (as in flash attention), the row softmax local to each block.
 
 Either way each block's temporaries stay in the cache, so the time is proportional to N, and the memory beyond
 the inputs and the output is the one N×m matrix and one block.
@@ -38,22 +38,20 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sofa.layers import linear
-from sofa.ops._util import fp32, no_autocast, token_spans
+from sofa import switches
+from sofa.ops import numerics
+from sofa.ops._util import check_impl, fp32, needs_graph, no_autocast
+from sofa.ops.linear import linear
+from sofa.ops.numerics import MASKED_LOG as _MASKED_LOG
+from sofa.ops.numerics import SCALING_HEADROOM as _HEADROOM
+from sofa.ops.numerics import TRUST as _TRUST
+from sofa.ops.numerics import UNDERFLOW_EXPONENT as _WEIGHT_FLOOR
 from sofa.ops.nystrom import inverse_sqrt_psd, spherical_gaussian_kernel
 from sofa.ops.position import GridFilter
 
-#: bytes of one block of an (N, m) temporary: a few of them stay in the cache together
-CHUNK_BYTES = 2 * 2**20
-# log-mass of padded rows, as in sinkhorn_log: exp of it is exactly zero, yet it stays finite
-_MASKED_LOG = -1e30
-# the softmax weights keep entries ≥ exp(−40) of the largest (same rule as SOFT's kernel) ...
-_WEIGHT_FLOOR = -40.0
-# ... and so do the terms of the log-sum-exps of the autograd path: a term below exp(−40) of the largest is an
-# exact zero (it changes the sum by less than N·exp(−40) ≈ 2e-13 relative at N = 50,176). A floor of exp(−80)
-# let the backward pass make subnormals (gradient × exp(−80) is below float32's smallest normal number for any
-# gradient under 6e-4): thousands per training step of SeT at 112², each ~20× slower on the CPU.
-_LSE_FLOOR = _WEIGHT_FLOOR  # (the threshold below keeps exactly the terms ≥ exp(_WEIGHT_FLOOR))
+IMPLS = ("scaling", "log_domain", "reference")
+# the softmax weights and the terms of the log-sum-exps keep entries ≥ exp(−40) of their largest (numerics)
+_LSE_FLOOR = _WEIGHT_FLOOR
 
 
 def _exp_weights(t: torch.Tensor) -> torch.Tensor:
@@ -65,14 +63,8 @@ def _exp_weights(t: torch.Tensor) -> torch.Tensor:
     return F.threshold(w, _keep_threshold(), 0.0)
 
 
-_KEEP = []
-
-
 def _keep_threshold() -> float:
-    if not _KEEP:
-        e = torch.exp(torch.tensor(_WEIGHT_FLOOR))
-        _KEEP.append(torch.nextafter(e, torch.zeros(())).item())
-    return _KEEP[0]
+    return numerics.keep_threshold(torch.float32)
 
 
 def _lse(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -119,8 +111,7 @@ class _LogDomainAttention(torch.autograd.Function):
     """SeT's attention from log K (B, h, n, m), with autograd: the log-domain forward over blocks of tokens and a
     backward written out over the same blocks, so that no graph of the iterations is kept: log K, its gradient,
     the potentials of every iteration (n + m numbers each) and one block of temporaries, instead of several n×m
-    tensors saved per iteration (SeT's training step, one mixer, 2 threads: 978 → 258 MB and 410 → 298 ms at 224²,
-    3.9 → 0.84 GB and 5.9 → 2.4 s at 448²).
+    tensors saved per iteration (docs/benchmarks.md has the memory and time of SeT's training step).
 
     Forward (per head): Sinkhorn u_t = log a − LSE_row(log K + v_{t−1}), v_t = log b − LSE_col(log K + u_t);
     the references collect S = softmax_col(log K + u_T + log M), A = Sᵀ·values; the tokens read them,
@@ -140,7 +131,7 @@ class _LogDomainAttention(torch.autograd.Function):
         u_all, v_all = _sinkhorn_log_blocks(blocks, log_a, log_b, valid, spans, iters)
         u, v = u_all[-1], v_all[-1]
         A, l_col = _collect_log(blocks.__getitem__, [u[..., i:j, :] for i, j in spans], filt, spans, values)
-        outs, l_rows = zip(*(_read_log(blocks[b], v, filt.log(i, j), A) for b, (i, j) in enumerate(spans)))
+        outs, l_rows = zip(*(_read_log(blocks[b], v, filt.log(i, j), A) for b, (i, j) in enumerate(spans)), strict=True)
         out = torch.cat(outs, -2) if nb > 1 else outs[0]
         ctx.filt, ctx.spans, ctx.log_b = filt, spans, log_b
         ctx.save_for_backward(logK, values, log_a, valid, A, out, l_col, torch.cat(l_rows, -2), torch.stack(u_all),
@@ -197,15 +188,6 @@ class _LogDomainAttention(torch.autograd.Function):
                 gv_prev -= R.sum(-2, keepdim=True)
             gv = gv_prev
         return gK, gV, None, None, None, None, None, None
-
-
-# A scaled sum is trusted when it is at least exp(−20) of its largest possible term: the terms dropped below
-# exp(−40) (at most m of them in a row) then change a row's sum by less than m·exp(−20) ≈ 1e-7 relative (a
-# column's has up to N of them: a bound of N·exp(−20), 1e-4 at N = 50,176, far above what the tests measure).
-# Rows or columns below it are recomputed exactly in the log domain.
-_TRUST = math.exp(-20.0)
-# the headroom of the column shift: every trusted row has rmax + u ≤ log a − vmax + _HEADROOM
-_HEADROOM = 20.0
 
 
 #: exp(t) for t ≤ 0 with entries below exp(−40) exact zeros, as scaling factors: products of two stay normal
@@ -419,6 +401,18 @@ class ProjectedFeatures:
         return y.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
 
+def choose_impl(f, anchors: torch.Tensor, reference: torch.Tensor, values: torch.Tensor) -> str:
+    """The ``impl="auto"`` rule: "log_domain" where autograd records a graph through any input, "scaling"
+    otherwise."""
+    return "log_domain" if needs_graph(f, anchors, reference, values) else "scaling"
+
+
+def streams_in_place(x: torch.Tensor) -> bool:
+    """Whether a caller may hand :func:`set_attention` its features as :class:`ProjectedFeatures` and its value
+    buffer as ``out=``: no autograd is recording and the tokens are float32."""
+    return not torch.is_grad_enabled() and x.dtype == torch.float32
+
+
 def set_attention(
     f: torch.Tensor,
     anchors: torch.Tensor,
@@ -433,34 +427,56 @@ def set_attention(
     nystrom_iters: int = 20,
     chunk_bytes: int | None = None,
     out: torch.Tensor | None = None,
+    *,
+    block_rows: int | None = None,
+    impl: str = "auto",
 ) -> torch.Tensor:
-    """SeT attention of features f (B, h, n, d) with values (B, h, n, dv) → (B, h, n, dv), float32.
+    """SeT attention of features f with values (see the module docstring and docs/methods/setformer.md).
 
-    ``f`` may be a :class:`ProjectedFeatures` (the projection done here, block by block). With autograd the
-    gradients of f, anchors, reference and values come from a backward written out over the blocks (first order
-    only: no double backward); ``log_m`` is a constant.
+    Args:
+        f: (B, h, n, d) features, or a :class:`ProjectedFeatures` (the projection done here, block by block).
+        anchors: (h, k, d) Nyström anchors (normalised here). reference: (h, m, k).
+        values: (B, h, n, dv).
+        sigma, eps, iters, ridge, nystrom_iters: the kernel's bandwidth, Sinkhorn's ε and iterations, the
+            Nyström root's ridge and iterations.
+        log_m: the log position filter, broadcastable to (B, h, n, m), or a :class:`~sofa.ops.position.GridFilter`
+            (the 2-D filter from its two factors); None: no filter. A constant (no gradient).
+        mask: (B, n) or (B, h, n), True for real tokens (padded ones get no mass and read nothing that matters;
+            their outputs are not defined).
+        out: (B, h, n, dv) float32, any strides (e.g. the heads of a token-major buffer), without autograd only:
+            receives the result block by block and is returned. It may be ``values`` itself (every value is read
+            before the first block of the result is written).
+        chunk_bytes: bytes of one block of an (n, m) matrix (None: the ``SOFA_SET_CHUNK_BYTES`` switch, or
+            ``numerics.SET_CHUNK_BYTES``); block_rows: rows per block instead (tests use small blocks).
+        impl: "auto" (:func:`choose_impl`), "scaling" (no autograd), "log_domain" (gradients of f, anchors,
+            reference and values by a backward written out over the blocks; first order only) or "reference".
 
-    anchors (h, k, d) (normalised here), reference (h, m, k); ``log_m``: the log position filter, broadcastable
-    to (B, h, n, m) (None: no filter); ``mask`` (B, n) or (B, h, n), True for real tokens (padded ones get no
-    mass and read nothing that matters; their outputs are not defined). See the module docstring.
-    ``log_m`` may also be a :class:`~sofa.ops.position.GridFilter` (the 2-D filter from its two factors).
-    ``out``: a float32 tensor of the result's shape (a strided view is fine, e.g. the heads of a token-major
-    buffer) that receives the result block by block, without autograd only; it is then what is returned. It may
-    be ``values`` itself: every value is read before the first block of the result is written.
+    Returns:
+        (B, h, n, dv), float32 (float64 for float64 inputs).
     """
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    check_impl("set_attention", impl, IMPLS)
     if eps <= 0:
         raise ValueError(f"set_attention: eps must be positive, got {eps}")
     if iters < 1:
         raise ValueError(f"set_attention: iters must be at least 1, got {iters}")
-    B, h, n, _ = f.shape
-    m = reference.shape[-2]
     lazy = isinstance(f, ProjectedFeatures)
-    grads = torch.is_grad_enabled() and any(t.requires_grad for t in (f, anchors, reference, values))
+    grads = needs_graph(f, anchors, reference, values)
     if out is not None and grads:
         raise ValueError("set_attention: out= is for inference only (no autograd)")
     if grads and isinstance(log_m, torch.Tensor) and log_m.requires_grad:
         raise ValueError("set_attention: log_m gets no gradient (the position filter has no parameters); detach it")
+    if impl == "auto":
+        impl = choose_impl(f, anchors, reference, values)
+    if impl == "scaling" and grads:
+        raise ValueError("set_attention: impl='scaling' is for inference only (no autograd)")
+    if impl == "reference":
+        from sofa.ops.set.reference import set_attention_reference
+
+        result = set_attention_reference(f.block(0, f.shape[2]) if lazy else f, anchors, reference, values, sigma,
+                                         eps, iters, log_m, mask, ridge, nystrom_iters)
+        return result if out is None else out.copy_(result)
+    B, h, n, _ = f.shape
+    m = reference.shape[-2]
     with no_autocast(values):
         f, values = (f if lazy else fp32(f)), fp32(values)
         z = F.normalize(fp32(anchors), dim=-1)
@@ -475,7 +491,11 @@ def set_attention(
         else:
             log_a = torch.full((B, h, n), -math.log(n), dtype=f.dtype, device=f.device)
         log_b = -math.log(m)
-        spans = token_spans(n, B * h * m * 4, chunk_bytes)
+        if block_rows:
+            spans = numerics.token_spans(n, 1, block_rows, min_rows=1)
+        else:
+            chunk = chunk_bytes or switches.SET_CHUNK_BYTES.get() or numerics.SET_CHUNK_BYTES
+            spans = numerics.token_spans(n, B * h * m * 4, chunk)
 
         filt = _Filter(log_m)
 
@@ -487,7 +507,7 @@ def set_attention(
                 lk = lk.masked_fill(~valid[..., i:j, None], 0.0)
             return lk
 
-        if not grads:
+        if impl == "scaling":
             outs = [None] * len(spans)
 
             def emit(b, o):
@@ -502,6 +522,7 @@ def set_attention(
                 return out
             return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
-        # with autograd: log K kept for the backward, log-domain Sinkhorn and softmaxes, the backward by hand
+        # log domain: log K kept for the backward, log-domain Sinkhorn and softmaxes, the backward by hand
         logK = torch.cat([log_kernel(b) for b in range(len(spans))], -2) if len(spans) > 1 else log_kernel(0)
-        return _LogDomainAttention.apply(logK, values, log_a, valid, filt, spans, iters, log_b)
+        result = _LogDomainAttention.apply(logK, values, log_a, valid, filt, spans, iters, log_b)
+        return result if out is None else out.copy_(result)
