@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sofa import switches
-from sofa.ops.fused_mlp import chunk_rows, choose_impl, metaformer_mlp_, onednn_ready, sample_moments
+from sofa.ops.fused_mlp import choose_impl, chunk_rows, metaformer_mlp_, onednn_ready, sample_moments
 
 CL = torch.channels_last
 
@@ -157,7 +157,7 @@ def test_model_inference_path_equals_the_textbook_model(mixers, kernel):
     y_ref = m(x).detach()
     feats_ref = [f.detach() for f in m.forward_intermediates(x, intermediates_only=True)]
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
-    for a, b in zip(feats, feats_ref):
+    for a, b in zip(feats, feats_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 

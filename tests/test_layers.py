@@ -32,7 +32,7 @@ def test_onednn_route_equals_f_linear_forward_and_backward(bias, monkeypatch):
     g = torch.randn_like(y)
     got = torch.autograd.grad(y, [x, lin.weight] + ([lin.bias] if bias else []), g)
     want = torch.autograd.grad(ref, [x, lin.weight] + ([lin.bias] if bias else []), g)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # a strided input (e.g. a transposed view) is read correctly
     xt = torch.randn(48, 700).t()

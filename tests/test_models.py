@@ -6,7 +6,6 @@ two cores; full-size construction happens on the meta device (parameter counts) 
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -364,7 +363,7 @@ def test_folded_poolformer_block_equals_the_textbook_form(mixer):
         outs.append(y)
         grads.append(g)  # (pooling cancels β1: its gradient is 0 in both forms, not None)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -385,7 +384,7 @@ def test_cpu_channels_last_runs_change_only_the_strides():
     assert switches.CPU_CHANNELS_LAST.get() and feats[0].is_contiguous(memory_format=torch.channels_last)
     assert feats_ref[0].is_contiguous()
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
-    for a, b in zip(feats, feats_ref):
+    for a, b in zip(feats, feats_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -485,7 +484,7 @@ def test_count_macs_of_a_model_is_per_image_and_close_to_paper():
 def _markdown_rows(out: str) -> dict:
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    return {row[0]: dict(zip(cells[0], row)) for row in cells[1:]}
+    return {row[0]: dict(zip(cells[0], row, strict=False)) for row in cells[1:]}
 
 
 def test_cli_models_lists_every_model_without_counting_macs(capsys, monkeypatch):

@@ -361,7 +361,7 @@ def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch)
         y = set_attention(make(xs, Ws, bs), anchors, ref, vals, 0.5, eps, 5, None, mask, block_rows=14)
         (y[0].square().sum() + y[1, :, :211].square().sum()).backward()
         grads.append((xs.grad, Ws.grad, bs.grad))
-    for g_lazy, g_eager in zip(*grads):
+    for g_lazy, g_eager in zip(*grads, strict=True):
         assert g_lazy.abs().sum() > 0
         torch.testing.assert_close(g_lazy, g_eager, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="heads"):
@@ -403,7 +403,7 @@ def test_set_attention_backward_matches_autograd_through_the_dense_reference(mas
     g = torch.randn_like(want)
     got[rows].mul(g[rows]).sum().backward()
     want[rows].mul(g[rows]).sum().backward()
-    for a, b, name in zip(leaves, leaves_ref, ("f", "anchors", "reference", "values")):
+    for a, b, name in zip(leaves, leaves_ref, ("f", "anchors", "reference", "values"), strict=True):
         assert a.grad.abs().sum() > 0, name
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-9, msg=name)
     tiny = (f[:1, :, :20].clone().requires_grad_(), anchors.clone().requires_grad_(),
@@ -438,3 +438,178 @@ def test_set_attention_saves_little_for_its_backward():
     assert saved < 4 * nm, f"{saved / nm:.1f} n×m matrices saved for the backward"
     y.sum().backward()
     assert f.grad is not None and anchors.grad is not None and vals.grad is not None
+
+
+# --- every implementation of an op against its package's reference ---------------------------------------------
+# forward over shapes, dtypes and masks; gradients wherever the implementation runs under autograd
+_TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=2e-4, atol=2e-5),
+        torch.bfloat16: dict(rtol=2e-4, atol=2e-5)}  # bf16 inputs are computed in float32 by both sides
+
+
+def _soft_inputs(shape, dtype, masked, seed=0):
+    """Queries, landmarks, values and masks. The landmarks are spread so that 20 Newton iterations converge (with
+    two landmarks of equal row sums the SOFT-Norm α sits at the edge of convergence, 2/σ_max², and float rounding
+    alone decides the result)."""
+    B, h, N, m, d = shape
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(B, h, N, d, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    L = (torch.randn(B, h, m, d, generator=g, dtype=torch.float64) * 1.5).to(dtype)  # A well conditioned
+    v = torch.randn(B, h, N, 6, generator=g, dtype=torch.float64).to(dtype)
+    tm = lm = None
+    if masked:
+        tm = torch.rand(B, h, N, generator=g) > 0.3
+        lm = torch.ones(B, h, m, dtype=torch.bool)
+        lm[..., -1] = False
+    return q, L, v, tm, lm
+
+
+@pytest.mark.parametrize("impl", ["streamed", "one_pass"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 5, 4, 4), (2, 3, 300, 7, 8)])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("normalized", [False, True])
+def test_soft_attention_every_impl_equals_the_reference(impl, dtype, shape, masked, normalized):
+    from sofa.ops.soft import soft_kernel_attention_reference
+
+    q, L, v, tm, lm = _soft_inputs(shape, dtype, masked)
+    want = soft_kernel_attention_reference(q, L, v, 20, normalized, token_mask=tm, landmark_mask=lm, q_scale=0.7)
+    with torch.no_grad():
+        got = soft_kernel_attention(q, L, v, 20, normalized, token_mask=tm, landmark_mask=lm, q_scale=0.7,
+                                    block_rows=64, impl=impl)
+    assert got.dtype == want.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(got, want, **_TOL[dtype])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("normalized", [False, True])
+def test_soft_attention_gradients_equal_the_reference(masked, normalized):
+    """The one-pass form (the one autograd runs) against autograd through the reference, float64."""
+    from sofa.ops.soft import soft_kernel_attention_reference
+
+    q, L, v, tm, lm = _soft_inputs((2, 2, 40, 5, 4), torch.float64, masked)
+    grads = []
+    for fn in (lambda *t: soft_kernel_attention(*t, 20, normalized, token_mask=tm, landmark_mask=lm, impl="auto"),
+               lambda *t: soft_kernel_attention_reference(*t, 20, normalized, token_mask=tm, landmark_mask=lm)):
+        leaves = [t.clone().requires_grad_() for t in (q, L, v)]
+        y = fn(*leaves)
+        grads.append(torch.autograd.grad(y.square().sum(), leaves))
+    for a, b in zip(*grads, strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="inference only"):
+        soft_kernel_attention(q.requires_grad_(), L, v, impl="streamed")
+
+
+def _set_inputs(B, h, n, m, dtype, masked, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d, k = 8, 6
+    f = torch.randn(B, h, n, d, generator=g, dtype=torch.float64).to(dtype)
+    vals = torch.randn(B, h, n, 5, generator=g, dtype=torch.float64).to(dtype)
+    anchors = torch.randn(h, k, d, generator=g, dtype=torch.float64).to(dtype)
+    ref = torch.randn(h, m, k, generator=g, dtype=torch.float64).to(dtype)
+    mask = None
+    if masked:
+        mask = torch.ones(B, n, dtype=torch.bool)
+        mask[-1, n // 2:] = False
+    return f, anchors, ref, vals, mask
+
+
+def _set_filter(n, m, mask, hw):
+    from sofa.ops import position_filter_sequence
+    from sofa.ops.position import GridFilter
+
+    if mask is not None:
+        return position_filter_sequence(mask, m, 0.3, log=True)[:, None]
+    side = math.isqrt(m)
+    return GridFilter(hw, (side, side), 0.3) if hw[0] * hw[1] == n and side * side == m else None
+
+
+@pytest.mark.parametrize("impl", ["scaling", "log_domain"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("size", [(1, 1, 6, 4, (2, 3)), (2, 2, 90, 9, (9, 10))])
+@pytest.mark.parametrize("masked", [False, True])
+def test_set_attention_every_impl_equals_the_reference(impl, dtype, size, masked):
+    from sofa.ops.set import set_attention, set_attention_reference
+
+    B, h, n, m, hw = size
+    f, anchors, ref, vals, mask = _set_inputs(B, h, n, m, dtype, masked)
+    log_m = _set_filter(n, m, mask, hw)
+    want = set_attention_reference(f, anchors, ref, vals, 0.5, 0.1, 4, log_m, mask)
+    with torch.no_grad():
+        got = set_attention(f, anchors, ref, vals, 0.5, 0.1, 4, log_m, mask, block_rows=16, impl=impl)
+    assert got.dtype == want.dtype
+    rows = slice(None) if mask is None else mask[:, None, :, None].expand_as(want)  # padded outputs: undefined
+    # the scaling domain zeroes products below exp(−40) of their factors' largest (a float32 policy,
+    # sofa.ops.numerics), which float64 resolves: there it agrees to 1e-5 relative, not to float64 rounding
+    tol = dict(rtol=1e-5, atol=1e-7) if (impl, dtype) == ("scaling", torch.float64) else _TOL[dtype]
+    torch.testing.assert_close(got[rows], want[rows], **tol)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_set_attention_gradients_equal_the_reference(masked):
+    """The log-domain form with its hand-written backward, against autograd through the reference, float64."""
+    from sofa.ops.set import set_attention, set_attention_reference
+
+    f, anchors, ref, vals, mask = _set_inputs(2, 2, 90, 9, torch.float64, masked, seed=1)
+    log_m = _set_filter(90, 9, mask, (9, 10))
+    grads = []
+    for fn in (lambda *t: set_attention(*t, 0.5, 0.1, 4, log_m, mask, block_rows=16),
+               lambda *t: set_attention_reference(*t, 0.5, 0.1, 4, log_m, mask)):
+        leaves = [t.clone().requires_grad_() for t in (f, anchors, ref, vals)]
+        y = fn(*leaves)
+        rows = slice(None) if mask is None else mask[:, None, :, None].expand_as(y)
+        grads.append(torch.autograd.grad(y[rows].square().sum(), leaves))
+    for a, b in zip(*grads, strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="inference only"):
+        set_attention(f.requires_grad_(), anchors, ref, vals, impl="scaling")
+
+
+def _block_weights(C, dtype, seed=0):
+    from sofa.ops.pool import BlockWeights
+
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    return BlockWeights(r(C), r(C), 1e-5, r(C), r(C), r(C), 1e-6, r(C), r(4 * C, C, 1, 1, scale=0.3), r(4 * C),
+                        r(C, 4 * C, 1, 1, scale=0.2), r(C))
+
+
+@pytest.mark.parametrize("impl,dtype", [("fused_cpu", torch.float32), ("folded", torch.float32),
+                                        ("folded", torch.float64)])  # the fused form runs float32 maps only
+@pytest.mark.parametrize("shape", [(1, 8, 1, 1), (3, 16, 9, 11)])
+@pytest.mark.parametrize("mixer", ["pool", "identity"])
+def test_metaformer_block_every_impl_equals_the_reference(impl, dtype, shape, mixer):
+    """The PoolFormer block's fused CPU inference form (float32 channels-last only) and folded form against the
+    textbook block."""
+    from sofa.ops.pool import metaformer_block, metaformer_block_reference
+
+    w = _block_weights(shape[1], dtype)
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    want = metaformer_block_reference(x, w, mixer)
+    with torch.no_grad():
+        got = metaformer_block(x, w, mixer, impl=impl)
+    torch.testing.assert_close(got, want, **(_TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)))
+
+
+@pytest.mark.parametrize("mixer", ["pool", "identity"])
+def test_metaformer_block_folded_gradients_equal_the_reference(mixer):
+    from sofa.ops.pool import metaformer_block, metaformer_block_reference
+
+    w = _block_weights(8, torch.float64, seed=2)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    grads = []
+    for fn in (lambda x, *t: metaformer_block(x, w._make((*t[:2], w.norm1_eps, *t[2:5], w.norm2_eps, *t[5:])),
+                                              mixer, impl="folded"),
+               lambda x, *t: metaformer_block_reference(
+                   x, w._make((*t[:2], w.norm1_eps, *t[2:5], w.norm2_eps, *t[5:])), mixer)):
+        leaves = [t.clone().requires_grad_() for t in (x, *w[:2], *w[3:6], *w[7:])]
+        y = fn(*leaves)
+        grads.append(torch.autograd.grad(y.square().sum(), leaves))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
+    with pytest.raises(ValueError, match="needs mixer"):
+        metaformer_block(x, w, lambda t: t, impl="folded")

@@ -31,14 +31,13 @@ def keep_freed_memory() -> bool:
     By default glibc often returns freed blocks of a few MB and up to the kernel (a dynamic mmap threshold, and
     trimming of the heap's top beyond twice that; whether it does depends on the heap's history), so a large
     tensor that is allocated on every call (the token maps of a mixer at high resolution) gets fresh pages: a
-    page fault per 4 KiB, each page zeroed by the kernel. For bounded SOFT and SeT at 224² tokens (inference, 2 threads, this project's machine) that was
-    35–40% of the time, and the reason their cost per token grew from 112² to 224² (docs/benchmarks.md). After
-    this call blocks up to 32 MiB come from the heap, which is never trimmed, so steady-state calls fault no
+    page fault per 4 KiB, each page zeroed by the kernel: a large share of the time of bounded SOFT and SeT at
+    high resolution (docs/benchmarks.md has the measurements). After this call blocks up to 32 MiB come from the heap, which is never trimmed, so steady-state calls fault no
     pages. The price: the process keeps its peak heap resident. It cannot be undone in the process.
 
     glibc only: returns False where ``mallopt`` is missing (other C libraries, macOS, Windows), True once set.
     ``SOFA_KEEP_FREED_MEMORY=1`` in the environment calls it when sofa is imported; the ``sofa`` command sets it
-    for itself and its worker processes unless it is ``0``.
+    for itself and its worker processes unless it is ``0`` (docs/switches.md).
     """
     libc = glibc()
     if libc is None:

@@ -372,7 +372,8 @@ class MetaFormer(ClassifierMixin, nn.Module):
             out_norms = [out_norms] * n
         self.out_norm_stages = tuple(bool(b) for b in out_norms)
         if any(self.out_norm_stages):
-            self.out_norms = nn.ModuleList([norm2d(d) if b else nn.Identity() for d, b in zip(dims, out_norms, strict=False)])
+            self.out_norms = nn.ModuleList([norm2d(d) if b else nn.Identity()
+                                            for d, b in zip(dims, out_norms, strict=False)])
         else:
             self.out_norms = None
         self.norm = norm2d(dims[-1])
