@@ -141,26 +141,48 @@ class SoftAttention(TokenMixer):
 
     # forward ---------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+        """Images and sequences alike: queries, values and landmarks (:meth:`landmarks`), then
+        :func:`sofa.ops.soft.soft_kernel_attention`, then for images the depthwise convolution on V.
+
+        Images are laid out for speed: the landmark convolution reads the query tokens as a channels-last image
+        (no per-head copy), the depthwise convolution reads and writes the token layout, and without autograd
+        the kernel is streamed over blocks of tokens with the result written straight into the queries'
+        token-major buffer (each block after its kernel block is built from them), to which the convolution is
+        added in place: no temporary of N·m or N·C floats (on the CPU every large fresh tensor also costs its
+        page faults)."""
         self.check_input(x, hw, mask)
-        if hw is not None:
-            return self._forward_image(x, *hw)
-        h, d = self.num_heads, self.head_dim
         v_tokens = self.v(x)
-        q, v = split_heads(self.q(x), h), split_heads(v_tokens, h)
+        q_tokens = self.q(x)
+        inplace = hw is not None and streams_in_place(q_tokens)
         with no_autocast(x):
-            q = q.float() / d**0.25
-            v = v.float()
-            L, l_valid = self.sequence_landmarks(q, mask)
-            L = self._landmark_act(L)
-            result = soft_kernel_attention(
-                q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
-                token_mask=None if mask is None else mask[:, None, :].expand(-1, h, -1),
-                landmark_mask=None if l_valid is None else l_valid[:, None, :].expand(-1, h, -1),
-                return_residual=self.record_residual,
-            )
+            q, L, q_scale, token_mask, landmark_mask = self.landmarks(q_tokens, hw, mask)
+            v = split_heads(v_tokens, self.num_heads).float()
+            result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
+                                           token_mask=token_mask, landmark_mask=landmark_mask,
+                                           return_residual=self.record_residual, q_scale=q_scale,
+                                           out=q if inplace else None)
             out = self._keep_residual(result)
-        out = merge_heads(out).to(v_tokens.dtype)
+        out = (q_tokens if inplace else merge_heads(out)).to(v_tokens.dtype)
+        if hw is not None and self.dwconv is not None:
+            dw = self._dwconv(v_tokens, *hw)
+            out = out.add_(dw) if inplace else out + dw
         return zero_padded(self.proj(out), mask)
+
+    def landmarks(self, q_tokens: torch.Tensor, hw, mask):
+        """The queries as (B, h, N, d) float32 heads, the landmarks (B, h, m, d) after LayerNorm and GELU, the
+        query scale left to the kernel, and the token and landmark masks ((B, h, N), (B, h, m) or None).
+
+        Images: landmarks from the strided convolution of the unscaled query tokens (:meth:`image_landmarks`),
+        the queries' d^{−1/4} applied inside the kernel. Sequences: the queries scaled first, landmarks as
+        segment means over the real tokens (:meth:`sequence_landmarks`)."""
+        h, d = self.num_heads, self.head_dim
+        if hw is not None:
+            L = self._landmark_act(self.image_landmarks(q_tokens.float(), *hw))
+            return split_heads(q_tokens, h).float(), L, d**-0.25, None, None
+        q = split_heads(q_tokens, h).float() / d**0.25
+        L, l_valid = self.sequence_landmarks(q, mask)
+        token_mask = None if mask is None else mask[:, None, :].expand(-1, h, -1)
+        return q, self._landmark_act(L), 1.0, token_mask, l_valid[:, None, :].expand(-1, h, -1)
 
     def _landmark_act(self, L: torch.Tensor) -> torch.Tensor:
         d = self.head_dim
@@ -172,32 +194,6 @@ class SoftAttention(TokenMixer):
         if residual is not None:
             self.last_residual = residual.max()
         return out
-
-    def _forward_image(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """Images, with the same arithmetic as the sequence path, laid out for speed: the landmark convolution
-        reads the query tokens as a channels-last image (no per-head copy), the depthwise convolution on V reads
-        and writes the token layout. Without autograd, queries and values stay token-major views, the kernel is
-        streamed over blocks of tokens (``soft_kernel_attention``), and the result goes straight into the
-        queries' token-major buffer, to which the convolution is added in place: no temporary of N·m or N·C
-        floats (on the CPU every large fresh tensor also costs its page faults)."""
-        h, d = self.num_heads, self.head_dim
-        v_tokens = self.v(x)
-        q_tokens = self.q(x)
-        # without autograd the result overwrites the queries (each block is written after its kernel block is
-        # built from them): one token-map-sized allocation fewer
-        inplace = streams_in_place(q_tokens)
-        with no_autocast(x):
-            L = self._landmark_act(self.image_landmarks(q_tokens.float(), H, W))
-            q, v = split_heads(q_tokens, h).float(), split_heads(v_tokens, h).float()
-            result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
-                                           return_residual=self.record_residual, q_scale=d**-0.25,
-                                           out=q if inplace else None)
-            out = self._keep_residual(result)
-        out = (q_tokens if inplace else merge_heads(out)).to(v_tokens.dtype)
-        if self.dwconv is not None:
-            dw = self._dwconv(v_tokens, H, W)
-            out = out.add_(dw) if inplace else out + dw
-        return self.proj(out)
 
     def _dwconv(self, v_tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """The per-head k×k filter on V, as one depthwise convolution over all h·d channels (each head's
