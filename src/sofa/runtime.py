@@ -32,8 +32,9 @@ def keep_freed_memory() -> bool:
     trimming of the heap's top beyond twice that; whether it does depends on the heap's history), so a large
     tensor that is allocated on every call (the token maps of a mixer at high resolution) gets fresh pages: a
     page fault per 4 KiB, each page zeroed by the kernel: a large share of the time of bounded SOFT and SeT at
-    high resolution (docs/benchmarks.md has the measurements). After this call blocks up to 32 MiB come from the heap, which is never trimmed, so steady-state calls fault no
-    pages. The price: the process keeps its peak heap resident. It cannot be undone in the process.
+    high resolution (docs/benchmarks.md has the measurements). After this call blocks up to 32 MiB come from the
+    heap, which is never trimmed, so steady-state calls fault no pages. The price: the process keeps its peak
+    heap resident. It cannot be undone in the process.
 
     glibc only: returns False where ``mallopt`` is missing (other C libraries, macOS, Windows), True once set.
     ``SOFA_KEEP_FREED_MEMORY=1`` in the environment calls it when sofa is imported; the ``sofa`` command sets it
