@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sofa.bench import measure, report
+from sofa.bench import measure, memory, report
 from sofa.bench.mixers import bench_mixers, slope, slopes
 from sofa.cli import main
 
@@ -41,7 +41,7 @@ def test_goals_on_synthetic_records():
 
 
 def test_peak_memory_sees_a_temporary_allocation():
-    if not measure._reset_hwm():
+    if not memory.reset_peak_rss():
         pytest.skip("/proc/self/clear_refs is not writable here")
     size = 64 * 2**20
 
@@ -49,9 +49,9 @@ def test_peak_memory_sees_a_temporary_allocation():
         t = torch.ones(size // 4)  # 64 MiB, written so that it is resident
         return float(t[-1])
 
-    r = measure.peak_memory(f)
+    r = memory.peak_memory(f)
     assert 0.9 * size <= r["peak_mem_bytes"] <= 1.5 * size + 16 * 2**20, r
-    assert measure.peak_memory(lambda: None)["peak_mem_bytes"] < 8 * 2**20
+    assert memory.peak_memory(lambda: None)["peak_mem_bytes"] < 8 * 2**20
 
 
 def test_time_call_and_interleaved_record_every_run():
@@ -98,7 +98,7 @@ def test_sizes_that_cannot_fit_are_skipped_with_the_reason():
 
 
 def test_worker_runs_a_case_in_a_fresh_process():
-    from sofa.bench.worker import run_isolated
+    from sofa.bench.isolation import run_isolated
 
     r = run_isolated("mixer", {"name": "pool", "side": 8, "mode": "inference", "repeats": 1, "threads": 1,
                                "flush_compare": False}, timeout=120)
@@ -201,7 +201,7 @@ def test_onednn_work_runs_every_gemm_chunk_and_convolution_of_the_model(monkeypa
     calls.update(fc1=0, fc2=0, conv=0)  # the forward that recorded the inputs does not count
     step()
     chunks = 0
-    for stage, side in zip(model.stages, (16, 8, 4, 2)):
+    for stage, side in zip(model.stages, (16, 8, 4, 2), strict=True):
         for b in stage.blocks:
             L = 3 * side * side
             chunks += -(-L // fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, fm.mlp_chunk_bytes()))

@@ -29,13 +29,13 @@ def small(name: str, narrow: bool = False, **kwargs):
 
 
 def test_registry_has_every_variant():
-    expected = {f"soft_{v}" for v in ("tiny", "small", "medium", "large", "huge")}
-    expected |= {f"soft_norm_{v}" for v in ("tiny", "small", "medium", "large", "huge")}
+    expected = {f"soft_{v}" for v in ("tiny", "small", "medium", "large", "huge", "mini")}
+    expected |= {f"soft_norm_{v}" for v in ("tiny", "small", "medium", "large", "huge", "mini")}
     expected |= {f"setformer_{v}" for v in ("mini", "tiny", "small", "base")}
-    expected |= {f"poolformer_{v}" for v in ("s12", "s24", "s36", "m36", "m48")}
+    expected |= {f"poolformer_{v}" for v in ("s12", "s24", "s36", "m36", "m48", "mini")}
     expected |= {"poolformer_s12_identity", "poolformer_s12_attn", "poolformer_s12_soft", "poolformer_s12_set",
                  "soft_small_released", "soft_norm_small_released"}
-    assert expected <= set(ALL)
+    assert expected == set(ALL)
     assert sofa.list_models is list_models and sofa.create_model is create_model
     assert set(list_models("soft_norm_*")) == {n for n in ALL if n.startswith("soft_norm_")}
     assert all(get_entry(n).family == "poolformer" for n in list_models(family="poolformer"))
@@ -49,6 +49,21 @@ def test_unknown_name_says_what_exists():
 def test_pretrained_without_file_refuses():
     with pytest.raises(ValueError, match="downloads no weights"):
         create_model("soft_mini", pretrained=True)
+    with pytest.raises(ValueError, match="downloads no weights"):  # the entry function itself, as timm's are
+        sofa.models.soft.soft_mini(pretrained=True)
+
+
+def test_every_model_is_an_entry_function_of_its_name():
+    """``def soft_tiny(pretrained=False, **kwargs)`` in its family's module, as timm declares models: a plain
+    search for the name finds where the variant is defined."""
+    import inspect
+    import sys
+
+    for name in ALL:
+        fn = get_entry(name).fn
+        module = sys.modules[fn.__module__]
+        assert fn.__name__ == name and getattr(module, name) is fn, name
+        assert f"def {name}(pretrained: bool = False, **kwargs)" in inspect.getsource(module), name
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -144,7 +159,6 @@ def test_gpu(name, dtype):
 # ---------------------------------------------------------------------------------------------------- timm
 def test_timm_registry_mirror_never_overwrites_timm():
     import timm
-    from timm.models import _registry as treg
 
     for name in ALL:
         tname = sofa.models.timm_name(name)
@@ -152,7 +166,7 @@ def test_timm_registry_mirror_never_overwrites_timm():
         assert tname == name or tname == "sofa_" + name
     # timm's own PoolFormer port keeps its names; ours are prefixed
     assert sofa.models.timm_name("poolformer_s12") == "sofa_poolformer_s12"
-    assert treg._model_entrypoints["poolformer_s12"].__module__.startswith("timm.")
+    assert timm.models.model_entrypoint("poolformer_s12").__module__.startswith("timm.")
     assert sofa.models.timm_name("soft_tiny") == "soft_tiny"
     m = timm.create_model("poolformer_mini", num_classes=3)  # a name timm does not own: unprefixed
     assert type(m).__name__ == "PoolFormer" and m.num_classes == 3

@@ -2,7 +2,8 @@
 
 These print and store numbers; they are not timed tests. See ``docs/benchmarks.md`` for the method and results.
 """
-from sofa.bench.measure import machine_info, matmul_peak, peak_memory, time_call, time_interleaved
+from sofa.bench.measure import machine_info, matmul_peak, time_call, time_interleaved
+from sofa.bench.memory import peak_memory
 from sofa.bench.mixers import bench_mixers, slope, slopes
 from sofa.bench.models import bench_models
 

@@ -11,7 +11,7 @@ import shlex
 import sys
 from typing import Dict, List
 
-from sofa.bench import measure
+from sofa.bench import measure, memory
 
 __all__ = ["register", "run_mixers", "run_models"]
 
@@ -20,7 +20,7 @@ def _ints(text: str) -> List[int]:
     try:
         return [int(t) for t in text.replace("x", ",").split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _names(text: str) -> List[str]:
@@ -146,8 +146,8 @@ def run_mixers(args) -> int:
         "note": "SOFT uses its stage-1 settings (landmark stride 8, depthwise 9x9 on V)",
         "timing": f"median of up to {repeats} runs after {warmup} warm-up run(s), at most {args.budget:g} s of runs "
                   f"per case; sizes estimated to take more than {args.max_run:g} s per run are skipped",
-        "memory": measure.MEM_METHOD_CUDA if args.device == "cuda" else (
-            measure.MEM_METHOD_CPU if isolate else measure.MEM_METHOD_CPU.replace("fresh process per case",
+        "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else (
+            memory.MEM_METHOD_CPU if isolate else memory.MEM_METHOD_CPU.replace("fresh process per case",
                                                                                   "in-process")),
         "flush_compare": "every case timed with torch.set_flush_denormal off and on, runs interleaved (at least "
                          f"{mx.FLUSH_RUNS} rounds within twice the budget, more where runs are short: up to 400 "
@@ -159,7 +159,8 @@ def run_mixers(args) -> int:
     info = _header(args, settings)
     records = mx.bench_mixers(cases, sides, args.modes, repeats=repeats, warmup=warmup, device=args.device,
                               dtype=args.dtype, threads=args.threads, isolate=isolate, budget_s=args.budget,
-                              max_run_s=args.max_run, mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
+                              max_run_s=args.max_run,
+                              mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
                               flush_compare=args.flush_compare, input_scale=args.input_scale,
                               pair_slopes=args.pair_slopes, pair_repeats=6 if quick else max(repeats, 22),
                               flush_fill_s=0.1 if quick else mx.FLUSH_FILL_S)
@@ -213,7 +214,7 @@ def run_models(args) -> int:
     settings = {"models": models, "sizes": sides, "batch": batch, "dtypes": dtypes, "device": args.device,
                 "compile": args.compile, "channels_last": args.channels_last,
                 "timing": f"inference, median of up to {repeats} runs after {warmup} warm-up run(s)",
-                "memory": measure.MEM_METHOD_CUDA if args.device == "cuda" else measure.MEM_METHOD_CPU,
+                "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else memory.MEM_METHOD_CPU,
                 "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC",
                 "isolate": isolate}
     info = _header(args, settings)
@@ -231,5 +232,6 @@ def run_models(args) -> int:
         tables.append(f"### goals\n\n{gt}")
     payload = {"bench": "models", "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                "settings": settings, "machine": info, "records": records, "goals": goals}
-    title = f"sofa bench models: {info['host_cpu']}, {info['torch_threads']} threads, batch {batch}, {info['date'][:10]}"
+    title = (f"sofa bench models: {info['host_cpu']}, {info['torch_threads']} threads, batch {batch}, "
+             f"{info['date'][:10]}")
     return _finish(args, payload, tables, lambda p: report.plot_models(records, p, title))

@@ -1,26 +1,13 @@
-"""Measuring one thing well: wall-clock medians, peak memory, the machine's matmul peak, and what ran where.
+"""Measuring one thing well: wall-clock medians, the machine's matmul peak, and what ran where.
 
 Time: ``time_call`` runs a callable after warm-up and returns every run's wall-clock time (CUDA work is
-synchronised). The median is what the tables print; every run is kept in the JSON.
-
-Peak memory on the CPU: PyTorch's CPU allocator is plain ``malloc``, which no Python-level hook sees, so
-``peak_memory`` reads the kernel's own account of the process instead. After the timed runs (which use
-``malloc`` as configured by default, as a user's process does), the free heap is returned to the system
-(``malloc_trim(0)``) and ``malloc`` is told to serve every block from 64 KiB up with its own ``mmap``
-(``mallopt(M_MMAP_THRESHOLD)``, which also stops glibc from raising that threshold as it goes), so that a freed
-tensor leaves the resident set at once; then the high-water mark is reset (``/proc/self/clear_refs``, value 5),
-the call runs once, and the result is the high-water mark (``VmHWM``) minus the resident set just before the
-call (``VmRSS``). That is the extra memory the call needed at its
-peak: temporaries and its output, not the model's weights or the input, which were already resident. Each
-case runs in a fresh process (``sofa.bench.worker``), so nothing cached by an earlier case is counted or
-missing. On CUDA the same quantity is ``max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
-memory allocated before the call.
+synchronised). The median is what the tables print; every run is kept in the JSON. Peak memory is
+:mod:`sofa.bench.memory`'s.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import gc
 import os
 import platform
 import statistics
@@ -30,49 +17,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from sofa.layers import rows_as_map
-from sofa.runtime import M_MMAP_THRESHOLD, glibc
 
-MEM_METHOD_CPU = (
-    "fresh process per case; after timing, malloc_trim(0) and malloc mmap threshold 64 KiB (mallopt); "
-    "/proc/self/clear_refs=5 resets VmHWM; peak = VmHWM after one call - VmRSS before it (extra memory at the "
-    "peak, output included)"
-)
-MEM_METHOD_CUDA = "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory allocated before"
-
-_mallopt_done = False
-
-
-def configure_malloc(threshold: int = 64 * 1024) -> bool:
-    """Return free heap memory to the system and serve blocks ≥ ``threshold`` bytes by mmap from now on, so that
-    freed tensors leave the resident set (glibc only; call it after any timing: it makes allocation slower)."""
-    global _mallopt_done
-    libc = glibc()
-    if libc is None:
-        return False
-    libc.malloc_trim(0)
-    if not _mallopt_done:
-        _mallopt_done = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
-    return _mallopt_done
-
-
-def _status_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+#: the ``--dtype`` names of the benchmarks → torch dtypes (float32 runs as is, the others under autocast)
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -166,34 +114,8 @@ def paired_ratios(a: Sequence[float], b: Sequence[float]) -> List[float]:
     cancels both a steady drift of the machine's speed and any advantage of running second); one ratio per
     round where only one round is there."""
     if len(a) < 2:
-        return [y / x for x, y in zip(a, b)]
+        return [y / x for x, y in zip(a, b, strict=True)]
     return [(b[i] + b[i + 1]) / (a[i] + a[i + 1]) for i in range(0, len(a) - 1, 2)]
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> Dict[str, object]:
-    """Extra memory (bytes) at the peak of one call of ``fn`` (see the module docstring for the method)."""
-    device = torch.device(device)
-    gc.collect()
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = fn()
-        synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before
-        del out
-        return {"peak_mem_bytes": int(peak), "mem_method": MEM_METHOD_CUDA}
-    configure_malloc()
-    if not _reset_hwm():
-        return {"peak_mem_bytes": None, "mem_method": "unavailable: /proc/self/clear_refs is not writable"}
-    rss = _status_kib("VmRSS")
-    out = fn()
-    hwm = _status_kib("VmHWM")
-    del out
-    if rss is None or hwm is None:
-        return {"peak_mem_bytes": None, "mem_method": "unavailable: no /proc/self/status"}
-    return {"peak_mem_bytes": int(max(hwm - rss, 0) * 1024), "mem_method": MEM_METHOD_CPU}
 
 
 @contextlib.contextmanager
@@ -286,18 +208,6 @@ def machine_info(device: torch.device | str = "cpu") -> Dict[str, object]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
-
-
-def available_memory() -> Optional[int]:
-    """Bytes the kernel says are available now (MemAvailable), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def fmt_bytes(n: Optional[float]) -> str:

@@ -9,6 +9,8 @@ a backward (parameter and input gradients) in train mode. Each case runs in a fr
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import random
 import statistics
@@ -16,7 +18,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from sofa.bench import measure
+from sofa.bench import measure, memory
+from sofa.bench.isolation import run_isolated
+from sofa.bench.measure import DTYPES
 
 DIM, HEADS = 64, 2
 DEFAULT_SIDES = (56, 112, 224, 448)
@@ -38,21 +42,18 @@ DEFAULT_CASES = tuple(CASES)
 QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 3.0}  # stride SOFT: Newton is O(m³), m ∝ N
 #: a case whose one run is estimated above this many seconds gets fewer runs (3) and no flush comparison
 SLOW_RUN_S = 8.0
-#: interleaved flush-off / flush-on rounds per case (two per ABBA block), within twice the case's budget (each
-#: round runs the case twice) ... 16 ratios: with 8 (session 4), one slow second of this VM in the first blocks
-#: moved the median of a 0.3 s training step by 14%
+#: interleaved flush-off / flush-on rounds per case (two per ABBA block, so 16 ratios), within twice the case's
+#: budget (each round runs the case twice): enough that one slow second of the machine does not move the median
+#: (docs/benchmarks.md, "Harness settings")
 FLUSH_RUNS = 32
 #: ... and more where runs are short: rounds until about this many seconds (at most FLUSH_MAX_RUNS rounds), so
-#: that sub-millisecond cases, whose single runs this VM's noise moves most, get hundreds of pairs
+#: that sub-millisecond cases, whose single runs the machine's noise moves most, get hundreds of pairs
 FLUSH_FILL_S = 4.0
 FLUSH_MAX_RUNS = 400
 #: runs per turn in the slope pairs (run_pair), the last one timed
 PAIR_BURST = 3
 #: the bounded-cost mixers the linear-slope goal is about
 LINEAR_CASES = ("pool", "soft_bounded", "set")
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
 
 
 def estimate_memory(name: str, side: int, mode: str, batch: int = 1) -> int:
@@ -87,7 +88,7 @@ def _make_step(spec: Dict, side: int):
     mixer = build(name).to(device)
     x = torch.randn(1, N, DIM, device=device) * float(spec.get("input_scale", 1.0))
     hw = (side, side)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else _null())
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     rec: Dict = {"landmarks": mixer.num_landmarks(hw) if hasattr(mixer, "num_landmarks") else None}
 
     if mode == "inference":
@@ -120,8 +121,8 @@ def run_pair(spec: Dict) -> Dict:
     a change of the machine's load during the measurement then hits both sizes alike, so the slope between them
     (the median over ABBA blocks of log(t_large/t_small)/log(N_large/N_small)) is far less noisy than the ratio
     of two separately measured medians. Each turn runs its size ``PAIR_BURST`` times and times the last run: the
-    first call after the other size runs in that size's allocator and cache state (measured: the first 112²
-    call of bounded SOFT after a 224² call 1.5× slower than the next ones), which would bias slopes down."""
+    first call after the other size runs in that size's allocator and cache state, slower than the next ones
+    (docs/benchmarks.md, "Harness settings"), which would bias slopes down."""
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -149,11 +150,8 @@ def run_case(spec: Dict) -> Dict:
     if spec.get("flush_compare", True) and device.type == "cpu":
         def with_flush(flag: bool) -> Callable[[], object]:
             def f():
-                torch.set_flush_denormal(flag)
-                try:
+                with measure.flush_denormal(flag):
                     return step()
-                finally:
-                    torch.set_flush_denormal(False)
             return f
 
         # at least FLUSH_RUNS rounds where the budget allows: the ratio is a small effect to resolve
@@ -169,16 +167,8 @@ def run_case(spec: Dict) -> Dict:
     else:
         rec.update(measure.time_call(step, repeats=spec["repeats"], warmup=spec.get("warmup", 1), device=device,
                                      budget_s=budget, min_repeats=min_rep))
-    rec.update(measure.peak_memory(step, device))
+    rec.update(memory.peak_memory(step, device))
     return rec
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def slope(n1: float, t1: float, n2: float, t2: float) -> Optional[float]:
@@ -197,7 +187,7 @@ def slopes(records: Sequence[Dict], key: str = "median_s") -> List[Dict]:
             groups.setdefault((r["mixer"], r["mode"]), []).append(r)
     for (mixer, mode), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["N"])
-        for a, b in zip(rs, rs[1:]):
+        for a, b in itertools.pairwise(rs):
             out.append({"mixer": mixer, "mode": mode, "from_N": a["N"], "to_N": b["N"], "from_side": a["side"],
                         "to_side": b["side"], "quantity": key, "slope": slope(a["N"], a[key], b["N"], b[key])})
     return out
@@ -225,13 +215,11 @@ def bench_mixers(
     log: Callable[[str], None] = print,
 ) -> List[Dict]:
     """Measure every (case, size, mode); returns one record per case (``status`` "ok" or "skipped")."""
-    from sofa.bench.worker import run_isolated
-
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ValueError(f"unknown mixer case(s) {unknown}; choose from {sorted(CASES)}")
     if mem_limit is None:
-        avail = measure.available_memory()
+        avail = memory.available_memory()
         mem_limit = 0.8 * avail if avail else 16e9
     records: List[Dict] = []
     for mode in modes:
@@ -277,7 +265,7 @@ def bench_mixers(
             for name in [c for c in cases if c in LINEAR_CASES]:
                 ok = sorted((r for r in records if r["mixer"] == name and r["mode"] == mode and r["status"] == "ok"),
                             key=lambda r: r["N"])
-                for ra, rb in zip(ok, ok[1:]):
+                for ra, rb in itertools.pairwise(ok):
                     if rb["median_s"] > pair_max_s:
                         continue
                     spec = {"name": name, "mode": mode, "sides": [ra["side"], rb["side"]], "device": device,

@@ -15,8 +15,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from sofa.bench import measure
-from sofa.bench.mixers import DTYPES
+from sofa.bench import measure, memory
+from sofa.bench.isolation import run_isolated
+from sofa.bench.measure import DTYPES
 
 #: our models: the families and the pooling/attention hybrids
 SOFA_MODELS = ("soft_tiny", "soft_norm_tiny", "setformer_mini", "poolformer_s12", "poolformer_s12_soft",
@@ -73,14 +74,9 @@ def create(source: str, name: str, side: int) -> torch.nn.Module:
 
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
-    """FLOPs of one forward of ``x`` (2 × MACs), by sofa's counter (falls back to torch's FlopCounterMode)."""
-    try:
-        from sofa.models.flops import flop_counter
-    except ImportError:  # pragma: no cover - the models package is part of sofa
-        from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one forward of ``x`` (2 × MACs), by sofa's counter (:func:`sofa.models.flops.flop_counter`)."""
+    from sofa.models.flops import flop_counter
 
-        def flop_counter():
-            return FlopCounterMode(display=False)
     try:
         with torch.no_grad(), flop_counter() as counter:
             model(x)
@@ -132,7 +128,7 @@ def run_case(spec: Dict) -> Dict:
 
         rec["profile"] = profile_step(step)
         rec["bound_by"] = bound_by(rec["profile"])
-    rec.update(measure.peak_memory(step, device))
+    rec.update(memory.peak_memory(step, device))
     return rec
 
 
@@ -268,8 +264,6 @@ def bench_models(
     log: Callable[[str], None] = print,
 ) -> List[Dict]:
     """Measure every (model, size, dtype); the first record is the GEMM peak of the same run."""
-    from sofa.bench.worker import run_isolated
-
     records: List[Dict] = []
     gemm_spec = {"device": device, "threads": threads, "size": gemm_size, "repeats": 7}
     g = run_isolated("gemm", gemm_spec) if isolate else measure.matmul_peak(device, size=gemm_size, repeats=7)

@@ -5,17 +5,12 @@ their datasets (ADE20K layout, COCO JSON), evaluators (mIoU, COCO mAP) and a syn
 Importing ``sofa.dense`` registers the ``segmentation`` and ``detection`` tasks of ``sofa train`` / ``sofa eval``.
 See docs/dense.md.
 """
+from sofa.dense import tasks  # noqa: F401  (registers the segmentation and detection tasks)
 from sofa.dense.backbones import create_features, timm_encoder_name
 from sofa.dense.detection import FeaturePyramidBackbone, build_detector
 from sofa.dense.metrics import CocoEvaluator, SegmentationMetric, masks_to_rle
 from sofa.dense.segmentation import Segmentor, build_segmentor, predict_labels, slide_inference
 from sofa.dense.shapes import write_shapes
-
-try:  # registers the tasks; the training area may be absent from a slim install
-    from sofa.dense import tasks as _tasks  # noqa: F401
-except ModuleNotFoundError as err:  # pragma: no cover
-    if not (err.name or "").startswith("sofa.train"):
-        raise
 
 __all__ = [
     "build_segmentor", "Segmentor", "predict_labels", "slide_inference",

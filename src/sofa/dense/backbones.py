@@ -13,25 +13,15 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from sofa.models import create_model, get_entry, register_in_timm, timm_name
+
 __all__ = ["is_sofa_model", "timm_encoder_name", "create_features", "load_backbone_checkpoint", "feature_strides",
            "default_head"]
 
 
-def _sofa_registry():
-    try:
-        import sofa.models.registry as reg  # noqa: F401
-        import sofa.models  # noqa: F401  (registers the families)
-    except ImportError:
-        return None
-    return reg
-
-
 def is_sofa_model(name: str) -> bool:
-    reg = _sofa_registry()
-    if reg is None:
-        return False
     try:
-        reg.get_entry(name)
+        get_entry(name)
         return True
     except ValueError:
         return False
@@ -42,9 +32,8 @@ def timm_encoder_name(name: str) -> str:
     import timm
 
     if is_sofa_model(name):
-        reg = _sofa_registry()
-        reg.register_in_timm()
-        return reg.timm_name(name)
+        register_in_timm()  # mirrors models registered since sofa was imported too
+        return timm_name(name)
     if timm.is_model(name):
         return name
     raise ValueError(f"unknown backbone {name!r}: neither a sofa model (sofa.list_models()) nor a timm model")
@@ -63,8 +52,6 @@ def create_features(name: str, checkpoint_path: str | None = None, out_indices: 
     checkpoint); other timm models load ``checkpoint_path`` through timm's local-file pretrained config.
     """
     if is_sofa_model(name):
-        from sofa.models.registry import create_model
-
         return create_model(name, features_only=True, out_indices=tuple(out_indices or (0, 1, 2, 3)),
                             checkpoint_path=checkpoint_path, **kwargs)
     import timm

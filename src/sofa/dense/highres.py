@@ -5,10 +5,11 @@
 
 Each case runs in a fresh process: build Mask R-CNN (random weights, COCO's 80 classes, ``min_size=800``,
 ``max_size=1333``, so the image is not resized and is padded to 800×1344), then one inference forward under
-``torch.no_grad``. Memory is measured as in ``sofa bench`` (``sofa.bench.measure.peak_memory``: the extra resident
+``torch.no_grad``. Memory is measured as in ``sofa bench`` (``sofa.bench.memory.peak_memory``: the extra resident
 memory at the peak of the call, over what was resident before it — weights and input excluded), plus the
 process's whole peak resident set; then the same for the backbone + FPN alone on the padded 800×1344 batch
-(the whole detector's peak includes its 100 pasted full-size masks, ≈0.43 GB, whatever the backbone). A case is ``MODEL[:KEY=VALUE,...]`` with backbone keyword arguments.
+(the whole detector's peak includes its 100 pasted full-size masks, ≈0.43 GB, whatever the backbone). A case is
+``MODEL[:KEY=VALUE,...]`` with backbone keyword arguments.
 
 The default cases compare SOFT with bounded landmarks (``max_landmarks=49``, linear cost), the released
 stride-landmark SOFT (r = 8, 4, 2: about 1,050 landmarks per stage at this size, quadratic cost), SeTformer
@@ -41,7 +42,7 @@ def run_case(case: str, height: int = 800, width: int = 1333, detector: str = "m
     """Run one case in this process (call it in a fresh one); returns the measurements."""
     import torch
 
-    from sofa.bench.measure import _status_kib, peak_memory
+    from sofa.bench.memory import peak_memory, process_status_kib
     from sofa.dense.detection import build_detector
 
     name, kwargs = parse_case(case)
@@ -79,9 +80,14 @@ def run_case(case: str, height: int = 800, width: int = 1333, detector: str = "m
         "image": [height, width], "backbone_params_M": params / 1e6, "build_s": build_s,
         "forward_s": timing.get("forward_s"), "peak_extra_bytes": mem.get("peak_mem_bytes"),
         "backbone_fpn_s": timing.get("backbone_s"), "backbone_fpn_peak_extra_bytes": mem_b.get("peak_mem_bytes"),
-        "process_peak_rss_bytes": (_status_kib("VmHWM") or 0) * 1024, "mem_method": mem.get("mem_method"),
+        "process_peak_rss_bytes": (process_status_kib("VmHWM") or 0) * 1024, "mem_method": mem.get("mem_method"),
         "threads": torch.get_num_threads(),
     }
+
+
+def _gib(n: int | None) -> float:
+    """Bytes in GiB (NaN where unmeasured)."""
+    return n / 1024**3 if n is not None else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,14 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(r)
-        gib = 1024**3
-
-        def g(v):
-            return v / gib if v is not None else float("nan")
-
-        print(f"{case:<36} {r['backbone_params_M']:7.2f}M {r['forward_s']:8.1f}s {g(r['peak_extra_bytes']):9.2f}GiB "
-              f"{r['backbone_fpn_s']:8.1f}s {g(r['backbone_fpn_peak_extra_bytes']):9.2f}GiB "
-              f"{r['process_peak_rss_bytes'] / gib:6.2f}GiB", flush=True)
+        print(f"{case:<36} {r['backbone_params_M']:7.2f}M {r['forward_s']:8.1f}s {_gib(r['peak_extra_bytes']):9.2f}GiB "
+              f"{r['backbone_fpn_s']:8.1f}s {_gib(r['backbone_fpn_peak_extra_bytes']):9.2f}GiB "
+              f"{_gib(r['process_peak_rss_bytes']):6.2f}GiB", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

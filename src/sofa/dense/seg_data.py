@@ -29,17 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sofa.data.folder import load_image
 from sofa.data.skipping import SkippedSamples, load_first_usable
 
 __all__ = [
     "ADE20K_CLASSES", "SegPipeline", "SegmentationDataset", "SegTrainTransform", "SegEvalTransform",
-    "seg_train_collate", "seg_eval_collate", "reduce_zero_label", "IMAGENET_MEAN", "IMAGENET_STD",
+    "seg_train_collate", "seg_eval_collate", "reduce_zero_label",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 ADE20K_CLASSES = (
@@ -80,8 +79,8 @@ class SegPipeline:
     cat_max_ratio: float = 0.75
     flip_prob: float = 0.5
     photometric: bool = True
-    mean: Sequence[float] = IMAGENET_MEAN
-    std: Sequence[float] = IMAGENET_STD
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN
+    std: Sequence[float] = IMAGENET_DEFAULT_STD
     ignore_index: int = 255
 
     @classmethod
@@ -116,8 +115,10 @@ def _normalise(img: torch.Tensor, mean, std) -> torch.Tensor:
 class _PhotoMetricDistortion:
     """mmseg's ``PhotoMetricDistortion`` on a float RGB image in [0, 255] (torchvision ops for the HSV part)."""
 
-    def __init__(self, brightness_delta: float = 32, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue_delta: float = 18):
-        self.brightness_delta, self.contrast, self.saturation, self.hue_delta = brightness_delta, contrast, saturation, hue_delta
+    def __init__(self, brightness_delta: float = 32, contrast=(0.5, 1.5), saturation=(0.5, 1.5),
+                 hue_delta: float = 18):
+        self.brightness_delta, self.hue_delta = brightness_delta, hue_delta
+        self.contrast, self.saturation = contrast, saturation
 
     def __call__(self, img: torch.Tensor, rng: random.Random) -> torch.Tensor:
         import torchvision.transforms.v2.functional as TF
@@ -312,6 +313,6 @@ def seg_eval_collate(batch: list[dict]) -> dict:
     """Pads the (rescaled) images of a batch to a common size; labels stay a list at their original sizes."""
     shapes = [tuple(b["image"].shape[1:]) for b in batch]
     h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
-    images = torch.stack([F.pad(b["image"], (0, w - s[1], 0, h - s[0])) for b, s in zip(batch, shapes)])
+    images = torch.stack([F.pad(b["image"], (0, w - s[1], 0, h - s[0])) for b, s in zip(batch, shapes, strict=True)])
     return {"image": images, "img_shape": shapes, "label": [b["label"] for b in batch],
             "ori_shape": [b["ori_shape"] for b in batch], "name": [b["name"] for b in batch]}

@@ -20,15 +20,13 @@ import warnings
 from typing import Dict
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sofa.models._builder import build_model
+from sofa.models._builder import build_model_with_checkpoint
 from sofa.models.metaformer import MetaFormer
 from sofa.models.registry import register_model
 
 __all__ = ["PoolFormer", "VARIANTS", "HYBRID_MIXERS", "checkpoint_filter_fn"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # ---------------------------------------------------------------------------------------------------- variants
 #  name              depths          dims                  LayerScale  crop   paper: params(M) MACs(G) top-1
@@ -159,46 +157,86 @@ def _features_kwargs(kwargs):
     return kwargs
 
 
-def _build(name: str, cfg: Dict, **kwargs):
-    return build_model(PoolFormer, name, cfg, filter_fn=checkpoint_filter_fn, features_kwargs=_features_kwargs,
-                       feature_keys=lambda k: k.startswith("out_norms."), **kwargs)
+# ---------------------------------------------------------------------------------------------------- entry points
+def _cfg(variant: str) -> Dict:
+    return dict(input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=VARIANTS[variant]["crop"],
+                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.conv",
+                classifier="head", num_classes=1000, paper_ids="arXiv:2111.11418",
+                origin_url="https://github.com/sail-sg/poolformer")
 
 
-def _cfg(crop: float, **kw) -> Dict:
-    return dict(input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=crop, interpolation="bicubic",
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv="stem.conv", classifier="head", num_classes=1000,
-                paper_ids="arXiv:2111.11418", origin_url="https://github.com/sail-sg/poolformer", **kw)
+def _paper(variant: str) -> Dict:
+    v = VARIANTS[variant]
+    paper = {k: v[k] for k in ("params", "macs", "top1", "drop_path") if k in v}
+    if variant == "mini":
+        paper["note"] = "not in the paper (test fixture size)"
+    return paper
 
 
-def _register_all():
-    for key, v in VARIANTS.items():
-        name = f"poolformer_{key}"
-        paper = {k: v[k] for k in ("params", "macs", "top1", "drop_path") if k in v}
-        if key == "mini":
-            paper["note"] = "not in the paper (test fixture size)"
-        cfg = _cfg(v["crop"])
-
-        def fn(pretrained=False, _name=name, _v=v, _cfg=cfg, **kwargs):
-            args = dict(depths=_v["depths"], dims=_v["dims"], layer_scale_init_value=_v["ls"])
-            args.update(kwargs)
-            return _build(_name, _cfg, **args)
-
-        register_model(name, "poolformer", cfg, paper)(fn)
-
-    base = VARIANTS["s12"]
-    for key, h in HYBRID_MIXERS.items():
-        name = f"poolformer_s12_{key}"
-        paper = {k: h[k] for k in ("params", "macs", "top1", "note") if h.get(k) is not None}
-        cfg = _cfg(base["crop"])
-
-        def fn(pretrained=False, _name=name, _h=h, _cfg=cfg, **kwargs):
-            dims = kwargs.get("dims", base["dims"])
-            args = dict(depths=base["depths"], dims=dims, layer_scale_init_value=base["ls"],
-                        token_mixers=_h["mixers"](dims))
-            args.update(kwargs)
-            return _build(_name, _cfg, **args)
-
-        register_model(name, "poolformer", cfg, paper)(fn)
+def _hybrid_paper(mixers: str) -> Dict:
+    h = HYBRID_MIXERS[mixers]
+    return {k: h[k] for k in ("params", "macs", "top1", "note") if h.get(k) is not None}
 
 
-_register_all()
+def _create_poolformer(name: str, variant: str, pretrained: bool, hybrid: str | None = None, **kwargs) -> PoolFormer:
+    """Model ``name``: the :data:`VARIANTS` entry ``variant``, with the stage-3/4 mixers of
+    :data:`HYBRID_MIXERS` entry ``hybrid`` if given; ``kwargs`` override its architecture and carry the build's
+    options (``checkpoint_path``, ``features_only``, ...)."""
+    v = VARIANTS[variant]
+    args = dict(depths=v["depths"], dims=kwargs.get("dims", v["dims"]), layer_scale_init_value=v["ls"])
+    if hybrid is not None:
+        args["token_mixers"] = HYBRID_MIXERS[hybrid]["mixers"](args["dims"])
+    args.update(kwargs)
+    return build_model_with_checkpoint(PoolFormer, name, _cfg(variant), pretrained=pretrained,
+                                       filter_fn=checkpoint_filter_fn, features_kwargs=_features_kwargs,
+                                       feature_keys=lambda k: k.startswith("out_norms."), **args)
+
+
+@register_model("poolformer", _cfg("s12"), _paper("s12"))
+def poolformer_s12(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_s12", "s12", pretrained, **kwargs)
+
+
+@register_model("poolformer", _cfg("s24"), _paper("s24"))
+def poolformer_s24(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_s24", "s24", pretrained, **kwargs)
+
+
+@register_model("poolformer", _cfg("s36"), _paper("s36"))
+def poolformer_s36(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_s36", "s36", pretrained, **kwargs)
+
+
+@register_model("poolformer", _cfg("m36"), _paper("m36"))
+def poolformer_m36(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_m36", "m36", pretrained, **kwargs)
+
+
+@register_model("poolformer", _cfg("m48"), _paper("m48"))
+def poolformer_m48(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_m48", "m48", pretrained, **kwargs)
+
+
+@register_model("poolformer", _cfg("mini"), _paper("mini"))
+def poolformer_mini(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_mini", "mini", pretrained, **kwargs)
+
+
+@register_model("poolformer", _cfg("s12"), _hybrid_paper("identity"))
+def poolformer_s12_identity(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_s12_identity", "s12", pretrained, hybrid="identity", **kwargs)
+
+
+@register_model("poolformer", _cfg("s12"), _hybrid_paper("attn"))
+def poolformer_s12_attn(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_s12_attn", "s12", pretrained, hybrid="attn", **kwargs)
+
+
+@register_model("poolformer", _cfg("s12"), _hybrid_paper("soft"))
+def poolformer_s12_soft(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_s12_soft", "s12", pretrained, hybrid="soft", **kwargs)
+
+
+@register_model("poolformer", _cfg("s12"), _hybrid_paper("set"))
+def poolformer_s12_set(pretrained: bool = False, **kwargs) -> PoolFormer:
+    return _create_poolformer("poolformer_s12_set", "s12", pretrained, hybrid="set", **kwargs)

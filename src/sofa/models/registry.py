@@ -1,15 +1,23 @@
 """One registry for every model of the zoo, and its mirror in timm's registry.
 
-A family module (``soft.py``, ``setformer.py``, ``poolformer.py``) declares each variant with
-:func:`register_model`, giving the entry function (``fn(pretrained=False, **kwargs) -> nn.Module``), the
-family, the ``pretrained_cfg`` (timm's input size / crop / mean / std / classifier record) and the paper's
-numbers. :func:`create_model` builds a model by name; :func:`register_in_timm` makes every model available to
-``timm.create_model`` too. timm's own registry is never overwritten: a name timm already owns (timm has its own
-PoolFormer port) is registered there as ``sofa_<name>``.
+A family module (``soft.py``, ``setformer.py``, ``poolformer.py``) declares each variant as a named entry
+function, as timm does::
+
+    @register_model("soft", _cfg(), _paper("tiny", normalized=False))
+    def soft_tiny(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+        ...
+
+registered under the function's name with its family, its ``pretrained_cfg`` (timm's input size / crop / mean /
+std / classifier record) and the paper's numbers. :func:`create_model` builds a model by name;
+:func:`register_in_timm` makes every model available to ``timm.create_model`` too, through timm's public
+registry functions. timm's own models are never overwritten: a name timm already owns (timm has its own PoolFormer
+port) is registered there as ``sofa_<name>``.
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -37,16 +45,19 @@ class ModelEntry:
         """The family's ``checkpoint_filter_fn(state, model=None)``: original release (and timm port) keys →
         sofa's, sofa's own keys unchanged; given the model it also adapts tensors to it. Every family module
         defines one, timm's convention."""
-        return getattr(sys.modules[self.fn.__module__], "checkpoint_filter_fn")
+        return sys.modules[self.fn.__module__].checkpoint_filter_fn
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, family: str, pretrained_cfg: Dict[str, Any], paper: Optional[Dict[str, Any]] = None):
-    """Decorator: register ``fn`` as the entry of model ``name``."""
+def register_model(family: str, pretrained_cfg: Dict[str, Any], paper: Optional[Dict[str, Any]] = None):
+    """Decorator: register the entry function ``fn(pretrained=False, **kwargs) -> nn.Module`` as the model named
+    ``fn.__name__``, of ``family``, with its ``pretrained_cfg`` and the ``paper``'s numbers (``params``, ``macs``,
+    ``top1``, ``note``)."""
 
     def wrap(fn):
+        name = fn.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         cfg = dict(pretrained_cfg)
@@ -64,8 +75,6 @@ def list_models(pattern: str = "*", family: Optional[str] = None) -> List[str]:
 
 
 def _natural_key(name: str):
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
@@ -73,8 +82,6 @@ def get_entry(name: str) -> ModelEntry:
     if name.startswith("sofa_") and name not in _REGISTRY and name[5:] in _REGISTRY:
         name = name[5:]
     if name not in _REGISTRY:
-        import difflib
-
         close = difflib.get_close_matches(name, list(_REGISTRY), n=6, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; sofa.list_models() lists all {len(_REGISTRY)} models")
@@ -95,13 +102,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[
         **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``img_size``,
             ``features_only``, ``out_indices`` and the family's architecture arguments.
     """
-    entry = get_entry(name)
-    if pretrained and checkpoint_path is None:
-        raise ValueError(
-            f"{entry.name}: sofa downloads no weights; pass checkpoint_path= (an original release .pth or a "
-            f"safetensors file from `sofa convert`)"
-        )
-    return entry.fn(pretrained=False, checkpoint_path=checkpoint_path, **kwargs)
+    return get_entry(name).fn(pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
 
 
 def map_checkpoint(state: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
@@ -125,40 +126,48 @@ def timm_name(name: str) -> str:
     return entry.timm_name or name
 
 
+#: the module timm's registry files sofa's entry functions under: timm's ``register_model`` reads the
+#: ``default_cfgs`` of an entry function's module, so a module made here holds the functions and their cfgs
+TIMM_MODULE = "sofa.models._timm_entrypoints"
+
+
+def _registered_in_timm(tname: str) -> Optional[Callable[..., nn.Module]]:
+    """timm's entry function for ``tname``, or None where timm has none."""
+    import timm.models
+
+    return timm.models.model_entrypoint(tname) if timm.models.is_model(tname) else None
+
+
 def register_in_timm() -> List[str]:
     """Register every sofa model in timm's registry (idempotent). Returns the timm names."""
-    from timm.models import _registry as treg
+    import timm.models
 
-    # a synthetic module holding the entry functions and their default_cfgs, as timm's register_model expects
-    mod_name = "sofa.models._timm_entrypoints"
-    mod = sys.modules.get(mod_name)
+    mod = sys.modules.get(TIMM_MODULE)
     if mod is None:
-        mod = types.ModuleType(mod_name)
+        mod = types.ModuleType(TIMM_MODULE)
         mod.default_cfgs = {}
-        sys.modules[mod_name] = mod
+        sys.modules[TIMM_MODULE] = mod
     names = []
     for name, entry in _REGISTRY.items():
-        if entry.timm_name is not None and treg._model_entrypoints.get(entry.timm_name) is getattr(
-            mod, entry.timm_name, None
-        ):
+        if entry.timm_name is not None and _registered_in_timm(entry.timm_name) is getattr(mod, entry.timm_name, None):
             names.append(entry.timm_name)
             continue
         tname = name
-        owner = treg._model_entrypoints.get(name)
-        if owner is not None and getattr(owner, "__module__", "") != mod_name:
+        owner = _registered_in_timm(name)
+        if owner is not None and getattr(owner, "__module__", "") != TIMM_MODULE:
             tname = "sofa_" + name  # timm owns this name: never overwrite it
-        fn = _timm_entry(entry, tname, mod_name)
+        fn = _timm_entry(entry, tname)
         cfg = dict(entry.pretrained_cfg)
         cfg["architecture"] = tname
         mod.default_cfgs[tname] = cfg
         setattr(mod, tname, fn)
-        treg.register_model(fn)
+        timm.models.register_model(fn)
         entry.timm_name = tname
         names.append(tname)
     return names
 
 
-def _timm_entry(entry: ModelEntry, tname: str, mod_name: str):
+def _timm_entry(entry: ModelEntry, tname: str):
     def fn(pretrained: bool = False, **kwargs):
         # timm passes its own bookkeeping; sofa's entry builds with its own pretrained_cfg
         kwargs.pop("pretrained_cfg", None)
@@ -173,6 +182,6 @@ def _timm_entry(entry: ModelEntry, tname: str, mod_name: str):
 
     fn.__name__ = tname
     fn.__qualname__ = tname
-    fn.__module__ = mod_name
+    fn.__module__ = TIMM_MODULE
     fn.__doc__ = f"sofa model {entry.name!r} ({entry.family})."
     return fn

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 from typing import Dict
 
-from sofa.models._builder import build_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from sofa.models._builder import build_model_with_checkpoint
 from sofa.models.metaformer import MetaFormer
 from sofa.models.registry import register_model
 
 __all__ = ["SeTformer", "VARIANTS"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # ---------------------------------------------------------------------------------------------------- variants
 #  name      dims                     depths          MLP ratio   targets: params(M)  MACs(G)  reported top-1
@@ -63,24 +62,43 @@ def checkpoint_filter_fn(state: Dict, model=None) -> Dict:
     return state
 
 
+# ---------------------------------------------------------------------------------------------------- entry points
 def _cfg() -> Dict:
     return dict(input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation="bicubic",
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv="stem.conv1", classifier="head", num_classes=1000,
-                paper_ids="arXiv:2401.03540")
+                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.conv1", classifier="head",
+                num_classes=1000, paper_ids="arXiv:2401.03540")
 
 
-def _register_all():
-    for key, v in VARIANTS.items():
-        name = f"setformer_{key}"
-        paper = dict(params=v["params"], macs=v["macs"], top1=v["top1"], note="targets (docs/methods/setformer.md)")
-        cfg = _cfg()
-
-        def fn(pretrained=False, _name=name, _v=v, _cfg=cfg, **kwargs):
-            args = dict(depths=_v["depths"], dims=_v["dims"], mlp_ratios=_v["mlp_ratio"])
-            args.update(kwargs)
-            return build_model(SeTformer, _name, _cfg, filter_fn=checkpoint_filter_fn, **args)
-
-        register_model(name, "setformer", cfg, paper)(fn)
+def _paper(variant: str) -> Dict:
+    v = VARIANTS[variant]
+    return dict(params=v["params"], macs=v["macs"], top1=v["top1"], note="targets (docs/methods/setformer.md)")
 
 
-_register_all()
+def _create_setformer(name: str, variant: str, pretrained: bool, **kwargs) -> SeTformer:
+    """Model ``name``: the :data:`VARIANTS` entry ``variant``; ``kwargs`` override its architecture and carry the
+    build's options (``checkpoint_path``, ``features_only``, ...)."""
+    v = VARIANTS[variant]
+    args = dict(depths=v["depths"], dims=v["dims"], mlp_ratios=v["mlp_ratio"])
+    args.update(kwargs)
+    return build_model_with_checkpoint(SeTformer, name, _cfg(), pretrained=pretrained,
+                                       filter_fn=checkpoint_filter_fn, **args)
+
+
+@register_model("setformer", _cfg(), _paper("mini"))
+def setformer_mini(pretrained: bool = False, **kwargs) -> SeTformer:
+    return _create_setformer("setformer_mini", "mini", pretrained, **kwargs)
+
+
+@register_model("setformer", _cfg(), _paper("tiny"))
+def setformer_tiny(pretrained: bool = False, **kwargs) -> SeTformer:
+    return _create_setformer("setformer_tiny", "tiny", pretrained, **kwargs)
+
+
+@register_model("setformer", _cfg(), _paper("small"))
+def setformer_small(pretrained: bool = False, **kwargs) -> SeTformer:
+    return _create_setformer("setformer_small", "small", pretrained, **kwargs)
+
+
+@register_model("setformer", _cfg(), _paper("base"))
+def setformer_base(pretrained: bool = False, **kwargs) -> SeTformer:
+    return _create_setformer("setformer_base", "base", pretrained, **kwargs)

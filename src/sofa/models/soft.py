@@ -31,18 +31,16 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sofa.models._builder import build_model
+from sofa.models._builder import build_model_with_checkpoint
 from sofa.models.metaformer import ClassifierMixin, Mlp
 from sofa.models.registry import register_model
 
 __all__ = ["SoftVisionTransformer", "VARIANTS", "checkpoint_filter_fn", "from_original_config"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # ---------------------------------------------------------------------------------------------------- variants
 #  name          dims                 heads            depths          paper: params(M) GMACs top-1 (-Norm top-1)
@@ -420,33 +418,99 @@ def from_original_config(config: Dict, normalized: bool = False, **kwargs) -> So
     return SoftVisionTransformer(**args)
 
 
-def _cfg(**kw) -> Dict:
-    return dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN,
-                std=IMAGENET_STD, first_conv="stem.0", classifier="head", num_classes=1000,
-                paper_ids=("arXiv:2110.11945", "arXiv:2207.03341"), origin_url="https://github.com/fudan-zvg/SOFT",
-                **kw)
+# ---------------------------------------------------------------------------------------------------- entry points
+def _cfg() -> Dict:
+    return dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN,
+                std=IMAGENET_DEFAULT_STD, first_conv="stem.0", classifier="head", num_classes=1000,
+                paper_ids=("arXiv:2110.11945", "arXiv:2207.03341"), origin_url="https://github.com/fudan-zvg/SOFT")
 
 
-def _register_all():
-    for key, v in VARIANTS.items():
-        for norm in (False, True):
-            name = f"soft_norm_{key}" if norm else f"soft_{key}"
-            paper = {}
-            for k in ("params", "macs", "note"):
-                if k in v:
-                    paper[k] = v[k]
-            top1 = v.get("norm_top1" if norm else "top1")
-            if top1 is not None:
-                paper["top1"] = top1
-            cfg = _cfg()
-
-            def fn(pretrained=False, _name=name, _v=v, _norm=norm, _cfg=cfg, **kwargs):
-                args = dict(embed_dims=_v["dims"], num_heads=_v["heads"], depths=_v["depths"], normalized=_norm)
-                args.update(kwargs)
-                return build_model(SoftVisionTransformer, _name, _cfg, filter_fn=checkpoint_filter_fn,
-                                   infer_kwargs=_infer_kwargs, user_keys=set(kwargs), **args)
-
-            register_model(name, "soft", cfg, paper)(fn)
+def _paper(variant: str, normalized: bool) -> Dict:
+    """The papers' numbers of a :data:`VARIANTS` entry (SOFT-Norm's top-1 for ``normalized``)."""
+    v = VARIANTS[variant]
+    paper = {k: v[k] for k in ("params", "macs", "note") if k in v}
+    top1 = v.get("norm_top1" if normalized else "top1")
+    if top1 is not None:
+        paper["top1"] = top1
+    return paper
 
 
-_register_all()
+def _create_soft(name: str, variant: str, normalized: bool, pretrained: bool, **kwargs) -> SoftVisionTransformer:
+    """Model ``name``: the :data:`VARIANTS` entry ``variant`` (SOFT-Norm if ``normalized``); ``kwargs`` override
+    its architecture and carry the build's options (``checkpoint_path``, ``features_only``, ...)."""
+    v = VARIANTS[variant]
+    args = dict(embed_dims=v["dims"], num_heads=v["heads"], depths=v["depths"], normalized=normalized)
+    args.update(kwargs)
+    return build_model_with_checkpoint(SoftVisionTransformer, name, _cfg(), pretrained=pretrained,
+                                       filter_fn=checkpoint_filter_fn, infer_kwargs=_infer_kwargs,
+                                       user_keys=set(kwargs), **args)
+
+
+@register_model("soft", _cfg(), _paper("tiny", normalized=False))
+def soft_tiny(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_tiny", "tiny", False, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("tiny", normalized=True))
+def soft_norm_tiny(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_norm_tiny", "tiny", True, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("small", normalized=False))
+def soft_small(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_small", "small", False, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("small", normalized=True))
+def soft_norm_small(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_norm_small", "small", True, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("medium", normalized=False))
+def soft_medium(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_medium", "medium", False, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("medium", normalized=True))
+def soft_norm_medium(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_norm_medium", "medium", True, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("large", normalized=False))
+def soft_large(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_large", "large", False, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("large", normalized=True))
+def soft_norm_large(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_norm_large", "large", True, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("huge", normalized=False))
+def soft_huge(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_huge", "huge", False, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("huge", normalized=True))
+def soft_norm_huge(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_norm_huge", "huge", True, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("small_released", normalized=False))
+def soft_small_released(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_small_released", "small_released", False, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("small_released", normalized=True))
+def soft_norm_small_released(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_norm_small_released", "small_released", True, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("mini", normalized=False))
+def soft_mini(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_mini", "mini", False, pretrained, **kwargs)
+
+
+@register_model("soft", _cfg(), _paper("mini", normalized=True))
+def soft_norm_mini(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
+    return _create_soft("soft_norm_mini", "mini", True, pretrained, **kwargs)
