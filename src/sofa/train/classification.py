@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 from sofa.train.task import StepOutput, Task, register_task
 
 DIGITS = "digits"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sofa.checkpoint import RUN_WEIGHTS
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 TRAIN_EPILOG = """\
 examples:

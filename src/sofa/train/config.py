@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 #: the most data-loader workers a rank starts by default: beyond this, more processes rarely feed a GPU faster
 MAX_DEFAULT_WORKERS = 8

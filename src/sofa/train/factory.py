@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 
 def _sofa_zoo():

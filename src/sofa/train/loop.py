@@ -29,7 +29,7 @@ from torch import nn
 from sofa.data.sampling import EpochShardSampler, SeededDataset, ShardSampler, mix_seed, seed_everything
 from sofa import checkpoint as ckpt
 from sofa.train.config import config_to_dict
-from sofa.train.errors import TrainingDiverged, UserError, WriteFailed, writing
+from sofa.errors import TrainingDiverged, UserError, WriteFailed, writing
 from sofa.train.runlock import RunLock
 from sofa.train.stopping import DataLoader, StopRequests, signal_name
 from sofa.train.task import EvalContext, Task, get_task, unwrap

@@ -69,7 +69,7 @@ Contract details
   plain Python containers/primitives (the file is loaded with ``torch.load(weights_only=True)``).
   ``checkpoint_metadata()`` returns strings stored in the weights' safetensors metadata (e.g. class names),
   so ``sofa eval``/``predict`` can rebuild the model from the file alone.
-* Errors a user can fix (missing data, bad option) raise ``sofa.train.errors.UserError`` with a message that
+* Errors a user can fix (missing data, bad option) raise ``sofa.errors.UserError`` with a message that
   says what was expected and what was found; the command line prints it without a traceback.
 
 This interface is stable: new hooks get defaults here so existing tasks keep working.
@@ -208,7 +208,7 @@ class Task:
         """The dataset ``sofa eval`` measures. Default: the validation dataset of ``build_datasets``."""
         _, val = self.build_datasets()
         if val is None:
-            from sofa.train.errors import UserError
+            from sofa.errors import UserError
 
             raise UserError(f"task {self.name!r} has no evaluation dataset for data {self.cfg.data!r}")
         return val
@@ -313,7 +313,7 @@ def get_task(name: str) -> type[Task]:
     try:
         return _TASKS[name]
     except KeyError:
-        from sofa.train.errors import UserError
+        from sofa.errors import UserError
 
         raise UserError(f"unknown task {name!r}; available: {', '.join(sorted(_TASKS)) or 'none'}") from None
 
