@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from train_callbacks import NanImagesAtStep
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
@@ -184,18 +185,18 @@ def test_finetune_with_another_number_of_classes_reinitialises_the_head(run, tmp
     assert b["head.weight"].shape == (10, 64) and a["head.weight"].shape == (3, 64)
 
 
-def test_nan_loss_stops_with_step_and_hint_keeping_last_good_checkpoint(folder, tmp_path, capsys, monkeypatch):
+def test_nan_loss_stops_with_step_and_hint_keeping_last_good_checkpoint(folder, tmp_path, capsys):
     out = tmp_path / "nan"
-    monkeypatch.setenv("SOFA_DEBUG_NAN_AT_STEP", "5")  # 3 steps per epoch: epoch 2, step 2
     capsys.readouterr()
-    assert sofa("train", "--data", folder, *TINY, "--epochs", 3, "-b", 8, "--output", out) == 3
+    argv = ["train", "--data", folder, *TINY, "--epochs", 3, "-b", 8, "--output", out]
+    nan_images = NanImagesAtStep(5)  # 3 steps per epoch: epoch 2, step 2
+    assert main([str(a) for a in argv], callbacks=[nan_images]) == 3
     err = capsys.readouterr().err
     assert "loss is nan at epoch 2, step 2 (global step 5)" in err
     assert f"{out / 'last.pt'} (after epoch 1), kept" in err and "lower --lr" in err
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    monkeypatch.delenv("SOFA_DEBUG_NAN_AT_STEP")
     assert sofa("train", "--resume", out) == 0  # and the run can go on from there
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
 
@@ -232,9 +233,9 @@ def test_eval_crop_and_interpolation_come_from_the_pretrained_cfg(folder):
 
     import timm
 
+    from sofa.cli import build_parser
     from sofa.train.classification import ClassificationTask
     from sofa.train.cli import resolve_train_config
-    from sofa.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["train", "--data", str(folder), "--model", "test_vit", "--img-size", "16"])

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from train_callbacks import SCRIPT
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
-from sofa.train.factory import build_model
+from sofa.train.factory import create_classifier
 
 # no dropout/drop-path/mixup (their randomness is per rank by design); augmentation stays on: it is seeded per
 # sample, the same whichever rank loads it
@@ -62,10 +63,11 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     data = make_image_folder(tmp_path / "data", num_classes=NUM_CLASSES, train_per_class=TRAIN_PER_CLASS,
                              val_per_class=3)
     out, dump = tmp_path / "ddp", tmp_path / "ranks"
-    env = dict(os.environ, OMP_NUM_THREADS="1", SOFA_DEBUG_RANK_WEIGHTS=str(dump))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sofa", "train",
-         "--data", str(data), *COMMON, "-b", str(BATCH // 2), "--output", str(out)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
+         "--save-rank-weights", str(dump), "--", "train", "--data", str(data), *COMMON, "-b", str(BATCH // 2),
+         "--output", str(out)],
         capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path,
     )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
@@ -90,7 +92,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert main(["train", "--data", str(data), *COMMON, "-b", str(BATCH), "--output", str(single)]) == 0
     ws, wd = load_file(single / "model.safetensors"), load_file(out / "model.safetensors")
     torch.manual_seed(SEED)  # the loop's initialisation, to measure how far training moved the weights
-    model = build_model(MODEL, num_classes=NUM_CLASSES, img_size=IMG_SIZE)
+    model = create_classifier(MODEL, num_classes=NUM_CLASSES, img_size=IMG_SIZE)
     w0 = model.state_dict()
     update = max((ws[k] - w0[k]).abs().max().item() for k in ws)
     tokens = model.patch_embed.num_patches + model.num_prefix_tokens

@@ -164,11 +164,11 @@ class ClassificationTask(Task):
 
     # ---------------------------------------------------------------- model
     def build_model(self, load_weights: bool = True) -> nn.Module:
-        from sofa.train.factory import build_model
+        from sofa.train.factory import create_classifier
 
         c = self.cfg
-        model = build_model(c.model, num_classes=self.num_classes, img_size=c.img_size,
-                            drop_path_rate=c.drop_path if c.drop_path else None)
+        model = create_classifier(c.model, num_classes=self.num_classes, img_size=c.img_size,
+                                  drop_path_rate=c.drop_path if c.drop_path else None)
         if load_weights and getattr(c, "checkpoint", None):
             from sofa.checkpoint import read_checkpoint
             from sofa.train import factory

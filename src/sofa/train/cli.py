@@ -8,10 +8,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sofa.checkpoint import RUN_WEIGHTS
 from sofa.errors import UserError
+
+if TYPE_CHECKING:
+    from sofa.train.loop import Callback
 
 TRAIN_EPILOG = """\
 examples:
@@ -33,11 +36,13 @@ def _rank_prefix() -> str:
     return f"[rank {os.environ.get('RANK', '0')}] " if ws > 1 else ""
 
 
-def _guard(fn: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
+def _guard(fn: Callable[..., int | None]) -> Callable[..., int]:
+    """``fn(args, **kwargs)`` whose user errors and Ctrl-C become one line on stderr and an exit code."""
+
     @functools.wraps(fn)
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace, **kwargs: Any) -> int:
         try:
-            code = fn(args)
+            code = fn(args, **kwargs)
             return 0 if code is None else int(code)
         except UserError as err:
             print(f"{_rank_prefix()}error: {err}", file=sys.stderr, flush=True)
@@ -198,7 +203,9 @@ def _validate(cfg) -> None:
         raise UserError(f"--drop-path must be < 1, got {cfg.drop_path}")
 
 
-def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]) -> int:
+def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]],
+              callbacks: Sequence[Callback] = ()) -> int:
+    """``sofa train``; ``callbacks`` hook into the run (see :class:`sofa.train.loop.Callback`)."""
     from sofa.train.loop import train
     from sofa.train.stopping import exit_code
 
@@ -206,7 +213,7 @@ def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str
     for k in ("func",):
         if hasattr(cfg, k):
             delattr(cfg, k)
-    result = train(cfg)
+    result = train(cfg, callbacks)
     return exit_code(result.stopped_by) if result.stopped_by else 0
 
 
@@ -293,7 +300,7 @@ def _newest_run() -> Path | None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from sofa.checkpoint import atomic_write_text, read_checkpoint, resolve_checkpoint
     from sofa.train.classification import predict_images
-    from sofa.train.factory import build_model, checkpoint_num_classes, load_weights
+    from sofa.train.factory import checkpoint_num_classes, create_classifier, load_weights
     from sofa.train.loop import setup_distributed, teardown_distributed
 
     if args.topk < 1:
@@ -321,7 +328,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"{path} has no classifier to predict with (a backbone without a head?)")
     d = setup_distributed(args.device)  # the device, or one line saying why it cannot be used
     try:
-        model = build_model(name, num_classes=num_classes, img_size=meta.get("img_size"))
+        model = create_classifier(name, num_classes=num_classes, img_size=meta.get("img_size"))
         load_weights(model, sd, f"checkpoint {path}", checkpoint_model=meta.get("model"))
         dc = meta.get("data_config")
         if not dc:
