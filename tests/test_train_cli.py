@@ -201,6 +201,28 @@ def test_nan_loss_stops_with_step_and_hint_keeping_last_good_checkpoint(folder, 
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
 
 
+def test_after_training_gets_the_finished_run_and_its_files_are_listed(folder, tmp_path, capsys, monkeypatch):
+    """The task's hook after the last epoch sees the run's best result and step count, can score the weights with
+    the run's evaluation loaders, and the file it writes is listed with the run's files."""
+    from sofa.train.classification import ClassificationTask
+
+    seen = {}
+
+    def after_training(self, model, run):
+        seen.update(best=run.best, steps=run.global_step)
+        seen["count"] = self.evaluate(model, run.loader(self.build_eval_dataset(), "val"), run.ctx)["count"]
+        (run.run_dir / "test.json").write_text("{}")
+        return {"test.json": "metrics on the test split"}
+
+    monkeypatch.setattr(ClassificationTask, "after_training", after_training)
+    out = tmp_path / "after"
+    capsys.readouterr()
+    assert sofa("train", "--data", folder, *TINY, "--epochs", 1, "-b", 8, "--output", out) == 0
+    assert seen["best"]["metric"] == "top1" and seen["best"]["epoch"] == 1 and seen["steps"] == 3
+    assert seen["count"] == 12  # the 3 × 4 validation images, each once
+    assert re.search(r"\n  test\.json +metrics on the test split\n", capsys.readouterr().out)
+
+
 def test_other_refusals(run, folder, tmp_path, capsys):
     capsys.readouterr()
     assert sofa("train", "--data", folder, *TINY, "--output", run) == 2  # would overwrite a run

@@ -6,6 +6,10 @@ reads its shard of the data and only rank 0 writes files or prints. Determinism:
 from ``(seed, epoch, index)``, so a run resumed from any checkpoint (epoch end or mid-epoch) replays exactly what
 the uninterrupted run would have done. SIGTERM and Ctrl-C stop a run at the step reached, resumably
 (``sofa.train.stopping``); one run at a time writes a run directory (``sofa.train.runlock``).
+
+:func:`train` claims the run directory and runs a :class:`Trainer`, the run on this rank; its state is a
+:class:`Progress`, the :class:`Best` evaluation and the epoch's :class:`EpochMeters`. :class:`Callback` objects
+passed to :func:`train` hook into the steps and the end of training.
 """
 from __future__ import annotations
 
