@@ -1,4 +1,4 @@
-"""sofa train / eval / predict end to end (in-process, tiny model and images), and every refusal the issue lists."""
+"""sofa train / eval / predict end to end (in-process, tiny model and images), and the refusals of bad input."""
 from __future__ import annotations
 
 import json
@@ -47,7 +47,7 @@ def test_train_writes_everything_and_says_where(run, folder, capsys):
     assert "1 unreadable image(s)" in log  # broken.png skipped and counted, not fatal
     # 2 epochs with the recipe's 5 of warm-up: the run says that its learning rate never reaches --lr
     assert "warning: --epochs 2 is not longer than --warmup-epochs 5: the learning rate is still warming up" in log
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in recs if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
     for key in ("train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr", "images_per_s"):
@@ -106,7 +106,7 @@ def test_digits_quick_run_learns(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "digits (scikit-learn, bundled): 1437 train / 360 val" in text
     assert "warming up" not in text  # 3 epochs, 1 of warm-up
-    last = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["val_top1"] > 60, last
 
 
@@ -118,7 +118,7 @@ def test_recipe_options_all_at_once(folder, tmp_path):
                 "--clip-grad", 1.0, "--ema", "--ema-decay", 0.9, "--amp", "bf16", "--channels-last",
                 "--grad-checkpointing", "--smoothing", 0.1, "--warmup-epochs", 1, "--opt", "adamw",
                 "--progress", "bar") == 0  # the tqdm bar (a terminal's default) too
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
     assert "ema_val_top1" in recs[-1] and (out / "model_ema.safetensors").is_file()
     cfg = (out / "config.yaml").read_text()
     assert "amp: bf16" in cfg and "grad_checkpointing: true" in cfg and "mixup: 0.8" in cfg
@@ -126,7 +126,8 @@ def test_recipe_options_all_at_once(folder, tmp_path):
 
 def test_config_file_and_precedence(folder, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {folder}\nmodel: test_vit\nimg-size: 16\nepochs: 1\nbatch_size: 12\nlr: 0.01\nworkers: 0\nthreads: 1\n")
+    cfg.write_text(f"data: {folder}\nmodel: test_vit\nimg-size: 16\nepochs: 1\nbatch_size: 12\nlr: 0.01\n"
+                   "workers: 0\nthreads: 1\n")
     out = tmp_path / "o"
     assert sofa("train", "--config", cfg, "--lr", 0.02, "--output", out, "--progress", "none") == 0
     import yaml
@@ -135,8 +136,8 @@ def test_config_file_and_precedence(folder, tmp_path, capsys):
     assert saved["epochs"] == 1 and saved["batch_size"] == 12 and saved["lr"] == 0.02  # CLI beats the file
     assert saved["aa"] == "rand-m9-mstd0.5-inc1"  # an image folder gets the ImageNet recipe's defaults
     js = tmp_path / "c.json"
-    js.write_text(json.dumps({"data": str(folder), "model": "test_vit", "epochs": 1, "img_size": 16, "workers": 0, "threads": 1,
-                              "output": str(tmp_path / "j")}))
+    js.write_text(json.dumps({"data": str(folder), "model": "test_vit", "epochs": 1, "img_size": 16, "workers": 0,
+                              "threads": 1, "output": str(tmp_path / "j")}))
     assert sofa("train", "--config", js, "--progress", "none") == 0 and (tmp_path / "j" / "last.pt").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 1\nlearning_rate: 3\n")
@@ -251,8 +252,6 @@ def test_help_lists_the_recipe_options(capsys):
 
 
 def test_eval_crop_and_interpolation_come_from_the_pretrained_cfg(folder):
-    import argparse
-
     import timm
 
     from sofa.cli import build_parser
@@ -279,7 +278,7 @@ def test_eval_crop_and_interpolation_come_from_the_pretrained_cfg(folder):
 def test_default_digits_run_reaches_95_percent(tmp_path, capsys):
     """`sofa train` with no options (the `make demo` run): ≥95% test accuracy (its time is the README's)."""
     assert sofa("train", "--output", tmp_path / "demo") == 0
-    last = [json.loads(l) for l in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()][-1]
+    last = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["val_top1"] >= 95.0, last
 
 
@@ -302,7 +301,8 @@ def test_resume_a_finished_run_with_more_epochs(run, tmp_path, capsys):
     assert state["epoch"] == 3 and state["config"]["epochs"] == 3
 
 
-@pytest.mark.parametrize("task, data", [("classification", "digits"), ("segmentation", "shapes"), ("detection", "shapes")])
+@pytest.mark.parametrize("task, data", [("classification", "digits"), ("segmentation", "shapes"),
+                                        ("detection", "shapes")])
 def test_default_data_is_the_tasks_own(task, data):
     """With no --data each task gets its own default data (and that data's profile), not classification's."""
     from sofa.cli import build_parser

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -79,7 +78,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
                             "model.safetensors"]), names
     assert not (tmp_path / "runs").exists()
     assert (out / "log.txt").read_text().count("sofa train:") == 1
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
     assert recs[-1]["val_count"] == 9  # the validation shards together hold each image once
     # the ranks agree
     r0, r1 = load_file(dump / "rank0.safetensors"), load_file(dump / "rank1.safetensors")

@@ -54,7 +54,7 @@ def _same_state(a: Path, b: Path) -> None:
 
 
 def _records(run: Path) -> list[dict]:
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in recs]
 
 
@@ -100,7 +100,8 @@ def test_checkpoint_on_demand_and_sigterm_then_resume_matches(data, reference, t
     out = tmp_path / "run"
     capsys.readouterr()
     signals = SignalAtSteps({2: signal.SIGUSR1, 9: signal.SIGTERM})
-    assert main(["train", "--data", str(data), *ARGS, "--output", str(out)], callbacks=[signals]) == 128 + signal.SIGTERM
+    code = main(["train", "--data", str(data), *ARGS, "--output", str(out)], callbacks=[signals])
+    assert code == 128 + signal.SIGTERM
     text = capsys.readouterr().out
     assert "(on request) at epoch 1, step 3" in text
     assert f"stopped by SIGTERM at epoch 2, step 4/6 (global step 10), saved {out / 'last.pt'}; continue with: " \
