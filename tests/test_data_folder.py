@@ -8,7 +8,7 @@ from PIL import Image
 
 from sofa.data.folder import ImageFolderDataset, image_folder_splits, load_image, to_rgb
 from sofa.data.synthetic import make_image_folder
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 
 def test_missing_folder_is_refused(tmp_path):

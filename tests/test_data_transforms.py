@@ -16,7 +16,7 @@ from sofa.data.sampling import seed_everything
 from sofa.data.skipping import MAX_TRANSFORM_FAILURES_IN_A_ROW
 from sofa.data.synthetic import make_image_folder
 from sofa.data.transforms import build_transform, check_auto_augment, policy_ops, posterize
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 DATA_CFG = {"input_size": (3, 48, 48), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
             "interpolation": "bicubic", "crop_pct": 0.875}

@@ -219,7 +219,7 @@ def test_detection_skips_and_counts_bad_images(shapes_with_bad_files, capfd):
 
 
 def test_detection_unreadable_annotation_file_is_a_user_error(shapes_with_bad_files, tmp_path):
-    from sofa.train.errors import UserError
+    from sofa.errors import UserError
 
     bad = tmp_path / "instances.json"
     bad.write_text('{"images": [')

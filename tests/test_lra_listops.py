@@ -12,7 +12,7 @@ from sofa.data.lra.listops import (draw_expression, evaluate, generate_listops, 
                                    naive_value, write_listops)
 from sofa.data.lra.readers import open_lra_dataset
 from sofa.data.lra.vocab import LISTOPS_IGNORED, LISTOPS_VOCAB, decode_listops
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 SMALL = dict(max_depth=6, max_args=5, min_length=20, max_length=120)
 

@@ -14,7 +14,7 @@ from PIL import Image
 from sofa.data.lra import (BYTE_VOCAB_SIZE, PAD_ID, UnsafePickleError, collate_lra, encode_bytes, encode_listops,
                            load_data_pickle, open_lra_dataset, rgb_to_lra_grayscale)
 from sofa.data.lra.listops import evaluate, write_listops
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 
 def _bytes_ids(data: bytes) -> list[int]:

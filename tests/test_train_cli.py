@@ -1,4 +1,4 @@
-"""sofa train / eval / predict end to end (in-process, tiny model and images), and every refusal the issue lists."""
+"""sofa train / eval / predict end to end (in-process, tiny model and images), and the refusals of bad input."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from train_callbacks import NanImagesAtStep
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
@@ -46,7 +47,7 @@ def test_train_writes_everything_and_says_where(run, folder, capsys):
     assert "1 unreadable image(s)" in log  # broken.png skipped and counted, not fatal
     # 2 epochs with the recipe's 5 of warm-up: the run says that its learning rate never reaches --lr
     assert "warning: --epochs 2 is not longer than --warmup-epochs 5: the learning rate is still warming up" in log
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in recs if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
     for key in ("train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr", "images_per_s"):
@@ -105,7 +106,7 @@ def test_digits_quick_run_learns(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "digits (scikit-learn, bundled): 1437 train / 360 val" in text
     assert "warming up" not in text  # 3 epochs, 1 of warm-up
-    last = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["val_top1"] > 60, last
 
 
@@ -117,7 +118,7 @@ def test_recipe_options_all_at_once(folder, tmp_path):
                 "--clip-grad", 1.0, "--ema", "--ema-decay", 0.9, "--amp", "bf16", "--channels-last",
                 "--grad-checkpointing", "--smoothing", 0.1, "--warmup-epochs", 1, "--opt", "adamw",
                 "--progress", "bar") == 0  # the tqdm bar (a terminal's default) too
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
     assert "ema_val_top1" in recs[-1] and (out / "model_ema.safetensors").is_file()
     cfg = (out / "config.yaml").read_text()
     assert "amp: bf16" in cfg and "grad_checkpointing: true" in cfg and "mixup: 0.8" in cfg
@@ -125,7 +126,8 @@ def test_recipe_options_all_at_once(folder, tmp_path):
 
 def test_config_file_and_precedence(folder, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {folder}\nmodel: test_vit\nimg-size: 16\nepochs: 1\nbatch_size: 12\nlr: 0.01\nworkers: 0\nthreads: 1\n")
+    cfg.write_text(f"data: {folder}\nmodel: test_vit\nimg-size: 16\nepochs: 1\nbatch_size: 12\nlr: 0.01\n"
+                   "workers: 0\nthreads: 1\n")
     out = tmp_path / "o"
     assert sofa("train", "--config", cfg, "--lr", 0.02, "--output", out, "--progress", "none") == 0
     import yaml
@@ -134,8 +136,8 @@ def test_config_file_and_precedence(folder, tmp_path, capsys):
     assert saved["epochs"] == 1 and saved["batch_size"] == 12 and saved["lr"] == 0.02  # CLI beats the file
     assert saved["aa"] == "rand-m9-mstd0.5-inc1"  # an image folder gets the ImageNet recipe's defaults
     js = tmp_path / "c.json"
-    js.write_text(json.dumps({"data": str(folder), "model": "test_vit", "epochs": 1, "img_size": 16, "workers": 0, "threads": 1,
-                              "output": str(tmp_path / "j")}))
+    js.write_text(json.dumps({"data": str(folder), "model": "test_vit", "epochs": 1, "img_size": 16, "workers": 0,
+                              "threads": 1, "output": str(tmp_path / "j")}))
     assert sofa("train", "--config", js, "--progress", "none") == 0 and (tmp_path / "j" / "last.pt").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 1\nlearning_rate: 3\n")
@@ -184,20 +186,42 @@ def test_finetune_with_another_number_of_classes_reinitialises_the_head(run, tmp
     assert b["head.weight"].shape == (10, 64) and a["head.weight"].shape == (3, 64)
 
 
-def test_nan_loss_stops_with_step_and_hint_keeping_last_good_checkpoint(folder, tmp_path, capsys, monkeypatch):
+def test_nan_loss_stops_with_step_and_hint_keeping_last_good_checkpoint(folder, tmp_path, capsys):
     out = tmp_path / "nan"
-    monkeypatch.setenv("SOFA_DEBUG_NAN_AT_STEP", "5")  # 3 steps per epoch: epoch 2, step 2
     capsys.readouterr()
-    assert sofa("train", "--data", folder, *TINY, "--epochs", 3, "-b", 8, "--output", out) == 3
+    argv = ["train", "--data", folder, *TINY, "--epochs", 3, "-b", 8, "--output", out]
+    nan_images = NanImagesAtStep(5)  # 3 steps per epoch: epoch 2, step 2
+    assert main([str(a) for a in argv], callbacks=[nan_images]) == 3
     err = capsys.readouterr().err
     assert "loss is nan at epoch 2, step 2 (global step 5)" in err
     assert f"{out / 'last.pt'} (after epoch 1), kept" in err and "lower --lr" in err
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    monkeypatch.delenv("SOFA_DEBUG_NAN_AT_STEP")
     assert sofa("train", "--resume", out) == 0  # and the run can go on from there
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_after_training_gets_the_finished_run_and_its_files_are_listed(folder, tmp_path, capsys, monkeypatch):
+    """The task's hook after the last epoch sees the run's best result and step count, can score the weights with
+    the run's evaluation loaders, and the file it writes is listed with the run's files."""
+    from sofa.train.classification import ClassificationTask
+
+    seen = {}
+
+    def after_training(self, model, run):
+        seen.update(best=run.best, steps=run.global_step)
+        seen["count"] = self.evaluate(model, run.loader(self.build_eval_dataset(), "val"), run.ctx)["count"]
+        (run.run_dir / "test.json").write_text("{}")
+        return {"test.json": "metrics on the test split"}
+
+    monkeypatch.setattr(ClassificationTask, "after_training", after_training)
+    out = tmp_path / "after"
+    capsys.readouterr()
+    assert sofa("train", "--data", folder, *TINY, "--epochs", 1, "-b", 8, "--output", out) == 0
+    assert seen["best"]["metric"] == "top1" and seen["best"]["epoch"] == 1 and seen["steps"] == 3
+    assert seen["count"] == 12  # the 3 × 4 validation images, each once
+    assert re.search(r"\n  test\.json +metrics on the test split\n", capsys.readouterr().out)
 
 
 def test_other_refusals(run, folder, tmp_path, capsys):
@@ -228,13 +252,11 @@ def test_help_lists_the_recipe_options(capsys):
 
 
 def test_eval_crop_and_interpolation_come_from_the_pretrained_cfg(folder):
-    import argparse
-
     import timm
 
+    from sofa.cli import build_parser
     from sofa.train.classification import ClassificationTask
     from sofa.train.cli import resolve_train_config
-    from sofa.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["train", "--data", str(folder), "--model", "test_vit", "--img-size", "16"])
@@ -256,7 +278,7 @@ def test_eval_crop_and_interpolation_come_from_the_pretrained_cfg(folder):
 def test_default_digits_run_reaches_95_percent(tmp_path, capsys):
     """`sofa train` with no options (the `make demo` run): ≥95% test accuracy (its time is the README's)."""
     assert sofa("train", "--output", tmp_path / "demo") == 0
-    last = [json.loads(l) for l in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()][-1]
+    last = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["val_top1"] >= 95.0, last
 
 
@@ -279,7 +301,8 @@ def test_resume_a_finished_run_with_more_epochs(run, tmp_path, capsys):
     assert state["epoch"] == 3 and state["config"]["epochs"] == 3
 
 
-@pytest.mark.parametrize("task, data", [("classification", "digits"), ("segmentation", "shapes"), ("detection", "shapes")])
+@pytest.mark.parametrize("task, data", [("classification", "digits"), ("segmentation", "shapes"),
+                                        ("detection", "shapes")])
 def test_default_data_is_the_tasks_own(task, data):
     """With no --data each task gets its own default data (and that data's profile), not classification's."""
     from sofa.cli import build_parser

@@ -16,15 +16,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from train_callbacks import SCRIPT
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
-from sofa.train.factory import build_model
+from sofa.train.factory import create_classifier
 
 # no dropout/drop-path/mixup (their randomness is per rank by design); augmentation stays on: it is seeded per
 # sample, the same whichever rank loads it
@@ -62,10 +62,11 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     data = make_image_folder(tmp_path / "data", num_classes=NUM_CLASSES, train_per_class=TRAIN_PER_CLASS,
                              val_per_class=3)
     out, dump = tmp_path / "ddp", tmp_path / "ranks"
-    env = dict(os.environ, OMP_NUM_THREADS="1", SOFA_DEBUG_RANK_WEIGHTS=str(dump))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sofa", "train",
-         "--data", str(data), *COMMON, "-b", str(BATCH // 2), "--output", str(out)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
+         "--save-rank-weights", str(dump), "--", "train", "--data", str(data), *COMMON, "-b", str(BATCH // 2),
+         "--output", str(out)],
         capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path,
     )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
@@ -77,7 +78,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
                             "model.safetensors"]), names
     assert not (tmp_path / "runs").exists()
     assert (out / "log.txt").read_text().count("sofa train:") == 1
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
     assert recs[-1]["val_count"] == 9  # the validation shards together hold each image once
     # the ranks agree
     r0, r1 = load_file(dump / "rank0.safetensors"), load_file(dump / "rank1.safetensors")
@@ -90,7 +91,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert main(["train", "--data", str(data), *COMMON, "-b", str(BATCH), "--output", str(single)]) == 0
     ws, wd = load_file(single / "model.safetensors"), load_file(out / "model.safetensors")
     torch.manual_seed(SEED)  # the loop's initialisation, to measure how far training moved the weights
-    model = build_model(MODEL, num_classes=NUM_CLASSES, img_size=IMG_SIZE)
+    model = create_classifier(MODEL, num_classes=NUM_CLASSES, img_size=IMG_SIZE)
     w0 = model.state_dict()
     update = max((ws[k] - w0[k]).abs().max().item() for k in ws)
     tokens = model.patch_embed.num_patches + model.num_prefix_tokens

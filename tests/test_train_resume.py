@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_callbacks import SCRIPT, SignalAtSteps
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
@@ -32,9 +33,9 @@ def _train_in_process(*argv) -> None:
 
 
 def _train_killed(*argv, kill_at: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", SOFA_DEBUG_KILL_AT_STEP=str(kill_at))
-    p = subprocess.run([sys.executable, "-m", "sofa", "train", *map(str, argv)], capture_output=True, text=True,
-                       env=env, timeout=300)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, SCRIPT, "--kill-at-step", str(kill_at), "--", "train", *map(str, argv)],
+                       capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-3000:])
 
 
@@ -53,7 +54,7 @@ def _same_state(a: Path, b: Path) -> None:
 
 
 def _records(run: Path) -> list[dict]:
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in recs]
 
 
@@ -93,20 +94,20 @@ def test_sigkill_mid_epoch_resume_from_epoch_checkpoint(data, reference, tmp_pat
     _kill_and_resume(data, reference, tmp_path / "run", 0, 8, (1, 0), capsys)
 
 
-def test_checkpoint_on_demand_and_sigterm_then_resume_matches(data, reference, tmp_path, capsys, monkeypatch):
+def test_checkpoint_on_demand_and_sigterm_then_resume_matches(data, reference, tmp_path, capsys):
     """SIGUSR1 writes last.pt at the next step and training goes on; SIGTERM (preemption) writes it and stops
     (exit 143); --resume then finishes the same run."""
     out = tmp_path / "run"
-    monkeypatch.setenv("SOFA_DEBUG_SIGNAL_AT_STEP", "2:USR1,9:TERM")
     capsys.readouterr()
-    assert main(["train", "--data", str(data), *ARGS, "--output", str(out)]) == 128 + signal.SIGTERM
+    signals = SignalAtSteps({2: signal.SIGUSR1, 9: signal.SIGTERM})
+    code = main(["train", "--data", str(data), *ARGS, "--output", str(out)], callbacks=[signals])
+    assert code == 128 + signal.SIGTERM
     text = capsys.readouterr().out
     assert "(on request) at epoch 1, step 3" in text
     assert f"stopped by SIGTERM at epoch 2, step 4/6 (global step 10), saved {out / 'last.pt'}; continue with: " \
            f"sofa train --resume {out}" in text
     state = torch.load(out / "last.pt", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"]) == (1, 4)
-    monkeypatch.delenv("SOFA_DEBUG_SIGNAL_AT_STEP")
     _train_in_process("--resume", out)
     _same_state(reference, out)
 
@@ -132,9 +133,10 @@ def test_signal_to_the_process_group_saves_the_step_reached_and_resumes_exactly(
     out = tmp_path / "run"
     log = tmp_path / "output.txt"
     # the run waits after step 8 (epoch 2, step 2) until the signal comes, then notices it during step 9
-    env = dict(os.environ, OMP_NUM_THREADS="1", SOFA_DEBUG_WAIT_AT_STEP="8")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(log, "w") as sink:
-        p = subprocess.Popen([sys.executable, "-m", "sofa", "train", "--data", str(data), *ARGS, "--output", str(out)],
+        p = subprocess.Popen([sys.executable, SCRIPT, "--wait-for-stop-after-step", "8", "--", "train", "--data",
+                              str(data), *ARGS, "--output", str(out)],
                              stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 240

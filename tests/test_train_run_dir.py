@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from train_callbacks import SCRIPT
 
+from sofa import checkpoint as ckpt
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
-from sofa import checkpoint as ckpt
 
 TINY = ["--model", "test_vit", "--img-size", "16", "--workers", "0", "--progress", "log", "--log-interval", "1",
         "--threads", "1", "-b", "4"]
@@ -48,11 +49,11 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is
     out = tmp_path / "run"
     log = tmp_path / "first.txt"
     # the first run saves every step and, after step 2, waits (holding the run directory)
-    env = dict(os.environ, OMP_NUM_THREADS="1", SOFA_DEBUG_WAIT_AT_STEP="2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(log, "w") as sink:
         first = subprocess.Popen(
-            [sys.executable, "-m", "sofa", "train", "--data", str(folder), *TINY, "--epochs", "2",
-             "--save-every-steps", "1", "--output", str(out)],
+            [sys.executable, SCRIPT, "--wait-for-stop-after-step", "2", "--", "train", "--data", str(folder), *TINY,
+             "--epochs", "2", "--save-every-steps", "1", "--output", str(out)],
             stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 240

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 __all__ = ["CheckpointError", "read_checkpoint", "resolve_checkpoint", "describe_weights", "unwrap_state_dict",
            "load_model_weights", "classifier_keys", "save_weights", "atomic_write", "atomic_write_text",
@@ -68,7 +68,7 @@ PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be read or does not fit the model; the message says why (naming the keys).
 
-    A :class:`~sofa.train.errors.UserError` (the command line prints it on one line, no traceback) and a
+    A :class:`~sofa.errors.UserError` (the command line prints it on one line, no traceback) and a
     ``ValueError`` (what a library caller catches for a bad argument).
     """
 

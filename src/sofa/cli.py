@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any, Sequence
 
 # Modules that contribute sub-commands, in the order they appear in ``sofa --help``.
 COMMAND_MODULES = (
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, callbacks: Sequence[Any] = ()) -> int:
+    """Run the command ``argv`` (default: ``sys.argv[1:]``); returns its exit code. ``callbacks``: hooks into the
+    run of ``sofa train`` (:class:`sofa.train.loop.Callback`), for programs and tests that drive it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(ENV, "1")  # the user's "0" wins
     try:
         _from_environment()
-        code = args.func(args)
+        code = args.func(args, callbacks=callbacks) if callbacks else args.func(args)
     except BrokenPipeError:  # the reader of our output went away (`sofa models | head`): not an error of ours
         _silence_stdout()
         code = 0

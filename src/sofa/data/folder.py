@@ -21,7 +21,7 @@ from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
 from sofa.data.skipping import SkippedSamples, load_first_usable
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 

@@ -14,7 +14,7 @@ import multiprocessing
 import sys
 from typing import Callable, TypeVar
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 Raw = TypeVar("Raw")
 Item = TypeVar("Item")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from PIL import Image, ImageOps
 from timm.data import create_transform
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 # ------------------------------------------------------------------------------------------ policy strings
 #: RandAugment sections (after ``rand``): key → type of its value (``t`` takes a name, see below)

@@ -41,7 +41,7 @@ def _shapes(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sofa.dense.shapes import write_shapes
-    from sofa.train.errors import UserError
+    from sofa.errors import UserError
 
     if args.min_size < 32 or args.max_size < args.min_size:
         print(f"sofa data shapes: need 32 <= --min-size <= --max-size, got {args.min_size} and {args.max_size}",
@@ -93,7 +93,7 @@ def _listops(args: argparse.Namespace) -> int:
     import sys
 
     from sofa.data.lra.listops import format_summary, write_listops
-    from sofa.train.errors import UserError
+    from sofa.errors import UserError
 
     try:
         summary = write_listops(args.dir, num_train=args.train, num_val=args.val, num_test=args.test, seed=args.seed,

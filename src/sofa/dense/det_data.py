@@ -24,7 +24,7 @@ import torch
 
 from sofa.data.folder import load_image
 from sofa.data.skipping import SkippedSamples, load_first_usable
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 __all__ = ["CocoDetection", "DetTrainTransform", "det_collate"]
 

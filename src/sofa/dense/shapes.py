@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 __all__ = ["SHAPE_CLASSES", "write_shapes", "is_shapes_dataset", "render_sample"]
 

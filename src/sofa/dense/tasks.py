@@ -64,7 +64,7 @@ def _is_shapes(cfg) -> bool:
 
 
 def _data_root(cfg) -> Path:
-    from sofa.train.errors import UserError
+    from sofa.errors import UserError
 
     if str(getattr(cfg, "data", None) or SHAPES) == SHAPES:
         return shapes_root()
@@ -76,7 +76,7 @@ def _data_root(cfg) -> Path:
 
 def _pair(v, name: str) -> tuple | None:
     """One or two numbers (an int, a list from the command line or a config file, or a string "512 512")."""
-    from sofa.train.errors import UserError
+    from sofa.errors import UserError
 
     if v is None:
         return None
@@ -99,7 +99,7 @@ def backbone_kwargs(cfg) -> dict[str, Any]:
     """``--backbone-arg KEY=VALUE`` options (values parsed as YAML) plus the loop's ``--drop-path``."""
     import yaml
 
-    from sofa.train.errors import UserError
+    from sofa.errors import UserError
 
     out: dict[str, Any] = {}
     for item in getattr(cfg, "backbone_arg", None) or []:
@@ -220,7 +220,7 @@ class SegmentationTask(_DenseTask):
 
     def _dataset(self, which: str, transform):
         from sofa.dense.seg_data import SegmentationDataset
-        from sofa.train.errors import UserError
+        from sofa.errors import UserError
 
         limit = getattr(self.cfg, f"max_{which}_samples", None)
         try:
@@ -369,7 +369,7 @@ class DetectionTask(_DenseTask):
         return "val2017" if coco_names else "validation"
 
     def _paths(self, which: str) -> tuple[Path, Path]:
-        from sofa.train.errors import UserError
+        from sofa.errors import UserError
 
         split = self._split(which)
         ann = self.root / "annotations" / f"instances_{split}.json"

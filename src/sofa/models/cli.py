@@ -105,9 +105,9 @@ def convert_command(args) -> int:
     """Write ``args.out`` with metadata (model, task, num_classes) that ``sofa predict / eval / train
     --checkpoint`` read, so the converted file needs no more options. Every failure is one line, exit code 1."""
     from sofa.checkpoint import save_weights
+    from sofa.errors import UserError
     from sofa.models import create_model, get_entry
     from sofa.models.flops import count_params
-    from sofa.train.errors import UserError
 
     try:
         get_entry(args.model)

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sofa.train.errors import UserError
 from sofa.train.task import StepOutput, Task, register_task
 
 DIGITS = "digits"
@@ -33,7 +32,8 @@ class ClassificationTask(Task):
     #: soft_mini: a 0.65M-parameter SOFT (the reference fixtures' configuration); one torch thread plus one
     #: loader process use two cores without OpenMP's spin-waits, which cost up to 20× on a busy machine
     DIGITS_PROFILE: dict[str, Any] = dict(
-        model="soft_mini", threads=1, workers=1, img_size=32, epochs=15, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_epochs=1, drop_path=0.0,
+        model="soft_mini", threads=1, workers=1, img_size=32, epochs=15, batch_size=64, lr=2e-3, weight_decay=0.05,
+        warmup_epochs=1, drop_path=0.0,
         smoothing=0.1, mixup=0.0, cutmix=0.0, aa="", reprob=0.0, hflip=0.0, color_jitter=0.0,
         scale=(0.75, 1.0), ratio=(0.9, 1.1), crop_pct=1.0,
     )
@@ -164,11 +164,11 @@ class ClassificationTask(Task):
 
     # ---------------------------------------------------------------- model
     def build_model(self, load_weights: bool = True) -> nn.Module:
-        from sofa.train.factory import build_model
+        from sofa.train.factory import create_classifier
 
         c = self.cfg
-        model = build_model(c.model, num_classes=self.num_classes, img_size=c.img_size,
-                            drop_path_rate=c.drop_path if c.drop_path else None)
+        model = create_classifier(c.model, num_classes=self.num_classes, img_size=c.img_size,
+                                  drop_path_rate=c.drop_path if c.drop_path else None)
         if load_weights and getattr(c, "checkpoint", None):
             from sofa.checkpoint import read_checkpoint
             from sofa.train import factory
@@ -265,12 +265,8 @@ def predict_images(model: nn.Module, paths: list[str], data_config: dict[str, An
             probs = model(x).float().softmax(-1).cpu()
             k = min(topk, probs.shape[-1])
             val, idx = probs.topk(k, dim=-1)
-            for (i, _), v, ix in zip(chunk, val, idx):
-                results[i] = {
-                    "image": str(paths[i]),
-                    "top": [
-                        {"class": classes[j] if classes and j < len(classes) else str(j), "index": int(j), "prob": float(pv)}
-                        for pv, j in zip(v.tolist(), ix.tolist())
-                    ],
-                }
+            for (i, _), v, ix in zip(chunk, val, idx, strict=True):
+                top = [{"class": classes[j] if classes and j < len(classes) else str(j), "index": int(j),
+                        "prob": float(pv)} for pv, j in zip(v.tolist(), ix.tolist(), strict=True)]
+                results[i] = {"image": str(paths[i]), "top": top}
     return results  # type: ignore[return-value]

@@ -8,10 +8,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sofa.checkpoint import RUN_WEIGHTS
-from sofa.train.errors import UserError
+from sofa.errors import UserError
+
+if TYPE_CHECKING:
+    from sofa.train.loop import Callback
 
 TRAIN_EPILOG = """\
 examples:
@@ -33,11 +36,13 @@ def _rank_prefix() -> str:
     return f"[rank {os.environ.get('RANK', '0')}] " if ws > 1 else ""
 
 
-def _guard(fn: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
+def _guard(fn: Callable[..., int | None]) -> Callable[..., int]:
+    """``fn(args, **kwargs)`` whose user errors and Ctrl-C become one line on stderr and an exit code."""
+
     @functools.wraps(fn)
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace, **kwargs: Any) -> int:
         try:
-            code = fn(args)
+            code = fn(args, **kwargs)
             return 0 if code is None else int(code)
         except UserError as err:
             print(f"{_rank_prefix()}error: {err}", file=sys.stderr, flush=True)
@@ -68,9 +73,14 @@ def _known(p: argparse.ArgumentParser) -> set[str]:
 
 
 def register(subparsers) -> None:
+    _register_train(subparsers)
+    _register_eval(subparsers)
+    _register_predict(subparsers)
+
+
+def _register_train(subparsers) -> None:
     from sofa.train.config import add_loop_args
 
-    # ---------------------------------------------------------------- train
     p = subparsers.add_parser(
         "train", help="train a model (default: SOFT on the bundled digits)",
         description="Train a model. With no arguments: a SOFT model on scikit-learn's digits, in minutes on a CPU.",
@@ -80,7 +90,8 @@ def register(subparsers) -> None:
     task_defaults = _add_task_args(p)
     p.set_defaults(func=_guard(functools.partial(cmd_train, known=_known(p), task_defaults=task_defaults)))
 
-    # ---------------------------------------------------------------- eval
+
+def _register_eval(subparsers) -> None:
     e = subparsers.add_parser(
         "eval", help="top-1/top-5 and loss of a checkpoint on a dataset (printed and written as JSON)",
         description="Evaluate a checkpoint (a run directory, .safetensors, last.pt or an original release .pth) on "
@@ -92,7 +103,8 @@ def register(subparsers) -> None:
     e.add_argument("--weights", default=None, choices=tuple(RUN_WEIGHTS),
                    help="which weights of a run directory: best (default; the final ones where no best was "
                         "saved), final, or ema")
-    e.add_argument("--data", default=None, help="'digits' or an image folder with val/<class>/ (default: the training data)")
+    e.add_argument("--data", default=None,
+                   help="'digits' or an image folder with val/<class>/ (default: the training data)")
     e.add_argument("--split", default=None, choices=("val", "test"),
                    help="the folder of --data to measure: val/ (default) or test/; no train/ is needed")
     e.add_argument("--task", default=None, help="(default: the checkpoint's)")
@@ -104,7 +116,8 @@ def register(subparsers) -> None:
     e.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
     e.add_argument("--amp", default=None, choices=("auto", "none", "bf16", "fp16"), help="(default auto)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    e.add_argument("--seed", type=int, default=None, help="seed of the digits train/test split (default: the checkpoint's)")
+    e.add_argument("--seed", type=int, default=None,
+                   help="seed of the digits train/test split (default: the checkpoint's)")
     e.add_argument("--progress", default=None, choices=("auto", "bar", "log", "none"))
     e.add_argument("--output", "-o", default=None, metavar="FILE",
                    help="JSON file for the metrics (default: eval_<data>[_<split>][_<weights>].json beside the "
@@ -114,7 +127,8 @@ def register(subparsers) -> None:
     eval_task_defaults = _add_task_args(e)
     e.set_defaults(func=_guard(functools.partial(cmd_eval, known=_known(e), task_defaults=eval_task_defaults)))
 
-    # ---------------------------------------------------------------- predict
+
+def _register_predict(subparsers) -> None:
     q = subparsers.add_parser(
         "predict", help="top-k classes with probabilities for image files",
         description="Classify image files with a trained checkpoint.",
@@ -127,7 +141,8 @@ def register(subparsers) -> None:
     q.add_argument("--topk", "-k", type=int, default=5, help="classes per image (default 5)")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     q.add_argument("--batch-size", "-b", type=int, default=32)
-    q.add_argument("--json", default=None, metavar="FILE", help="also write the predictions as JSON ('-' = stdout only JSON)")
+    q.add_argument("--json", default=None, metavar="FILE",
+                   help="also write the predictions as JSON ('-' = stdout only JSON)")
     q.set_defaults(func=_guard(cmd_predict))
 
 
@@ -198,7 +213,9 @@ def _validate(cfg) -> None:
         raise UserError(f"--drop-path must be < 1, got {cfg.drop_path}")
 
 
-def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]) -> int:
+def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]],
+              callbacks: Sequence[Callback] = ()) -> int:
+    """``sofa train``; ``callbacks`` hook into the run (see :class:`sofa.train.loop.Callback`)."""
     from sofa.train.loop import train
     from sofa.train.stopping import exit_code
 
@@ -206,7 +223,7 @@ def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str
     for k in ("func",):
         if hasattr(cfg, k):
             delattr(cfg, k)
-    result = train(cfg)
+    result = train(cfg, callbacks)
     return exit_code(result.stopped_by) if result.stopped_by else 0
 
 
@@ -217,16 +234,14 @@ def _refuse_backbone(path: Path, meta: dict[str, Any]) -> None:
                         f"sofa train --task segmentation|detection --backbone-checkpoint {path}")
 
 
-def cmd_eval(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]) -> int:
-    from sofa.checkpoint import atomic_write_text, describe_weights, read_checkpoint, resolve_checkpoint
+def resolve_eval_config(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]],
+                        path: Path, sd: dict[str, Any], meta: dict[str, Any]) -> argparse.Namespace:
+    """``sofa eval``'s options for the checkpoint at ``path`` (its state dict ``sd``, its metadata ``meta``):
+    the command line, then the checkpoint's saved config, the task's defaults and the evaluation defaults."""
     from sofa.train.config import LOOP_DEFAULTS, resolve
     from sofa.train.factory import checkpoint_num_classes
-    from sofa.train.loop import evaluate_checkpoint
     from sofa.train.task import get_task
 
-    path = resolve_checkpoint(args.checkpoint, args.weights)
-    sd, meta = read_checkpoint(path)
-    _refuse_backbone(path, meta)
     saved = dict(meta.get("config") or {})
     for k in ("resume", "output", "config", "checkpoint", "func"):
         saved.pop(k, None)
@@ -254,6 +269,17 @@ def cmd_eval(args: argparse.Namespace, known: set[str], task_defaults: dict[str,
     cfg.checkpoint = None  # the weights come from the evaluated checkpoint, not the run's initial weights
     if meta.get("classes"):
         cfg.classes = list(meta["classes"])
+    return cfg
+
+
+def cmd_eval(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]]) -> int:
+    from sofa.checkpoint import atomic_write_text, describe_weights, read_checkpoint, resolve_checkpoint
+    from sofa.train.loop import evaluate_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint, args.weights)
+    sd, meta = read_checkpoint(path)
+    _refuse_backbone(path, meta)
+    cfg = resolve_eval_config(args, known, task_defaults, path, sd, meta)
     data = str(cfg.data or "digits")
     weights = describe_weights(path, meta)
     metrics = evaluate_checkpoint(cfg, str(path), meta, sd)
@@ -268,7 +294,7 @@ def cmd_eval(args: argparse.Namespace, known: set[str], task_defaults: dict[str,
     stem = "digits" if data == "digits" else Path(data).name or "data"
     suffix = "".join(f"_{x}" for x in (cfg.split if cfg.split != "val" else None, args.weights) if x)
     out = Path(args.output) if args.output else path.parent / f"eval_{stem}{suffix}.json"
-    record = {"checkpoint": str(path), "weights": weights, "model": cfg.model, "task": task_name, "data": data,
+    record = {"checkpoint": str(path), "weights": weights, "model": cfg.model, "task": cfg.task, "data": data,
               "split": cfg.split, "img_size": cfg.img_size, "metrics": metrics,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
@@ -286,14 +312,15 @@ def _newest_run() -> Path | None:
     runs = Path("runs")
     if not runs.is_dir():
         return None
-    cands = [p for p in runs.iterdir() if p.is_dir() and any((p / n).is_file() for n in ("best.safetensors", "model.safetensors"))]
+    weights = ("best.safetensors", "model.safetensors")
+    cands = [p for p in runs.iterdir() if p.is_dir() and any((p / n).is_file() for n in weights)]
     return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from sofa.checkpoint import atomic_write_text, read_checkpoint, resolve_checkpoint
     from sofa.train.classification import predict_images
-    from sofa.train.factory import build_model, checkpoint_num_classes, load_weights
+    from sofa.train.factory import checkpoint_num_classes, create_classifier, load_weights
     from sofa.train.loop import setup_distributed, teardown_distributed
 
     if args.topk < 1:
@@ -321,7 +348,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"{path} has no classifier to predict with (a backbone without a head?)")
     d = setup_distributed(args.device)  # the device, or one line saying why it cannot be used
     try:
-        model = build_model(name, num_classes=num_classes, img_size=meta.get("img_size"))
+        model = create_classifier(name, num_classes=num_classes, img_size=meta.get("img_size"))
         load_weights(model, sd, f"checkpoint {path}", checkpoint_model=meta.get("model"))
         dc = meta.get("data_config")
         if not dc:

@@ -1,5 +1,5 @@
-"""``build_model``: sofa's zoo first (``sofa.create_model``), any timm architecture as a fallback; and
-``load_weights``, how the command line puts a checkpoint into such a model.
+"""``create_classifier``: a classifier by model name, from sofa's zoo first (``sofa.create_model``), any timm
+architecture as a fallback; and ``load_weights``, how the command line puts a checkpoint into such a model.
 
 Nothing is ever downloaded: models are built with random weights (``pretrained=False``); initial weights come
 from ``--checkpoint FILE``.
@@ -11,71 +11,41 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 
-def _sofa_zoo():
-    try:
-        import sofa
-
-        create = getattr(sofa, "create_model", None)
-        names = getattr(sofa, "list_models", None)
-        if create is None:
-            from sofa.models import create_model as create, list_models as names  # type: ignore
-        return create, names
-    except ImportError:
-        return None, None
-
-
-def sofa_model_names() -> list[str]:
-    _, names = _sofa_zoo()
-    try:
-        return list(names()) if names else []
-    except Exception:
-        return []
-
-
-def build_model(name: str, num_classes: int, img_size: int | tuple[int, int] | None = None,
-                drop_path_rate: float | None = None, **kwargs: Any) -> nn.Module:
+def create_classifier(name: str, num_classes: int, img_size: int | tuple[int, int] | None = None,
+                      drop_path_rate: float | None = None, **kwargs: Any) -> nn.Module:
     """Model ``name`` with a ``num_classes`` head, random weights, for ``img_size`` inputs."""
-    create, _ = _sofa_zoo()
+    from sofa.models import create_model, list_models
+
     kw: dict[str, Any] = dict(num_classes=num_classes, **kwargs)
     if drop_path_rate is not None:
         kw["drop_path_rate"] = drop_path_rate
-    if create is not None and name in sofa_model_names():
-        if img_size is not None:
-            kw["img_size"] = img_size
-        try:
-            return create(name, pretrained=False, **kw)
-        except TypeError as err:  # a family without an img_size argument (convolutional: any size works)
-            if "img_size" in str(err) and "img_size" in kw:
-                kw.pop("img_size")
-                return create(name, pretrained=False, **kw)
-            raise
-    import timm
+    if name in list_models():
+        create = create_model
+    else:
+        import timm
 
-    if not timm.is_model(name):
-        avail = sofa_model_names()
-        raise UserError(
-            f"unknown model {name!r}. sofa models: {', '.join(avail) if avail else '(none registered)'}; "
-            "any timm architecture name also works"
-        )
-    if img_size is not None:
-        kw["img_size"] = img_size
+        if not timm.is_model(name):
+            raise UserError(f"unknown model {name!r}. sofa models: {', '.join(list_models())}; "
+                            "any timm architecture name also works")
+        create = timm.create_model
+    if img_size is None:
+        return create(name, pretrained=False, **kw)
     try:
-        return timm.create_model(name, pretrained=False, **kw)
-    except TypeError as err:
-        if "img_size" in str(err) and "img_size" in kw:
-            kw.pop("img_size")
-            return timm.create_model(name, pretrained=False, **kw)
-        raise
+        return create(name, pretrained=False, img_size=img_size, **kw)
+    except TypeError as err:  # a family without an img_size argument (convolutional: any size works)
+        if "img_size" not in str(err):
+            raise
+        return create(name, pretrained=False, **kw)
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
                  allow_head_reset: bool = False, log: Callable[[str], None] | None = None,
                  checkpoint_model: str | None = None) -> None:
-    """Load a checkpoint's state dict into a model built by :func:`build_model`, in whatever layout the model's
-    family knows (an original release ``.pth`` is mapped by the family's ``checkpoint_filter_fn``), exactly:
+    """Load a checkpoint's state dict into a model built by :func:`create_classifier`, in whatever layout the
+    model's family knows (an original release ``.pth`` is mapped by the family's ``checkpoint_filter_fn``), exactly:
     see :func:`sofa.checkpoint.load_model_weights` (``allow_head_reset``: a classifier of another size is
     re-initialised, with a message to ``log``)."""
     from sofa.checkpoint import load_model_weights
@@ -88,9 +58,9 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 def checkpoint_num_classes(name: str, state_dict: Mapping[str, torch.Tensor]) -> int | None:
     """The number of classes of model ``name``'s classifier in ``state_dict`` (any layout the family maps);
     None when the checkpoint has no classifier or the model's classifier is not known."""
-    if name in sofa_model_names():
-        from sofa.models import get_entry
+    from sofa.models import get_entry, list_models
 
+    if name in list_models():
         entry = get_entry(name)
         state = entry.checkpoint_filter_fn(dict(state_dict))
         classifier = entry.pretrained_cfg.get("classifier")

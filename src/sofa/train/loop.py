@@ -6,6 +6,10 @@ reads its shard of the data and only rank 0 writes files or prints. Determinism:
 from ``(seed, epoch, index)``, so a run resumed from any checkpoint (epoch end or mid-epoch) replays exactly what
 the uninterrupted run would have done. SIGTERM and Ctrl-C stop a run at the step reached, resumably
 (``sofa.train.stopping``); one run at a time writes a run directory (``sofa.train.runlock``).
+
+:func:`train` claims the run directory and runs a :class:`Trainer`, the run on this rank; its state is a
+:class:`Progress`, the :class:`Best` evaluation and the epoch's :class:`EpochMeters`. :class:`Callback` objects
+passed to :func:`train` hook into the steps and the end of training.
 """
 from __future__ import annotations
 
@@ -14,10 +18,9 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -26,13 +29,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sofa.data.sampling import EpochShardSampler, SeededDataset, ShardSampler, mix_seed, seed_everything
 from sofa import checkpoint as ckpt
+from sofa.data.sampling import EpochShardSampler, SeededDataset, ShardSampler, mix_seed, seed_everything
+from sofa.errors import TrainingDiverged, UserError, WriteFailed, writing
 from sofa.train.config import config_to_dict
-from sofa.train.errors import TrainingDiverged, UserError, WriteFailed, writing
 from sofa.train.runlock import RunLock
 from sofa.train.stopping import DataLoader, StopRequests, signal_name
-from sofa.train.task import EvalContext, Task, get_task, unwrap
+from sofa.train.task import EvalContext, FinishedRun, StepOutput, Task, get_task
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -238,11 +241,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _debug_int(name: str) -> int | None:
-    v = os.environ.get(name)
-    return int(v) if v else None
-
-
 def make_loader(dataset, batch_size: int, sampler=None, workers: int = 0, collate_fn=None, drop_last=False,
                 device: torch.device | None = None):
     """A data loader whose workers leave stop signals to this process (see ``sofa.train.stopping``)."""
@@ -264,36 +262,143 @@ def build_metadata(task: Task, cfg: argparse.Namespace, extra: dict[str, Any] | 
     return meta
 
 
-# ------------------------------------------------------------------------------------------------ train
+# ------------------------------------------------------------------------------------------------ run state
+class Callback:
+    """Hooks into a run of :func:`train`, each called on every rank with the :class:`Trainer` (its ``progress``,
+    ``model``, ``optimizer``, ``stop_requests``, ``dist`` ...). Override the hooks you need; the others do
+    nothing."""
+
+    def on_step_start(self, trainer: Trainer, batch: Any) -> None:
+        """Before the forward pass of a training step; ``batch`` is on the device and may be changed in place."""
+
+    def on_step_end(self, trainer: Trainer, global_step: int) -> None:
+        """After optimiser step ``global_step`` (counted from 1 over the whole run), its metrics written and a
+        checkpoint asked for at it saved; not after the step at which a stop signal ends the run."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last epoch (not when a stop signal ended the run), before the task's ``after_training``."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands: ``epoch`` epochs complete, ``step_in_epoch`` steps of the next one done,
+    ``global_step`` optimiser steps in all. ``last.pt`` records it and ``--resume`` starts from it."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+@dataclass
+class Best:
+    """The best evaluation of the task's primary metric so far: its value, epoch (from 1) and which weights
+    scored it ("model" or "ema"); all None before the first evaluation. ``last.pt`` keeps it as a dict."""
+
+    metric: str
+    value: float | None = None
+    epoch: int | None = None
+    which: str | None = None
+
+    def consider(self, candidates: list[tuple[str, dict[str, Any]]], epoch: int, higher_is_better: bool) -> str | None:
+        """Take the best of ``[(which, metrics)]`` where it beats the best so far; returns its ``which``, else
+        None. A metric that is missing or NaN never counts."""
+        improved = None
+        for which, metrics in candidates:
+            v = metrics.get(self.metric)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            if self.value is None or (v > self.value if higher_is_better else v < self.value):
+                self.value, self.epoch, self.which = float(v), epoch, which
+                improved = which
+        return improved
+
+
+@dataclass
+class EpochMeters:
+    """This rank's training record of the epoch under way. ``sums`` holds the sample count (``count``) and the
+    loss and each of the task's logs summed over samples; ``last.pt`` keeps it, so that a run resumed
+    mid-epoch reports the whole epoch. ``samples`` and ``started`` time this session's part of the epoch."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, num_samples: int, loss: float, logs: dict[str, Any]) -> None:
+        self.samples += num_samples
+        self.sums["count"] = self.sums.get("count", 0.0) + num_samples
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss * num_samples
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * num_samples
+
+    def averages(self) -> dict[str, float]:
+        """Per-sample means of the loss and logs."""
+        count = max(self.sums.get("count", 0.0), 1.0)
+        return {k: v / count for k, v in self.sums.items() if k != "count"}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def images_per_s(self, world_size: int) -> float:
+        """All ranks' training samples per second in this session."""
+        return self.samples * world_size / max(self.elapsed(), 1e-9)
+
+
+@dataclass
+class StepRequests:
+    """What all ranks agree on after a step's forward pass, each the largest of the ranks' answers: the loss
+    is not finite, a checkpoint was asked for (SIGUSR1), the number of a signal that asked the run to stop
+    (0: none)."""
+
+    loss_not_finite: bool
+    save: bool
+    stop_signal: int
+
+    @classmethod
+    def agree(cls, d: Dist, loss: torch.Tensor, requests: StopRequests) -> StepRequests:
+        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0, float(requests.save),
+                              float(requests.stop_signal or 0)])
+        if d.distributed:  # NCCL reduces device tensors only
+            flags = flags.to(d.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            flags = flags.cpu()
+        return cls(bool(flags[0] > 0), bool(flags[1] > 0), int(flags[2]))
+
+
+@dataclass
+class Stopped:
+    """A stop signal ended the run: its number and where (e.g. "after epoch 2")."""
+
+    signal: int
+    where: str
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
-    best: dict[str, Any]
+    best: Best
     last_metrics: dict[str, Any]
     files: dict[str, str]
     #: the signal that stopped the run before its last epoch (``last.pt`` holds the step reached), else None
     stopped_by: int | None = None
 
 
-def train(cfg: argparse.Namespace) -> TrainResult:
-    """Run ``cfg`` (fully resolved options, see ``sofa.train.config``). Returns where things were written."""
+# ------------------------------------------------------------------------------------------------ train
+def train(cfg: argparse.Namespace, callbacks: Iterable[Callback] = ()) -> TrainResult:
+    """Run ``cfg`` (fully resolved options, see ``sofa.train.config``), calling ``callbacks``' hooks on the way.
+    Returns where things were written."""
     d = setup_distributed(cfg.device)
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, d)
+        return _train(cfg, d, list(callbacks))
     finally:
         torch.set_num_threads(threads)
         teardown_distributed(d)
 
 
-def _train(cfg: argparse.Namespace, d: Dist) -> TrainResult:
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    resume_state = None
-    # ---- the run directory: decided by rank 0, shared with the others
-    msg = None
-    run_dir = None
-    lock: RunLock | None = None  # rank 0's, held until the run ends
+def _claim_run_dir(cfg: argparse.Namespace, d: Dist) -> tuple[Path, RunLock | None, dict[str, Any] | None]:
+    """The run directory, decided by rank 0 and shared with the others; rank 0's lock on it (held until the run
+    ends); the training state of a resumed run. A user error on rank 0 is raised on every rank."""
+    msg, run_dir, lock, resume_state = None, None, None, None
     if d.is_main:
         try:
             if cfg.resume:
@@ -318,8 +423,19 @@ def _train(cfg: argparse.Namespace, d: Dist) -> TrainResult:
         run_dir = Path(run_dir)
         if cfg.resume and not d.is_main:
             resume_state = ckpt.load_training_state(run_dir)
-        cfg.output = str(run_dir)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return run_dir, lock, resume_state
 
+
+def _train(cfg: argparse.Namespace, d: Dist, callbacks: list[Callback]) -> TrainResult:
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    run_dir, lock, resume_state = _claim_run_dir(cfg, d)
+    try:
+        cfg.output = str(run_dir)
         rep = Reporter(d.is_main, cfg.progress, run_dir if d.is_main else None)
         metrics = MetricsLog(run_dir / "metrics.jsonl", d.is_main)
         try:
@@ -328,7 +444,9 @@ def _train(cfg: argparse.Namespace, d: Dist) -> TrainResult:
             if lock is not None and lock.previous_holder:
                 rep.log(f"note: took over {lock.path}, left by a run that ended without releasing it "
                         f"({lock.previous_holder})")
-            return _train_inner(cfg, d, rep, metrics, run_dir, resume_state)
+            trainer = Trainer(cfg, d, rep, metrics, run_dir, callbacks)
+            trainer.setup(resume_state)
+            return trainer.fit()
         except UserError as err:  # the command line prints it; log.txt keeps it too
             if isinstance(err, WriteFailed) and d.is_main and (run_dir / "last.pt").is_file():
                 hint = WriteFailed(f"{err}; {run_dir / 'last.pt'} from before is intact: make room, then continue "
@@ -344,353 +462,440 @@ def _train(cfg: argparse.Namespace, d: Dist) -> TrainResult:
             lock.release()
 
 
-def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path, resume_state) -> TrainResult:
-    device = d.device
-    torch.manual_seed(int(cfg.seed))  # model initialisation (also CUDA)
-    seed_everything(int(cfg.seed))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = resolve_amp(cfg.amp, device)
-    autocast = autocast_factory(device, amp_dtype)
+#: what the files of a run directory hold, as the end of a run lists them
+RUN_FILES = {
+    "best.safetensors": "best weights",
+    "model.safetensors": "final weights",
+    "last.pt": "training state (--resume)",
+    "metrics.jsonl": "metrics per step/epoch",
+    "curves.png": "loss, accuracy and learning-rate curves",
+    "config.yaml": "the resolved options",
+    "log.txt": "this log",
+}
 
-    task_cls = get_task(cfg.task)
-    task = task_cls(cfg, log=rep.log)
-    model = task.build_model()
-    train_ds, val_ds = task.build_datasets()
-    if len(train_ds) == 0:
-        raise UserError("the training dataset is empty")
-    if cfg.grad_checkpointing:
-        if hasattr(model, "set_grad_checkpointing"):
-            model.set_grad_checkpointing(True)
-        else:
-            rep.log(f"warning: {type(model).__name__} has no set_grad_checkpointing(); --grad-checkpointing ignored")
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    n_params = sum(p.numel() for p in model.parameters())
 
-    # ---- data
-    bs = int(cfg.batch_size)
-    sampler = EpochShardSampler(len(train_ds), d.rank, d.world_size, shuffle=True, seed=int(cfg.seed))
-    drop_last = sampler.per_rank >= bs
-    train_loader = make_loader(SeededDataset(train_ds, int(cfg.seed)), bs, sampler, int(cfg.workers),
-                               task.collate_fn("train"), drop_last, device)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise UserError(f"no training step fits: {len(train_ds)} samples, batch size {bs}, {d.world_size} process(es)")
-    val_loader = None
-    if val_ds is not None and len(val_ds) > 0:
-        val_loader = make_loader(val_ds, bs, ShardSampler(len(val_ds), d.rank, d.world_size), int(cfg.workers),
-                                 task.collate_fn("val"), False, device)
+class Trainer:
+    """One run of ``sofa train`` on this rank: :meth:`setup` builds the task, model, data, optimiser, schedule,
+    scaler and EMA (and restores a resumed run's state); :meth:`fit` runs the epochs (:meth:`train_epoch`,
+    :meth:`end_of_epoch`) and ends with :meth:`summary`, or with :meth:`stopped` when a signal stops it."""
 
-    # ---- optimiser, schedule, scaler, EMA (timm's pieces)
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, dispatch_clip_grad
+    def __init__(self, cfg: argparse.Namespace, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path,
+                 callbacks: list[Callback]):
+        self.cfg, self.dist, self.rep, self.metrics, self.run_dir = cfg, d, rep, metrics, run_dir
+        self.callbacks = callbacks
+        self.progress = Progress()
+        self.saved_at: Progress | None = None  # where the last.pt on disk stands (None: there is none yet)
+        self.meters = EpochMeters()
+        self.last_metrics: dict[str, Any] = {}
+        self.files = dict(RUN_FILES)
+        self.stop_requests = StopRequests()
+        self.bar = None
 
-    opt_kw: dict[str, Any] = {}
-    if cfg.opt.lower() in ("sgd", "nesterov", "momentum", "rmsprop", "rmsproptf", "lars", "lamb"):
-        opt_kw["momentum"] = cfg.momentum
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kw)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg.sched, num_epochs=int(cfg.epochs), warmup_epochs=cfg.warmup_epochs,
-        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
-    )
-    use_scaler = amp_dtype == torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, device=device) if cfg.ema else None
+    # ---------------------------------------------------------------- setup
+    def setup(self, resume_state: dict[str, Any] | None) -> None:
+        self._build()
+        self._build_optimisation()
+        if resume_state is not None:
+            self._resume(resume_state)
+        self._wrap_model()
+        self._announce()
 
-    # ---- resume
-    start_epoch, start_step, global_step = 0, 0, 0
-    best: dict[str, Any] = {"metric": task.primary_metric, "value": None, "epoch": None, "which": None}
-    meters_init: dict[str, float] = {}
-    if resume_state is not None:
-        ckpt.load_model_weights(model, resume_state["model"], str(run_dir / "last.pt"))
-        optimizer.load_state_dict(resume_state["optimizer"])
-        saved_epochs = (resume_state.get("config") or {}).get("epochs")
+    def _build(self) -> None:
+        """Seeds, device switches, the task, its model (on the device) and the data loaders."""
+        cfg, d = self.cfg, self.dist
+        torch.manual_seed(int(cfg.seed))  # model initialisation (also CUDA)
+        seed_everything(int(cfg.seed))
+        if d.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.amp_dtype = resolve_amp(cfg.amp, d.device)
+        self.autocast = autocast_factory(d.device, self.amp_dtype)
+        self.task: Task = get_task(cfg.task)(cfg, log=self.rep.log)
+        self.model: nn.Module = self.task.build_model()
+        self.train_ds, self.val_ds = self.task.build_datasets()
+        if len(self.train_ds) == 0:
+            raise UserError("the training dataset is empty")
+        if cfg.grad_checkpointing:
+            if hasattr(self.model, "set_grad_checkpointing"):
+                self.model.set_grad_checkpointing(True)
+            else:
+                self.rep.log(f"warning: {type(self.model).__name__} has no set_grad_checkpointing(); "
+                             f"--grad-checkpointing ignored")
+        self.model.to(d.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+        self.batch_size = bs = int(cfg.batch_size)
+        self.sampler = EpochShardSampler(len(self.train_ds), d.rank, d.world_size, shuffle=True, seed=int(cfg.seed))
+        self.train_loader = make_loader(SeededDataset(self.train_ds, int(cfg.seed)), bs, self.sampler,
+                                        int(cfg.workers), self.task.collate_fn("train"), self.sampler.per_rank >= bs,
+                                        d.device)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise UserError(f"no training step fits: {len(self.train_ds)} samples, batch size {bs}, "
+                            f"{d.world_size} process(es)")
+        has_val = self.val_ds is not None and len(self.val_ds) > 0
+        self.val_loader = self.eval_loader(self.val_ds, "val") if has_val else None
+
+    def eval_loader(self, dataset: torch.utils.data.Dataset, split: str) -> DataLoader:
+        """An evaluation loader of ``dataset``: this rank's shard, in order, the task's collate for ``split``."""
+        d = self.dist
+        return make_loader(dataset, self.batch_size, ShardSampler(len(dataset), d.rank, d.world_size),
+                           int(self.cfg.workers), self.task.collate_fn(split), False, d.device)
+
+    def _build_optimisation(self) -> None:
+        """timm's optimiser and schedule, a gradient scaler for fp16, the EMA of the weights."""
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+        from timm.utils import ModelEmaV3
+
+        cfg = self.cfg
+        opt_kw: dict[str, Any] = {}
+        if cfg.opt.lower() in ("sgd", "nesterov", "momentum", "rmsprop", "rmsproptf", "lars", "lamb"):
+            opt_kw["momentum"] = cfg.momentum
+        self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             **opt_kw)
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=cfg.sched, num_epochs=int(cfg.epochs), warmup_epochs=cfg.warmup_epochs,
+            warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch,
+        )
+        device = self.dist.device
+        use_scaler = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, device=device) if cfg.ema else None
+        self.best = Best(self.task.primary_metric)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        """Restore a saved training state (``last.pt``): weights, optimiser, schedule, scaler, EMA, task,
+        progress, best, the epoch's meters, the random generators."""
+        cfg, rep = self.cfg, self.rep
+        ckpt.load_model_weights(self.model, state["model"], str(self.run_dir / "last.pt"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        saved_epochs = (state.get("config") or {}).get("epochs")
         if saved_epochs is not None and int(saved_epochs) != int(cfg.epochs):
-            # timm's schedulers keep only their settings: rebuilt above for the new length, nothing to restore
+            # timm's schedulers keep only their settings: rebuilt for the new length, nothing to restore
             rep.log(f"note: --epochs changed from {saved_epochs} to {cfg.epochs}: the schedule is recomputed "
                     f"for {cfg.epochs} epochs")
         else:
-            scheduler.load_state_dict(resume_state["scheduler"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        if ema is not None and resume_state.get("ema") is not None:
-            ema.load_state_dict(resume_state["ema"])
-        task.load_state_dict(resume_state.get("task") or {})
-        start_epoch = int(resume_state["epoch"])
-        start_step = int(resume_state["step_in_epoch"])
-        global_step = int(resume_state["global_step"])
-        best = dict(resume_state.get("best") or best)
-        meters_init = dict(resume_state.get("meters") or {})
-        ckpt.set_rng_state(resume_state.get("rng") or {})
-        metrics.truncate_after(global_step)
-        rep.log(f"resumed {run_dir} at epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch} "
-                f"(global step {global_step})")
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.task.load_state_dict(state.get("task") or {})
+        self.progress = Progress(int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"]))
+        self.saved_at = replace(self.progress)
+        if state.get("best"):
+            self.best = Best(**state["best"])
+        if self.progress.step_in_epoch:
+            self.meters = EpochMeters(dict(state.get("meters") or {}))
+        ckpt.set_rng_state(state.get("rng") or {})
+        self.metrics.truncate_after(self.progress.global_step)
+        p = self.progress
+        rep.log(f"resumed {self.run_dir} at epoch {p.epoch + 1}, step {p.step_in_epoch}/{self.steps_per_epoch} "
+                f"(global step {p.global_step})")
 
-    train_model: nn.Module = model
-    if d.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    eval_model = train_model if not cfg.compile else torch.compile(model)
+    def _wrap_model(self) -> None:
+        """DDP and torch.compile around the model: ``train_model`` for the steps, ``eval_model`` to evaluate."""
+        device = self.dist.device
+        self.train_model: nn.Module = self.model
+        if self.dist.distributed:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if self.cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.eval_model = self.train_model if not self.cfg.compile else torch.compile(self.model)
+        self.ctx = EvalContext(device=device, rank=self.dist.rank, world_size=self.dist.world_size,
+                               autocast=self.autocast, progress=self.rep.progress)
 
-    ctx = EvalContext(device=device, rank=d.rank, world_size=d.world_size, autocast=autocast,
-                      progress=rep.progress)
+    def _announce(self) -> None:
+        """config.yaml, and the run's header lines (for a new run) and warnings."""
+        cfg, d, rep, run_dir = self.cfg, self.dist, self.rep, self.run_dir
+        if d.is_main:
+            with writing(run_dir / "config.yaml"):
+                ckpt.atomic_write_text(run_dir / "config.yaml", _yaml(config_to_dict(cfg)))
+        if self.progress == Progress():
+            n_params = sum(p.numel() for p in self.model.parameters())
+            data_name = "digits (scikit-learn, bundled)" if str(cfg.data) == "digits" else str(cfg.data)
+            n_val = len(self.val_ds) if self.val_ds is not None else 0
+            amp = f", {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
+            rep.log(f"sofa train: task {self.task.name}, model {cfg.model} ({n_params / 1e6:.2f}M parameters), "
+                    f"data {data_name}: {len(self.train_ds)} train / {n_val} val images, {cfg.img_size}px, "
+                    f"{d.world_size} process(es) on {d.device}{amp}")
+            rep.log(f"  {cfg.epochs} epochs × {self.steps_per_epoch} steps of {self.batch_size}"
+                    f"{f'×{d.world_size}' if d.distributed else ''}, {cfg.opt} lr {cfg.lr:g} "
+                    f"wd {cfg.weight_decay:g}, {cfg.sched} schedule, warm-up {cfg.warmup_epochs:g} epoch(s); "
+                    f"writing to {run_dir}/")
+        warning = warmup_warning(cfg)
+        if warning:
+            rep.log(warning)
 
-    if d.is_main:
-        with writing(run_dir / "config.yaml"):
-            ckpt.atomic_write_text(run_dir / "config.yaml", _yaml(config_to_dict(cfg)))
-    data_name = "digits (scikit-learn, bundled)" if str(cfg.data) == "digits" else str(cfg.data)
-    if start_epoch == 0 and start_step == 0:
-        rep.log(
-            f"sofa train: task {task.name}, model {cfg.model} ({n_params / 1e6:.2f}M parameters), data {data_name}: "
-            f"{len(train_ds)} train / {len(val_ds) if val_ds is not None else 0} val images, "
-            f"{cfg.img_size}px, {d.world_size} process(es) on {device}"
-            f"{', ' + str(amp_dtype).replace('torch.', '') if amp_dtype else ''}"
+    # ---------------------------------------------------------------- the run
+    def fit(self) -> TrainResult:
+        """Train from ``progress`` to the last epoch; a stop signal ends the run after saving where it stands."""
+        with self.stop_requests:
+            for _ in range(self.progress.epoch, int(self.cfg.epochs)):
+                stop = self.train_epoch()
+                if stop is None:
+                    stop = self.end_of_epoch()
+                if stop is not None:
+                    return self.stopped(stop)
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        self.after_training()
+        return self.summary()
+
+    def train_epoch(self) -> Stopped | None:
+        """The steps of epoch ``progress.epoch`` from ``progress.step_in_epoch`` on; a :class:`Stopped` when a
+        stop signal ends the run mid-epoch."""
+        p = self.progress
+        self.sampler.set_epoch(p.epoch, start=p.step_in_epoch * self.batch_size)
+        self.train_model.train()
+        self.meters = EpochMeters(self.meters.sums if p.step_in_epoch else {})
+        self.bar = self.rep.bar(self.steps_per_epoch, p.step_in_epoch, f"epoch {p.epoch + 1}/{self.cfg.epochs}")
+        try:
+            for batch in self.train_loader:
+                stop = self.train_step(batch)
+                if stop is not None:
+                    return stop
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+        return None
+
+    def train_step(self, batch: Any) -> Stopped | None:
+        """Forward, agree with the other ranks (a non-finite loss ends the run), step, record, and save or stop
+        where asked."""
+        cfg, d, p = self.cfg, self.dist, self.progress
+        seed_everything(mix_seed(int(cfg.seed), p.epoch, p.step_in_epoch, d.rank, 0x57E9), cuda=d.device.type == "cuda")
+        batch = self.task.to_device(batch, d.device)
+        for callback in self.callbacks:
+            callback.on_step_start(self, batch)
+        with self.autocast():
+            out = self.task.train_step(self.train_model, batch)
+        requests = StepRequests.agree(d, out.loss, self.stop_requests)
+        if requests.loss_not_finite:
+            raise self.diverged(out.loss)
+        self.optimizer_step(out.loss)
+        p.step_in_epoch += 1
+        self.record_step(out)
+        stop = self.answer(requests)
+        if stop is None:
+            for callback in self.callbacks:
+                callback.on_step_end(self, p.global_step)
+        return stop
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward (scaled for fp16), clip, step the optimiser, the schedule and the EMA."""
+        from timm.utils import dispatch_clip_grad
+
+        cfg, optimizer = self.cfg, self.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad:
+                self.scaler.unscale_(optimizer)
+                dispatch_clip_grad(self.params, cfg.clip_grad, mode=cfg.clip_mode)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if cfg.clip_grad:
+                dispatch_clip_grad(self.params, cfg.clip_grad, mode=cfg.clip_mode)
+            optimizer.step()
+        self.progress.global_step += 1
+        self.scheduler.step_update(num_updates=self.progress.global_step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.progress.global_step)
+
+    def record_step(self, out: StepOutput) -> None:
+        """The step into the epoch's meters, the progress bar, metrics.jsonl and (every --log-interval) a line."""
+        cfg, p = self.cfg, self.progress
+        loss = float(out.loss.detach())
+        self.meters.add(int(out.num_samples), loss, out.logs)
+        lr = self.optimizer.param_groups[0]["lr"]
+        ips = self.meters.images_per_s(self.dist.world_size)
+        avg = self.meters.averages()
+        if self.bar is not None:
+            self.bar.set_postfix({**{k: _fmt(v) for k, v in avg.items()}, "lr": f"{lr:.2e}", "img/s": f"{ips:.0f}"},
+                                 refresh=False)
+            self.bar.update(1)
+        interval = int(cfg.log_interval or 0)
+        if interval and p.global_step % interval == 0:
+            self.metrics.write({"type": "step", "epoch": p.epoch + p.step_in_epoch / self.steps_per_epoch,
+                                "global_step": p.global_step, "lr": lr, "loss": loss, "images_per_s": ips,
+                                **{k: float(v) for k, v in out.logs.items()}})
+            if self.bar is None and self.steps_per_epoch > 2 * interval:  # short epochs: one line each
+                self.rep.log(f"epoch {p.epoch + 1}/{cfg.epochs} step {p.step_in_epoch}/{self.steps_per_epoch}  "
+                             + "  ".join(f"{k} {_fmt(v)}" for k, v in avg.items())
+                             + f"  lr {lr:.3g}  {ips:.0f} img/s")
+
+    def answer(self, requests: StepRequests) -> Stopped | None:
+        """Mid-epoch: save last.pt when asked (SIGUSR1, a stop signal, every --save-every-steps), and stop on a
+        stop signal. At the end of an epoch :meth:`end_of_epoch` does both."""
+        p = self.progress
+        if p.step_in_epoch >= self.steps_per_epoch:
+            return None
+        every = int(self.cfg.save_every_steps or 0)
+        if requests.save or requests.stop_signal or (every and p.global_step % every == 0):
+            self.save_state()
+            if requests.save:
+                self.rep.log(f"saved {self.run_dir / 'last.pt'} (on request) at epoch {p.epoch + 1}, "
+                             f"step {p.step_in_epoch}")
+            self.stop_requests.save = False
+        if requests.stop_signal:
+            where = f"at epoch {p.epoch + 1}, step {p.step_in_epoch}/{self.steps_per_epoch}"
+            return Stopped(requests.stop_signal, where)
+        return None
+
+    def diverged(self, loss: torch.Tensor) -> TrainingDiverged:
+        """The error that ends a run whose loss is not finite, naming the step and the last good checkpoint."""
+        p, saved, run_dir = self.progress, self.saved_at, self.run_dir
+        if saved is None:
+            where = "none yet (this happened before the first save)"
+        else:
+            at = (f"after epoch {saved.epoch}" if not saved.step_in_epoch else
+                  f"epoch {saved.epoch + 1}, step {saved.step_in_epoch}")
+            where = f"{run_dir / 'last.pt'} ({at}), kept: continue with --resume {run_dir} after a change"
+        lr = self.optimizer.param_groups[0]["lr"]
+        return TrainingDiverged(
+            f"loss is {loss.item()} at epoch {p.epoch + 1}, step {p.step_in_epoch + 1} (global step "
+            f"{p.global_step + 1}); training stopped and nothing was saved from this step. Last good checkpoint: "
+            f"{where}. Hints: lower --lr (now {lr:.3g}), lengthen --warmup-epochs, set --clip-grad 1.0, "
+            f"use --amp bf16 or none instead of fp16, check the data for bad values."
         )
-        rep.log(f"  {cfg.epochs} epochs × {steps_per_epoch} steps of {bs}"
-                f"{f'×{d.world_size}' if d.distributed else ''}, {cfg.opt} lr {cfg.lr:g} wd {cfg.weight_decay:g}, "
-                f"{cfg.sched} schedule, warm-up {cfg.warmup_epochs:g} epoch(s); writing to {run_dir}/")
-    warning = warmup_warning(cfg)
-    if warning:
-        rep.log(warning)
 
-    debug_kill = _debug_int("SOFA_DEBUG_KILL_AT_STEP")
-    debug_nan = _debug_int("SOFA_DEBUG_NAN_AT_STEP")
-    # test hook: after this global step, wait (up to a minute) for a stop signal, so that it lands at a known step
-    debug_wait = _debug_int("SOFA_DEBUG_WAIT_AT_STEP")
-    # test hooks: "2:USR1,3:TERM" sends those signals to this process after those global steps
-    debug_signals = {int(k): v for k, v in (x.split(":") for x in os.environ.get("SOFA_DEBUG_SIGNAL_AT_STEP", "").split(",") if x)}
-    files = {
-        "best.safetensors": "best weights",
-        "model.safetensors": "final weights",
-        "last.pt": "training state (--resume)",
-        "metrics.jsonl": "metrics per step/epoch",
-        "curves.png": "loss, accuracy and learning-rate curves",
-        "config.yaml": "the resolved options",
-        "log.txt": "this log",
-    }
-    last_saved: dict[str, Any] = {"epoch": None, "step": None} if resume_state is None else {
-        "epoch": start_epoch, "step": start_step}
+    def end_of_epoch(self) -> Stopped | None:
+        """Evaluate (every --eval-every epochs and after the last), record, save the weights and last.pt; a
+        stop signal that came meanwhile ends the run here."""
+        cfg, d = self.cfg, self.dist
+        epoch_time = self.meters.elapsed()
+        epoch = self.progress.epoch + 1  # the epoch just done, counted from 1
+        self.scheduler.step(epoch)
+        rec: dict[str, Any] = {"type": "epoch", "epoch": epoch, "global_step": self.progress.global_step,
+                               "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
+                               "images_per_s": self.meters.samples * d.world_size / max(epoch_time, 1e-9)}
+        rec.update({f"train_{k}": v for k, v in self.meters.averages().items()})
+        candidates = self.evaluate(epoch, rec)
+        self.metrics.write(rec)
+        self.last_metrics = rec
+        improved = self.best.consider(candidates, epoch, self.task.higher_is_better)
+        self.rep.log(_epoch_line(rec, int(cfg.epochs), self.task.primary_metric))
+        self.progress = Progress(epoch, 0, self.progress.global_step)
+        self.meters = EpochMeters()
+        if d.is_main:
+            self.save_epoch(rec, improved)
+        d.barrier()
+        stop_signal = _agree_max(d, self.stop_requests.stop_signal or 0)
+        if stop_signal and epoch < int(cfg.epochs):
+            return Stopped(stop_signal, f"after epoch {epoch}")
+        return None
 
-    def save_state(epoch: int, step_in_epoch: int, meters: dict[str, float]) -> None:
-        if not d.is_main:
+    def evaluate(self, epoch: int, rec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The model's (and the EMA's) metrics where this epoch evaluates, added to ``rec``;
+        ``[(which, metrics)]``."""
+        is_last = epoch == int(self.cfg.epochs)
+        if self.val_loader is None or not (is_last or epoch % max(int(self.cfg.eval_every), 1) == 0):
+            return []
+        m = self.task.evaluate(self.eval_model, self.val_loader, self.ctx)
+        rec.update({f"val_{k}": v for k, v in m.items()})
+        candidates = [("model", m)]
+        if self.ema is not None:
+            me = self.task.evaluate(self.ema.module, self.val_loader, self.ctx)
+            rec.update({f"ema_val_{k}": v for k, v in me.items()})
+            candidates.append(("ema", me))
+        return candidates
+
+    def save_epoch(self, rec: dict[str, Any], improved: str | None) -> None:
+        """Rank 0's files at the end of an epoch: the weights (EMA, best where it improved), last.pt, the
+        curves."""
+        cfg, task, best, run_dir = self.cfg, self.task, self.best, self.run_dir
+        evaluated = {k: v for k, v in rec.items() if k.startswith(("val_", "ema_val_"))}
+        meta = build_metadata(task, cfg, {"epoch": rec["epoch"], "metrics": evaluated})
+        self.save_weights("model.safetensors", self.model, meta)
+        if self.ema is not None:
+            self.save_weights("model_ema.safetensors", self.ema.module, dict(meta, ema=True))
+            self.files["model_ema.safetensors"] = "EMA weights"
+        if improved is not None:
+            src = self.ema.module if improved == "ema" else self.model
+            self.save_weights("best.safetensors", src, dict(meta, best=asdict(best)))
+            self.files["best.safetensors"] = (f"best weights ({task.primary_metric} {best.value:.4g}, epoch "
+                                              f"{best.epoch}{', EMA' if improved == 'ema' else ''})")
+        self.save_state()
+        try:
+            from sofa.train.plot import plot_metrics
+
+            plot_metrics(self.metrics.read(), run_dir / "curves.png",
+                         title=f"{cfg.model} on {Path(str(cfg.data)).name}")
+        except Exception as err:  # a plot is never worth a crash
+            self.rep.log(f"warning: could not draw curves.png: {err}")
+
+    def save_weights(self, name: str, model: nn.Module, meta: dict[str, Any]) -> None:
+        with writing(self.run_dir / name):
+            ckpt.save_weights(self.run_dir / name, model.state_dict(), meta)
+
+    def save_state(self) -> None:
+        """last.pt (rank 0 writes it): everything a resume needs to go on from ``progress`` exactly."""
+        self.saved_at = replace(self.progress)
+        if not self.dist.is_main:
             return
+        p, ema, scaler, task = self.progress, self.ema, self.scaler, self.task
         state = {
             "format": ckpt.STATE_FORMAT,
             "version": ckpt.STATE_VERSION,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "ema": ({k: v.detach().cpu() for k, v in ema.state_dict().items()} if ema is not None else None),
-            "optimizer": _to_cpu(optimizer.state_dict()),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "best": best,
-            "meters": dict(meters),
+            "epoch": p.epoch,
+            "step_in_epoch": p.step_in_epoch,
+            "global_step": p.global_step,
+            "best": asdict(self.best),
+            "meters": dict(self.meters.sums),
             "rng": ckpt.rng_state(),
-            "config": config_to_dict(cfg),
+            "config": config_to_dict(self.cfg),
             "task": task.state_dict(),
-            "metadata": build_metadata(task, cfg),
+            "metadata": build_metadata(task, self.cfg),
         }
-        with writing(run_dir / "last.pt"):
-            ckpt.atomic_torch_save(state, run_dir / "last.pt")
-        last_saved.update(epoch=epoch, step=step_in_epoch)
+        with writing(self.run_dir / "last.pt"):
+            ckpt.atomic_torch_save(state, self.run_dir / "last.pt")
 
-    def save_weights(name: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        with writing(run_dir / name):
-            ckpt.save_weights(run_dir / name, state_dict, meta)
+    # ---------------------------------------------------------------- the end
+    def after_training(self) -> None:
+        """The task's ``after_training`` hook (e.g. scoring the best weights on a test split); the files it
+        wrote join the list of the run's files."""
+        run = FinishedRun(self.run_dir, asdict(self.best), self.progress.global_step, self.ctx, self.eval_loader)
+        self.files.update(self.task.after_training(self.model, run) or {})
 
-    def stopped(by: int, where: str) -> TrainResult:
-        rep.log(f"stopped by {signal_name(by)} {where} (global step {global_step}), saved {run_dir / 'last.pt'}; "
-                f"continue with: sofa train --resume {run_dir}")
-        return TrainResult(run_dir, best, last_metrics, files, stopped_by=by)
+    def stopped(self, stop: Stopped) -> TrainResult:
+        run_dir = self.run_dir
+        self.rep.log(f"stopped by {signal_name(stop.signal)} {stop.where} (global step {self.progress.global_step}), "
+                     f"saved {run_dir / 'last.pt'}; continue with: sofa train --resume {run_dir}")
+        return TrainResult(run_dir, self.best, self.last_metrics, self.files, stopped_by=stop.signal)
 
-    last_metrics: dict[str, Any] = {}
-    params = [p for p in model.parameters() if p.requires_grad]
-    with StopRequests() as sig:
-        for epoch in range(start_epoch, int(cfg.epochs)):
-            first = start_step if epoch == start_epoch else 0
-            meters = dict(meters_init) if (epoch == start_epoch and first) else {}
-            sampler.set_epoch(epoch, start=first * bs)
-            train_model.train()
-            t0 = time.perf_counter()
-            seen_this_session = 0
-            bar = rep.bar(steps_per_epoch, first, f"epoch {epoch + 1}/{cfg.epochs}")
-            step = first
-            for step, batch in enumerate(train_loader, start=first):
-                seed_everything(mix_seed(int(cfg.seed), epoch, step, d.rank, 0x57E9), cuda=device.type == "cuda")
-                batch = task.to_device(batch, device)
-                with autocast():
-                    out = task.train_step(train_model, batch)
-                loss = out.loss
-                if debug_nan is not None and global_step + 1 == debug_nan:
-                    loss = loss * float("nan")
-                # agreed by all ranks: loss not finite, checkpoint requested, number of the stop signal (0: none)
-                flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0,
-                                      float(sig.save), float(sig.stop_signal or 0)])
-                if d.distributed:  # NCCL reduces device tensors only
-                    flags = flags.to(device)
-                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                    flags = flags.cpu()
-                if flags[0] > 0:
-                    if bar is not None:
-                        bar.close()
-                    if last_saved["epoch"] is None:
-                        where = "none yet (this happened before the first save)"
-                    else:
-                        at = (f"after epoch {last_saved['epoch']}" if not last_saved["step"] else
-                              f"epoch {last_saved['epoch'] + 1}, step {last_saved['step']}")
-                        where = f"{run_dir / 'last.pt'} ({at}), kept: continue with --resume {run_dir} after a change"
-                    lr_now = optimizer.param_groups[0]["lr"]
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step {global_step + 1}); "
-                        f"training stopped and nothing was saved from this step. Last good checkpoint: {where}. "
-                        f"Hints: lower --lr (now {lr_now:.3g}), lengthen --warmup-epochs, set --clip-grad 1.0, "
-                        f"use --amp bf16 or none instead of fp16, check the data for bad values."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    if cfg.clip_grad:
-                        scaler.unscale_(optimizer)
-                        dispatch_clip_grad(params, cfg.clip_grad, mode=cfg.clip_mode)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if cfg.clip_grad:
-                        dispatch_clip_grad(params, cfg.clip_grad, mode=cfg.clip_mode)
-                    optimizer.step()
-                global_step += 1
-                scheduler.step_update(num_updates=global_step)
-                if ema is not None:
-                    ema.update(model, step=global_step)
-
-                n = int(out.num_samples)
-                seen_this_session += n
-                meters["count"] = meters.get("count", 0.0) + n
-                meters["loss"] = meters.get("loss", 0.0) + float(loss.detach()) * n
-                for k, v in out.logs.items():
-                    meters[k] = meters.get(k, 0.0) + float(v) * n
-                lr = optimizer.param_groups[0]["lr"]
-                elapsed = time.perf_counter() - t0
-                ips = seen_this_session * d.world_size / max(elapsed, 1e-9)
-                avg = {k: meters[k] / meters["count"] for k in meters if k != "count"}
-                if bar is not None:
-                    bar.set_postfix({**{k: _fmt(v) for k, v in avg.items()}, "lr": f"{lr:.2e}", "img/s": f"{ips:.0f}"},
-                                    refresh=False)
-                    bar.update(1)
-                if cfg.log_interval and global_step % int(cfg.log_interval) == 0:
-                    rec = {"type": "step", "epoch": epoch + (step + 1) / steps_per_epoch, "global_step": global_step,
-                           "lr": lr, "loss": float(loss.detach()), "images_per_s": ips,
-                           **{k: float(v) for k, v in out.logs.items()}}
-                    metrics.write(rec)
-                    if bar is None and steps_per_epoch > 2 * int(cfg.log_interval):  # short epochs: one line each
-                        rep.log(f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch}  "
-                                + "  ".join(f"{k} {_fmt(v)}" for k, v in avg.items())
-                                + f"  lr {lr:.3g}  {ips:.0f} img/s")
-                done_in_epoch = step + 1
-                if done_in_epoch < steps_per_epoch and (
-                    flags[1] > 0 or flags[2] > 0
-                    or (cfg.save_every_steps and global_step % int(cfg.save_every_steps) == 0)
-                ):
-                    save_state(epoch, done_in_epoch, meters)
-                    if flags[1] > 0:
-                        rep.log(f"saved {run_dir / 'last.pt'} (on request) at epoch {epoch + 1}, step {done_in_epoch}")
-                    sig.save = False
-                if flags[2] > 0 and done_in_epoch < steps_per_epoch:
-                    if bar is not None:
-                        bar.close()
-                    return stopped(int(flags[2]), f"at epoch {epoch + 1}, step {done_in_epoch}/{steps_per_epoch}")
-                if debug_kill is not None and global_step == debug_kill:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if global_step in debug_signals:
-                    os.kill(os.getpid(), getattr(signal, "SIG" + debug_signals[global_step]))
-                if global_step == debug_wait:
-                    deadline = time.monotonic() + 60
-                    while not sig.stop and time.monotonic() < deadline:
-                        time.sleep(0.02)
-            if bar is not None:
-                bar.close()
-            epoch_time = time.perf_counter() - t0
-            scheduler.step(epoch + 1)
-
-            # ---- evaluate, record, save
-            rec: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "global_step": global_step,
-                                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-                                   "images_per_s": seen_this_session * d.world_size / max(epoch_time, 1e-9)}
-            cnt = max(meters.get("count", 0.0), 1.0)
-            rec.update({f"train_{k}": v / cnt for k, v in meters.items() if k != "count"})
-            is_last = epoch + 1 == int(cfg.epochs)
-            candidates = []
-            if val_loader is not None and (is_last or (epoch + 1) % max(int(cfg.eval_every), 1) == 0):
-                m = task.evaluate(eval_model, val_loader, ctx)
-                rec.update({f"val_{k}": v for k, v in m.items()})
-                candidates.append(("model", m))
-                if ema is not None:
-                    me = task.evaluate(ema.module, val_loader, ctx)
-                    rec.update({f"ema_val_{k}": v for k, v in me.items()})
-                    candidates.append(("ema", me))
-            metrics.write(rec)
-            last_metrics = rec
-            improved = None
-            for which, m in candidates:
-                v = m.get(task.primary_metric)
-                if v is None or (isinstance(v, float) and math.isnan(v)):
-                    continue
-                if best["value"] is None or (v > best["value"] if task.higher_is_better else v < best["value"]):
-                    best.update(value=float(v), epoch=epoch + 1, which=which)
-                    improved = which
-            rep.log(_epoch_line(rec, int(cfg.epochs), task.primary_metric))
-            if d.is_main:
-                meta = build_metadata(task, cfg, {"epoch": epoch + 1, "metrics": {k: v for k, v in rec.items()
-                                                                                    if k.startswith(("val_", "ema_val_"))}})
-                save_weights("model.safetensors", model.state_dict(), meta)
-                if ema is not None:
-                    save_weights("model_ema.safetensors", ema.module.state_dict(), dict(meta, ema=True))
-                    files["model_ema.safetensors"] = "EMA weights"
-                if improved is not None:
-                    src = ema.module if improved == "ema" else model
-                    save_weights("best.safetensors", src.state_dict(), dict(meta, best=dict(best)))
-                    files["best.safetensors"] = f"best weights ({task.primary_metric} {best['value']:.4g}, epoch {best['epoch']}{', EMA' if improved == 'ema' else ''})"
-                save_state(epoch + 1, 0, {})
-                try:
-                    from sofa.train.plot import plot_metrics
-
-                    plot_metrics(metrics.read(), run_dir / "curves.png", title=f"{cfg.model} on {Path(str(cfg.data)).name}")
-                except Exception as err:  # a plot is never worth a crash
-                    rep.log(f"warning: could not draw curves.png: {err}")
-            d.barrier()
-            stop_signal = _agree_max(d, sig.stop_signal or 0)  # a signal may have come during the evaluation
-            if stop_signal and epoch + 1 < int(cfg.epochs):
-                return stopped(stop_signal, f"after epoch {epoch + 1}")
-
-    dump = os.environ.get("SOFA_DEBUG_RANK_WEIGHTS")
-    if dump:  # test hook: every rank writes its final weights, to check that the ranks agree
-        ckpt.save_weights(Path(dump) / f"rank{d.rank}.safetensors", model.state_dict(), {"rank": d.rank})
-    skipped = getattr(train_ds, "num_skipped", 0) + (getattr(val_ds, "num_skipped", 0) if val_ds is not None else 0)
-    if skipped:
-        rep.log(f"warning: {skipped} unreadable image(s) were skipped (see the warnings above)")
-    if best["value"] is not None:
-        rep.log(f"done: best {task.primary_metric} {best['value']:.2f} at epoch {best['epoch']}"
-                f"{' (EMA)' if best.get('which') == 'ema' else ''}; final "
-                + ", ".join(f"{k[4:]} {_fmt(v)}" for k, v in last_metrics.items()
-                           if k.startswith("val_") and k != "val_count"))
-    else:
-        rep.log("done")
-    rep.log(f"wrote {run_dir}/:")
-    for name, what in files.items():
-        if (run_dir / name).exists() or not d.is_main:
-            rep.log(f"  {name:<22} {what}")
-    rep.log(f"evaluate: sofa eval {run_dir}    predict: sofa predict --checkpoint {run_dir} IMAGE...")
-    return TrainResult(run_dir, best, last_metrics, files)
+    def summary(self) -> TrainResult:
+        """The closing lines: skipped images, the best and final metrics, the files written, what to run next."""
+        rep, best, run_dir = self.rep, self.best, self.run_dir
+        skipped = sum(getattr(ds, "num_skipped", 0) for ds in (self.train_ds, self.val_ds) if ds is not None)
+        if skipped:
+            rep.log(f"warning: {skipped} unreadable image(s) were skipped (see the warnings above)")
+        if best.value is not None:
+            final = ", ".join(f"{k[4:]} {_fmt(v)}" for k, v in self.last_metrics.items()
+                              if k.startswith("val_") and k != "val_count")
+            rep.log(f"done: best {self.task.primary_metric} {best.value:.2f} at epoch {best.epoch}"
+                    f"{' (EMA)' if best.which == 'ema' else ''}; final {final}")
+        else:
+            rep.log("done")
+        rep.log(f"wrote {run_dir}/:")
+        for name, what in self.files.items():
+            if (run_dir / name).exists() or not self.dist.is_main:
+                rep.log(f"  {name:<22} {what}")
+        rep.log(f"evaluate: sofa eval {run_dir}    predict: sofa predict --checkpoint {run_dir} IMAGE...")
+        return TrainResult(run_dir, best, self.last_metrics, self.files)
 
 
 def warmup_warning(cfg: argparse.Namespace) -> str | None:

@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from sofa.train.errors import UserError, writing
+from sofa.errors import UserError, writing
 
 LOCK_NAME = ".lock"
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sofa.data.lra.vocab import LISTOPS_END, LISTOPS_IGNORED, LISTOPS_OPERATORS
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 MIN, MAX, MED, SUM_MOD = LISTOPS_OPERATORS
 OPERATOR_PROBABILITY = 0.25

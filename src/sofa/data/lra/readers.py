@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 from sofa.data.lra.safe_pickle import load_data_pickle
 from sofa.data.lra.vocab import (BYTE_VOCAB_SIZE, DEFAULT_MAX_LEN, LISTOPS_CLASSES, LISTOPS_IGNORED, LISTOPS_VOCAB,
                                  LISTOPS_VOCAB_SIZE, PIXEL_VOCAB_SIZE, encode_bytes, encode_listops, pad_batch)
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder")
 SPLITS = ("train", "val", "test")

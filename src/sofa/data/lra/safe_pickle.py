@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sofa.train.errors import UserError
+from sofa.errors import UserError
 
 
 class UnsafePickleError(UserError, pickle.UnpicklingError):
