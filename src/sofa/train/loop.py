@@ -29,7 +29,7 @@ from sofa.data.sampling import EpochShardSampler, SeededDataset, ShardSampler, m
 from sofa.train import checkpoint as ckpt
 from sofa.train.config import config_to_dict
 from sofa.train.errors import TrainingDiverged, UserError
-from sofa.train.task import EvalContext, Task, get_task, unwrap
+from sofa.train.task import EvalContext, FinishedRun, Task, get_task, unwrap
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -640,6 +640,12 @@ def _train_inner(cfg, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path
     dump = os.environ.get("SOFA_DEBUG_RANK_WEIGHTS")
     if dump:  # test hook: every rank writes its final weights, to check that the ranks agree
         ckpt.save_weights(Path(dump) / f"rank{d.rank}.safetensors", model.state_dict(), {"rank": d.rank})
+
+    def eval_loader(ds, split):
+        return make_loader(ds, bs, ShardSampler(len(ds), d.rank, d.world_size), int(cfg.workers),
+                           task.collate_fn(split), False, device)
+
+    files.update(task.after_training(model, FinishedRun(run_dir, dict(best), global_step, ctx, eval_loader)) or {})
     skipped = getattr(train_ds, "num_skipped", 0) + (getattr(val_ds, "num_skipped", 0) if val_ds is not None else 0)
     if skipped:
         rep.log(f"warning: {skipped} unreadable image(s) were skipped (see the warnings above)")

@@ -64,6 +64,11 @@ Contract details
   ``finalize_eval``. Metrics that are not sums (e.g. COCO mAP) override ``evaluate(model, loader, ctx)``
   itself and gather with ``ctx.all_gather_object`` / ``ctx.all_reduce_sum``; it must return the same dict on
   every rank. ``primary_metric`` must be one of the returned keys.
+* After the last epoch of ``sofa train`` (not after a stop on SIGTERM) the loop calls
+  ``after_training(model, run)`` on every rank: ``run`` (a ``FinishedRun``) has the run directory, the best
+  result, the step count, the evaluation context and a factory of sharded evaluation loaders. A task with a
+  held-out test split scores ``best.safetensors`` there (the LRA tasks do); it returns the files it wrote
+  (``{name: what it holds}``), which the final listing shows.
 * Checkpoints: the loop saves model (+EMA), optimiser, scheduler, scaler, epoch/step, RNG states and the config.
   A task with its own state implements ``state_dict()`` / ``load_state_dict(d)``; values must be tensors or
   plain Python containers/primitives (the file is loaded with ``torch.load(weights_only=True)``).
@@ -78,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -87,6 +93,7 @@ __all__ = [
     "Task",
     "StepOutput",
     "EvalContext",
+    "FinishedRun",
     "register_task",
     "get_task",
     "list_tasks",
@@ -140,6 +147,18 @@ class EvalContext:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+
+@dataclass
+class FinishedRun:
+    """Handed to ``Task.after_training`` when the last epoch is done."""
+
+    run_dir: Path
+    best: dict[str, Any]  # {"metric", "value", "epoch", "which"}: the loop's best evaluation (value None if none)
+    global_step: int  # optimiser steps taken, over all sessions of the run
+    ctx: EvalContext
+    #: ``loader(dataset, split)``: an evaluation DataLoader of ``dataset``, this rank's shard, the task's collate
+    loader: Callable[[torch.utils.data.Dataset, str], Iterable]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -266,6 +285,12 @@ class Task:
                 offset += n
         return self.finalize_eval(sums)
 
+    # ---------------------------------------------------------------- end of training
+    def after_training(self, model: nn.Module, run: FinishedRun) -> dict[str, str]:
+        """Called on every rank after the last epoch (see the module docstring); ``model`` holds the final
+        weights and may be changed. Returns ``{file name: what it holds}`` of files written into the run."""
+        return {}
+
     # ---------------------------------------------------------------- checkpoint extras
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -293,7 +318,7 @@ def register_task(name: str, cls: type[Task]) -> type[Task]:
 
 
 # Modules that register tasks when imported; a missing one (area not installed) is skipped.
-_TASK_MODULES = ("sofa.train.classification", "sofa.dense.tasks")
+_TASK_MODULES = ("sofa.train.classification", "sofa.dense.tasks", "sofa.train.lra")
 
 
 def _load_builtin_tasks() -> None:
