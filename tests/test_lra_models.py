@@ -26,6 +26,9 @@ def test_registered_and_listed():
     rows = {r[0]: r for r in model_rows("lra_*", macs=True)}
     assert set(rows) == set(LRA_MODELS)
     assert all(float(r[5]) > 0 for r in rows.values())  # MACs counted on the model's own token input
+    import timm
+
+    assert type(timm.create_model("lra_soft", vocab_size=16, max_len=64)).__name__ == "LRAClassifier"
 
 
 @pytest.mark.parametrize("task", sorted(TASK_CONFIGS))

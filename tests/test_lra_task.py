@@ -114,3 +114,28 @@ def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, monke
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
     resumed = json.loads((tmp_path / "stopped" / "results.json").read_text())
     assert resumed["steps"] == straight["steps"] == 6 and resumed["test_acc"] == straight["test_acc"]
+
+
+def test_two_processes_with_torchrun(tmp_path):
+    """DDP (gloo): two towers and tuple inputs through DistributedDataParallel, every parameter used, an interval
+    of the same steps on each rank, the ranks agreeing, and the test split scored once over both ranks."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    data = WRITERS["retrieval"](tmp_path / "data", rows_per_split=5)
+    out, dump = tmp_path / "ddp", tmp_path / "ranks"
+    env = dict(os.environ, OMP_NUM_THREADS="1", SOFA_DEBUG_RANK_WEIGHTS=str(dump))
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sofa", "train",
+         "--task", "lra-retrieval", "--data", str(data), "--model", "lra_soft", "--steps", "4", "--eval-interval",
+         "2", "--warmup-steps", "1", "-b", "2", "--output", str(out), "--workers", "0", "--threads", "1",
+         "--progress", "log"], capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["processes"] == 2 and results["steps"] == 4
+    assert results["test_count"] == len(open_lra_dataset(data, "retrieval", "test"))  # each sample once
+    a, b = load_file(dump / "rank0.safetensors"), load_file(dump / "rank1.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -83,7 +83,8 @@ class LRABlock(nn.Module):
         self.mixer = mixer
         self.drop1 = nn.Dropout(drop)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(drop), nn.Linear(ffn, dim), nn.Dropout(drop))
+        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(drop), nn.Linear(ffn, dim),
+                                 nn.Dropout(drop))
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         x = x + self.drop1(self.mixer(self.norm1(x), mask=mask))
