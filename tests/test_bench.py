@@ -254,3 +254,66 @@ def test_the_sofa_command_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp
         main(["bench", "mixers", "--quick", "--mixers", "pool", "--json", str(js), *flag])
         assert want in json.loads(js.read_text())["settings"]["malloc"]
     assert seen == ["1", "0"]  # what the worker processes would have inherited
+
+
+def test_quick_sequence_run(tmp_path):
+    """``--seq``: 1-D sequences of N tokens with the LRA models' mixers, tables and interleaved slopes by length."""
+    js, md = tmp_path / "seq.json", tmp_path / "seq.md"
+    code = main(["bench", "mixers", "--quick", "--seq", "32,160", "--mixers", "pool,soft,set,sdpa", "--repeats", "1",
+                 "--threads", "1", "--no-flush-compare", "--json", str(js), "--markdown", str(md)])
+    assert code == 0
+    payload = json.loads(js.read_text())
+    recs = [r for r in payload["records"] if r["bench"] == "mixers"]
+    assert {(r["mixer"], r["N"], r["mode"]) for r in recs} == {(m, n, mode) for m in ("pool", "soft", "set", "sdpa")
+                                                              for n in (32, 160) for mode in ("inference", "train")}
+    for r in recs:
+        assert r["status"] == "ok" and r["layout"] == "sequence" and r["side"] is None and r["length"] == r["N"], r
+    # SOFT's landmarks: every token below 128, then 128 (a fixed count: linear cost)
+    assert sorted(r["landmarks"] for r in recs if r["mixer"] == "soft") == [32, 32, 128, 128]
+    pairs = [r for r in payload["records"] if r["bench"] == "mixer_pair"]
+    assert {(r["mixer"], r["mode"]) for r in pairs} == {(m, mode) for m in ("pool", "soft", "set")
+                                                       for mode in ("inference", "train")}
+    assert all(r["from_N"] == 32 and r["to_N"] == 160 and r["status"] == "ok" for r in pairs)
+    text = md.read_text()
+    assert "| mixer | 32 tokens | 160 tokens |" in text and "32→160" in text
+    assert any(g["goal"].startswith("slope soft 32→160 tokens") for g in payload["goals"])
+
+
+def test_sequence_cases_that_cannot_run_are_skipped_with_the_reason(monkeypatch):
+    from sofa.bench import mixers as mx
+
+    recs = bench_mixers(["softmax_materialized"], [65536], ["inference"], repeats=1, isolate=False, mem_limit=16e9,
+                        layout="sequence", log=lambda s: None)
+    assert recs[0]["status"] == "skipped" and "would need" in recs[0]["reason"] and recs[0]["N"] == 65536
+    monkeypatch.setattr(mx, "nystrom_available", lambda: False)
+    recs = bench_mixers(["nystrom"], [64], ["inference"], repeats=1, isolate=False, layout="sequence",
+                        log=lambda s: None)
+    assert recs[0]["status"] == "skipped" and "pip install 'sofa[bench]'" in recs[0]["reason"]
+    with pytest.raises(ValueError, match="soft_bounded"):
+        bench_mixers(["soft_bounded"], [64], ["inference"], isolate=False, layout="sequence")
+
+
+def test_nystrom_case_builds_the_package_module_at_128_landmarks(monkeypatch):
+    """The nystrom case calls the package's NystromAttention(dim, dim_head, heads, num_landmarks) on (1, N, C)."""
+    import sys
+    import types
+
+    from sofa.bench import mixers as mx
+
+    built = {}
+
+    class FakeNystromAttention(torch.nn.Module):
+        def __init__(self, dim, dim_head=64, heads=8, num_landmarks=256, **kw):
+            super().__init__()
+            built.update(dim=dim, dim_head=dim_head, heads=heads, num_landmarks=num_landmarks)
+            self.num_landmarks = num_landmarks
+            self.proj = torch.nn.Linear(dim, dim)
+
+        def forward(self, x, mask=None):
+            return self.proj(x)
+
+    monkeypatch.setitem(sys.modules, "nystrom_attention", types.SimpleNamespace(NystromAttention=FakeNystromAttention))
+    recs = bench_mixers(["nystrom"], [64], ["inference", "train"], repeats=1, isolate=False, layout="sequence",
+                        flush_compare=False, pair_slopes=False, log=lambda s: None)
+    assert built == dict(dim=64, dim_head=32, heads=2, num_landmarks=128)
+    assert all(r["status"] == "ok" and r["landmarks"] == 64 for r in recs), recs

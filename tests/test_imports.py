@@ -22,26 +22,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ABOVE_OPS = ("sofa.layers", "sofa.mixers", "sofa.models", "sofa.data", "sofa.train", "sofa.dense", "sofa.bench",
              "sofa.checkpoint", "sofa.cli")
 
-#: Module edges the checks below tolerate for now, each with why. Work in progress elsewhere removes them (the
-#: error type moves out of ``sofa.train``; ``sofa.ops`` stops using ``sofa.layers``). An entry whose edge no longer
-#: exists fails ``test_pending_edges_still_exist``: delete it then. Empty this when that work is merged.
-PENDING_EDGES: Set[Tuple[str, str]] = {
-    # UserError lives in sofa.train.errors, so every part that raises it depends on the training package, which
-    # depends back on data, checkpoint and models
-    ("sofa.checkpoint", "sofa.train.errors"),
-    ("sofa.data.folder", "sofa.train.errors"),
-    ("sofa.data.skipping", "sofa.train.errors"),
-    ("sofa.data.transforms", "sofa.train.errors"),
-    ("sofa.data.lra.listops", "sofa.train.errors"),
-    ("sofa.data.lra.readers", "sofa.train.errors"),
-    ("sofa.data.lra.safe_pickle", "sofa.train.errors"),
-    ("sofa.models.cli", "sofa.train.errors"),
-    # sofa.ops uses two helpers of sofa.layers
-    ("sofa.ops.set", "sofa.layers"),
-    ("sofa.ops.fused_mlp", "sofa.layers"),
-}
-
-
 @dataclass(frozen=True)
 class ImportEdge:
     importer: str
@@ -189,20 +169,14 @@ def test_no_import_cycle_counting_imports_inside_functions(edges):
 
 
 def test_no_import_cycle_between_packages(edges):
-    kept = [e for e in edges if (e.importer, e.imported) not in PENDING_EDGES]
-    cycles = find_cycles(graph(kept, by_part=True))
-    assert not cycles, describe(cycles, kept, by_part=True)
+    cycles = find_cycles(graph(edges, by_part=True))
+    assert not cycles, describe(cycles, edges, by_part=True)
 
 
 def test_ops_imports_nothing_above_it(edges):
-    upward = [e for e in edges if part_of(e.importer) == "sofa.ops" and (e.importer, e.imported) not in PENDING_EDGES
+    upward = [e for e in edges if part_of(e.importer) == "sofa.ops"
               and (e.imported == "sofa" or part_of(e.imported) in ABOVE_OPS)]
     assert not upward, "\n".join(f"{e.importer} -> {e.imported} (line {e.line})" for e in upward)
-
-
-def test_pending_edges_still_exist(edges):
-    present = {(e.importer, e.imported) for e in edges}
-    assert PENDING_EDGES <= present, f"no longer needed, delete from PENDING_EDGES: {PENDING_EDGES - present}"
 
 
 def test_checker_finds_cycles_closed_inside_functions(tmp_path):

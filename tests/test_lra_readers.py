@@ -16,6 +16,8 @@ from sofa.data.lra import (BYTE_VOCAB_SIZE, PAD_ID, UnsafePickleError, collate_l
 from sofa.data.lra.listops import evaluate, write_listops
 from sofa.errors import UserError
 
+from lra_fixtures import cifar_batch
+
 
 def _bytes_ids(data: bytes) -> list[int]:
     return [b + 1 for b in data]
@@ -110,14 +112,6 @@ def test_imdb_tree(tmp_path):
 # --- image: CIFAR-10 -------------------------------------------------------------------------------------------
 
 
-def _cifar_batch(path, images: np.ndarray, labels: list[int]) -> None:
-    """A batch as torchvision's cifar-10-batches-py holds it (rows of R, G, B planes)."""
-    planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    batch = {b"batch_label": b"fixture", b"labels": labels, b"data": planes,
-             b"filenames": [f"{i}.png".encode() for i in range(len(images))]}
-    path.write_bytes(pickle.dumps(batch, protocol=2))
-
-
 def test_grayscale_is_lras():
     pure = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]], dtype=np.uint8)
     # 255.5 x (0.2989, 0.5870, 0.1140) = 76.37, 149.98, 29.13; white 255.47; truncated
@@ -141,7 +135,7 @@ def test_cifar10_batches(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         ys, xs = rng.integers(0, 300, 4), rng.integers(0, 500, 4)
         crops[name] = np.stack([photo[y:y + 32, x:x + 32] for y, x in zip(ys, xs)])
-        _cifar_batch(root / name, crops[name], [int(v) for v in rng.integers(0, 10, 4)])
+        cifar_batch(root / name, crops[name], [int(v) for v in rng.integers(0, 10, 4)])
     train = open_lra_dataset(tmp_path, "image", "train")
     val = open_lra_dataset(tmp_path, "image", "val")
     test = open_lra_dataset(root, "image", "test")

@@ -14,7 +14,8 @@ import sofa
 from sofa.models import create_model, get_entry, list_models
 from sofa.models.flops import count_macs, count_params
 
-ALL = list_models()
+#: the image models (the LRA sequence classifiers, family "lra", are tested in test_lra_models.py)
+ALL = [n for n in list_models() if get_entry(n).family != "lra"]
 SMALL = ("soft_mini", "soft_norm_mini", "poolformer_mini", "setformer_mini", "poolformer_s12_attn",
          "poolformer_s12_soft", "poolformer_s12_set", "poolformer_s12_identity")
 

@@ -3,6 +3,7 @@
     sofa bench mixers --json docs/bench_mixers_cpu.json --plot docs/bench_mixers_cpu.png
     sofa bench models --json docs/bench_models_cpu.json
     sofa bench mixers --quick            # tiny sizes, in-process: checks the harness in seconds
+    sofa bench mixers --seq 1024,4096,16384,65536   # 1-D sequences, the LRA models' mixers
 """
 from __future__ import annotations
 
@@ -56,7 +57,11 @@ def register(subparsers) -> None:
     m = sub.add_parser("mixers", help="time and peak memory of each token mixer against the number of tokens")
     _common(m)
     m.add_argument("--mixers", type=_names, help="cases to run (default: all): pool, soft_stride, soft_bounded, set, "
-                                                  "sdpa, softmax_materialized")
+                                                  "sdpa, softmax_materialized; with --seq: pool, soft, soft_norm, set, "
+                                                  "sdpa, softmax_materialized, nystrom")
+    m.add_argument("--seq", type=_ints, nargs="?", const=[], metavar="L,L,...",
+                   help="measure 1-D sequences of these lengths (default 1024,4096,16384,65536; --quick 64,256) "
+                        "with the LRA models' mixers instead of images; nystrom needs the bench extra")
     m.add_argument("--modes", type=_names, default=["inference", "train"], help="inference,train (default both)")
     m.add_argument("--no-flush-compare", dest="flush_compare", action="store_false",
                    help="skip timing each case again with subnormal flushing on")
@@ -134,16 +139,34 @@ def run_mixers(args) -> int:
     from sofa.bench import report
 
     quick = args.quick
-    sides = args.sizes or (list(mx.QUICK_SIDES) if quick else list(mx.DEFAULT_SIDES))
+    sequence = args.seq is not None
+    if sequence and args.sizes:
+        print("sofa bench mixers: --seq takes the lengths itself (--seq 1024,4096); --sizes is for images",
+              file=sys.stderr)
+        return 2
+    if sequence:
+        sides = args.seq or (list(mx.QUICK_LENGTHS) if quick else list(mx.DEFAULT_LENGTHS))
+    else:
+        sides = args.sizes or (list(mx.QUICK_SIDES) if quick else list(mx.DEFAULT_SIDES))
     repeats = args.repeats or (2 if quick else 7)
     warmup = args.warmup if args.warmup is not None else 1
     isolate = (not quick) if args.isolate is None else args.isolate
-    cases = args.mixers or list(mx.DEFAULT_CASES)
+    table = mx.SEQ_CASES if sequence else mx.CASES
+    cases = args.mixers or list(mx.DEFAULT_SEQ_CASES if sequence else mx.DEFAULT_CASES)
+    unknown = [c for c in cases if c not in table]
+    if unknown:
+        print(f"sofa bench mixers: unknown case(s) {', '.join(unknown)}; choose from {', '.join(table)}",
+              file=sys.stderr)
+        return 2
+    shape = (f"N = {', '.join(f'{n:,}' for n in sides)} tokens in one sequence (1-D)" if sequence else
+             f"N = S² for S in {sides}")
     settings = {
-        "tokens": f"N = S² for S in {sides}; batch 1; C = {mx.DIM}; {mx.HEADS} heads of {mx.DIM // mx.HEADS}",
+        "tokens": f"{shape}; batch 1; C = {mx.DIM}; {mx.HEADS} heads of {mx.DIM // mx.HEADS}",
         "dtype": args.dtype, "device": args.device, "modes": args.modes,
-        "cases": {c: mx.CASES[c][2] for c in cases},
-        "note": "SOFT uses its stage-1 settings (landmark stride 8, depthwise 9x9 on V)",
+        "cases": {c: table[c][2] for c in cases},
+        "note": ("the mixers as the LRA models build them (sofa.models.lra); nystrom: "
+                 + ("the nystrom-attention package" if mx.nystrom_available() else mx.NYSTROM_MISSING + ", skipped"))
+        if sequence else "SOFT uses its stage-1 settings (landmark stride 8, depthwise 9x9 on V)",
         "timing": f"median of up to {repeats} runs after {warmup} warm-up run(s), at most {args.budget:g} s of runs "
                   f"per case; sizes estimated to take more than {args.max_run:g} s per run are skipped",
         "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else (
@@ -163,7 +186,8 @@ def run_mixers(args) -> int:
                               mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
                               flush_compare=args.flush_compare, input_scale=args.input_scale,
                               pair_slopes=args.pair_slopes, pair_repeats=6 if quick else max(repeats, 22),
-                              flush_fill_s=0.1 if quick else mx.FLUSH_FILL_S)
+                              flush_fill_s=0.1 if quick else mx.FLUSH_FILL_S,
+                              layout="sequence" if sequence else "image")
     goals = report.mixer_goals(records)
     tables = []
     for mode in args.modes:

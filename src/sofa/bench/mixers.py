@@ -6,6 +6,11 @@ with the released stride landmarks (m = N/64: grows with N) or bounded to 49 lan
 exact softmax attention through ``scaled_dot_product_attention`` and materialised (softmax(QKᵀ)·V, which holds
 the N×N matrix). Inference runs under ``torch.inference_mode`` in eval mode; the training step is a forward and
 a backward (parameter and input gradients) in train mode. Each case runs in a fresh process.
+
+Sequences (``sofa bench mixers --seq 1024,4096,...``): the same width, heads, batch and modes on N tokens in
+1-D, with the LRA models' mixers (:mod:`sofa.models.lra`): SOFT and SOFT-Norm with 128 landmarks (segment means),
+SeT with 128 references, pooling of width 3; softmax attention both ways; and, where the optional ``bench`` extra
+is installed, the ``nystrom-attention`` package's Nyströmformer at the same 128 landmarks.
 """
 from __future__ import annotations
 
@@ -38,6 +43,27 @@ CASES: Dict[str, tuple] = {
     "softmax_materialized": ("attn", {"impl": "materialized"}, "softmax attention, softmax(QK^T)V materialised"),
 }
 DEFAULT_CASES = tuple(CASES)
+#: the sequence (1-D) cases, as the LRA models build their mixers; "nystrom" is the nystrom-attention package
+SEQ_LANDMARKS = 128
+SEQ_CASES: Dict[str, tuple] = {
+    "pool": ("pool", {}, "PoolFormer pooling along the sequence (width-3 average - input)"),
+    "soft": ("soft", {"landmark_stride": 1, "max_landmarks": SEQ_LANDMARKS, "dwconv_kernel": 0,
+                      "sequence_only": True}, "SOFT, 128 landmarks (segment means of the queries)"),
+    "soft_norm": ("soft_norm", {"landmark_stride": 1, "max_landmarks": SEQ_LANDMARKS, "dwconv_kernel": 0,
+                                "sequence_only": True}, "SOFT-Norm, 128 landmarks"),
+    "set": ("set", {"num_refs": SEQ_LANDMARKS, "lepe": False},
+            "SeT, 128 references, 32 anchors, 5 Sinkhorn iterations"),
+    "sdpa": ("attn", {"impl": "sdpa"}, "softmax attention, F.scaled_dot_product_attention"),
+    "softmax_materialized": ("attn", {"impl": "materialized"}, "softmax attention, softmax(QK^T)V materialised"),
+    "nystrom": ("nystrom", {"num_landmarks": SEQ_LANDMARKS},
+                "nystrom-attention package (Nystromformer), 128 landmarks, 6 pseudo-inverse iterations, "
+                "33-wide depthwise convolution on V"),
+}
+DEFAULT_SEQ_CASES = tuple(SEQ_CASES)
+DEFAULT_LENGTHS = (1024, 4096, 16384, 65536)
+QUICK_LENGTHS = (64, 256)
+#: the bounded-cost sequence mixers (pair slopes)
+LINEAR_SEQ_CASES = ("pool", "soft", "soft_norm", "set", "nystrom")
 #: cases whose cost is quadratic in N (for run-time extrapolation before running a size)
 QUADRATIC = {"sdpa": 2.0, "softmax_materialized": 2.0, "soft_stride": 3.0}  # stride SOFT: Newton is O(m³), m ∝ N
 #: a case whose one run is estimated above this many seconds gets fewer runs (3) and no flush comparison
@@ -56,25 +82,47 @@ PAIR_BURST = 3
 LINEAR_CASES = ("pool", "soft_bounded", "set")
 
 
-def estimate_memory(name: str, side: int, mode: str, batch: int = 1) -> int:
-    """A rough lower bound of the extra bytes a case needs, to skip what cannot fit before trying it."""
-    N = side * side
+def estimate_memory(name: str, side: int, mode: str, batch: int = 1, length: Optional[int] = None) -> int:
+    """A rough lower bound of the extra bytes a case needs, to skip what cannot fit before trying it (an image
+    of side², or a sequence of ``length`` tokens)."""
+    N = side * side if length is None else length
     act = batch * N * DIM * 4
     if name == "softmax_materialized":
         mats = 2 if mode == "inference" else 4  # scores and probabilities (and their gradients)
         return batch * HEADS * N * N * 4 * mats + 8 * act
-    if name == "soft_stride":
+    if name == "soft_stride" and length is None:
         m = (side // 8) ** 2
         mats = 3 if mode == "inference" else 8  # kernel, distances, exponent (and what autograd keeps)
         return batch * HEADS * N * m * 4 * mats + 8 * act
     return 16 * act * (1 if mode == "inference" else 3)
 
 
-def build(name: str):
+def nystrom_available() -> bool:
+    """Whether the optional ``nystrom-attention`` package (the ``bench`` extra) is installed."""
+    try:
+        import nystrom_attention  # noqa: F401
+    except ImportError:  # the package or its einops
+        return False
+    return True
+
+
+NYSTROM_MISSING = "nystrom-attention is not installed (pip install 'sofa[bench]')"
+
+
+def build(name: str, sequence: bool = False):
     from sofa.mixers import build_mixer
 
-    kind, kw, _ = CASES[name]
+    kind, kw, _ = (SEQ_CASES if sequence else CASES)[name]
+    if kind == "nystrom":
+        from nystrom_attention import NystromAttention
+
+        return NystromAttention(dim=DIM, dim_head=DIM // HEADS, heads=HEADS, **kw)
     return build_mixer(kind, DIM, None if kind in ("pool", "identity") else HEADS, **kw)
+
+
+def tokens(spec: Dict, size: int) -> int:
+    """N for one size of a case: side² for images, the length for sequences."""
+    return size if spec.get("layout") == "sequence" else size * size
 
 
 def _make_step(spec: Dict, side: int):
@@ -84,19 +132,27 @@ def _make_step(spec: Dict, side: int):
     dtype = DTYPES[spec.get("dtype", "fp32")]
     torch.manual_seed(spec.get("seed", 0))
     random.seed(spec.get("seed", 0))
-    N = side * side
-    mixer = build(name).to(device)
+    sequence = spec.get("layout") == "sequence"
+    N = tokens(spec, side)
+    mixer = build(name, sequence).to(device)
     x = torch.randn(1, N, DIM, device=device) * float(spec.get("input_scale", 1.0))
-    hw = (side, side)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    rec: Dict = {"landmarks": mixer.num_landmarks(hw) if hasattr(mixer, "num_landmarks") else None}
+    hw = None if sequence else (side, side)
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
+    if sequence:
+        landmarks = getattr(mixer, "max_landmarks", None) or getattr(mixer, "num_landmarks", None)
+        rec: Dict = {"landmarks": min(N, landmarks) if isinstance(landmarks, int) else None}
+    else:
+        rec = {"landmarks": mixer.num_landmarks(hw) if hasattr(mixer, "num_landmarks") else None}
+
+    def call(inp):
+        return mixer(inp) if hw is None else mixer(inp, hw=hw)
 
     if mode == "inference":
         mixer.eval()
 
         def step():
             with torch.inference_mode(), autocast:
-                return mixer(x, hw=hw)
+                return call(x)
     elif mode == "train":
         mixer.train()
         xg = x.clone().requires_grad_(True)
@@ -108,7 +164,7 @@ def _make_step(spec: Dict, side: int):
                 p.grad = None
             xg.grad = None
             with autocast:
-                out = mixer(xg, hw=hw)
+                out = call(xg)
             out.backward(grad.to(out.dtype))
             return None
     else:
@@ -132,7 +188,7 @@ def run_pair(spec: Dict) -> Dict:
                                  repeats=int(spec["repeats"]), warmup=int(spec.get("warmup", 1)), device=device,
                                  burst=int(spec.get("burst", PAIR_BURST)))
     times = [t["small"]["times_s"], t["large"]["times_s"]]
-    per_run = [math.log(r) / math.log((b * b) / (a * a)) for r in measure.paired_ratios(*times)]
+    per_run = [math.log(r) / math.log(tokens(spec, b) / tokens(spec, a)) for r in measure.paired_ratios(*times)]
     return {"sides": [a, b], "times_s": times, "medians_s": [statistics.median(t) for t in times],
             "slope": statistics.median(per_run), "slope_runs": per_run, "runs": len(per_run)}
 
@@ -184,12 +240,13 @@ def slopes(records: Sequence[Dict], key: str = "median_s") -> List[Dict]:
     groups: Dict[tuple, List[Dict]] = {}
     for r in records:
         if r.get("bench") == "mixers" and r.get("status") == "ok" and r.get(key):
-            groups.setdefault((r["mixer"], r["mode"]), []).append(r)
-    for (mixer, mode), rs in groups.items():
+            groups.setdefault((r.get("layout", "image"), r["mixer"], r["mode"]), []).append(r)
+    for (layout, mixer, mode), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["N"])
         for a, b in itertools.pairwise(rs):
-            out.append({"mixer": mixer, "mode": mode, "from_N": a["N"], "to_N": b["N"], "from_side": a["side"],
-                        "to_side": b["side"], "quantity": key, "slope": slope(a["N"], a[key], b["N"], b[key])})
+            out.append({"layout": layout, "mixer": mixer, "mode": mode, "from_N": a["N"], "to_N": b["N"],
+                        "from_side": a.get("side"), "to_side": b.get("side"), "quantity": key,
+                        "slope": slope(a["N"], a[key], b["N"], b[key])})
     return out
 
 
@@ -212,12 +269,21 @@ def bench_mixers(
     pair_max_s: float = 5.0,
     pair_repeats: int = 9,
     flush_fill_s: float = FLUSH_FILL_S,
+    layout: str = "image",
     log: Callable[[str], None] = print,
 ) -> List[Dict]:
-    """Measure every (case, size, mode); returns one record per case (``status`` "ok" or "skipped")."""
-    unknown = [c for c in cases if c not in CASES]
+    """Measure every (case, size, mode); returns one record per case (``status`` "ok", "skipped" or "failed").
+
+    ``layout="image"``: ``sides`` are image sides (N = side²) and ``cases`` come from :data:`CASES`;
+    ``layout="sequence"``: ``sides`` are sequence lengths (N = length) and ``cases`` come from :data:`SEQ_CASES`.
+    """
+    if layout not in ("image", "sequence"):
+        raise ValueError(f"layout must be 'image' or 'sequence', got {layout!r}")
+    sequence = layout == "sequence"
+    table = SEQ_CASES if sequence else CASES
+    unknown = [c for c in cases if c not in table]
     if unknown:
-        raise ValueError(f"unknown mixer case(s) {unknown}; choose from {sorted(CASES)}")
+        raise ValueError(f"unknown {layout} mixer case(s) {unknown}; choose from {sorted(table)}")
     if mem_limit is None:
         avail = memory.available_memory()
         mem_limit = 0.8 * avail if avail else 16e9
@@ -226,11 +292,19 @@ def bench_mixers(
         for name in cases:
             prev: Optional[Dict] = None
             for side in sorted(sides):
-                N = side * side
-                base = {"bench": "mixers", "mixer": name, "description": CASES[name][2], "mode": mode,
-                        "side": side, "N": N, "C": DIM, "heads": HEADS, "head_dim": DIM // HEADS, "batch": 1,
-                        "dtype": dtype, "device": device, "input_scale": input_scale}
-                need = estimate_memory(name, side, mode)
+                N = side if sequence else side * side
+                base = {"bench": "mixers", "layout": layout, "mixer": name, "description": table[name][2],
+                        "mode": mode, "side": None if sequence else side, "N": N, "C": DIM, "heads": HEADS,
+                        "head_dim": DIM // HEADS, "batch": 1, "dtype": dtype, "device": device,
+                        "input_scale": input_scale}
+                if sequence:
+                    base["length"] = N
+                if table[name][0] == "nystrom" and not nystrom_available():
+                    rec = dict(base, status="skipped", reason=NYSTROM_MISSING)
+                    records.append(rec)
+                    log(_line(rec))
+                    continue
+                need = estimate_memory(name, side, mode, length=N if sequence else None)
                 if device == "cpu" and need > mem_limit:
                     rec = dict(base, status="skipped",
                                reason=f"would need at least {need / 1e9:.1f} GB (limit {mem_limit / 1e9:.1f} GB)")
@@ -243,12 +317,13 @@ def bench_mixers(
                     est = prev["median_s"] * (N / prev["N"]) ** p
                     if est > max_run_s:
                         rec = dict(base, status="skipped", reason=f"estimated {est:.0f} s per run (N^{p:g} from "
-                                   f"{prev['side']}², limit {max_run_s:.0f} s)")
+                                   f"{_size(prev)}, limit {max_run_s:.0f} s)")
                         records.append(rec)
                         log(_line(rec))
                         continue
                 slow = est is not None and est > SLOW_RUN_S
-                spec = {"name": name, "side": side, "mode": mode, "repeats": repeats, "warmup": warmup,
+                spec = {"name": name, "side": side, "layout": layout, "mode": mode, "repeats": repeats,
+                        "warmup": warmup,
                         "device": device, "dtype": dtype, "threads": threads, "budget_s": budget_s,
                         "min_repeats": min(3 if slow else 5, repeats), "input_scale": input_scale,
                         "flush_compare": flush_compare and not slow, "flush_fill_s": flush_fill_s}
@@ -262,31 +337,39 @@ def bench_mixers(
                 prev = rec
     if pair_slopes:
         for mode in modes:
-            for name in [c for c in cases if c in LINEAR_CASES]:
+            for name in [c for c in cases if c in (LINEAR_SEQ_CASES if sequence else LINEAR_CASES)]:
                 ok = sorted((r for r in records if r["mixer"] == name and r["mode"] == mode and r["status"] == "ok"),
                             key=lambda r: r["N"])
                 for ra, rb in itertools.pairwise(ok):
                     if rb["median_s"] > pair_max_s:
                         continue
-                    spec = {"name": name, "mode": mode, "sides": [ra["side"], rb["side"]], "device": device,
+                    sizes = [ra["N"], rb["N"]] if sequence else [ra["side"], rb["side"]]
+                    spec = {"name": name, "mode": mode, "sides": sizes, "layout": layout, "device": device,
                             "dtype": dtype, "threads": threads, "input_scale": input_scale, "warmup": 1,
                             "repeats": pair_repeats}
                     try:
                         res = run_isolated("mixer_pair", spec) if isolate else run_pair(spec)
-                        rec = {"bench": "mixer_pair", "mixer": name, "mode": mode, "from_side": ra["side"],
-                               "to_side": rb["side"], "from_N": ra["N"], "to_N": rb["N"], "status": "ok", **res}
+                        rec = {"bench": "mixer_pair", "layout": layout, "mixer": name, "mode": mode,
+                               "from_side": ra["side"], "to_side": rb["side"], "from_N": ra["N"], "to_N": rb["N"],
+                               "status": "ok", **res}
                     except Exception as err:
-                        rec = {"bench": "mixer_pair", "mixer": name, "mode": mode, "from_side": ra["side"],
-                               "to_side": rb["side"], "status": "failed", "reason": f"{type(err).__name__}: {err}"}
+                        rec = {"bench": "mixer_pair", "layout": layout, "mixer": name, "mode": mode,
+                               "from_side": ra["side"], "to_side": rb["side"], "from_N": ra["N"], "to_N": rb["N"],
+                               "status": "failed", "reason": f"{type(err).__name__}: {err}"}
                     records.append(rec)
                     if rec["status"] == "ok":
-                        log(f"{mode:9s} {name:21s} slope {ra['side']}²→{rb['side']}² (interleaved, {rec['runs']} "
+                        log(f"{mode:9s} {name:21s} slope {_size(ra)}→{_size(rb)} (interleaved, {rec['runs']} "
                             f"runs): {rec['slope']:.2f}")
     return records
 
 
+def _size(r: Dict) -> str:
+    """A record's size as the tables print it: ``side²`` for an image, ``N tokens`` for a sequence."""
+    return f"{r['side']}²" if r.get("side") else f"{r['N']:,} tokens"
+
+
 def _line(r: Dict) -> str:
-    head = f"{r['mode']:9s} {r['mixer']:21s} N={r['N']:>7d} ({r['side']}²)"
+    head = f"{r['mode']:9s} {r['mixer']:21s} N={r['N']:>7d} ({_size(r)})"
     if r["status"] != "ok":
         return f"{head}  {r['status']}: {r.get('reason', '')}"
     flush = f"  flush on/off {r['flush_ratio']:.2f}" if r.get("flush_ratio") else ""

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sofa.bench import measure
-from sofa.bench.mixers import LINEAR_CASES, slopes
+from sofa.bench.mixers import LINEAR_CASES, LINEAR_SEQ_CASES, slopes
 
 # The goals, as the benchmark issue states them (all in one run, on one machine).
 SLOPE_GOAL = 1.15
@@ -24,18 +24,28 @@ def _one(records, **kw) -> Optional[Dict]:
     return rs[0] if rs else None
 
 
+def _label(N: int, side: Optional[int]) -> str:
+    """A size in a table: ``side²`` for an image, ``N`` for a sequence."""
+    return f"{side}²" if side else f"{N:,}"
+
+
+def _sizes(rs: Sequence[Dict]) -> List[tuple]:
+    """The distinct (N, side) of records, by N (side None for sequences)."""
+    return sorted({(r["N"], r.get("side")) for r in rs}, key=lambda t: t[0])
+
+
 def mixer_table(records: Sequence[Dict], mode: str) -> str:
     rs = _by(records, bench="mixers", mode=mode)
     if not rs:
         return ""
-    sides = sorted({r["side"] for r in rs})
+    sizes = _sizes(rs)
     names = list(dict.fromkeys(r["mixer"] for r in rs))
-    head = "| mixer | " + " | ".join(f"{s}² = {s * s:,} tokens" for s in sides) + " |"
-    lines = [head, "|---" * (len(sides) + 1) + "|"]
+    head = "| mixer | " + " | ".join(f"{s}² = {n:,} tokens" if s else f"{n:,} tokens" for n, s in sizes) + " |"
+    lines = [head, "|---" * (len(sizes) + 1) + "|"]
     for name in names:
         cells = []
-        for s in sides:
-            r = next((r for r in rs if r["mixer"] == name and r["side"] == s), None)
+        for n, s in sizes:
+            r = next((r for r in rs if r["mixer"] == name and r["N"] == n and r.get("side") == s), None)
             if r is None:
                 cells.append("")
             elif r["status"] != "ok":
@@ -50,15 +60,18 @@ def mixer_table(records: Sequence[Dict], mode: str) -> str:
 
 
 def _slope_grid(rows: Sequence[Dict]) -> str:
-    """A mixer × (size pair) markdown table of the ``slope`` of each row (rows hold mixer, mode, from_side,
-    to_side and slope; a missing or None slope is an empty cell)."""
-    pairs = sorted({(r["from_side"], r["to_side"]) for r in rows})
+    """A mixer × (size pair) markdown table of the ``slope`` of each row (rows hold mixer, mode, from_N, to_N,
+    from_side, to_side (None for sequences) and slope; a missing or None slope is an empty cell)."""
+    def pair(r):
+        return r["from_N"], r["to_N"], r.get("from_side"), r.get("to_side")
+
+    pairs = sorted({pair(r) for r in rows}, key=lambda t: (t[0], t[1]))
     keys = list(dict.fromkeys((r["mixer"], r["mode"]) for r in rows))
-    by_cell = {(r["mixer"], r["mode"], r["from_side"], r["to_side"]): r.get("slope") for r in rows}
-    lines = ["| mixer | mode | " + " | ".join(f"{a}²→{b}²" for a, b in pairs) + " |",
+    by_cell = {(r["mixer"], r["mode"], *pair(r)): r.get("slope") for r in rows}
+    lines = ["| mixer | mode | " + " | ".join(f"{_label(a, sa)}→{_label(b, sb)}" for a, b, sa, sb in pairs) + " |",
              "|---|---" + "|---" * len(pairs) + "|"]
     for mixer, mode in keys:
-        cells = [by_cell.get((mixer, mode, a, b)) for a, b in pairs]
+        cells = [by_cell.get((mixer, mode, *p)) for p in pairs]
         lines.append(f"| {mixer} | {mode} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines)
 
@@ -78,13 +91,14 @@ def flush_table(records: Sequence[Dict]) -> str:
     rs = [r for r in _by(records, bench="mixers", status="ok") if r.get("flush_ratio")]
     if not rs:
         return ""
-    sides = sorted({r["side"] for r in rs})
+    sizes = _sizes(rs)
     rows = list(dict.fromkeys((r["mixer"], r["mode"]) for r in rs))
-    lines = ["| mixer | mode | " + " | ".join(f"{s}²" for s in sides) + " |", "|---" * (len(sides) + 2) + "|"]
+    lines = ["| mixer | mode | " + " | ".join(_label(n, s) for n, s in sizes) + " |", "|---" * (len(sizes) + 2) + "|"]
     for name, mode in rows:
         cells = []
-        for s in sides:
-            r = next((r for r in rs if r["mixer"] == name and r["mode"] == mode and r["side"] == s), None)
+        for n, s in sizes:
+            r = next((r for r in rs if r["mixer"] == name and r["mode"] == mode and r["N"] == n
+                      and r.get("side") == s), None)
             cells.append("" if r is None else f"{r['flush_ratio']:.2f}")
         lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -107,6 +121,12 @@ def mixer_goals(records: Sequence[Dict]) -> List[Dict]:
         elif s is not None and s["slope"] is not None:
             goals.append({"goal": f"slope {name} 112²→224² (inference) ≤ {SLOPE_GOAL}", "value": round(s["slope"], 3),
                           "met": s["slope"] <= SLOPE_GOAL})
+    for name in LINEAR_SEQ_CASES:  # sequences: the interleaved slope between the two longest lengths measured
+        seq = [p for p in pairs if p.get("layout") == "sequence" and p["mixer"] == name and p["mode"] == "inference"]
+        if seq:
+            p = max(seq, key=lambda p: p["to_N"])
+            goals.append({"goal": f"slope {name} {p['from_N']:,}→{p['to_N']:,} tokens (inference, interleaved runs) "
+                                  f"≤ {SLOPE_GOAL}", "value": f"{p['slope']:.2f}", "met": p["slope"] <= SLOPE_GOAL})
     for side, want in SPEEDUP_GOALS.items():
         ref = _one(records, bench="mixers", mixer="sdpa", mode="inference", side=side)
         for name in ("soft_bounded", "set"):
@@ -119,13 +139,14 @@ def mixer_goals(records: Sequence[Dict]) -> List[Dict]:
     if flush:
         worst = max(flush, key=lambda r: abs(r["flush_ratio"] - 1))
         goals.append({"goal": f"flush-denormal on/off changes no mixer's time by more than {FLUSH_GOAL:.0%}",
-                      "value": f"worst {worst['flush_ratio']:.2f} ({worst['mixer']}, {worst['side']}², "
-                               f"{worst['mode']})", "met": abs(worst["flush_ratio"] - 1) <= FLUSH_GOAL})
-        ours = [r for r in flush if r["mixer"] in ("pool", "soft_stride", "soft_bounded", "set")]
+                      "value": f"worst {worst['flush_ratio']:.2f} ({worst['mixer']}, "
+                               f"{_label(worst['N'], worst.get('side'))}, {worst['mode']})", "met": abs(worst["flush_ratio"] - 1) <= FLUSH_GOAL})
+        ours = [r for r in flush if r["mixer"] in ("pool", "soft_stride", "soft_bounded", "soft", "soft_norm", "set")]
         if ours:
             w = max(ours, key=lambda r: abs(r["flush_ratio"] - 1))
             goals.append({"goal": f"... the same for our own mixers (pool, SOFT, SeT)",
-                          "value": f"worst {w['flush_ratio']:.2f} ({w['mixer']}, {w['side']}², {w['mode']})",
+                          "value": f"worst {w['flush_ratio']:.2f} ({w['mixer']}, {_label(w['N'], w.get('side'))}, "
+                                   f"{w['mode']})",
                           "met": abs(w["flush_ratio"] - 1) <= FLUSH_GOAL})
     return goals
 

@@ -51,6 +51,10 @@ class SoftAttention(TokenMixer):
         batch_alpha: SOFT-Norm only: take the Newton α over the whole batch as the released code does (makes
             one image's output depend on its batch; needed only for exact agreement with released weights).
         qkv_bias: biases of the q and v projections.
+        sequence_only: build the mixer for sequences alone: no landmark convolution and no depthwise
+            convolution, the two parameters only images use (a sequence's landmarks are parameter-free segment
+            means), so every parameter takes part in a sequence's forward (as distributed training requires).
+            Passing ``hw`` then raises.
 
     Set ``record_residual = True`` to keep ‖I − A·A⁺‖₁ of the last forward (max over batch and heads) in
     ``last_residual``: 20 iterations do not converge on badly conditioned landmark matrices.
@@ -68,6 +72,7 @@ class SoftAttention(TokenMixer):
         newton_iters: int = 20,
         batch_alpha: bool = False,
         qkv_bias: bool = True,
+        sequence_only: bool = False,
     ):
         super().__init__()
         if head_dim is None and dim % num_heads:
@@ -84,14 +89,16 @@ class SoftAttention(TokenMixer):
         self.num_heads, self.head_dim = num_heads, head_dim
         self.landmark_stride, self.max_landmarks = landmark_stride, max_landmarks
         self.normalized, self.newton_iters, self.batch_alpha = normalized, newton_iters, batch_alpha
+        self.sequence_only = sequence_only
         inner = num_heads * head_dim
         self.q = Linear(dim, inner, bias=qkv_bias)
         self.v = Linear(dim, inner, bias=qkv_bias)
-        self.landmark = nn.Conv2d(head_dim, head_dim, landmark_stride, stride=landmark_stride, bias=False)
+        self.landmark = (None if sequence_only else
+                         nn.Conv2d(head_dim, head_dim, landmark_stride, stride=landmark_stride, bias=False))
         self.landmark_norm = nn.LayerNorm(head_dim)
         self.dwconv = (
             nn.Conv2d(num_heads, num_heads, dwconv_kernel, padding=dwconv_kernel // 2, groups=num_heads, bias=False)
-            if dwconv_kernel
+            if dwconv_kernel and not sequence_only
             else None
         )
         self.proj = Linear(inner, dim)
@@ -151,6 +158,9 @@ class SoftAttention(TokenMixer):
         added in place: no temporary of N·m or N·C floats (on the CPU every large fresh tensor also costs its
         page faults)."""
         self.check_input(x, hw, mask)
+        if hw is not None and self.sequence_only:
+            raise ValueError("SoftAttention: this mixer was built with sequence_only=True (no landmark "
+                             "convolution): it mixes sequences only, pass no hw")
         v_tokens = self.v(x)
         q_tokens = self.q(x)
         inplace = hw is not None and streams_in_place(q_tokens)
@@ -218,4 +228,5 @@ class SoftAttention(TokenMixer):
         return (
             f"heads={self.num_heads}, head_dim={self.head_dim}, landmark_stride={self.landmark_stride}, "
             f"max_landmarks={self.max_landmarks}, normalized={self.normalized}, newton_iters={self.newton_iters}"
+            + (", sequence_only=True" if self.sequence_only else "")
         )

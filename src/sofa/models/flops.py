@@ -116,7 +116,8 @@ def count_macs(model: nn.Module, input_size: Union[int, Tuple[int, ...]] = 224, 
             model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2 // x.shape[0]
+    first = x[0] if isinstance(x, (tuple, list)) else x  # a pair of documents for two-tower models
+    return counter.get_total_flops() // 2 // first.shape[0]
 
 
 @torch.no_grad()
@@ -137,13 +138,19 @@ def model_macs(name: str, input_size: Union[int, Tuple[int, ...]] = 224, per_blo
     With ``per_block`` (fast) the counter runs on a copy with one block per stage, and each stage's remaining
     blocks are added as copies of the measured one: every block of a stage sees the same input shape, so the
     count is the same as measuring the full model (tested), at a fraction of the time for deep models.
+    A sequence model (one with ``example_input()``, e.g. the LRA classifiers) is counted whole on its own
+    example input; ``input_size`` does not apply to it.
     """
     from sofa.models import create_model
 
+    probe = create_on_meta(name, **kwargs)
+    if hasattr(probe, "example_input"):
+        model = create_model(name, **kwargs)
+        return count_macs(model, x=model.example_input())
     full = create_model(name, **kwargs) if not per_block else None
     if full is not None:
         return count_macs(full, input_size)
-    depths = tuple(create_on_meta(name, **kwargs).depths)
+    depths = tuple(probe.depths)
     small = create_model(name, **{**kwargs, "depths": (1,) * len(depths)}).eval()
     x = _input(small, input_size, 1, "cpu", torch.float32)
     with flop_counter(depth=6) as counter:
