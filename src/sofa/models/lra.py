@@ -38,7 +38,6 @@ import math
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sofa.mixers import Pooling, SeTAttention, SoftAttention, SoftmaxAttention
@@ -201,28 +200,6 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, n))))
 
 
-def _entry(mixer: str):
-    def fn(pretrained: bool = False, checkpoint_path: Optional[str] = None, pretrained_cfg_overlay=None,
-           **kwargs) -> LRAClassifier:
-        for key in ("img_size", "drop_path_rate"):  # image-model options a caller may pass as None
-            if kwargs.get(key, None) is None:
-                kwargs.pop(key, None)
-        model = LRAClassifier(mixer, **kwargs)
-        model.pretrained_cfg = dict(_CFG, architecture=f"lra_{mixer}", num_classes=model.num_classes,
-                                    **(pretrained_cfg_overlay or {}))
-        model.default_cfg = model.pretrained_cfg
-        if checkpoint_path is not None:
-            from sofa.models.checkpoint import load_into, read_checkpoint
-
-            state, _ = read_checkpoint(checkpoint_path)
-            load_into(model, state, source=f"checkpoint {checkpoint_path}")
-        return model
-
-    fn.__name__ = f"lra_{mixer}"
-    fn.__doc__ = f"LRA classifier (Nyströmformer harness configuration) with the {mixer} mixer."
-    return fn
-
-
 _CFG = dict(input_size=(LRA_DEFAULT_LEN,), num_classes=10, mean=(), std=(), crop_pct=1.0, interpolation="",
             first_conv="encoder.token_embed", classifier="head.2", license="apache-2.0")
 _NOTES = {
@@ -233,7 +210,59 @@ _NOTES = {
     "pool": "pooling, FFN 256",
 }
 
-for _mixer in LRA_VARIANTS:
-    register_model(f"lra_{_mixer}", "lra", _CFG,
-                   dict(note=f"LRA (Nyströmformer harness, width 64, 2 layers): {_NOTES[_mixer]}; "
-                             f"GMACs at {LRA_DEFAULT_LEN} tokens"))(_entry(_mixer))
+
+
+def _paper(mixer: str) -> dict:
+    return dict(note=f"LRA (Nyströmformer harness, width 64, 2 layers): {_NOTES[mixer]}; "
+                     f"GMACs at {LRA_DEFAULT_LEN} tokens")
+
+
+def _create_lra(name: str, mixer: str, pretrained: bool = False, checkpoint_path: Optional[str] = None,
+                pretrained_cfg_overlay=None, **kwargs) -> LRAClassifier:
+    """Model ``name``: an :class:`LRAClassifier` with the ``mixer`` token mixer; ``kwargs`` go to its constructor
+    (image-model options passed as None by generic callers are dropped)."""
+    if pretrained and checkpoint_path is None:
+        raise ValueError(f"{name}: sofa downloads no weights; pass checkpoint_path= to load a trained run")
+    for key in ("img_size", "drop_path_rate"):
+        if kwargs.get(key, None) is None:
+            kwargs.pop(key, None)
+    model = LRAClassifier(mixer, **kwargs)
+    model.pretrained_cfg = dict(_CFG, architecture=name, num_classes=model.num_classes,
+                                **(pretrained_cfg_overlay or {}))
+    model.default_cfg = model.pretrained_cfg
+    if checkpoint_path is not None:
+        from sofa.checkpoint import load_model_weights, read_checkpoint
+
+        state, _ = read_checkpoint(checkpoint_path)
+        load_model_weights(model, state, f"checkpoint {checkpoint_path}")
+    return model
+
+
+@register_model("lra", _CFG, _paper("softmax"))
+def lra_softmax(pretrained: bool = False, **kwargs) -> LRAClassifier:
+    """LRA classifier (Nyströmformer harness configuration) with softmax attention."""
+    return _create_lra("lra_softmax", "softmax", pretrained, **kwargs)
+
+
+@register_model("lra", _CFG, _paper("soft"))
+def lra_soft(pretrained: bool = False, **kwargs) -> LRAClassifier:
+    """LRA classifier (Nyströmformer harness configuration) with SOFT attention."""
+    return _create_lra("lra_soft", "soft", pretrained, **kwargs)
+
+
+@register_model("lra", _CFG, _paper("soft_norm"))
+def lra_soft_norm(pretrained: bool = False, **kwargs) -> LRAClassifier:
+    """LRA classifier (Nyströmformer harness configuration) with SOFT-Norm attention."""
+    return _create_lra("lra_soft_norm", "soft_norm", pretrained, **kwargs)
+
+
+@register_model("lra", _CFG, _paper("set"))
+def lra_set(pretrained: bool = False, **kwargs) -> LRAClassifier:
+    """LRA classifier (Nyströmformer harness configuration) with SeT attention."""
+    return _create_lra("lra_set", "set", pretrained, **kwargs)
+
+
+@register_model("lra", _CFG, _paper("pool"))
+def lra_pool(pretrained: bool = False, **kwargs) -> LRAClassifier:
+    """LRA classifier (Nyströmformer harness configuration) with pooling."""
+    return _create_lra("lra_pool", "pool", pretrained, **kwargs)
