@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from collections import Counter
 
 import pytest
 import torch
 import yaml
+from lra_fixtures import WRITERS
+from train_callbacks import SCRIPT, SignalAtSteps
 
 from sofa.cli import main
 from sofa.data.lra import open_lra_dataset
 from sofa.train.lra import HARNESS, LRA_TASKS, IntervalDraws
-
-from lra_fixtures import WRITERS
 
 #: each task with another model, so that every model trains once through the loop
 TASK_MODELS = {"listops": "lra_soft", "text": "lra_soft_norm", "retrieval": "lra_set", "image": "lra_pool",
@@ -93,7 +94,7 @@ def test_listops_run_beats_the_majority_class(tmp_path, capsys):
     assert results["test_acc"] > majority + 8.0, (results["test_acc"], majority)
 
 
-def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, monkeypatch, capsys):
+def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, capsys):
     """The draws of each interval replay on --resume: the weights match the run never stopped."""
     from safetensors.torch import load_file
 
@@ -101,10 +102,9 @@ def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, monke
     args = ["train", "--task", "lra-listops", "--data", str(data), "--model", "lra_set", "--steps", "6",
             "--eval-interval", "3", "--warmup-steps", "1", "-b", "3", "--lr", "1e-3", *QUIET]
     assert main([*args, "--output", str(tmp_path / "straight")]) == 0
-    monkeypatch.setenv("SOFA_DEBUG_SIGNAL_AT_STEP", "3:TERM")
-    assert main([*args, "--output", str(tmp_path / "stopped")]) == 0
+    stop = SignalAtSteps({3: signal.SIGTERM})
+    assert main([*args, "--output", str(tmp_path / "stopped")], callbacks=[stop]) == 128 + signal.SIGTERM
     assert not (tmp_path / "stopped" / "results.json").exists()  # stopped after the first interval
-    monkeypatch.delenv("SOFA_DEBUG_SIGNAL_AT_STEP")
     assert main(["train", "--resume", str(tmp_path / "stopped"), *QUIET]) == 0
     for name in ("model.safetensors", "best.safetensors"):
         a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "stopped" / name)
@@ -127,9 +127,10 @@ def test_two_processes_with_torchrun(tmp_path):
 
     data = WRITERS["retrieval"](tmp_path / "data", rows_per_split=5)
     out, dump = tmp_path / "ddp", tmp_path / "ranks"
-    env = dict(os.environ, OMP_NUM_THREADS="1", SOFA_DEBUG_RANK_WEIGHTS=str(dump))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sofa", "train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
+         "--save-rank-weights", str(dump), "--", "train",
          "--task", "lra-retrieval", "--data", str(data), "--model", "lra_soft", "--steps", "4", "--eval-interval",
          "2", "--warmup-steps", "1", "-b", "2", "--output", str(out), "--workers", "0", "--threads", "1",
          "--progress", "log"], capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)

@@ -43,7 +43,7 @@ from torch import nn
 from sofa.mixers import Pooling, SeTAttention, SoftAttention, SoftmaxAttention
 from sofa.models.registry import register_model
 
-__all__ = ["LRAClassifier", "LRAEncoder", "LRA_VARIANTS", "LRA_DEFAULT_LEN"]
+__all__ = ["LRAClassifier", "LRAEncoder", "LRA_VARIANTS", "LRA_DEFAULT_LEN", "checkpoint_filter_fn"]
 
 #: the harness's numbers: width, blocks, heads, FFN width, dropout, head width, landmarks / references
 DIM, DEPTH, HEADS, FFN, DROP, HEAD_HIDDEN, LANDMARKS = 64, 2, 2, 128, 0.1, 128, 128
@@ -210,6 +210,11 @@ _NOTES = {
     "pool": "pooling, FFN 256",
 }
 
+
+
+def checkpoint_filter_fn(state: Dict, model=None) -> Dict:
+    """The LRA classifiers have no released checkpoints: sofa's own keys pass through."""
+    return state
 
 
 def _paper(mixer: str) -> dict:
