@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-all demo bench install clean
+.PHONY: test test-all lint demo bench install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,10 +15,14 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+test: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+test-all: lint
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

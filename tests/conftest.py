@@ -3,6 +3,7 @@
 The original projects' outputs live in ``../shared/reference`` beside the clone (override with the
 ``SOFA_REFERENCE`` environment variable). Tests that need them skip, saying why, where they are absent.
 """
+
 from __future__ import annotations
 
 import json

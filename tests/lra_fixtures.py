@@ -1,4 +1,5 @@
 """Tiny Long Range Arena data in each on-disk layout the readers take (for the reader and task tests)."""
+
 from __future__ import annotations
 
 import pickle
@@ -13,14 +14,27 @@ from sofa.data.lra.listops import write_listops
 def cifar_batch(path: Path, images: np.ndarray, labels: list[int]) -> None:
     """A batch as torchvision's cifar-10-batches-py holds it (rows of R, G, B planes)."""
     planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    batch = {b"batch_label": b"fixture", b"labels": labels, b"data": planes,
-             b"filenames": [f"{i}.png".encode() for i in range(len(images))]}
+    batch = {
+        b"batch_label": b"fixture",
+        b"labels": labels,
+        b"data": planes,
+        b"filenames": [f"{i}.png".encode() for i in range(len(images))],
+    }
     path.write_bytes(pickle.dumps(batch, protocol=2))
 
 
 def write_listops_release(root: Path, train: int = 12, val: int = 4, test: int = 4) -> Path:
-    write_listops(root / "lra_release" / "listops-1000", num_train=train, num_val=val, num_test=test, max_depth=4,
-                  max_args=4, min_length=6, max_length=40, show_progress=False)
+    write_listops(
+        root / "lra_release" / "listops-1000",
+        num_train=train,
+        num_val=val,
+        num_test=test,
+        max_depth=4,
+        max_args=4,
+        min_length=6,
+        max_length=40,
+        show_progress=False,
+    )
     return root
 
 
@@ -40,8 +54,10 @@ def write_aan_pairs(root: Path, rows_per_split: int = 4) -> Path:
     folder = root / "lra_release" / "tsv_data"
     folder.mkdir(parents=True)
     for split in ("train", "eval", "test"):
-        rows = [f"{i % 2}\tid{i}a\tid{i}b\t{split} first document {i}\tsecond one, {'x' * (i + 1)}"
-                for i in range(rows_per_split)]
+        rows = [
+            f"{i % 2}\tid{i}a\tid{i}b\t{split} first document {i}\tsecond one, {'x' * (i + 1)}"
+            for i in range(rows_per_split)
+        ]
         (folder / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -72,5 +88,10 @@ def write_pathfinder(root: Path, images: int = 20, seed: int = 0) -> Path:
     return root
 
 
-WRITERS = {"listops": write_listops_release, "text": write_imdb, "retrieval": write_aan_pairs, "image": write_cifar10,
-           "pathfinder": write_pathfinder}
+WRITERS = {
+    "listops": write_listops_release,
+    "text": write_imdb,
+    "retrieval": write_aan_pairs,
+    "image": write_cifar10,
+    "pathfinder": write_pathfinder,
+}

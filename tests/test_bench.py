@@ -1,4 +1,5 @@
 """The benchmark harness itself (sofa.bench): fields, slopes, skipping, memory method, plots. No timed assertions."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ def test_slope_of_synthetic_timings():
     assert slope(100, 1.0, 400, 4.0) == pytest.approx(1.0)
     assert slope(100, 1.0, 400, 16.0) == pytest.approx(2.0)
     assert slope(100, 1.0, 100, 2.0) is None and slope(100, 0.0, 400, 1.0) is None
-    recs = [_rec("a", 56, 1.0), _rec("a", 112, 4.4), _rec("a", 224, 16.0), _rec("b", 56, 1.0), _rec("b", 112, 16.0),
-            dict(_rec("b", 224, 0.0), status="skipped")]
+    recs = [
+        _rec("a", 56, 1.0),
+        _rec("a", 112, 4.4),
+        _rec("a", 224, 16.0),
+        _rec("b", 56, 1.0),
+        _rec("b", 112, 16.0),
+        dict(_rec("b", 224, 0.0), status="skipped"),
+    ]
     sl = {(s["mixer"], s["from_side"], s["to_side"]): s["slope"] for s in slopes(recs)}
     assert sl[("a", 56, 112)] == pytest.approx(math.log(4.4) / math.log(4))
     assert sl[("b", 56, 112)] == pytest.approx(2.0)
@@ -29,8 +36,14 @@ def test_slope_of_synthetic_timings():
 
 
 def test_goals_on_synthetic_records():
-    recs = [_rec("sdpa", 56, 1.0), _rec("sdpa", 224, 100.0), _rec("soft_bounded", 56, 0.2),
-            _rec("soft_bounded", 112, 0.3), _rec("soft_bounded", 224, 1.5, flush_ratio=1.3), _rec("set", 224, 1.0)]
+    recs = [
+        _rec("sdpa", 56, 1.0),
+        _rec("sdpa", 224, 100.0),
+        _rec("soft_bounded", 56, 0.2),
+        _rec("soft_bounded", 112, 0.3),
+        _rec("soft_bounded", 224, 1.5, flush_ratio=1.3),
+        _rec("set", 224, 1.0),
+    ]
     goals = {g["goal"]: g for g in report.mixer_goals(recs)}
     speed = next(g for k, g in goals.items() if k.startswith("soft_bounded") and "224" in k)
     assert speed["value"] == pytest.approx(100 / 1.5, rel=1e-2) and speed["met"]
@@ -63,8 +76,27 @@ def test_time_call_and_interleaved_record_every_run():
 
 def test_quick_mixer_run_writes_json_and_plot(tmp_path):
     js, png, md = tmp_path / "m.json", tmp_path / "m.png", tmp_path / "m.md"
-    code = main(["bench", "mixers", "--quick", "--mixers", "pool,soft_bounded,set,sdpa", "--sizes", "8,16",
-                 "--repeats", "1", "--threads", "1", "--json", str(js), "--plot", str(png), "--markdown", str(md)])
+    code = main(
+        [
+            "bench",
+            "mixers",
+            "--quick",
+            "--mixers",
+            "pool,soft_bounded,set,sdpa",
+            "--sizes",
+            "8,16",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(js),
+            "--plot",
+            str(png),
+            "--markdown",
+            str(md),
+        ]
+    )
     assert code == 0
     payload = json.loads(js.read_text())
     assert {"command", "settings", "machine", "records", "slopes", "goals"} <= set(payload)
@@ -73,14 +105,27 @@ def test_quick_mixer_run_writes_json_and_plot(tmp_path):
     assert len(recs) == 4 * 2 * 2  # cases × sizes × modes
     pairs = [r for r in payload["records"] if r["bench"] == "mixer_pair"]
     # the linear mixers are timed again at successive sizes in turn, for slopes robust to the machine's load
-    assert {(r["mixer"], r["mode"]) for r in pairs} == {(m, mode) for m in ("pool", "soft_bounded", "set")
-                                                       for mode in ("inference", "train")}
+    assert {(r["mixer"], r["mode"]) for r in pairs} == {
+        (m, mode) for m in ("pool", "soft_bounded", "set") for mode in ("inference", "train")
+    }
     assert all(r["status"] == "ok" and len(r["slope_runs"]) == r["runs"] >= 3 for r in pairs)
     assert payload["interleaved_slopes"] == pairs
     for r in recs:
         assert r["status"] == "ok", r
-        assert {"mixer", "mode", "N", "side", "C", "heads", "dtype", "median_s", "times_s", "runs", "peak_mem_bytes",
-                "mem_method"} <= set(r)
+        assert {
+            "mixer",
+            "mode",
+            "N",
+            "side",
+            "C",
+            "heads",
+            "dtype",
+            "median_s",
+            "times_s",
+            "runs",
+            "peak_mem_bytes",
+            "mem_method",
+        } <= set(r)
         # subnormal flushing on / off is compared in both modes, as the median of interleaved pairs
         assert r["flush_ratio"] > 0 and r["flush_on"]["runs"] == r["runs"] >= 1
         assert r["N"] == r["side"] ** 2 and r["median_s"] > 0
@@ -92,23 +137,40 @@ def test_quick_mixer_run_writes_json_and_plot(tmp_path):
 
 
 def test_sizes_that_cannot_fit_are_skipped_with_the_reason():
-    recs = bench_mixers(["softmax_materialized"], [224], ["inference"], repeats=1, isolate=False, mem_limit=24e9,
-                        log=lambda s: None)
+    recs = bench_mixers(
+        ["softmax_materialized"], [224], ["inference"], repeats=1, isolate=False, mem_limit=24e9, log=lambda s: None
+    )
     assert recs[0]["status"] == "skipped" and "would need" in recs[0]["reason"]
 
 
 def test_worker_runs_a_case_in_a_fresh_process():
     from sofa.bench.isolation import run_isolated
 
-    r = run_isolated("mixer", {"name": "pool", "side": 8, "mode": "inference", "repeats": 1, "threads": 1,
-                               "flush_compare": False}, timeout=120)
+    r = run_isolated(
+        "mixer",
+        {"name": "pool", "side": 8, "mode": "inference", "repeats": 1, "threads": 1, "flush_compare": False},
+        timeout=120,
+    )
     assert r["runs"] == 1 and r["median_s"] > 0 and "fresh process" in r["mem_method"]
 
 
 def test_quick_model_run_against_timm(tmp_path):
     js = tmp_path / "models.json"
-    code = main(["bench", "models", "--quick", "--threads", "1", "--repeats", "1", "--json", str(js),
-                 "--plot", str(tmp_path / "models.png")])
+    code = main(
+        [
+            "bench",
+            "models",
+            "--quick",
+            "--threads",
+            "1",
+            "--repeats",
+            "1",
+            "--json",
+            str(js),
+            "--plot",
+            str(tmp_path / "models.png"),
+        ]
+    )
     assert code == 0
     payload = json.loads(js.read_text())
     gemm = [r for r in payload["records"] if r["bench"] == "gemm"]
@@ -132,11 +194,10 @@ def test_interleaved_runs_alternate_their_order_and_pair_abba():
     assert "".join(calls) == "abbaabba"
     # in bursts, each turn runs its variant three times (the last one timed): no timed run follows the other
     calls.clear()
-    t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=0,
-                         burst=3)
+    t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=0, burst=3)
     assert "".join(calls) == "aaabbbbbbaaa" and t["a"]["runs"] == 2
     # B is 2× A while the machine slows down steadily (×1.1 per run): each block still says 2
-    a, b = [1.0 * 1.1 ** 0, 1.0 * 1.1 ** 3], [2.0 * 1.1 ** 1, 2.0 * 1.1 ** 2]
+    a, b = [1.0 * 1.1**0, 1.0 * 1.1**3], [2.0 * 1.1**1, 2.0 * 1.1**2]
     ratio = paired_ratios(a, b)[0]
     assert ratio == pytest.approx(2.0, rel=0.01)  # the first pair alone would say 2.2
 
@@ -164,8 +225,16 @@ def test_poolformer_pair_is_timed_in_turn_with_the_same_weights():
     from sofa.bench.report import model_goals
 
     pytest.importorskip("timm")
-    rec = run_pair({"models": ["poolformer_s12", "timm:poolformer_s12"], "side": 32, "batch": 2, "repeats": 4,
-                    "warmup": 1, "threads": 1})
+    rec = run_pair(
+        {
+            "models": ["poolformer_s12", "timm:poolformer_s12"],
+            "side": 32,
+            "batch": 2,
+            "repeats": 4,
+            "warmup": 1,
+            "threads": 1,
+        }
+    )
     assert rec["runs"] == 2 and len(rec["speedup_runs"]) == 2 and rec["speedup"] > 0
     assert rec["max_rel_diff"] is not None and rec["max_rel_diff"] < 1e-5
     goals = model_goals([dict(rec, bench="model_pair", status="ok", side=32, dtype="fp32", compile=False)])
@@ -214,7 +283,9 @@ def test_model_tokens_carry_constructor_arguments():
     from sofa.bench.models import create, model_kwargs
 
     assert model_kwargs("soft_tiny[max_landmarks=49; newton_iters=10]") == (
-        "soft_tiny", {"max_landmarks": 49, "newton_iters": 10})
+        "soft_tiny",
+        {"max_landmarks": 49, "newton_iters": 10},
+    )
     assert model_kwargs("poolformer_mini") == ("poolformer_mini", {})
     with pytest.raises(ValueError, match="key=value"):
         model_kwargs("soft_tiny[49]")
@@ -247,6 +318,7 @@ def test_the_sofa_command_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp
     def spy(*a, **k):
         seen.append(os.environ.get("SOFA_KEEP_FREED_MEMORY"))
         return []
+
     monkeypatch.setattr(mx, "bench_mixers", spy)
     for flag, want in (([], "keeps freed memory"), (["--default-malloc"], "default")):
         monkeypatch.delenv("SOFA_KEEP_FREED_MEMORY", raising=False)
@@ -259,20 +331,40 @@ def test_the_sofa_command_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp
 def test_quick_sequence_run(tmp_path):
     """``--seq``: 1-D sequences of N tokens with the LRA models' mixers, tables and interleaved slopes by length."""
     js, md = tmp_path / "seq.json", tmp_path / "seq.md"
-    code = main(["bench", "mixers", "--quick", "--seq", "32,160", "--mixers", "pool,soft,set,sdpa", "--repeats", "1",
-                 "--threads", "1", "--no-flush-compare", "--json", str(js), "--markdown", str(md)])
+    code = main(
+        [
+            "bench",
+            "mixers",
+            "--quick",
+            "--seq",
+            "32,160",
+            "--mixers",
+            "pool,soft,set,sdpa",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--no-flush-compare",
+            "--json",
+            str(js),
+            "--markdown",
+            str(md),
+        ]
+    )
     assert code == 0
     payload = json.loads(js.read_text())
     recs = [r for r in payload["records"] if r["bench"] == "mixers"]
-    assert {(r["mixer"], r["N"], r["mode"]) for r in recs} == {(m, n, mode) for m in ("pool", "soft", "set", "sdpa")
-                                                              for n in (32, 160) for mode in ("inference", "train")}
+    assert {(r["mixer"], r["N"], r["mode"]) for r in recs} == {
+        (m, n, mode) for m in ("pool", "soft", "set", "sdpa") for n in (32, 160) for mode in ("inference", "train")
+    }
     for r in recs:
         assert r["status"] == "ok" and r["layout"] == "sequence" and r["side"] is None and r["length"] == r["N"], r
     # SOFT's landmarks: every token below 128, then 128 (a fixed count: linear cost)
     assert sorted(r["landmarks"] for r in recs if r["mixer"] == "soft") == [32, 32, 128, 128]
     pairs = [r for r in payload["records"] if r["bench"] == "mixer_pair"]
-    assert {(r["mixer"], r["mode"]) for r in pairs} == {(m, mode) for m in ("pool", "soft", "set")
-                                                       for mode in ("inference", "train")}
+    assert {(r["mixer"], r["mode"]) for r in pairs} == {
+        (m, mode) for m in ("pool", "soft", "set") for mode in ("inference", "train")
+    }
     assert all(r["from_N"] == 32 and r["to_N"] == 160 and r["status"] == "ok" for r in pairs)
     text = md.read_text()
     assert "| mixer | 32 tokens | 160 tokens |" in text and "32→160" in text
@@ -282,12 +374,21 @@ def test_quick_sequence_run(tmp_path):
 def test_sequence_cases_that_cannot_run_are_skipped_with_the_reason(monkeypatch):
     from sofa.bench import mixers as mx
 
-    recs = bench_mixers(["softmax_materialized"], [65536], ["inference"], repeats=1, isolate=False, mem_limit=16e9,
-                        layout="sequence", log=lambda s: None)
+    recs = bench_mixers(
+        ["softmax_materialized"],
+        [65536],
+        ["inference"],
+        repeats=1,
+        isolate=False,
+        mem_limit=16e9,
+        layout="sequence",
+        log=lambda s: None,
+    )
     assert recs[0]["status"] == "skipped" and "would need" in recs[0]["reason"] and recs[0]["N"] == 65536
     monkeypatch.setattr(mx, "nystrom_available", lambda: False)
-    recs = bench_mixers(["nystrom"], [64], ["inference"], repeats=1, isolate=False, layout="sequence",
-                        log=lambda s: None)
+    recs = bench_mixers(
+        ["nystrom"], [64], ["inference"], repeats=1, isolate=False, layout="sequence", log=lambda s: None
+    )
     assert recs[0]["status"] == "skipped" and "pip install 'sofa[bench]'" in recs[0]["reason"]
     with pytest.raises(ValueError, match="soft_bounded"):
         bench_mixers(["soft_bounded"], [64], ["inference"], isolate=False, layout="sequence")
@@ -297,8 +398,6 @@ def test_nystrom_case_builds_the_package_module_at_128_landmarks(monkeypatch):
     """The nystrom case calls the package's NystromAttention(dim, dim_head, heads, num_landmarks) on (1, N, C)."""
     import sys
     import types
-
-    from sofa.bench import mixers as mx
 
     built = {}
 
@@ -313,7 +412,16 @@ def test_nystrom_case_builds_the_package_module_at_128_landmarks(monkeypatch):
             return self.proj(x)
 
     monkeypatch.setitem(sys.modules, "nystrom_attention", types.SimpleNamespace(NystromAttention=FakeNystromAttention))
-    recs = bench_mixers(["nystrom"], [64], ["inference", "train"], repeats=1, isolate=False, layout="sequence",
-                        flush_compare=False, pair_slopes=False, log=lambda s: None)
+    recs = bench_mixers(
+        ["nystrom"],
+        [64],
+        ["inference", "train"],
+        repeats=1,
+        isolate=False,
+        layout="sequence",
+        flush_compare=False,
+        pair_slopes=False,
+        log=lambda s: None,
+    )
     assert built == dict(dim=64, dim_head=32, heads=2, num_landmarks=128)
     assert all(r["status"] == "ok" and r["landmarks"] == 64 for r in recs), recs

@@ -5,11 +5,11 @@ The parity test covers every case of ``shared/reference/index.json`` (found thro
 model through ``create_model(checkpoint_path=...)`` and every stored output (logits, SOFT pre-logits, PoolFormer
 dense features; every input size) must agree within 1e-5 × max|reference|.
 """
+
 from __future__ import annotations
 
 import json
 import os
-import warnings
 
 import pytest
 import torch
@@ -27,13 +27,19 @@ def model_args(case: dict) -> tuple[str, dict]:
     if case["family"] == "soft":
         name = "soft_norm_tiny" if case.get("variant") == "norm" else "soft_tiny"
         sr = cfg.get("sr_ratios", (8, 4, 2, 1))
-        return name, dict(embed_dims=tuple(cfg["embed_dims"]), num_heads=tuple(cfg["num_heads"]),
-                          depths=tuple(cfg["depths"]), mlp_ratio=cfg["mlp_ratios"][3],
-                          landmark_strides=tuple(sr[:3]), sr_ratio=sr[3])
+        return name, dict(
+            embed_dims=tuple(cfg["embed_dims"]),
+            num_heads=tuple(cfg["num_heads"]),
+            depths=tuple(cfg["depths"]),
+            mlp_ratio=cfg["mlp_ratios"][3],
+            landmark_strides=tuple(sr[:3]),
+            sr_ratio=sr[3],
+        )
     if case["family"] == "poolformer":
         assert all(cfg.get("downsamples", [True] * 4)) and len(set(cfg["mlp_ratios"])) == 1
-        return "poolformer_s12", dict(depths=tuple(cfg["layers"]), dims=tuple(cfg["embed_dims"]),
-                                      mlp_ratios=cfg["mlp_ratios"][0])
+        return "poolformer_s12", dict(
+            depths=tuple(cfg["layers"]), dims=tuple(cfg["embed_dims"]), mlp_ratios=cfg["mlp_ratios"][0]
+        )
     raise AssertionError(f"unknown family {case['family']}")
 
 
@@ -43,7 +49,7 @@ def run_case(model, io: dict, dense: bool):
     for key, x in io.items():
         if not key.startswith("input_"):
             continue
-        size = key[len("input_"):]
+        size = key[len("input_") :]
         with torch.no_grad():
             if dense:
                 for i, f in enumerate(model(x)):
@@ -70,8 +76,9 @@ def test_reference_parity_every_case(reference_dir, reference_index):
         if case.get("variant") == "norm":  # per-image α (default) and the released batch-wide α
             variants = [dict(batch_alpha=False), dict(batch_alpha=True)]
         for extra in variants:
-            model = create_model(sofa_name, checkpoint_path=reference_dir / case["checkpoint"],
-                                 features_only=dense, **kwargs, **extra).eval()
+            model = create_model(
+                sofa_name, checkpoint_path=reference_dir / case["checkpoint"], features_only=dense, **kwargs, **extra
+            ).eval()
             pairs = run_case(model, io, dense)
             outputs = {k for k in io if not k.startswith("input_")}
             assert set(pairs) == outputs, f"{name}: outputs not reproduced: {outputs - set(pairs)}"
@@ -108,8 +115,9 @@ def soft_original(reference_dir):
     return torch.load(reference_dir / "soft_mini.pth", map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("wrap", ["bare", "state_dict", "model", "state_dict_ema", "module_prefix",
-                                  "model_module_prefix"])
+@pytest.mark.parametrize(
+    "wrap", ["bare", "state_dict", "model", "state_dict_ema", "module_prefix", "model_module_prefix"]
+)
 def test_checkpoint_wrappers(tmp_path, soft_original, wrap):
     sd = dict(soft_original)
     obj = {
@@ -123,8 +131,7 @@ def test_checkpoint_wrappers(tmp_path, soft_original, wrap):
     path = tmp_path / "ckpt.pth"
     torch.save(obj, path)
     m = create_model("soft_mini", checkpoint_path=path)
-    torch.testing.assert_close(m.stages[0].blocks[0].attn.q.weight, sd["block1.0.att.mha.W_q.weight"], rtol=0,
-                               atol=0)
+    torch.testing.assert_close(m.stages[0].blocks[0].attn.q.weight, sd["block1.0.att.mha.W_q.weight"], rtol=0, atol=0)
     assert m.num_classes == 10  # taken from the checkpoint when not asked for
 
 
@@ -172,8 +179,9 @@ def test_convert_cli_and_safetensors_round_trip(tmp_path, reference_dir):
 def test_convert_cli_reports_errors(tmp_path, reference_dir, capsys):
     from sofa.cli import main
 
-    rc = main(["convert", str(reference_dir / "soft_mini.pth"), str(tmp_path / "x.safetensors"),
-               "--model", "soft_tiny"])
+    rc = main(
+        ["convert", str(reference_dir / "soft_mini.pth"), str(tmp_path / "x.safetensors"), "--model", "soft_tiny"]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "missing keys" in err and "stages.1.blocks.1.attn.q.weight" in err and "wrong shapes" in err
@@ -184,8 +192,19 @@ def test_convert_dense_poolformer(tmp_path, reference_dir):
     from sofa.cli import main
 
     out = tmp_path / "pf.safetensors"
-    assert main(["convert", str(reference_dir / "poolformer_mini_features.pth"), str(out), "--model",
-                 "poolformer_mini", "--features"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(reference_dir / "poolformer_mini_features.pth"),
+                str(out),
+                "--model",
+                "poolformer_mini",
+                "--features",
+            ]
+        )
+        == 0
+    )
     state, _ = read_checkpoint(out)
     assert "out_norms.0.weight" in state and "network.0.0.norm1.weight" not in state
     m = create_model("poolformer_mini", features_only=True, checkpoint_path=out)
@@ -232,8 +251,11 @@ def test_original_layout_errors_name_sofa_keys(tmp_path, soft_original):
 
 
 def test_classifier_of_another_size_dropped_with_warning(reference_dir):
-    with pytest.warns(UserWarning, match=r"a classifier for 10 classes, the model has 4: head\.bias, head\.weight "
-                                         r"re-initialised, the rest loaded"):
+    with pytest.warns(
+        UserWarning,
+        match=r"a classifier for 10 classes, the model has 4: head\.bias, head\.weight "
+        r"re-initialised, the rest loaded",
+    ):
         m = create_model("soft_mini", checkpoint_path=reference_dir / "soft_mini.pth", num_classes=4)
     assert m.head.weight.shape == (4, 128)
     ref = torch.load(reference_dir / "soft_mini.pth", weights_only=True)["state_dict"]
@@ -241,21 +263,21 @@ def test_classifier_of_another_size_dropped_with_warning(reference_dir):
     # without num_classes the checkpoint's classifier is kept; with num_classes=0 it is dropped, no error
     assert create_model("soft_mini", checkpoint_path=reference_dir / "soft_mini.pth").num_classes == 10
     with pytest.warns(UserWarning, match="dropped"):
-        assert isinstance(create_model("soft_mini", checkpoint_path=reference_dir / "soft_mini.pth",
-                                       num_classes=0).head, torch.nn.Identity)
+        assert isinstance(
+            create_model("soft_mini", checkpoint_path=reference_dir / "soft_mini.pth", num_classes=0).head,
+            torch.nn.Identity,
+        )
 
 
 def test_classification_checkpoint_into_dense_backbone_warns_about_fresh_norms(reference_dir):
     with pytest.warns(UserWarning, match=r"left at their initial values: out_norms\.0\.weight"):
-        m = create_model("poolformer_mini", checkpoint_path=reference_dir / "poolformer_mini.pth",
-                         features_only=True)
+        m = create_model("poolformer_mini", checkpoint_path=reference_dir / "poolformer_mini.pth", features_only=True)
     assert len(m(torch.randn(1, 3, 64, 64))) == 4
 
 
 def test_dense_checkpoint_into_classifier_fails_naming_keys(reference_dir):
     with pytest.raises(CheckpointError, match=r"missing keys \(2\): norm\.weight, norm\.bias(.|\n)*features_only=True"):
-        create_model("poolformer_mini", checkpoint_path=reference_dir / "poolformer_mini_features.pth",
-                     num_classes=10)
+        create_model("poolformer_mini", checkpoint_path=reference_dir / "poolformer_mini_features.pth", num_classes=10)
 
 
 def test_released_20_block_small_loads_into_soft_small(tmp_path):
@@ -308,7 +330,6 @@ def test_timm_port_weights_load_with_the_same_backbone_and_a_warning_about_the_h
     assert rel_err(ours.head(pooled_norm), logits_theirs) < TOL
 
 
-
 # ---------------------------------------------------------------------------------------------------- files
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_written_files_follow_the_umask(tmp_path, umask, mode):
@@ -317,9 +338,11 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
 
     old = os.umask(umask)
     try:
-        paths = [save_weights(tmp_path / "w.safetensors", {"a": torch.zeros(2)}, {"model": "x"}),
-                 atomic_write_text(tmp_path / "e.json", "{}"),
-                 atomic_torch_save({"a": torch.zeros(2)}, tmp_path / "last.pt")]
+        paths = [
+            save_weights(tmp_path / "w.safetensors", {"a": torch.zeros(2)}, {"model": "x"}),
+            atomic_write_text(tmp_path / "e.json", "{}"),
+            atomic_torch_save({"a": torch.zeros(2)}, tmp_path / "last.pt"),
+        ]
         with open(tmp_path / "log.txt", "w") as f:  # what a plain open() gives, for comparison
             f.write("")
     finally:
@@ -365,12 +388,20 @@ def test_reader_returns_one_metadata_dict_for_every_sofa_format(tmp_path):
     state = {"head.weight": torch.zeros(3, 2)}
     meta = {"model": "poolformer_mini", "num_classes": 3, "depths": [1, 1, 3, 1]}
     save_weights(tmp_path / "new.safetensors", state, meta)
-    save_file(state, str(tmp_path / "old.safetensors"),
-              metadata={"format": "pt", "sofa": "1", **{k: v if isinstance(v, str) else json.dumps(v)
-                                                       for k, v in meta.items()}})
+    save_file(
+        state,
+        str(tmp_path / "old.safetensors"),
+        metadata={
+            "format": "pt",
+            "sofa": "1",
+            **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
+        },
+    )
     save_file(state, str(tmp_path / "timm.safetensors"), metadata={"format": "pt"})
-    torch.save({"format": STATE_FORMAT, "model": state, "metadata": meta, "config": {"lr": 0.1}, "epoch": 4},
-               tmp_path / "last.pt")
+    torch.save(
+        {"format": STATE_FORMAT, "model": state, "metadata": meta, "config": {"lr": 0.1}, "epoch": 4},
+        tmp_path / "last.pt",
+    )
     assert read_checkpoint(tmp_path / "new.safetensors")[1] == meta
     assert read_checkpoint(tmp_path / "old.safetensors")[1] == meta
     assert read_checkpoint(tmp_path / "timm.safetensors")[1] == {}

@@ -1,4 +1,5 @@
 """The ``sofa`` command as a shell user meets it."""
+
 from __future__ import annotations
 
 import subprocess

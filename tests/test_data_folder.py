@@ -1,4 +1,5 @@
 """Image folders: clear refusals of bad layouts, bad files skipped and counted, every image mode made RGB."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,7 +67,9 @@ def _add_bad_files(folder):
 def test_corrupt_and_truncated_images_are_skipped_and_counted(tmp_path, workers, capfd):
     make_image_folder(tmp_path, num_classes=2, train_per_class=4, val_per_class=1)
     _add_bad_files(tmp_path / "train" / "class_0")
-    ds = ImageFolderDataset(tmp_path / "train", transform=lambda im: torch.from_numpy(np.asarray(im.resize((8, 8))).copy()))
+    ds = ImageFolderDataset(
+        tmp_path / "train", transform=lambda im: torch.from_numpy(np.asarray(im.resize((8, 8))).copy())
+    )
     assert len(ds) == 4 * 2 + 4  # all files found; bad ones found out when read
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers)
     n = sum(len(y) for _, y in loader)
@@ -74,7 +77,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_counted(tmp_path, workers,
     assert ds.num_skipped == 3  # corrupt.jpg, truncated.png, truncated.jpg (counted across workers too)
     err = capfd.readouterr().err
     for name in ("corrupt.jpg", "truncated.png", "truncated.jpg"):
-        assert f"skipping unreadable image" in err and name in err
+        assert "skipping unreadable image" in err and name in err
 
 
 def test_verify_drops_bad_files_up_front(tmp_path):
@@ -103,8 +106,15 @@ def test_modes_are_converted_to_rgb(tmp_path):
     sixteen = Image.fromarray(np.full((5, 6), 65535, np.uint16))  # 16-bit white
     mid16 = Image.fromarray(np.full((5, 6), 32768, np.uint16))
     la = Image.fromarray(np.dstack([np.full((5, 6), 99, np.uint8), np.full((5, 6), 255, np.uint8)]), "LA")
-    for name, img in [("gray", gray), ("rgba", rgba), ("pal", pal), ("cmyk", cmyk), ("w16", sixteen),
-                      ("m16", mid16), ("la", la)]:
+    for name, img in [
+        ("gray", gray),
+        ("rgba", rgba),
+        ("pal", pal),
+        ("cmyk", cmyk),
+        ("w16", sixteen),
+        ("m16", mid16),
+        ("la", la),
+    ]:
         path = tmp_path / f"{name}.{'jpg' if name == 'cmyk' else 'png'}"
         img.save(path)
         out = load_image(path)

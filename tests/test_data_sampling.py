@@ -1,4 +1,5 @@
 """The bundled digits and the deterministic, resumable, sharded sampling."""
+
 from __future__ import annotations
 
 import random
@@ -66,6 +67,10 @@ def test_seeded_dataset_makes_augmentation_a_function_of_seed_epoch_index():
     # independent of the loading order and of the worker that loads it
     sampler = EpochShardSampler(6, seed=0)
     sampler.set_epoch(2)
-    a = [x for b in torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=0) for x in b[0].tolist()]
-    b = [x for b in torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2) for x in b[0].tolist()]
+    a = [
+        x for b in torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=0) for x in b[0].tolist()
+    ]
+    b = [
+        x for b in torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2) for x in b[0].tolist()
+    ]
     assert a == b

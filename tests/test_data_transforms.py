@@ -1,6 +1,7 @@
 """The training transform: the default augmentation runs on real photos for thousands of seeded draws, every op
 of every built-in policy is valid for the installed Pillow, a sample whose transform fails is skipped and counted,
 and an unknown ``--aa`` is one clear error at start-up."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,13 @@ from sofa.data.synthetic import make_image_folder
 from sofa.data.transforms import build_transform, check_auto_augment, policy_ops, posterize
 from sofa.errors import UserError
 
-DATA_CFG = {"input_size": (3, 48, 48), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-            "interpolation": "bicubic", "crop_pct": 0.875}
+DATA_CFG = {
+    "input_size": (3, 48, 48),
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "interpolation": "bicubic",
+    "crop_pct": 0.875,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,7 @@ def random_crop(photos: list[np.ndarray], rng: np.random.Generator) -> Image.Ima
     photo = photos[int(rng.integers(len(photos)))]
     h, w = (int(v) for v in rng.integers(40, 161, size=2))
     y, x = int(rng.integers(photo.shape[0] - h)), int(rng.integers(photo.shape[1] - w))
-    return Image.fromarray(photo[y:y + h, x:x + w])
+    return Image.fromarray(photo[y : y + h, x : x + w])
 
 
 def default_augmentation() -> dict:
@@ -44,8 +50,18 @@ def default_augmentation() -> dict:
     parser = argparse.ArgumentParser()
     ClassificationTask.add_args(parser)
     d = parser.parse_args([])
-    return dict(scale=d.scale, ratio=d.ratio, hflip=d.hflip, vflip=d.vflip, color_jitter=d.color_jitter, aa=d.aa,
-                reprob=d.reprob, remode=d.remode, recount=d.recount, train_interpolation=d.train_interpolation)
+    return dict(
+        scale=d.scale,
+        ratio=d.ratio,
+        hflip=d.hflip,
+        vflip=d.vflip,
+        color_jitter=d.color_jitter,
+        aa=d.aa,
+        reprob=d.reprob,
+        remode=d.remode,
+        recount=d.recount,
+        train_interpolation=d.train_interpolation,
+    )
 
 
 def test_default_augmentation_survives_thousands_of_draws_on_real_photos(photos):
@@ -60,8 +76,20 @@ def test_default_augmentation_survives_thousands_of_draws_on_real_photos(photos)
         assert x.shape == (3, 48, 48) and torch.isfinite(x).all()
 
 
-POLICIES = ["rand-m9-mstd0.5-inc1", "rand-m9-mstd0.5", "rand-m7-n3-mmax20-inc1", "rand-m9-tweights",
-            "rand-m9-t3aw", "augmix-m5-w4-d2", "original", "originalr", "v0", "v0r", "3a", "original-mstd0.5"]
+POLICIES = [
+    "rand-m9-mstd0.5-inc1",
+    "rand-m9-mstd0.5",
+    "rand-m7-n3-mmax20-inc1",
+    "rand-m9-tweights",
+    "rand-m9-t3aw",
+    "augmix-m5-w4-d2",
+    "original",
+    "originalr",
+    "v0",
+    "v0r",
+    "3a",
+    "original-mstd0.5",
+]
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -146,16 +174,19 @@ def test_known_policies_are_accepted(policy):
     check_auto_augment(policy)
 
 
-@pytest.mark.parametrize("policy, says", [
-    ("bogus", "unknown augmentation policy 'bogus'"),
-    ("randaugment-m9", "unknown augmentation policy 'randaugment'"),
-    ("rand-m9-mstd0.5-incl", "cannot read section 'incl'"),  # timm would silently drop it
-    ("rand-m9.5", "cannot read section 'm9.5'"),
-    ("rand-x3", "cannot read section 'x3'"),
-    ("rand-tfoo", "unknown RandAugment op set 'tfoo'"),
-    ("augmix-m3-z1", "cannot read section 'z1'"),
-    ("v0-m9", "cannot read section 'm9'"),
-])
+@pytest.mark.parametrize(
+    "policy, says",
+    [
+        ("bogus", "unknown augmentation policy 'bogus'"),
+        ("randaugment-m9", "unknown augmentation policy 'randaugment'"),
+        ("rand-m9-mstd0.5-incl", "cannot read section 'incl'"),  # timm would silently drop it
+        ("rand-m9.5", "cannot read section 'm9.5'"),
+        ("rand-x3", "cannot read section 'x3'"),
+        ("rand-tfoo", "unknown RandAugment op set 'tfoo'"),
+        ("augmix-m3-z1", "cannot read section 'z1'"),
+        ("v0-m9", "cannot read section 'm9'"),
+    ],
+)
 def test_unknown_policies_are_one_clear_error(policy, says):
     with pytest.raises(UserError, match=says):
         check_auto_augment(policy)
@@ -167,9 +198,27 @@ def test_train_with_an_unknown_policy_stops_at_start_up_with_one_line(tmp_path, 
     from sofa.cli import main
 
     make_image_folder(tmp_path / "data", num_classes=2, train_per_class=2, val_per_class=1)
-    code = main(["train", "--data", str(tmp_path / "data"), "--model", "test_vit", "--img-size", "16",
-                 "--workers", "0", "--threads", "1", "--epochs", "1", "--output", str(tmp_path / "run"),
-                 "--aa", "rand-m9-mstd0.5-incl"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "data"),
+            "--model",
+            "test_vit",
+            "--img-size",
+            "16",
+            "--workers",
+            "0",
+            "--threads",
+            "1",
+            "--epochs",
+            "1",
+            "--output",
+            str(tmp_path / "run"),
+            "--aa",
+            "rand-m9-mstd0.5-incl",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 2
     errors = [line for line in out.err.splitlines() if line.startswith("error:")]

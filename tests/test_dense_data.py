@@ -1,4 +1,5 @@
 """The synthetic shapes set is valid COCO and ADE-style data; the dense datasets and pipelines do what they say."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,12 @@ pytest.importorskip("pycocotools")
 
 from sofa.dense.det_data import CocoDetection, DetTrainTransform, det_collate  # noqa: E402
 from sofa.dense.seg_data import (  # noqa: E402
-    SegEvalTransform, SegmentationDataset, SegPipeline, SegTrainTransform, reduce_zero_label, seg_eval_collate,
+    SegEvalTransform,
+    SegmentationDataset,
+    SegPipeline,
+    SegTrainTransform,
+    reduce_zero_label,
+    seg_eval_collate,
     seg_train_collate,
 )
 from sofa.dense.shapes import SHAPE_CLASSES, write_shapes  # noqa: E402
@@ -65,8 +71,24 @@ def test_shapes_images_are_not_square_and_deterministic(shapes, tmp_path):
 def test_sofa_data_shapes_command(tmp_path):
     from sofa.cli import main
 
-    assert main(["data", "shapes", str(tmp_path / "s"), "--train", "2", "--val", "1", "--min-size", "48",
-                 "--max-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "shapes",
+                str(tmp_path / "s"),
+                "--train",
+                "2",
+                "--val",
+                "1",
+                "--min-size",
+                "48",
+                "--max-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "s" / "annotations" / "training").glob("*.png"))) == 2
     assert (tmp_path / "s" / "annotations" / "instances_validation.json").is_file()
     (tmp_path / "other").mkdir()
@@ -118,8 +140,15 @@ def test_seg_train_pipeline_keeps_labels_aligned_with_pixels():
     img[2, :, 30:] = 255
     label = torch.ones(40, 60, dtype=torch.int64)
     label[:, 30:] = 2
-    pipe = SegPipeline(scale=(120, 40), ratio_range=(0.7, 1.5), crop_size=(32, 32), photometric=False,
-                       cat_max_ratio=1.0, mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255))
+    pipe = SegPipeline(
+        scale=(120, 40),
+        ratio_range=(0.7, 1.5),
+        crop_size=(32, 32),
+        photometric=False,
+        cat_max_ratio=1.0,
+        mean=(0, 0, 0),
+        std=(1 / 255, 1 / 255, 1 / 255),
+    )
     tf = SegTrainTransform(pipe, rng=random.Random(3))
     for _ in range(10):
         x, y = tf(img, label)
@@ -131,7 +160,7 @@ def test_seg_eval_pipeline_and_collate(shapes):
     pipe = SegPipeline(scale=(256, 64))
     ds = SegmentationDataset(shapes, "validation", SegEvalTransform(pipe))
     batch = seg_eval_collate([ds[0], ds[1]])
-    for (h, w), ori, lab in zip(batch["img_shape"], batch["ori_shape"], batch["label"]):
+    for (h, w), ori, lab in zip(batch["img_shape"], batch["ori_shape"], batch["label"], strict=False):
         assert min(h, w) == 64 or max(h, w) == 256  # keep-ratio rescale to the bound
         assert tuple(lab.shape) == tuple(ori)  # labels stay at the original size
     assert batch["image"].shape[2:] == (max(s[0] for s in batch["img_shape"]), max(s[1] for s in batch["img_shape"]))
@@ -145,12 +174,12 @@ def test_coco_detection_dataset_and_flip(shapes):
     assert img.dtype == torch.float32 and 0 <= img.min() and img.max() <= 1
     n = len(t["boxes"])
     assert t["masks"].shape == (n, *img.shape[1:]) and t["labels"].shape == (n,)
-    for box, mask in zip(t["boxes"], t["masks"]):  # boxes are the tight boxes of the masks
+    for box, mask in zip(t["boxes"], t["masks"], strict=False):  # boxes are the tight boxes of the masks
         ys, xs = torch.nonzero(mask, as_tuple=True)
         assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
     flipped_img, ft = DetTrainTransform(flip_prob=1.0)(img, t)
     assert torch.equal(flipped_img, img.flip(-1))
-    for box, mask in zip(ft["boxes"], ft["masks"]):
+    for box, mask in zip(ft["boxes"], ft["masks"], strict=False):
         ys, xs = torch.nonzero(mask, as_tuple=True)
         assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
     images, targets = det_collate([ds[0], ds[1]])
@@ -204,8 +233,9 @@ def test_segmentation_skips_and_counts_bad_files(shapes_with_bad_files, workers,
 
 def test_detection_skips_and_counts_bad_images(shapes_with_bad_files, capfd):
     root = shapes_with_bad_files
-    ds = CocoDetection(root / "images" / "training", root / "annotations" / "instances_training.json",
-                       DetTrainTransform(0.5))
+    ds = CocoDetection(
+        root / "images" / "training", root / "annotations" / "instances_training.json", DetTrainTransform(0.5)
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=det_collate)
     targets = [t for _, batch in loader for t in batch]
     assert len(targets) == len(ds) == 12
@@ -232,10 +262,39 @@ def test_segmentation_training_survives_bad_files_and_reports_them(shapes_with_b
     from sofa.cli import main
 
     run = tmp_path / "seg"
-    assert main(["train", "--task", "segmentation", "--data", str(shapes_with_bad_files), "--model",
-                 "poolformer_mini", "--epochs", "1", "--batch-size", "3", "--workers", "0", "--crop-size", "48",
-                 "--seg-scale", "128", "48", "--decoder-channels", "16", "--progress", "none", "--threads", "1",
-                 "--output", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "segmentation",
+                "--data",
+                str(shapes_with_bad_files),
+                "--model",
+                "poolformer_mini",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "3",
+                "--workers",
+                "0",
+                "--crop-size",
+                "48",
+                "--seg-scale",
+                "128",
+                "48",
+                "--decoder-channels",
+                "16",
+                "--progress",
+                "none",
+                "--threads",
+                "1",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "Traceback" not in out.err + out.out
     assert f"{len(TRAIN_BAD_FOR_SEG) + 1} unreadable image(s) were skipped" in (run / "log.txt").read_text()

@@ -1,4 +1,5 @@
 """The dense evaluators are right: perfect predictions score 1, hand-computed small cases score what they should."""
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,7 @@ def test_seg_accumulates_and_merges_like_one_big_update():
     one = SegmentationMetric(4)
     one.update(torch.cat(preds), torch.cat(targets))
     parts = [SegmentationMetric(4) for _ in range(3)]
-    for m, p, t in zip(parts, preds, targets):
+    for m, p, t in zip(parts, preds, targets, strict=False):
         m.update(p, t)
     for m in parts[1:]:
         parts[0].merge(m)
@@ -92,14 +93,22 @@ def _coco_gt(tmp_path, anns, height=40, width=50, images=(1,)):
 
 def _box_ann(image_id, cat, x, y, w, h, img_h=40, img_w=50):
     mask = np.zeros((img_h, img_w), np.uint8)
-    mask[y:y + h, x:x + w] = 1
-    return {"image_id": image_id, "category_id": cat, "bbox": [x, y, w, h], "area": float(w * h),
-            "segmentation": masks_to_rle(mask[None])[0]}
+    mask[y : y + h, x : x + w] = 1
+    return {
+        "image_id": image_id,
+        "category_id": cat,
+        "bbox": [x, y, w, h],
+        "area": float(w * h),
+        "segmentation": masks_to_rle(mask[None])[0],
+    }
 
 
 def _out(boxes, scores, labels, masks=None):
-    out = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-           "scores": torch.tensor(scores, dtype=torch.float32), "labels": torch.tensor(labels)}
+    out = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "labels": torch.tensor(labels),
+    }
     if masks is not None:
         out["masks"] = torch.from_numpy(np.stack(masks)).float()[:, None] if len(masks) else torch.zeros(0, 1, 40, 50)
     return out
@@ -107,7 +116,7 @@ def _out(boxes, scores, labels, masks=None):
 
 def _mask(x, y, w, h):
     m = np.zeros((40, 50), np.uint8)
-    m[y:y + h, x:x + w] = 1
+    m[y : y + h, x : x + w] = 1
     return m
 
 
@@ -115,10 +124,13 @@ def test_coco_perfect_predictions_score_one(tmp_path):
     anns = [_box_ann(1, 3, 2, 3, 10, 12), _box_ann(1, 7, 20, 5, 15, 20), _box_ann(2, 3, 5, 5, 30, 30)]
     gt = _coco_gt(tmp_path, anns, images=(1, 2))
     ev = CocoEvaluator(gt, ("bbox", "segm"), label_to_cat_id={1: 3, 2: 7})
-    ev.update([1, 2], [
-        _out([[2, 3, 12, 15], [20, 5, 35, 25]], [0.9, 0.8], [1, 2], [_mask(2, 3, 10, 12), _mask(20, 5, 15, 20)]),
-        _out([[5, 5, 35, 35]], [0.7], [1], [_mask(5, 5, 30, 30)]),
-    ])
+    ev.update(
+        [1, 2],
+        [
+            _out([[2, 3, 12, 15], [20, 5, 35, 25]], [0.9, 0.8], [1, 2], [_mask(2, 3, 10, 12), _mask(20, 5, 15, 20)]),
+            _out([[5, 5, 35, 35]], [0.7], [1], [_mask(5, 5, 30, 30)]),
+        ],
+    )
     res = ev.compute()
     for t in ("bbox", "segm"):
         assert res[t]["AP"] == pytest.approx(1.0)

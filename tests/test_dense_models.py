@@ -1,4 +1,5 @@
 """Dense heads on sofa backbones: forward/backward on small non-square images, inference, checkpoint loading."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,11 @@ SMALL = dict(decoder_channels=32)
 
 
 def _grad_reaches_backbone(model) -> bool:
-    return any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
-               if "encoder" in n or "body" in n)
+    return any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in model.named_parameters()
+        if "encoder" in n or "body" in n
+    )
 
 
 def test_timm_names_of_sofa_models():
@@ -27,12 +31,15 @@ def test_timm_names_of_sofa_models():
         timm_encoder_name("no_such_model")
 
 
-@pytest.mark.parametrize("backbone,head,kwargs", [
-    ("soft_mini", "upernet", {"max_landmarks": 16}),  # bounded landmarks
-    ("soft_mini", "upernet", {}),  # released stride landmarks
-    ("setformer_mini", "upernet", {"depths": (1, 1, 1, 1), "dims": (32, 64, 96, 128)}),  # one block per stage
-    ("poolformer_mini", "auto", {}),  # auto = Semantic FPN for PoolFormer
-])
+@pytest.mark.parametrize(
+    "backbone,head,kwargs",
+    [
+        ("soft_mini", "upernet", {"max_landmarks": 16}),  # bounded landmarks
+        ("soft_mini", "upernet", {}),  # released stride landmarks
+        ("setformer_mini", "upernet", {"depths": (1, 1, 1, 1), "dims": (32, 64, 96, 128)}),  # one block per stage
+        ("poolformer_mini", "auto", {}),  # auto = Semantic FPN for PoolFormer
+    ],
+)
 def test_segmentor_forward_backward_any_size(backbone, head, kwargs):
     model = build_segmentor(backbone, num_classes=5, head=head, **SMALL, **kwargs)
     assert model.head_type == ("fpn" if backbone.startswith("poolformer") else "upernet")
@@ -79,8 +86,9 @@ def test_slide_inference_equals_whole_for_a_pointwise_model():
     whole = m(x)
     slide = slide_inference(m, x, 4, crop_size=(32, 32), stride=(21, 21))
     torch.testing.assert_close(slide, whole)
-    preds = predict_labels(m, x, [(50, 70), (40, 60)], [(25, 35), (40, 60)], 4, mode="slide",
-                           crop_size=(32, 32), stride=(21, 21))
+    preds = predict_labels(
+        m, x, [(50, 70), (40, 60)], [(25, 35), (40, 60)], 4, mode="slide", crop_size=(32, 32), stride=(21, 21)
+    )
     assert [tuple(p.shape) for p in preds] == [(25, 35), (40, 60)]
     assert torch.equal(preds[1], whole[1, :, :40, :60].argmax(0))
 
@@ -93,25 +101,37 @@ def _det_inputs():
         masks = torch.zeros(2, h, w, dtype=torch.uint8)
         masks[0, 10:40, 20:60] = 1
         masks[1, 50:80, 5:30] = 1
-        targets.append({"boxes": torch.tensor([[20.0, 10, 60, 40], [5, 50, 30, 80]]),
-                        "labels": torch.tensor([1, 3]), "masks": masks})
+        targets.append(
+            {
+                "boxes": torch.tensor([[20.0, 10, 60, 40], [5, 50, 30, 80]]),
+                "labels": torch.tensor([1, 3]),
+                "masks": masks,
+            }
+        )
     return images, targets
 
 
-@pytest.mark.parametrize("kind,backbone,kwargs", [
-    ("maskrcnn", "soft_norm_mini", {"max_landmarks": 16}),
-    ("retinanet", "poolformer_mini", {}),
-])
+@pytest.mark.parametrize(
+    "kind,backbone,kwargs",
+    [
+        ("maskrcnn", "soft_norm_mini", {"max_landmarks": 16}),
+        ("retinanet", "poolformer_mini", {}),
+    ],
+)
 def test_detector_forward_backward_and_predict(kind, backbone, kwargs):
-    model = build_detector(kind, backbone, num_classes=3, min_size=96, max_size=160, anchor_base=16,
-                           fpn_channels=32, **kwargs)
+    model = build_detector(
+        kind, backbone, num_classes=3, min_size=96, max_size=160, anchor_base=16, fpn_channels=32, **kwargs
+    )
     strides = (4, 8, 16, 32) if kind == "maskrcnn" else (8, 16, 32)
     assert model.backbone.strides == strides
     images, targets = _det_inputs()
     model.train()
     losses = model(images, targets)
-    expected = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} \
-        if kind == "maskrcnn" else {"classification", "bbox_regression"}
+    expected = (
+        {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+        if kind == "maskrcnn"
+        else {"classification", "bbox_regression"}
+    )
     assert set(losses) == expected
     total = sum(losses.values())
     assert torch.isfinite(total)
@@ -123,7 +143,7 @@ def test_detector_forward_backward_and_predict(kind, backbone, kwargs):
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2
-    for o, img in zip(out, images):
+    for o, img in zip(out, images, strict=False):
         assert o["boxes"].shape[1] == 4 and len(o["scores"]) == len(o["labels"]) == len(o["boxes"])
         if kind == "maskrcnn":
             assert o["masks"].shape[1:] == (1, *img.shape[1:])  # pasted back at the input size
@@ -148,14 +168,14 @@ def test_backbone_loads_a_classification_checkpoint(tmp_path):
     det = build_detector("maskrcnn", "poolformer_s12", num_classes=2, backbone_checkpoint=str(path), fpn_channels=32)
     body = det.backbone.body.state_dict()
     k = "model.stages.2.blocks.3.mlp.fc1.weight"
-    assert torch.equal(body[k], ref[k[len("model."):]])
+    assert torch.equal(body[k], ref[k[len("model.") :]])
 
     seg = build_segmentor("poolformer_s12", 3, backbone_checkpoint=str(path), **SMALL)
     enc = seg.net.encoder.model.state_dict()
-    assert torch.equal(enc[k], ref[k[len("model."):]])
+    assert torch.equal(enc[k], ref[k[len("model.") :]])
     # a fresh model differs, so the equality above is the checkpoint's doing
     fresh = build_segmentor("poolformer_s12", 3, **SMALL).net.encoder.model.state_dict()
-    assert not torch.equal(fresh[k], ref[k[len("model."):]])
+    assert not torch.equal(fresh[k], ref[k[len("model.") :]])
 
 
 def test_features_of_a_plain_timm_model_work_too():
@@ -171,7 +191,9 @@ def test_highres_check_runs_a_case(tmp_path):
     from sofa.dense.highres import main, parse_case
 
     assert parse_case("soft_norm_tiny:max_landmarks=49,newton_iters=10") == (
-        "soft_norm_tiny", {"max_landmarks": 49, "newton_iters": 10})
+        "soft_norm_tiny",
+        {"max_landmarks": 49, "newton_iters": 10},
+    )
     out = tmp_path / "r.json"  # each case runs in a fresh process
     assert main(["--cases", "poolformer_mini", "--height", "64", "--width", "96", "--json", str(out)]) == 0
     (r,) = json.loads(out.read_text())

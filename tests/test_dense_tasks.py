@@ -1,4 +1,5 @@
 """The dense tasks in the training loop: short runs learn, and train / eval / resume work end to end."""
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,17 @@ def test_segmentation_short_training_reduces_loss(shapes):
 
 
 def test_detection_short_training_reduces_loss(shapes):
-    task = _cfg("detection", shapes, detector="maskrcnn", min_size=64, max_size=96, anchor_base=16, flip_prob=0.0,
-                fpn_channels=32, roi_batch_size=64)
+    task = _cfg(
+        "detection",
+        shapes,
+        detector="maskrcnn",
+        min_size=64,
+        max_size=96,
+        anchor_base=16,
+        flip_prob=0.0,
+        fpn_channels=32,
+        roi_batch_size=64,
+    )
     train, _ = task.build_datasets()
     batch = task.collate_fn("train")([train[i] for i in range(2)])
     torch.manual_seed(0)
@@ -81,9 +91,27 @@ def test_segmentation_train_eval_resume_cli(shapes, tmp_path):
     backbone = tmp_path / "cls.safetensors"  # a classification checkpoint for the backbone
     save_weights(backbone, sofa.create_model("poolformer_mini", num_classes=5).state_dict())
     run = tmp_path / "seg"
-    common = ["--data", str(shapes), "--model", "poolformer_mini", "--batch-size", "3", "--workers", "0",
-              "--crop-size", "48", "--seg-scale", "128", "48", "--decoder-channels", "16", "--progress", "none",
-              "--backbone-checkpoint", str(backbone)]
+    common = [
+        "--data",
+        str(shapes),
+        "--model",
+        "poolformer_mini",
+        "--batch-size",
+        "3",
+        "--workers",
+        "0",
+        "--crop-size",
+        "48",
+        "--seg-scale",
+        "128",
+        "48",
+        "--decoder-channels",
+        "16",
+        "--progress",
+        "none",
+        "--backbone-checkpoint",
+        str(backbone),
+    ]
     assert main(["train", "--task", "segmentation", "--epochs", "1", "--output", str(run), *common]) == 0
     for f in ("last.pt", "model.safetensors", "best.safetensors", "metrics.jsonl", "config.yaml"):
         assert (run / f).is_file(), f
@@ -92,8 +120,10 @@ def test_segmentation_train_eval_resume_cli(shapes, tmp_path):
     # eval of the final weights reproduces the last validation (and needs no backbone file any more)
     backbone.unlink()
     out = tmp_path / "eval.json"
-    assert main(["eval", str(run / "model.safetensors"), "--output", str(out), "--workers", "0",
-                 "--progress", "none"]) == 0
+    assert (
+        main(["eval", str(run / "model.safetensors"), "--output", str(out), "--workers", "0", "--progress", "none"])
+        == 0
+    )
     ev = json.loads(out.read_text())["metrics"]
     assert ev["mIoU"] == pytest.approx(rec["val_mIoU"], abs=1e-6)
     # resume to a longer schedule continues from epoch 2 (the backbone file is built over, then replaced)
@@ -105,11 +135,42 @@ def test_segmentation_train_eval_resume_cli(shapes, tmp_path):
 
 def test_detection_train_eval_cli(shapes, tmp_path):
     run = tmp_path / "det"
-    assert main(["train", "--task", "detection", "--data", str(shapes), "--model", "poolformer_mini",
-                 "--detector", "retinanet", "--epochs", "1", "--batch-size", "3", "--workers", "0",
-                 "--min-size", "64", "--max-size", "96", "--anchor-base", "16", "--max-val-samples", "2",
-                 "--fpn-channels", "32",
-                 "--output", str(run), "--progress", "none"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "detection",
+                "--data",
+                str(shapes),
+                "--model",
+                "poolformer_mini",
+                "--detector",
+                "retinanet",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "3",
+                "--workers",
+                "0",
+                "--min-size",
+                "64",
+                "--max-size",
+                "96",
+                "--anchor-base",
+                "16",
+                "--max-val-samples",
+                "2",
+                "--fpn-channels",
+                "32",
+                "--output",
+                str(run),
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     rec = [r for r in _metrics(run) if "val_bbox_AP" in r][-1]
     assert 0 <= rec["val_bbox_AP"] <= 1 and "val_segm_AP" not in rec  # RetinaNet: boxes only
     out = tmp_path / "eval.json"
@@ -119,11 +180,27 @@ def test_detection_train_eval_cli(shapes, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task,extra", [
-    ("segmentation", ["--crop-size", "48", "--seg-scale", "128", "48", "--decoder-channels", "16"]),
-    ("detection", ["--detector", "maskrcnn", "--min-size", "64", "--max-size", "96", "--anchor-base", "16",
-                   "--fpn-channels", "32"]),
-])
+@pytest.mark.parametrize(
+    "task,extra",
+    [
+        ("segmentation", ["--crop-size", "48", "--seg-scale", "128", "48", "--decoder-channels", "16"]),
+        (
+            "detection",
+            [
+                "--detector",
+                "maskrcnn",
+                "--min-size",
+                "64",
+                "--max-size",
+                "96",
+                "--anchor-base",
+                "16",
+                "--fpn-channels",
+                "32",
+            ],
+        ),
+    ],
+)
 def test_dense_tasks_under_ddp(shapes, tmp_path, task, extra):
     """Two CPU processes (gloo) through torchrun: training, the sharded evaluation and its gathering."""
     import os
@@ -131,9 +208,33 @@ def test_dense_tasks_under_ddp(shapes, tmp_path, task, extra):
     import sys
 
     run = tmp_path / task
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "sofa", "train",
-           "--task", task, "--data", str(shapes), "--model", "poolformer_mini", "--epochs", "1", "--batch-size", "2",
-           "--workers", "0", "--output", str(run), "--progress", "none", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "sofa",
+        "train",
+        "--task",
+        task,
+        "--data",
+        str(shapes),
+        "--model",
+        "poolformer_mini",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--output",
+        str(run),
+        "--progress",
+        "none",
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = [r for r in _metrics(run) if "val_images" in r][-1]

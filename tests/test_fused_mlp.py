@@ -1,6 +1,7 @@
 """The fused CPU inference path of the PoolFormer block (sofa.ops.fused_mlp): same results as the textbook block
 and GroupNorm, with both kernel sets (oneDNN fused post-ops, plain aten), over ragged chunks, under autocast and
 torch.compile; the packed-weight cache follows in-place and replaced weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,10 +16,15 @@ CL = torch.channels_last
 
 def _params(C, hidden, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return dict(fc1_w=torch.randn(hidden, C, 1, 1, generator=g) * 0.3, fc1_b=torch.randn(hidden, generator=g),
-                norm_w=torch.randn(C, generator=g), norm_b=torch.randn(C, generator=g),
-                ls=torch.randn(C, generator=g), fc2_w=torch.randn(C, hidden, 1, 1, generator=g) * 0.2,
-                fc2_b=torch.randn(C, generator=g))
+    return dict(
+        fc1_w=torch.randn(hidden, C, 1, 1, generator=g) * 0.3,
+        fc1_b=torch.randn(hidden, generator=g),
+        norm_w=torch.randn(C, generator=g),
+        norm_b=torch.randn(C, generator=g),
+        ls=torch.randn(C, generator=g),
+        fc2_w=torch.randn(C, hidden, 1, 1, generator=g) * 0.2,
+        fc2_b=torch.randn(C, generator=g),
+    )
 
 
 def _reference(x, p, eps=1e-5):
@@ -33,8 +39,23 @@ def _reference(x, p, eps=1e-5):
 def _run(x, p, chunk_bytes, eps=1e-5, impl="auto"):
     mean, var = sample_moments(x)
     y = x.clone(memory_format=CL)
-    assert metaformer_mlp_(y, mean, torch.rsqrt(var + eps), p["fc1_w"], p["fc1_b"], p["norm_w"], p["norm_b"],
-                           p["ls"], p["fc2_w"], p["fc2_b"], chunk_bytes, impl) is None
+    assert (
+        metaformer_mlp_(
+            y,
+            mean,
+            torch.rsqrt(var + eps),
+            p["fc1_w"],
+            p["fc1_b"],
+            p["norm_w"],
+            p["norm_b"],
+            p["ls"],
+            p["fc2_w"],
+            p["fc2_b"],
+            chunk_bytes,
+            impl,
+        )
+        is None
+    )
     return y
 
 
@@ -199,8 +220,9 @@ def test_inference_path_under_bf16_autocast_and_in_the_flop_counter():
             y16 = m(x)
     torch.testing.assert_close(y16.float(), y, rtol=0.05, atol=0.05)
     macs = count_macs(m, (3, 64, 64))
-    mlp = sum(b.mlp.fc1.weight.numel() * 2 * (64 // 2 ** (i + 2)) ** 2 for i, s in enumerate(m.stages)
-              for b in s.blocks)
+    mlp = sum(
+        b.mlp.fc1.weight.numel() * 2 * (64 // 2 ** (i + 2)) ** 2 for i, s in enumerate(m.stages) for b in s.blocks
+    )
     assert macs > mlp
 
 

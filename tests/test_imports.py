@@ -7,6 +7,7 @@ a check says otherwise: a cycle closed only by a function-level import still tie
 A package-level edge is a module edge between two top-level parts of sofa (``sofa.data``, ``sofa.train``,
 ``sofa.checkpoint``, ...; the root package ``sofa`` is a part of its own).
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,8 +20,18 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: ``sofa.ops`` holds pure tensor functions: it may not import these parts (nor the root package ``sofa``)
-ABOVE_OPS = ("sofa.layers", "sofa.mixers", "sofa.models", "sofa.data", "sofa.train", "sofa.dense", "sofa.bench",
-             "sofa.checkpoint", "sofa.cli")
+ABOVE_OPS = (
+    "sofa.layers",
+    "sofa.mixers",
+    "sofa.models",
+    "sofa.data",
+    "sofa.train",
+    "sofa.dense",
+    "sofa.bench",
+    "sofa.checkpoint",
+    "sofa.cli",
+)
+
 
 @dataclass(frozen=True)
 class ImportEdge:
@@ -86,7 +97,8 @@ def _walk_imports(node: ast.AST, in_function: bool) -> Iterable[Tuple[ast.AST, b
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def part_of(module: str) -> str:
@@ -174,8 +186,11 @@ def test_no_import_cycle_between_packages(edges):
 
 
 def test_ops_imports_nothing_above_it(edges):
-    upward = [e for e in edges if part_of(e.importer) == "sofa.ops"
-              and (e.imported == "sofa" or part_of(e.imported) in ABOVE_OPS)]
+    upward = [
+        e
+        for e in edges
+        if part_of(e.importer) == "sofa.ops" and (e.imported == "sofa" or part_of(e.imported) in ABOVE_OPS)
+    ]
     assert not upward, "\n".join(f"{e.importer} -> {e.imported} (line {e.line})" for e in upward)
 
 
@@ -189,8 +204,9 @@ def test_checker_finds_cycles_closed_inside_functions(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "a" / "one.py").write_text("from sofa.a import two\n")
     (pkg / "a" / "two.py").write_text("def f():\n    from .one import x\n")
-    (pkg / "b" / "three.py").write_text("from sofa.a.one import y\nfrom typing import TYPE_CHECKING\n"
-                                        "if TYPE_CHECKING:\n    from sofa.a import two\n")
+    (pkg / "b" / "three.py").write_text(
+        "from sofa.a.one import y\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sofa.a import two\n"
+    )
     (pkg / "a" / "four.py").write_text("import sofa.b.three\n")
     found = import_edges(tmp_path)
     pairs = {(e.importer, e.imported, e.in_function) for e in found}

@@ -1,4 +1,5 @@
 """sofa.layers.Linear: nn.Linear whose float32 CPU forward on many rows runs through oneDNN."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,8 +37,9 @@ def test_onednn_route_equals_f_linear_forward_and_backward(bias, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # a strided input (e.g. a transposed view) is read correctly
     xt = torch.randn(48, 700).t()
-    torch.testing.assert_close(linear(xt, lin.weight, lin.bias), F.linear(xt, lin.weight, lin.bias),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        linear(xt, lin.weight, lin.bias), F.linear(xt, lin.weight, lin.bias), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_other_cases_are_plain_f_linear(monkeypatch):

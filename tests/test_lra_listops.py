@@ -1,4 +1,5 @@
 """The Long Range Arena ListOps generator: rules, written form, determinism, files and the command."""
+
 from __future__ import annotations
 
 import random
@@ -8,8 +9,15 @@ import pytest
 
 from sofa.cli import main
 from sofa.data.lra import listops
-from sofa.data.lra.listops import (draw_expression, evaluate, generate_listops, naive_to_string, naive_tree,
-                                   naive_value, write_listops)
+from sofa.data.lra.listops import (
+    draw_expression,
+    evaluate,
+    generate_listops,
+    naive_to_string,
+    naive_tree,
+    naive_value,
+    write_listops,
+)
 from sofa.data.lra.readers import open_lra_dataset
 from sofa.data.lra.vocab import LISTOPS_IGNORED, LISTOPS_VOCAB, decode_listops
 from sofa.errors import UserError
@@ -22,17 +30,20 @@ def _length(source: str) -> int:
     return sum(tok not in LISTOPS_IGNORED for tok in source.split())
 
 
-@pytest.mark.parametrize("source, value", [
-    ("[MED 1 2 3 4 ]", 2),  # even count: the mean of 2 and 3, truncated
-    ("[MED 7 1 4 ]", 4),
-    ("[SM 9 9 ]", 8),
-    ("[MIN 5 3 8 ]", 3),
-    ("[MAX 2 [MIN 3 4 ] 1 ]", 3),
-    ("[SM [MAX 2 9 ] [MED 5 1 7 ] 3 ]", 7),  # (9 + 5 + 3) mod 10
-    ("[MIN [MAX [SM 4 4 ] 1 ] [MED [MAX 0 9 ] 9 ] ]", 8),
-    ("( ( ( [MAX 2 ) 9 ) ] )", 9),  # the written form, parentheses and all
-    ("7", 7),
-])
+@pytest.mark.parametrize(
+    "source, value",
+    [
+        ("[MED 1 2 3 4 ]", 2),  # even count: the mean of 2 and 3, truncated
+        ("[MED 7 1 4 ]", 4),
+        ("[SM 9 9 ]", 8),
+        ("[MIN 5 3 8 ]", 3),
+        ("[MAX 2 [MIN 3 4 ] 1 ]", 3),
+        ("[SM [MAX 2 9 ] [MED 5 1 7 ] 3 ]", 7),  # (9 + 5 + 3) mod 10
+        ("[MIN [MAX [SM 4 4 ] 1 ] [MED [MAX 0 9 ] 9 ] ]", 8),
+        ("( ( ( [MAX 2 ) 9 ) ] )", 9),  # the written form, parentheses and all
+        ("7", 7),
+    ],
+)
 def test_evaluate_hand_worked_expressions(source, value):
     assert evaluate(source) == value
 
@@ -47,8 +58,8 @@ def test_written_form_is_lras_nested_pairs():
     tree = ((("[MAX", 2), 9), "]")  # [MAX 2 9 ] as the original builds it
     assert naive_to_string(tree) == "( ( ( [MAX 2 ) 9 ) ] )"
     assert naive_value(tree) == 9
-    inner = (((("[SM", 9), 9), "]"))
-    outer = ((((("[MIN", 5), inner), 3), "]"))
+    inner = ((("[SM", 9), 9), "]")
+    outer = (((("[MIN", 5), inner), 3), "]")
     assert naive_to_string(outer) == "( ( ( ( [MIN 5 ) ( ( ( [SM 9 ) 9 ) ] ) ) 3 ) ] )"
     assert naive_value(outer) == evaluate(naive_to_string(outer)) == 3
 
@@ -128,16 +139,24 @@ def test_duplicates_are_dropped_and_an_exhausted_space_stops(monkeypatch):
         list(generate_listops(401, seed=0, **space))
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_depth=1), dict(max_args=1), dict(min_length=10, max_length=11),
-                                    dict(max_depth=3, max_args=2, min_length=500)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_depth=1),
+        dict(max_args=1),
+        dict(min_length=10, max_length=11),
+        dict(max_depth=3, max_args=2, min_length=500),
+    ],
+)
 def test_impossible_parameters_are_refused(kwargs):
     with pytest.raises(UserError):
         next(generate_listops(1, **{**SMALL, **kwargs}))
 
 
 def _write(tmp_path, name, seed=0, **kw):
-    return write_listops(tmp_path / name, num_train=40, num_val=8, num_test=8, seed=seed, **{**SMALL, **kw},
-                         show_progress=False)
+    return write_listops(
+        tmp_path / name, num_train=40, num_val=8, num_test=8, seed=seed, **{**SMALL, **kw}, show_progress=False
+    )
 
 
 def test_files_are_deterministic_and_seeded(tmp_path):
@@ -163,8 +182,9 @@ def test_files_have_lras_format_and_disjoint_splits(tmp_path):
             assert SMALL["min_length"] < _length(source) < SMALL["max_length"]
         sources[split] = {s for s, _ in rows}
         assert sum(summary[split]["labels"].values()) == count
-    assert not (sources["train"] & sources["val"] or sources["train"] & sources["test"]
-                or sources["val"] & sources["test"])
+    assert not (
+        sources["train"] & sources["val"] or sources["train"] & sources["test"] or sources["val"] & sources["test"]
+    )
 
 
 def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
@@ -180,8 +200,25 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_sofa_data_listops_command(tmp_path, capsys):
     out = tmp_path / "listops"
-    args = ["data", "listops", str(out), "--train", "30", "--val", "5", "--test", "5", "--min-length", "10",
-            "--max-length", "100", "--max-depth", "5", "--seed", "1"]
+    args = [
+        "data",
+        "listops",
+        str(out),
+        "--train",
+        "30",
+        "--val",
+        "5",
+        "--test",
+        "5",
+        "--min-length",
+        "10",
+        "--max-length",
+        "100",
+        "--max-depth",
+        "5",
+        "--seed",
+        "1",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "basic_train.tsv: 30 samples" in printed and "label shares:" in printed
@@ -191,7 +228,7 @@ def test_sofa_data_listops_command(tmp_path, capsys):
     data = open_lra_dataset(out, "listops", "val")
     assert len(data) == 5 and data.skipped == 0
     rows = (out / "basic_val.tsv").read_text().splitlines()[1:]
-    for (ids, label), row in zip(data, rows):
+    for (ids, label), row in zip(data, rows, strict=False):
         source, target = row.split("\t")
         assert label == int(target) == evaluate(decode_listops(ids))
         assert decode_listops(ids) == " ".join(t for t in source.split() if t not in LISTOPS_IGNORED)

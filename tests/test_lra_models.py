@@ -1,4 +1,5 @@
 """The LRA classifiers (sofa.models.lra): registry, LRA's parameter rule, padding invariance, the two-tower head."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,7 +51,7 @@ def test_harness_architecture():
     block = m.encoder.blocks[0]
     assert [block.mlp[0].in_features, block.mlp[0].out_features] == [64, 128]
     assert isinstance(block.mlp[1], torch.nn.GELU) and block.mixer.num_heads == 2 and block.mixer.head_dim == 32
-    assert [(l.in_features, l.out_features) for l in (m.head[0], m.head[2])] == [(64, 128), (128, 10)]
+    assert [(layer.in_features, layer.out_features) for layer in (m.head[0], m.head[2])] == [(64, 128), (128, 10)]
     soft = sofa.create_model("lra_soft").encoder.blocks[0].mixer
     assert isinstance(soft, SoftAttention) and soft.max_landmarks == 128 and soft.landmark_stride == 1
     assert sofa.create_model("lra_set").encoder.blocks[0].mixer.num_refs == 128

@@ -1,4 +1,5 @@
 """Long Range Arena readers, each on a tiny fixture in its exact on-disk layout; the restricted unpickler."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from sofa.data.lra import (BYTE_VOCAB_SIZE, PAD_ID, UnsafePickleError, collate_lra, encode_bytes, encode_listops,
-                           load_data_pickle, open_lra_dataset, rgb_to_lra_grayscale)
+from sofa.data.lra import (
+    BYTE_VOCAB_SIZE,
+    PAD_ID,
+    UnsafePickleError,
+    collate_lra,
+    encode_bytes,
+    encode_listops,
+    load_data_pickle,
+    open_lra_dataset,
+    rgb_to_lra_grayscale,
+)
 from sofa.data.lra.listops import evaluate, write_listops
 from sofa.errors import UserError
 
@@ -36,8 +46,17 @@ def _open(*args, **kwargs):
 
 def test_listops_release_layout_skips_bad_rows(tmp_path):
     folder = tmp_path / "lra_release" / "listops-1000"
-    write_listops(folder, num_train=6, num_val=3, num_test=3, max_depth=5, max_args=4, min_length=8,
-                  max_length=60, show_progress=False)
+    write_listops(
+        folder,
+        num_train=6,
+        num_val=3,
+        num_test=3,
+        max_depth=5,
+        max_args=4,
+        min_length=8,
+        max_length=60,
+        show_progress=False,
+    )
     with open(folder / "basic_train.tsv", "a", newline="") as f:
         f.write("[MAX 1 2 ]\t2\textra\r\n")  # three columns
         f.write("[MAX 1 2 ]\t12\r\n")  # not a class
@@ -47,7 +66,7 @@ def test_listops_release_layout_skips_bad_rows(tmp_path):
     assert type(data).__name__ == "ListOpsTSV" and len(data) == 6 and data.skipped == 3
     assert len(warned) == 1 and "skipped 3" in warned[0] and "line 8" in warned[0]
     rows = (folder / "basic_train.tsv").read_text().splitlines()[1:7]
-    for (ids, label), row in zip(data, rows):
+    for (ids, label), row in zip(data, rows, strict=False):
         source, target = row.split("\t")
         assert label == int(target)
         assert torch.equal(ids, encode_listops(source))
@@ -73,8 +92,13 @@ def test_aan_pairs_release_layout(tmp_path):
     folder.mkdir(parents=True)
     doc_a = 'a "quoted" title, with comma'.encode()  # no quoting: quotes are plain bytes
     doc_b = "Zürich résumé".encode("utf-8")
-    rows = [b"1\tid1\tid2\t" + doc_a + b"\t" + doc_b, b"0.0\tid3\tid4\tshort\t" + doc_a,
-            b"1\tid5\tid6\tonly four columns", b"7\tid7\tid8\tx\ty", b"0\tid9\tid10\t\ty"]
+    rows = [
+        b"1\tid1\tid2\t" + doc_a + b"\t" + doc_b,
+        b"0.0\tid3\tid4\tshort\t" + doc_a,
+        b"1\tid5\tid6\tonly four columns",
+        b"7\tid7\tid8\tx\ty",
+        b"0\tid9\tid10\t\ty",
+    ]
     (folder / "new_aan_pairs.eval.tsv").write_bytes(b"\n".join(rows) + b"\n")
     data, warned = _open(tmp_path, "retrieval", "val")
     assert len(data) == 2 and data.skipped == 3 and len(warned) == 1
@@ -94,8 +118,12 @@ def test_aan_pairs_release_layout(tmp_path):
 
 
 def test_imdb_tree(tmp_path):
-    reviews = {("train", "pos"): ["Great film!", "Loved it <br /> really"], ("train", "neg"): ["Dull."],
-               ("test", "pos"): ["Fine"], ("test", "neg"): ["Bad", ""]}
+    reviews = {
+        ("train", "pos"): ["Great film!", "Loved it <br /> really"],
+        ("train", "neg"): ["Dull."],
+        ("test", "pos"): ["Fine"],
+        ("test", "neg"): ["Bad", ""],
+    }
     for (split, polarity), texts in reviews.items():
         folder = tmp_path / "aclImdb" / split / polarity
         folder.mkdir(parents=True)
@@ -134,7 +162,7 @@ def test_cifar10_batches(tmp_path):
     crops = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         ys, xs = rng.integers(0, 300, 4), rng.integers(0, 500, 4)
-        crops[name] = np.stack([photo[y:y + 32, x:x + 32] for y, x in zip(ys, xs)])
+        crops[name] = np.stack([photo[y : y + 32, x : x + 32] for y, x in zip(ys, xs, strict=False)])
         cifar_batch(root / name, crops[name], [int(v) for v in rng.integers(0, 10, 4)])
     train = open_lra_dataset(tmp_path, "image", "train")
     val = open_lra_dataset(tmp_path, "image", "val")
@@ -198,11 +226,12 @@ def test_pathfinder_release_layout(tmp_path):
 
 def test_harness_pickles(tmp_path):
     pad = np.zeros(6, dtype=np.int32)
-    listops_rows = [{"input_ids_0": np.concatenate([np.array([3, 1, 4, 2], dtype=np.int32), pad]),
-                     "label": np.int32(7)},
-                    {"input_ids_0": np.array([5, 0, 6], dtype=np.int32), "label": np.int32(1)},
-                    {"input_ids_0": np.array([1, 2], dtype=np.int32)},  # no label
-                    {"input_ids_0": np.array([1, 2], dtype=np.int32), "label": np.int32(12)}]
+    listops_rows = [
+        {"input_ids_0": np.concatenate([np.array([3, 1, 4, 2], dtype=np.int32), pad]), "label": np.int32(7)},
+        {"input_ids_0": np.array([5, 0, 6], dtype=np.int32), "label": np.int32(1)},
+        {"input_ids_0": np.array([1, 2], dtype=np.int32)},  # no label
+        {"input_ids_0": np.array([1, 2], dtype=np.int32), "label": np.int32(12)},
+    ]
     (tmp_path / "listops.dev.pickle").write_bytes(pickle.dumps(listops_rows))
     data, warned = _open(tmp_path, "listops", "val")
     assert type(data).__name__ == "HarnessPickle" and len(data) == 2 and data.skipped == 2 and len(warned) == 1
@@ -222,8 +251,16 @@ def test_harness_pickles(tmp_path):
 
 
 def test_restricted_unpickler_loads_numpy_1_and_2_pickles():
-    rows = [{"input_ids_0": np.arange(5, dtype=np.int32), "label": np.int32(3), "score": np.float32(0.5),
-             "name": "x", "raw": b"\x00\xff", "pair": (1, 2.5)}]
+    rows = [
+        {
+            "input_ids_0": np.arange(5, dtype=np.int32),
+            "label": np.int32(3),
+            "score": np.float32(0.5),
+            "name": "x",
+            "raw": b"\x00\xff",
+            "pair": (1, 2.5),
+        }
+    ]
     for protocol in (2, 4, 5):
         blob = pickle.dumps(rows, protocol=protocol)
         variants = [blob]
@@ -275,8 +312,9 @@ def test_restricted_unpickler_reports_a_truncated_file(tmp_path):
 
 
 def test_user_tables(tmp_path):
-    (tmp_path / "train.csv").write_text('id,Text,Label\n1,"hello, ""world""\nsecond line",1\n2,bye,0\n3,,1\n'
-                                        '4,x,positive\n', encoding="utf-8")
+    (tmp_path / "train.csv").write_text(
+        'id,Text,Label\n1,"hello, ""world""\nsecond line",1\n2,bye,0\n3,,1\n4,x,positive\n', encoding="utf-8"
+    )
     data, warned = _open(tmp_path, "text", "train")
     assert type(data).__name__ == "TextTable" and len(data) == 2 and data.skipped == 2
     assert data[0][0].tolist() == _bytes_ids('hello, "world"\nsecond line'.encode()) and data[0][1] == 1

@@ -1,4 +1,5 @@
 """``sofa train --task lra-*``: every task from a tiny fixture, the harness's defaults, a ListOps run that learns."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,16 +10,22 @@ from collections import Counter
 import pytest
 import torch
 import yaml
-from lra_fixtures import WRITERS
-from train_callbacks import SCRIPT, SignalAtSteps
 
 from sofa.cli import main
 from sofa.data.lra import open_lra_dataset
 from sofa.train.lra import HARNESS, LRA_TASKS, IntervalDraws
 
+from lra_fixtures import WRITERS
+from train_callbacks import SCRIPT, SignalAtSteps
+
 #: each task with another model, so that every model trains once through the loop
-TASK_MODELS = {"listops": "lra_soft", "text": "lra_soft_norm", "retrieval": "lra_set", "image": "lra_pool",
-               "pathfinder": "lra_softmax"}
+TASK_MODELS = {
+    "listops": "lra_soft",
+    "text": "lra_soft_norm",
+    "retrieval": "lra_set",
+    "image": "lra_pool",
+    "pathfinder": "lra_softmax",
+}
 QUIET = ["--workers", "0", "--threads", "1", "--progress", "none"]
 
 
@@ -26,8 +33,28 @@ QUIET = ["--workers", "0", "--threads", "1", "--progress", "none"]
 def test_each_task_trains_and_scores_the_best_checkpoint_on_test(task, tmp_path, capsys):
     data = WRITERS[task](tmp_path / "data")
     run = tmp_path / "run"
-    code = main(["train", "--task", f"lra-{task}", "--data", str(data), "--model", TASK_MODELS[task], "--steps", "4",
-                 "--eval-interval", "2", "--warmup-steps", "1", "-b", "2", "--output", str(run), *QUIET])
+    code = main(
+        [
+            "train",
+            "--task",
+            f"lra-{task}",
+            "--data",
+            str(data),
+            "--model",
+            TASK_MODELS[task],
+            "--steps",
+            "4",
+            "--eval-interval",
+            "2",
+            "--warmup-steps",
+            "1",
+            "-b",
+            "2",
+            "--output",
+            str(run),
+            *QUIET,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads((run / "results.json").read_text())
     test = open_lra_dataset(data, task, "test")
@@ -41,8 +68,21 @@ def test_each_task_trains_and_scores_the_best_checkpoint_on_test(task, tmp_path,
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in records if r["type"] == "epoch"] == [2, 4]  # an evaluation every 2 steps
     # sofa eval rebuilds the model from the run alone and measures the split asked for
-    assert main(["eval", str(run / "best.safetensors"), "--eval-split", "test", "--output",
-                 str(tmp_path / "eval.json"), "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run / "best.safetensors"),
+                "--eval-split",
+                "test",
+                "--output",
+                str(tmp_path / "eval.json"),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     measured = json.loads((tmp_path / "eval.json").read_text())["metrics"]
     assert measured["count"] == len(test) and measured["acc"] == pytest.approx(results["test_acc"])
 
@@ -71,8 +111,25 @@ def test_interval_draws_follow_the_seeded_generator():
 
 def test_a_non_sequence_model_or_missing_data_is_refused(tmp_path, capsys):
     data = WRITERS["listops"](tmp_path / "data")
-    assert main(["train", "--task", "lra-listops", "--data", str(data), "--model", "soft_mini", "--steps", "2",
-                 "--output", str(tmp_path / "a"), *QUIET]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "lra-listops",
+                "--data",
+                str(data),
+                "--model",
+                "soft_mini",
+                "--steps",
+                "2",
+                "--output",
+                str(tmp_path / "a"),
+                *QUIET,
+            ]
+        )
+        == 2
+    )
     assert "lra_soft" in capsys.readouterr().err
     assert main(["train", "--task", "lra-listops", "--output", str(tmp_path / "b"), *QUIET]) == 2
     assert "sofa data listops" in capsys.readouterr().err
@@ -82,11 +139,50 @@ def test_listops_run_beats_the_majority_class(tmp_path, capsys):
     """Short ListOps (20–60 tokens, 2,000 training expressions) with SOFT, the tasks's default model: a few
     hundred steps learn more than the label frequencies."""
     data = tmp_path / "listops"
-    assert main(["data", "listops", str(data), "--train", "2000", "--val", "200", "--test", "200", "--min-length",
-                 "20", "--max-length", "60"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "listops",
+                str(data),
+                "--train",
+                "2000",
+                "--val",
+                "200",
+                "--test",
+                "200",
+                "--min-length",
+                "20",
+                "--max-length",
+                "60",
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "run"
-    assert main(["train", "--task", "lra-listops", "--data", str(data), "--steps", "400", "--eval-interval", "50",
-                 "--warmup-steps", "40", "--lr", "2e-3", "--output", str(run), *QUIET]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "lra-listops",
+                "--data",
+                str(data),
+                "--steps",
+                "400",
+                "--eval-interval",
+                "50",
+                "--warmup-steps",
+                "40",
+                "--lr",
+                "2e-3",
+                "--output",
+                str(run),
+                *QUIET,
+            ]
+        )
+        == 0
+    )
     results = json.loads((run / "results.json").read_text())
     labels = [label for _, label in open_lra_dataset(data, "listops", "test")]
     majority = 100.0 * Counter(labels).most_common(1)[0][1] / len(labels)
@@ -99,8 +195,26 @@ def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, capsy
     from safetensors.torch import load_file
 
     data = WRITERS["listops"](tmp_path / "data")
-    args = ["train", "--task", "lra-listops", "--data", str(data), "--model", "lra_set", "--steps", "6",
-            "--eval-interval", "3", "--warmup-steps", "1", "-b", "3", "--lr", "1e-3", *QUIET]
+    args = [
+        "train",
+        "--task",
+        "lra-listops",
+        "--data",
+        str(data),
+        "--model",
+        "lra_set",
+        "--steps",
+        "6",
+        "--eval-interval",
+        "3",
+        "--warmup-steps",
+        "1",
+        "-b",
+        "3",
+        "--lr",
+        "1e-3",
+        *QUIET,
+    ]
     assert main([*args, "--output", str(tmp_path / "straight")]) == 0
     stop = SignalAtSteps({3: signal.SIGTERM})
     assert main([*args, "--output", str(tmp_path / "stopped")], callbacks=[stop]) == 128 + signal.SIGTERM
@@ -129,11 +243,46 @@ def test_two_processes_with_torchrun(tmp_path):
     out, dump = tmp_path / "ddp", tmp_path / "ranks"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
-         "--save-rank-weights", str(dump), "--", "train",
-         "--task", "lra-retrieval", "--data", str(data), "--model", "lra_soft", "--steps", "4", "--eval-interval",
-         "2", "--warmup-steps", "1", "-b", "2", "--output", str(out), "--workers", "0", "--threads", "1",
-         "--progress", "log"], capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            SCRIPT,
+            "--save-rank-weights",
+            str(dump),
+            "--",
+            "train",
+            "--task",
+            "lra-retrieval",
+            "--data",
+            str(data),
+            "--model",
+            "lra_soft",
+            "--steps",
+            "4",
+            "--eval-interval",
+            "2",
+            "--warmup-steps",
+            "1",
+            "-b",
+            "2",
+            "--output",
+            str(out),
+            "--workers",
+            "0",
+            "--threads",
+            "1",
+            "--progress",
+            "log",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 4

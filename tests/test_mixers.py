@@ -1,4 +1,5 @@
 """Every token mixer: shapes, any spatial size, sequences with masks, half precision, gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -171,8 +172,13 @@ class _SubnormalScan(TorchDispatchMode):
     """Counts subnormal floats in the output of every operator run under it (forward and autograd's backward)."""
 
     # fresh buffers hold whatever memory held; views compute nothing
-    UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.new_empty,
-                     torch.ops.aten.new_empty_strided, torch.ops.aten.empty_strided}
+    UNINITIALISED = {
+        torch.ops.aten.empty,
+        torch.ops.aten.empty_like,
+        torch.ops.aten.new_empty,
+        torch.ops.aten.new_empty_strided,
+        torch.ops.aten.empty_strided,
+    }
 
     def __init__(self):
         super().__init__()

@@ -3,6 +3,7 @@
 Models are kept small here (one block per stage, small inputs) so that the file runs in well under a minute on
 two cores; full-size construction happens on the meta device (parameter counts) or in tests marked slow.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,16 @@ from sofa.models.flops import count_macs, count_params
 
 #: the image models (the LRA sequence classifiers, family "lra", are tested in test_lra_models.py)
 ALL = [n for n in list_models() if get_entry(n).family != "lra"]
-SMALL = ("soft_mini", "soft_norm_mini", "poolformer_mini", "setformer_mini", "poolformer_s12_attn",
-         "poolformer_s12_soft", "poolformer_s12_set", "poolformer_s12_identity")
+SMALL = (
+    "soft_mini",
+    "soft_norm_mini",
+    "poolformer_mini",
+    "setformer_mini",
+    "poolformer_s12_attn",
+    "poolformer_s12_soft",
+    "poolformer_s12_set",
+    "poolformer_s12_identity",
+)
 
 
 def small(name: str, narrow: bool = False, **kwargs):
@@ -34,8 +43,14 @@ def test_registry_has_every_variant():
     expected |= {f"soft_norm_{v}" for v in ("tiny", "small", "medium", "large", "huge", "mini")}
     expected |= {f"setformer_{v}" for v in ("mini", "tiny", "small", "base")}
     expected |= {f"poolformer_{v}" for v in ("s12", "s24", "s36", "m36", "m48", "mini")}
-    expected |= {"poolformer_s12_identity", "poolformer_s12_attn", "poolformer_s12_soft", "poolformer_s12_set",
-                 "soft_small_released", "soft_norm_small_released"}
+    expected |= {
+        "poolformer_s12_identity",
+        "poolformer_s12_attn",
+        "poolformer_s12_soft",
+        "poolformer_s12_set",
+        "soft_small_released",
+        "soft_norm_small_released",
+    }
     assert expected == set(ALL)
     assert sofa.list_models is list_models and sofa.create_model is create_model
     assert set(list_models("soft_norm_*")) == {n for n in ALL if n.startswith("soft_norm_")}
@@ -113,8 +128,11 @@ def test_too_small_input_is_refused_with_a_message():
 def test_soft_at_32px_has_one_landmark_per_stage_and_trains():
     """The training engineer's case: soft_mini at 32×32 (stage 4 at 1×1, every landmark grid one cell)."""
     model = create_model("soft_mini", num_classes=10)
-    assert [s.blocks[0].attn.num_landmarks((32 // 4 >> i, 32 // 4 >> i)) for i, s in enumerate(model.stages[:3])] \
-        == [1, 1, 1]
+    assert [s.blocks[0].attn.num_landmarks((32 // 4 >> i, 32 // 4 >> i)) for i, s in enumerate(model.stages[:3])] == [
+        1,
+        1,
+        1,
+    ]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, t = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     losses = []
@@ -128,8 +146,17 @@ def test_soft_at_32px_has_one_landmark_per_stage_and_trains():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["soft_mini", "soft_norm_mini", "poolformer_s12_soft", "poolformer_s12_set",
-                                  "poolformer_s12_attn", "setformer_mini"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "soft_mini",
+        "soft_norm_mini",
+        "poolformer_s12_soft",
+        "poolformer_s12_set",
+        "poolformer_s12_attn",
+        "setformer_mini",
+    ],
+)
 def test_cpu_autocast(name, dtype):
     model = small(name, narrow=True).eval()
     x = torch.randn(2, 3, 40, 56)
@@ -249,8 +276,9 @@ def test_grad_checkpointing_same_result(name):
 
 
 # ---------------------------------------------------------------------------------------------------- features
-@pytest.mark.parametrize("name", ["soft_mini", "soft_norm_mini", "poolformer_mini", "setformer_mini",
-                                  "poolformer_s12_soft"])
+@pytest.mark.parametrize(
+    "name", ["soft_mini", "soft_norm_mini", "poolformer_mini", "setformer_mini", "poolformer_s12_soft"]
+)
 def test_features_only_shapes_and_reductions(name):
     m = small(name, narrow=True, features_only=True).eval()
     assert m.feature_info.reduction() == [4, 8, 16, 32]
@@ -312,8 +340,7 @@ def test_torchvision_fpn_takes_the_features():
 @pytest.mark.parametrize("name", ["tu-soft_mini", "tu-poolformer_mini"])
 def test_smp_tu_encoder(name):
     smp = pytest.importorskip("segmentation_models_pytorch")
-    net = smp.Unet(name, encoder_weights=None, classes=3, encoder_depth=5,
-                   decoder_channels=(32, 16, 16, 8, 8)).eval()
+    net = smp.Unet(name, encoder_weights=None, classes=3, encoder_depth=5, decoder_channels=(32, 16, 16, 8, 8)).eval()
     with torch.no_grad():
         y = net(torch.randn(1, 3, 64, 96))
     assert y.shape == (1, 3, 64, 96) and torch.isfinite(y).all()
@@ -365,8 +392,14 @@ def test_folded_poolformer_block_equals_the_textbook_form(mixer):
     torch.manual_seed(0)
     blk = MetaFormerBlock(16, mixer, layer_scale_init_value=0.5)
     with torch.no_grad():  # non-trivial affines and scales
-        for p in (blk.norm1.weight, blk.norm1.bias, blk.norm2.weight, blk.norm2.bias, blk.layer_scale1,
-                  blk.layer_scale2):
+        for p in (
+            blk.norm1.weight,
+            blk.norm1.bias,
+            blk.norm2.weight,
+            blk.norm2.bias,
+            blk.layer_scale1,
+            blk.layer_scale2,
+        ):
             p.copy_(torch.randn_like(p))
     x = torch.randn(2, 16, 9, 11, requires_grad=True)
     outs, grads = [], []
@@ -412,11 +445,14 @@ def test_hybrid_mixers_are_the_named_ones():
         mixers = [type(s.blocks[0].token_mixer) for s in m.stages]
         assert mixers[2:] == [cls, cls] and mixers[0].__name__ == "Pooling"
     assert small("poolformer_s12_attn").stages[2].pos_embed is not None
-    assert [type(s.blocks[0].token_mixer).__name__ for s in small("poolformer_s12_identity").stages] == \
-        ["Identity"] * 4
+    assert [type(s.blocks[0].token_mixer).__name__ for s in small("poolformer_s12_identity").stages] == ["Identity"] * 4
     m = small("poolformer_s12", token_mixers=("pool", "set", "soft_norm", {"kind": "attn", "num_heads": 4}))
-    assert [type(s.blocks[0].token_mixer).__name__ for s in m.stages] == \
-        ["Pooling", "SeTAttention", "SoftAttention", "SoftmaxAttention"]
+    assert [type(s.blocks[0].token_mixer).__name__ for s in m.stages] == [
+        "Pooling",
+        "SeTAttention",
+        "SoftAttention",
+        "SoftmaxAttention",
+    ]
 
 
 def test_soft_options_reach_the_mixers():
@@ -434,7 +470,7 @@ def _soft_stage_macs(N, C, h, d, m, iters, H, W, r, k):
     macs = 2 * N * C * h * d  # q and v
     macs += m * d * d * r * r * h  # landmark conv on each head's d-channel image
     macs += h * (N * m * d + m * m * d)  # Q·Lᵀ and L·Lᵀ of the kernels (the counter runs the one-pass form)
-    macs += h * iters * 2 * m ** 3  # Newton: V·P·V each iteration
+    macs += h * iters * 2 * m**3  # Newton: V·P·V each iteration
     macs += h * (m * N * d + m * m * d + N * m * d)  # K1ᵀV, A⁺(K1ᵀV), K1(...)
     macs += N * h * d * k * k  # depthwise conv on V
     macs += N * h * d * C  # output projection
@@ -455,7 +491,7 @@ def test_mac_counter_sees_every_newton_iteration():
             att(x, hw=(H, W))
         counts[iters] = fc.get_total_flops() // 2
     m = (H // 4) * (W // 4)
-    assert counts[20] - counts[5] == h * 15 * 2 * m ** 3, counts
+    assert counts[20] - counts[5] == h * 15 * 2 * m**3, counts
     # and the whole mixer matches the hand count, term by term
     assert counts[20] == _soft_stage_macs(H * W, C, h, 32, m, 20, H, W, 4, 3), counts
 
@@ -510,6 +546,7 @@ def test_cli_models_lists_every_model_without_counting_macs(capsys, monkeypatch)
 
     def refuse(*a, **k):
         raise AssertionError("sofa models counted MACs without --macs")
+
     for name in ("model_macs", "count_macs", "flop_counter"):
         monkeypatch.setattr(flops, name, refuse)
     monkeypatch.setattr(torch.nn.Module, "__call__", refuse)  # no forward pass of any model
@@ -536,8 +573,9 @@ def test_cli_models_table_with_macs(capsys):
     assert main(["models", "soft_*mini", "--markdown", "--macs"]) == 0
     rows = _markdown_rows(capsys.readouterr().out)
     assert set(rows) == {"soft_mini", "soft_norm_mini"}
-    assert float(rows["soft_mini"]["params (M)"]) == pytest.approx(count_params(create_model("soft_mini")) / 1e6,
-                                                                   abs=0.01)
+    assert float(rows["soft_mini"]["params (M)"]) == pytest.approx(
+        count_params(create_model("soft_mini")) / 1e6, abs=0.01
+    )
     assert float(rows["soft_mini"]["GMACs"]) == pytest.approx(count_macs(create_model("soft_mini")) / 1e9, abs=0.01)
     assert main(["models", "soft_mini", "--markdown", "--img-size", "128"]) == 0  # a size implies --macs
     rows = _markdown_rows(capsys.readouterr().out)

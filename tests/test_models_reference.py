@@ -7,6 +7,7 @@ layout, in float64, with plain functional ops and the released association (K1·
 input sizes the fixtures do not have (odd, non-square, not multiples of 32). The literal version is itself
 checked against the fixtures first, so that it is known to be the released arithmetic.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,16 @@ from sofa.models.soft import _MIXER_KEYS
 
 def _cbr(x, sd, pre, stride):
     x = F.conv2d(x, sd[pre + ".0.weight"], sd[pre + ".0.bias"], stride, 1)
-    x = F.batch_norm(x, sd[pre + ".1.running_mean"], sd[pre + ".1.running_var"], sd[pre + ".1.weight"],
-                     sd[pre + ".1.bias"], False, 0.0, 1e-5)
+    x = F.batch_norm(
+        x,
+        sd[pre + ".1.running_mean"],
+        sd[pre + ".1.running_var"],
+        sd[pre + ".1.weight"],
+        sd[pre + ".1.bias"],
+        False,
+        0.0,
+        1e-5,
+    )
     return x.relu()
 
 
@@ -40,7 +49,7 @@ def _sqdist(a, b):
 
 
 def _newton(A, normalized, iters=20):
-    I = torch.eye(A.shape[-1], dtype=A.dtype)
+    I = torch.eye(A.shape[-1], dtype=A.dtype)  # noqa: E741 (the identity, as in the formulas)
     if not normalized:  # plain: shift, α per image and head from the row sums of A
         alpha = 0.9 * 2 / A.sum(-1).amax(-1) ** 2
         P = A + 0.01 * I
@@ -112,13 +121,28 @@ def literal_soft(sd, cfg, x, normalized):
     x = x.double()
     B = x.shape[0]
     x = F.conv2d(x, sd["patch_embed1.proj.0.weight"], sd["patch_embed1.proj.0.bias"], 2, 1)
-    x = F.batch_norm(x, sd["patch_embed1.proj.1.running_mean"], sd["patch_embed1.proj.1.running_var"],
-                     sd["patch_embed1.proj.1.weight"], sd["patch_embed1.proj.1.bias"], False, 0.0, 1e-5).relu()
+    x = F.batch_norm(
+        x,
+        sd["patch_embed1.proj.1.running_mean"],
+        sd["patch_embed1.proj.1.running_var"],
+        sd["patch_embed1.proj.1.weight"],
+        sd["patch_embed1.proj.1.bias"],
+        False,
+        0.0,
+        1e-5,
+    ).relu()
     for i, stride in ((3, 1), (6, 2)):
         x = F.conv2d(x, sd[f"patch_embed1.proj.{i}.weight"], sd[f"patch_embed1.proj.{i}.bias"], stride, 1)
-        x = F.batch_norm(x, sd[f"patch_embed1.proj.{i + 1}.running_mean"], sd[f"patch_embed1.proj.{i + 1}.running_var"],
-                         sd[f"patch_embed1.proj.{i + 1}.weight"], sd[f"patch_embed1.proj.{i + 1}.bias"], False, 0.0,
-                         1e-5).relu()
+        x = F.batch_norm(
+            x,
+            sd[f"patch_embed1.proj.{i + 1}.running_mean"],
+            sd[f"patch_embed1.proj.{i + 1}.running_var"],
+            sd[f"patch_embed1.proj.{i + 1}.weight"],
+            sd[f"patch_embed1.proj.{i + 1}.bias"],
+            False,
+            0.0,
+            1e-5,
+        ).relu()
     sr, conv_k = cfg["sr_ratios"], (9, 5, 3)
     t = None
     for s in range(1, 5):
@@ -131,8 +155,9 @@ def literal_soft(sd, cfg, x, normalized):
         if s < 4:
             t = t + _resize_grid(pos, (base, base), (H, W))
             for j in range(cfg["depths"][s - 1]):
-                t = _soft_block(t, sd, f"block{s}.{j}.", cfg["num_heads"][s - 1], (H, W), sr[s - 1], conv_k[s - 1],
-                                normalized)
+                t = _soft_block(
+                    t, sd, f"block{s}.{j}.", cfg["num_heads"][s - 1], (H, W), sr[s - 1], conv_k[s - 1], normalized
+                )
             x = t.transpose(1, 2).reshape(B, C, H, W)
         else:
             t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], 1)
@@ -160,7 +185,7 @@ def to_original(sd):
             if s < 3:
                 for a, b in inv.items():
                     if rest.startswith(a):
-                        rest = b + rest[len(a):]
+                        rest = b + rest[len(a) :]
                         break
             nk = f"block{s + 1}.{j}.{rest}"
         out[nk] = v
@@ -177,7 +202,7 @@ def test_literal_transcription_reproduces_the_fixtures(reference_dir, reference_
         io = load_file(reference_dir / case["io"])
         for key, x in io.items():
             if key.startswith("input_"):
-                size = key[len("input_"):]
+                size = key[len("input_") :]
                 logits, pre = literal_soft(sd, case["config"], x, case["variant"] == "norm")
                 for out, ref in ((logits, io[f"logits_{size}"]), (pre, io[f"pre_logits_{size}"])):
                     assert (out.float() - ref).abs().max() <= 1e-5 * ref.abs().max(), (name, size)
@@ -190,12 +215,14 @@ def _randomise(model, seed):
         for name, p in model.state_dict().items():
             if p.dtype != torch.float32:
                 continue
-            if name.endswith(("running_var", "norm.weight", "norm1.weight", "norm2.weight", "landmark_norm.weight")) \
-                    or re.search(r"\.1\.weight$|stem\.(4|7)\.weight$", name):
+            if name.endswith(
+                ("running_var", "norm.weight", "norm1.weight", "norm2.weight", "landmark_norm.weight")
+            ) or re.search(r"\.1\.weight$|stem\.(4|7)\.weight$", name):
                 p.copy_(0.5 + torch.rand(p.shape, generator=g))
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(max(1, p[0].numel()))
-                                                             if p.dim() > 1 else 0.1))
+                p.copy_(
+                    torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(max(1, p[0].numel())) if p.dim() > 1 else 0.1)
+                )
 
 
 CONFIGS = {

@@ -1,4 +1,5 @@
 """The numerical core against independent slow references: torch.linalg.pinv, exact kernel attention, POT."""
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- Gaussian kernel -------------------------------------------------------------------------------------------
 def test_squared_distances_match_cdist_and_are_never_negative():
     a, b = torch.randn(3, 20, 8), torch.randn(3, 11, 8)
-    torch.testing.assert_close(squared_distances(a, b), torch.cdist(a.double(), b.double()).pow(2).float(),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        squared_distances(a, b), torch.cdist(a.double(), b.double()).pow(2).float(), atol=1e-4, rtol=1e-4
+    )
     same = torch.randn(50, 32) * 100  # rounding makes |a|²+|a|²−2a·a slightly negative without the clamp
     assert (squared_distances(same, same) >= 0).all()
 
@@ -179,12 +181,22 @@ def test_streamed_soft_attention_equals_the_whole_kernel_form(normalized):
     L, v = torch.randn(B, h, m, d, dtype=torch.float64) * 0.7, torch.randn(B, h, N, d, dtype=torch.float64)
     tm = torch.rand(B, h, N) > 0.2
     lm = torch.tensor([True] * 4 + [False]).expand(B, h, m)
-    whole = soft_kernel_attention((q * 0.5).requires_grad_(), L, v, normalized=normalized, token_mask=tm,
-                                  landmark_mask=lm)  # autograd: one pass
+    whole = soft_kernel_attention(
+        (q * 0.5).requires_grad_(), L, v, normalized=normalized, token_mask=tm, landmark_mask=lm
+    )  # autograd: one pass
     buf = torch.full((B, N, h * d), float("nan"), dtype=torch.float64)
     with torch.no_grad():
-        got = soft_kernel_attention(q, L, v, normalized=normalized, token_mask=tm, landmark_mask=lm, q_scale=0.5,
-                                    out=buf.view(B, N, h, d).transpose(1, 2), chunk_bytes=256 * m * B * h * 8)
+        got = soft_kernel_attention(
+            q,
+            L,
+            v,
+            normalized=normalized,
+            token_mask=tm,
+            landmark_mask=lm,
+            q_scale=0.5,
+            out=buf.view(B, N, h, d).transpose(1, 2),
+            chunk_bytes=256 * m * B * h * 8,
+        )
     assert got.data_ptr() == buf.data_ptr() and not buf.isnan().any()
     torch.testing.assert_close(got, whole.detach(), rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="inference only"):
@@ -215,8 +227,15 @@ def test_sinkhorn_mask_gives_zero_mass_and_matches_pot_on_valid_rows():
     assert (plan[0, 8:] == 0).all()
     torch.testing.assert_close(plan[0, :8].sum(-1), torch.full((8,), 1 / 8), atol=1e-5, rtol=0)
     torch.testing.assert_close(plan[:, :].sum(-2), torch.full((2, 5), 1 / 5), atol=1e-5, rtol=0)
-    ref = ot.sinkhorn(np.full(8, 1 / 8), np.full(5, 1 / 5), -scores[0, :8].double().numpy(), 0.1,
-                      method="sinkhorn_log", numItermax=20000, stopThr=1e-13)
+    ref = ot.sinkhorn(
+        np.full(8, 1 / 8),
+        np.full(5, 1 / 5),
+        -scores[0, :8].double().numpy(),
+        0.1,
+        method="sinkhorn_log",
+        numItermax=20000,
+        stopThr=1e-13,
+    )
     assert np.abs(plan[0, :8].double().numpy() - ref).max() < 1e-4 * ref.max()
 
 
@@ -272,8 +291,9 @@ def _set_dense_reference(f, anchors, ref, vals, sigma, eps, iters, log_m=None, m
     return set_attention_reference(f, anchors, ref, vals, sigma, eps, iters, log_m, mask)
 
 
-@pytest.mark.parametrize("eps,scale,expect", [(0.1, 1.0 / math.sqrt(8), set()),
-                                              (0.01, 3.0, {"row", "column", "collect", "read"})])
+@pytest.mark.parametrize(
+    "eps,scale,expect", [(0.1, 1.0 / math.sqrt(8), set()), (0.01, 3.0, {"row", "column", "collect", "read"})]
+)
 def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect, monkeypatch):
     """Without autograd set_attention runs in the scaling domain over blocks (K̃ only, fused sweeps); rows and
     columns whose scaled sums are too small to trust go through exact log-domain fallbacks. With mild settings
@@ -283,8 +303,12 @@ def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale, expect,
     from sofa.ops.position import GridFilter
 
     hits = set()
-    for name, tag in (("_row_lse_exact", "row"), ("_column_lse_exact", "column"), ("_collect_log", "collect"),
-                      ("_read_log", "read")):
+    for name, tag in (
+        ("_row_lse_exact", "row"),
+        ("_column_lse_exact", "column"),
+        ("_collect_log", "collect"),
+        ("_read_log", "read"),
+    ):
         fn = getattr(S, name)
         monkeypatch.setattr(S, name, lambda *a, _f=fn, _t=tag: hits.add(_t) or _f(*a))
     torch.manual_seed(0)
@@ -349,8 +373,9 @@ def test_set_attention_projects_features_block_by_block(eps, scale, monkeypatch)
     mask[1, 211:] = False
     full = lambda x, W, b: (x @ W.t() + b).unflatten(-1, (h, -1)).transpose(1, 2)  # noqa: E731
     with torch.no_grad():
-        lazy = set_attention(ProjectedFeatures(x, W, b, h), anchors, ref, vals, 0.5, eps, 5, None, mask,
-                             block_rows=14)  # 22 blocks
+        lazy = set_attention(
+            ProjectedFeatures(x, W, b, h), anchors, ref, vals, 0.5, eps, 5, None, mask, block_rows=14
+        )  # 22 blocks
         eager = set_attention(full(x, W, b), anchors, ref, vals, 0.5, eps, 5, None, mask, block_rows=14)
     assert bool(rebuilt) == (eps < 0.1)  # the sharp case rebuilds blocks of log K for the exact rows
     torch.testing.assert_close(lazy[0], eager[0], rtol=1e-5, atol=1e-5)
@@ -396,8 +421,7 @@ def test_set_attention_backward_matches_autograd_through_the_dense_reference(mas
     leaves = [t.clone().requires_grad_() for t in (f, anchors, ref, vals)]
     got = set_attention(*leaves, 0.5, 0.1, 4, filt, mask, block_rows=6)  # 12 blocks
     leaves_ref = [t.clone().requires_grad_() for t in (f, anchors, ref, vals)]
-    want = _set_dense_reference(*leaves_ref, 0.5, 0.1, 4,
-                                dense_lm, mask)
+    want = _set_dense_reference(*leaves_ref, 0.5, 0.1, 4, dense_lm, mask)
     rows = slice(None) if mask is None else mask[:, None, :, None].expand_as(want)
     torch.testing.assert_close(got[rows], want[rows], rtol=1e-9, atol=1e-9)
     g = torch.randn_like(want)
@@ -406,12 +430,17 @@ def test_set_attention_backward_matches_autograd_through_the_dense_reference(mas
     for a, b, name in zip(leaves, leaves_ref, ("f", "anchors", "reference", "values"), strict=True):
         assert a.grad.abs().sum() > 0, name
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-9, msg=name)
-    tiny = (f[:1, :, :20].clone().requires_grad_(), anchors.clone().requires_grad_(),
-            ref.clone().requires_grad_(), vals[:1, :, :20].clone().requires_grad_())
+    tiny = (
+        f[:1, :, :20].clone().requires_grad_(),
+        anchors.clone().requires_grad_(),
+        ref.clone().requires_grad_(),
+        vals[:1, :, :20].clone().requires_grad_(),
+    )
     with pytest.raises(ValueError, match="log_m"):
         set_attention(*leaves, 0.5, 0.1, 4, torch.zeros(n, m, dtype=dt, requires_grad=True), mask)
     assert torch.autograd.gradcheck(
-        lambda *t: set_attention(*t, 0.5, 0.1, 3, None, None, block_rows=4), tiny, eps=1e-6, atol=1e-6)  # 5 blocks
+        lambda *t: set_attention(*t, 0.5, 0.1, 3, None, None, block_rows=4), tiny, eps=1e-6, atol=1e-6
+    )  # 5 blocks
 
 
 def test_set_attention_saves_little_for_its_backward():
@@ -442,8 +471,11 @@ def test_set_attention_saves_little_for_its_backward():
 
 # --- every implementation of an op against its package's reference ---------------------------------------------
 # forward over shapes, dtypes and masks; gradients wherever the implementation runs under autograd
-_TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=2e-4, atol=2e-5),
-        torch.bfloat16: dict(rtol=2e-4, atol=2e-5)}  # bf16 inputs are computed in float32 by both sides
+_TOL = {
+    torch.float64: dict(rtol=1e-9, atol=1e-9),
+    torch.float32: dict(rtol=2e-4, atol=2e-5),
+    torch.bfloat16: dict(rtol=2e-4, atol=2e-5),
+}  # bf16 inputs are computed in float32 by both sides
 
 
 def _soft_inputs(shape, dtype, masked, seed=0):
@@ -474,8 +506,9 @@ def test_soft_attention_every_impl_equals_the_reference(impl, dtype, shape, mask
     q, L, v, tm, lm = _soft_inputs(shape, dtype, masked)
     want = soft_kernel_attention_reference(q, L, v, 20, normalized, token_mask=tm, landmark_mask=lm, q_scale=0.7)
     with torch.no_grad():
-        got = soft_kernel_attention(q, L, v, 20, normalized, token_mask=tm, landmark_mask=lm, q_scale=0.7,
-                                    block_rows=64, impl=impl)
+        got = soft_kernel_attention(
+            q, L, v, 20, normalized, token_mask=tm, landmark_mask=lm, q_scale=0.7, block_rows=64, impl=impl
+        )
     assert got.dtype == want.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     torch.testing.assert_close(got, want, **_TOL[dtype])
 
@@ -488,8 +521,10 @@ def test_soft_attention_gradients_equal_the_reference(masked, normalized):
 
     q, L, v, tm, lm = _soft_inputs((2, 2, 40, 5, 4), torch.float64, masked)
     grads = []
-    for fn in (lambda *t: soft_kernel_attention(*t, 20, normalized, token_mask=tm, landmark_mask=lm, impl="auto"),
-               lambda *t: soft_kernel_attention_reference(*t, 20, normalized, token_mask=tm, landmark_mask=lm)):
+    for fn in (
+        lambda *t: soft_kernel_attention(*t, 20, normalized, token_mask=tm, landmark_mask=lm, impl="auto"),
+        lambda *t: soft_kernel_attention_reference(*t, 20, normalized, token_mask=tm, landmark_mask=lm),
+    ):
         leaves = [t.clone().requires_grad_() for t in (q, L, v)]
         y = fn(*leaves)
         grads.append(torch.autograd.grad(y.square().sum(), leaves))
@@ -510,7 +545,7 @@ def _set_inputs(B, h, n, m, dtype, masked, seed=0):
     mask = None
     if masked:
         mask = torch.ones(B, n, dtype=torch.bool)
-        mask[-1, n // 2:] = False
+        mask[-1, n // 2 :] = False
     return f, anchors, ref, vals, mask
 
 
@@ -553,8 +588,10 @@ def test_set_attention_gradients_equal_the_reference(masked):
     f, anchors, ref, vals, mask = _set_inputs(2, 2, 90, 9, torch.float64, masked, seed=1)
     log_m = _set_filter(90, 9, mask, (9, 10))
     grads = []
-    for fn in (lambda *t: set_attention(*t, 0.5, 0.1, 4, log_m, mask, block_rows=16),
-               lambda *t: set_attention_reference(*t, 0.5, 0.1, 4, log_m, mask)):
+    for fn in (
+        lambda *t: set_attention(*t, 0.5, 0.1, 4, log_m, mask, block_rows=16),
+        lambda *t: set_attention_reference(*t, 0.5, 0.1, 4, log_m, mask),
+    ):
         leaves = [t.clone().requires_grad_() for t in (f, anchors, ref, vals)]
         y = fn(*leaves)
         rows = slice(None) if mask is None else mask[:, None, :, None].expand_as(y)
@@ -574,12 +611,25 @@ def _block_weights(C, dtype, seed=0):
     def r(*s, scale=1.0):
         return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
 
-    return BlockWeights(r(C), r(C), 1e-5, r(C), r(C), r(C), 1e-6, r(C), r(4 * C, C, 1, 1, scale=0.3), r(4 * C),
-                        r(C, 4 * C, 1, 1, scale=0.2), r(C))
+    return BlockWeights(
+        r(C),
+        r(C),
+        1e-5,
+        r(C),
+        r(C),
+        r(C),
+        1e-6,
+        r(C),
+        r(4 * C, C, 1, 1, scale=0.3),
+        r(4 * C),
+        r(C, 4 * C, 1, 1, scale=0.2),
+        r(C),
+    )
 
 
-@pytest.mark.parametrize("impl,dtype", [("fused_cpu", torch.float32), ("folded", torch.float32),
-                                        ("folded", torch.float64)])  # the fused form runs float32 maps only
+@pytest.mark.parametrize(
+    "impl,dtype", [("fused_cpu", torch.float32), ("folded", torch.float32), ("folded", torch.float64)]
+)  # the fused form runs float32 maps only
 @pytest.mark.parametrize("shape", [(1, 8, 1, 1), (3, 16, 9, 11)])
 @pytest.mark.parametrize("mixer", ["pool", "identity"])
 def test_metaformer_block_every_impl_equals_the_reference(impl, dtype, shape, mixer):
@@ -602,10 +652,14 @@ def test_metaformer_block_folded_gradients_equal_the_reference(mixer):
     w = _block_weights(8, torch.float64, seed=2)
     x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
     grads = []
-    for fn in (lambda x, *t: metaformer_block(x, w._make((*t[:2], w.norm1_eps, *t[2:5], w.norm2_eps, *t[5:])),
-                                              mixer, impl="folded"),
-               lambda x, *t: metaformer_block_reference(
-                   x, w._make((*t[:2], w.norm1_eps, *t[2:5], w.norm2_eps, *t[5:])), mixer)):
+    for fn in (
+        lambda x, *t: metaformer_block(
+            x, w._make((*t[:2], w.norm1_eps, *t[2:5], w.norm2_eps, *t[5:])), mixer, impl="folded"
+        ),
+        lambda x, *t: metaformer_block_reference(
+            x, w._make((*t[:2], w.norm1_eps, *t[2:5], w.norm2_eps, *t[5:])), mixer
+        ),
+    ):
         leaves = [t.clone().requires_grad_() for t in (x, *w[:2], *w[3:6], *w[7:])]
         y = fn(*leaves)
         grads.append(torch.autograd.grad(y.square().sum(), leaves))

@@ -8,6 +8,7 @@ the released PoolFormer layout, the inverse of ``poolformer.checkpoint_filter_fn
 without ``../shared``; and the reference SOFT checkpoint of ``shared/reference`` (skipped where absent).
 Images: 48-pixel crops of scikit-learn's ``china.jpg``, two classes.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,12 @@ def write_crops(root: Path, splits: dict[str, int]) -> Path:
 
     img = load_sample_image("china.jpg")  # 427 × 640 × 3
     for split, n in splits.items():
-        for c, (cls, y0) in enumerate((("sky", 0), ("hill", 250))):
+        for cls, y0 in (("sky", 0), ("hill", 250)):
             d = root / split / cls
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 y, x = y0 + 20 * i, 60 * i + (0 if split == "train" else 300)
-                Image.fromarray(img[y:y + 48, x:x + 48]).save(d / f"{i}.png")
+                Image.fromarray(img[y : y + 48, x : x + 48]).save(d / f"{i}.png")
     return root
 
 
@@ -65,7 +66,7 @@ def released_poolformer_layout(state: dict[str, torch.Tensor]) -> dict[str, torc
     for k, v in state.items():
         m = re.match(r"stages\.(\d+)\.(blocks|downsample\.conv)\.(.*)", k)
         if k.startswith("stem.conv."):
-            k = "patch_embed.proj." + k[len("stem.conv."):]
+            k = "patch_embed.proj." + k[len("stem.conv.") :]
         elif m and m.group(2) == "blocks":
             rest = m.group(3).replace("layer_scale1", "layer_scale_1").replace("layer_scale2", "layer_scale_2")
             k = f"network.{2 * int(m.group(1))}.{rest}"
@@ -153,8 +154,9 @@ def test_the_original_pth_works_wherever_a_checkpoint_is_accepted(original, fold
     assert sofa_cli("eval", pth, "--model", name, "--data", folders["val_only"], *EVAL, "-o", tmp_path / "e.json") == 0
     assert json.loads((tmp_path / "e.json").read_text())["metrics"]["count"] == 4
     run = tmp_path / "ft"
-    assert sofa_cli("train", "--checkpoint", pth, "--model", name, "--data", folders["full"], *TRAIN,
-                    "--output", run) == 0
+    assert (
+        sofa_cli("train", "--checkpoint", pth, "--model", name, "--data", folders["full"], *TRAIN, "--output", run) == 0
+    )
     # mapped to sofa's layout (an unmapped file fits no key, and loading is exact), only the head replaced
     assert f"has a classifier for {classes} classes, the model has 2" in (run / "log.txt").read_text()
 
@@ -166,12 +168,29 @@ def test_files_of_older_sofa_versions_still_work(folders, tmp_path, capsys):
 
     state = {k: v.contiguous() for k, v in sofa.create_model("poolformer_mini", num_classes=3).state_dict().items()}
     old_convert = tmp_path / "old_convert.safetensors"
-    save_file(state, str(old_convert), metadata={"format": "pt", "sofa": "1", "model": "poolformer_mini",
-                                                 "source": "release.pth", "num_classes": "3",
-                                                 "depths": "[1, 1, 3, 1]"})
+    save_file(
+        state,
+        str(old_convert),
+        metadata={
+            "format": "pt",
+            "sofa": "1",
+            "model": "poolformer_mini",
+            "source": "release.pth",
+            "num_classes": "3",
+            "depths": "[1, 1, 3, 1]",
+        },
+    )
     old_run = tmp_path / "old_run.safetensors"
-    save_file(state, str(old_run), metadata={"format": "pt", "sofa": json.dumps(
-        {"model": "poolformer_mini", "task": "classification", "num_classes": 3, "classes": ["a", "b", "c"]})})
+    save_file(
+        state,
+        str(old_run),
+        metadata={
+            "format": "pt",
+            "sofa": json.dumps(
+                {"model": "poolformer_mini", "task": "classification", "num_classes": 3, "classes": ["a", "b", "c"]}
+            ),
+        },
+    )
     _, meta = read_checkpoint(old_convert)
     assert meta == {"model": "poolformer_mini", "source": "release.pth", "num_classes": 3, "depths": [1, 1, 3, 1]}
     assert read_checkpoint(old_run)[1]["classes"] == ["a", "b", "c"]
@@ -186,8 +205,10 @@ def test_files_of_older_sofa_versions_still_work(folders, tmp_path, capsys):
 def small_run(folders, tmp_path_factory) -> Path:
     """A finished 1-epoch run of timm's tiny test_vit on the crops."""
     run = tmp_path_factory.mktemp("runs") / "run"
-    assert sofa_cli("train", "--model", "test_vit", "--data", folders["full"], *TRAIN, "--img-size", "16",
-                    "--output", run) == 0
+    assert (
+        sofa_cli("train", "--model", "test_vit", "--data", folders["full"], *TRAIN, "--img-size", "16", "--output", run)
+        == 0
+    )
     return run
 
 
@@ -198,8 +219,9 @@ def test_eval_says_which_weights_it_scored_and_lets_the_user_choose(small_run, f
     assert re.search(r"scored .*best\.safetensors: the best weights \(top1 [\d.]+ at epoch 1\)", text), text
     assert "--weights final for the others" in text
     assert json.loads((small_run / "eval_full.json").read_text())["weights"].startswith("best weights")
-    assert sofa_cli("eval", small_run, "--weights", "final", "--data", folders["test_only"], "--split", "test",
-                    *EVAL) == 0
+    assert (
+        sofa_cli("eval", small_run, "--weights", "final", "--data", folders["test_only"], "--split", "test", *EVAL) == 0
+    )
     text = capsys.readouterr().out
     assert "test_only (test): top1" in text and "the final weights (epoch 1)" in text, text
     record = json.loads((small_run / "eval_test_only_test_final.json").read_text())
@@ -232,10 +254,22 @@ def test_eval_prints_the_metrics_when_the_json_cannot_be_written(small_run, tmp_
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_device_cuda_without_a_gpu_is_one_line(small_run, folders, tmp_path, capsys):
     image = next((folders["full"] / "val" / "sky").glob("*.png"))
-    for argv in (("predict", "-c", small_run, "--device", "cuda", image),
-                 ("eval", small_run, "--device", "cuda", *EVAL),
-                 ("train", "--model", "test_vit", "--data", folders["full"], *TRAIN, "--device", "cuda",
-                  "--output", tmp_path / "cuda")):
+    for argv in (
+        ("predict", "-c", small_run, "--device", "cuda", image),
+        ("eval", small_run, "--device", "cuda", *EVAL),
+        (
+            "train",
+            "--model",
+            "test_vit",
+            "--data",
+            folders["full"],
+            *TRAIN,
+            "--device",
+            "cuda",
+            "--output",
+            tmp_path / "cuda",
+        ),
+    ):
         capsys.readouterr()
         assert sofa_cli(*argv) == 2, argv
         err = capsys.readouterr().err
@@ -255,8 +289,11 @@ def test_convert_of_a_broken_file_is_one_line(kind, tmp_path, capsys):
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "random":
-        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
-                                       dtype=torch.uint8).numpy().tobytes())
+        path.write_bytes(
+            torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+            .numpy()
+            .tobytes()
+        )
     elif kind == "text":
         path.write_text("model weights: see the README\n")
     elif kind == "truncated_safetensors":
@@ -265,11 +302,14 @@ def test_convert_of_a_broken_file_is_one_line(kind, tmp_path, capsys):
         path.write_bytes(path.read_bytes()[:100])
     else:
         torch.save({"state_dict": torch.load(good, weights_only=True), "args": argparse.Namespace(lr=1)}, path)
-    want = {"truncated": "truncated or corrupted", "empty": "the file is empty",
-            "random": "neither a safetensors file nor a PyTorch checkpoint",
-            "text": "neither a safetensors file nor a PyTorch checkpoint",
-            "truncated_safetensors": "truncated, corrupted or not a safetensors file",
-            "objects": "holds objects that are not tensors (argparse.Namespace)"}[kind]
+    want = {
+        "truncated": "truncated or corrupted",
+        "empty": "the file is empty",
+        "random": "neither a safetensors file nor a PyTorch checkpoint",
+        "text": "neither a safetensors file nor a PyTorch checkpoint",
+        "truncated_safetensors": "truncated, corrupted or not a safetensors file",
+        "objects": "holds objects that are not tensors (argparse.Namespace)",
+    }[kind]
     capsys.readouterr()
     assert sofa_cli("convert", path, tmp_path / "out.safetensors", "--model", "poolformer_mini") == 1
     err = capsys.readouterr().err

@@ -1,4 +1,5 @@
 """sofa.runtime: the opt-in malloc setting that keeps freed memory for reuse."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(mode: str, env=None) -> int:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, **(env or {})))
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, **(env or {})),
+    )
     return int(out.stdout.split()[-1])
 
 

@@ -1,5 +1,6 @@
 """sofa.switches: each switch read from its environment variable once, with a getter, setter and context manager;
 docs/switches.md lists every one."""
+
 from __future__ import annotations
 
 from pathlib import Path

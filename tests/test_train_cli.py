@@ -1,4 +1,5 @@
 """sofa train / eval / predict end to end (in-process, tiny model and images), and the refusals of bad input."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from train_callbacks import NanImagesAtStep
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 
+from train_callbacks import NanImagesAtStep
+
 # one thread: on a shared, loaded 2-core machine that is several times faster than two for models this small
-TINY = ["--model", "test_vit", "--img-size", "16", "--workers", "0", "--progress", "log", "--log-interval", "2",
-        "--threads", "1"]
+TINY = [
+    "--model",
+    "test_vit",
+    "--img-size",
+    "16",
+    "--workers",
+    "0",
+    "--progress",
+    "log",
+    "--log-interval",
+    "2",
+    "--threads",
+    "1",
+]
 
 
 def sofa(*argv) -> int:
@@ -38,8 +52,15 @@ def run(folder, tmp_path_factory) -> Path:
 
 
 def test_train_writes_everything_and_says_where(run, folder, capsys):
-    for name in ("last.pt", "model.safetensors", "best.safetensors", "metrics.jsonl", "curves.png", "config.yaml",
-                 "log.txt"):
+    for name in (
+        "last.pt",
+        "model.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+        "curves.png",
+        "config.yaml",
+        "log.txt",
+    ):
         assert (run / name).is_file(), name
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no temp files left behind
     log = (run / "log.txt").read_text()
@@ -58,8 +79,19 @@ def test_train_writes_everything_and_says_where(run, folder, capsys):
     assert png.format == "PNG" and png.size[0] > 800
     # the full training state loads with weights_only=True and has every part
     state = torch.load(run / "last.pt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step_in_epoch", "global_step", "rng",
-                "config", "best"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "ema",
+        "epoch",
+        "step_in_epoch",
+        "global_step",
+        "rng",
+        "config",
+        "best",
+    ):
         assert key in state, key
     assert state["epoch"] == 2 and state["step_in_epoch"] == 0 and state["config"]["model"] == "test_vit"
 
@@ -113,11 +145,48 @@ def test_digits_quick_run_learns(tmp_path, capsys):
 def test_recipe_options_all_at_once(folder, tmp_path):
     """Mixup+CutMix, RandAugment, random erasing, drop path, clipping, EMA, bf16, channels-last, grad ckpt."""
     out = tmp_path / "r"
-    assert sofa("train", "--data", folder, *TINY, "--epochs", 2, "-b", 6, "--output", out, "--mixup", 0.8,
-                "--cutmix", 1.0, "--aa", "rand-m9-mstd0.5-inc1", "--reprob", 0.25, "--drop-path", 0.1,
-                "--clip-grad", 1.0, "--ema", "--ema-decay", 0.9, "--amp", "bf16", "--channels-last",
-                "--grad-checkpointing", "--smoothing", 0.1, "--warmup-epochs", 1, "--opt", "adamw",
-                "--progress", "bar") == 0  # the tqdm bar (a terminal's default) too
+    assert (
+        sofa(
+            "train",
+            "--data",
+            folder,
+            *TINY,
+            "--epochs",
+            2,
+            "-b",
+            6,
+            "--output",
+            out,
+            "--mixup",
+            0.8,
+            "--cutmix",
+            1.0,
+            "--aa",
+            "rand-m9-mstd0.5-inc1",
+            "--reprob",
+            0.25,
+            "--drop-path",
+            0.1,
+            "--clip-grad",
+            1.0,
+            "--ema",
+            "--ema-decay",
+            0.9,
+            "--amp",
+            "bf16",
+            "--channels-last",
+            "--grad-checkpointing",
+            "--smoothing",
+            0.1,
+            "--warmup-epochs",
+            1,
+            "--opt",
+            "adamw",
+            "--progress",
+            "bar",
+        )
+        == 0
+    )  # the tqdm bar (a terminal's default) too
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
     assert "ema_val_top1" in recs[-1] and (out / "model_ema.safetensors").is_file()
     cfg = (out / "config.yaml").read_text()
@@ -126,8 +195,9 @@ def test_recipe_options_all_at_once(folder, tmp_path):
 
 def test_config_file_and_precedence(folder, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {folder}\nmodel: test_vit\nimg-size: 16\nepochs: 1\nbatch_size: 12\nlr: 0.01\n"
-                   "workers: 0\nthreads: 1\n")
+    cfg.write_text(
+        f"data: {folder}\nmodel: test_vit\nimg-size: 16\nepochs: 1\nbatch_size: 12\nlr: 0.01\nworkers: 0\nthreads: 1\n"
+    )
     out = tmp_path / "o"
     assert sofa("train", "--config", cfg, "--lr", 0.02, "--output", out, "--progress", "none") == 0
     import yaml
@@ -136,8 +206,19 @@ def test_config_file_and_precedence(folder, tmp_path, capsys):
     assert saved["epochs"] == 1 and saved["batch_size"] == 12 and saved["lr"] == 0.02  # CLI beats the file
     assert saved["aa"] == "rand-m9-mstd0.5-inc1"  # an image folder gets the ImageNet recipe's defaults
     js = tmp_path / "c.json"
-    js.write_text(json.dumps({"data": str(folder), "model": "test_vit", "epochs": 1, "img_size": 16, "workers": 0,
-                              "threads": 1, "output": str(tmp_path / "j")}))
+    js.write_text(
+        json.dumps(
+            {
+                "data": str(folder),
+                "model": "test_vit",
+                "epochs": 1,
+                "img_size": 16,
+                "workers": 0,
+                "threads": 1,
+                "output": str(tmp_path / "j"),
+            }
+        )
+    )
     assert sofa("train", "--config", js, "--progress", "none") == 0 and (tmp_path / "j" / "last.pt").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 1\nlearning_rate: 3\n")
@@ -151,8 +232,10 @@ def test_config_file_and_precedence(folder, tmp_path, capsys):
     [
         (lambda p: p / "missing", r"does not exist"),
         (lambda p: p, r"no train/ folder"),
-        (lambda p: (make_image_folder(p, 2, 2, 1), (p / "train" / "empty_class").mkdir(), p)[-1],
-         r"hold no images .*empty_class"),
+        (
+            lambda p: (make_image_folder(p, 2, 2, 1), (p / "train" / "empty_class").mkdir(), p)[-1],
+            r"hold no images .*empty_class",
+        ),
     ],
     ids=["missing", "empty", "class-without-images"],
 )
@@ -165,8 +248,12 @@ def test_bad_data_is_refused_clearly(tmp_path, capsys, setup, message):
 
 def test_checkpoint_of_another_model_names_the_keys(run, folder, tmp_path, capsys):
     capsys.readouterr()
-    assert sofa("train", "--data", folder, *TINY, "--model", "test_resnet", "--checkpoint", run,
-                "--output", tmp_path / "x") == 2
+    assert (
+        sofa(
+            "train", "--data", folder, *TINY, "--model", "test_resnet", "--checkpoint", run, "--output", tmp_path / "x"
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "does not fit model 'test_resnet'" in err and "saved from model 'test_vit'" in err
     assert "missing keys (" in err and "unexpected keys (" in err and "blocks.0.attn" in err, err
@@ -244,10 +331,31 @@ def test_help_lists_the_recipe_options(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for opt in ("--epochs", "--batch-size", "--lr", "--weight-decay", "--warmup-epochs", "--img-size", "--workers",
-                "--seed", "--output", "--config", "--resume", "--mixup", "--cutmix", "--aa", "--reprob",
-                "--drop-path", "--clip-grad", "--ema", "--amp", "--channels-last", "--compile",
-                "--grad-checkpointing", "--smoothing"):
+    for opt in (
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--weight-decay",
+        "--warmup-epochs",
+        "--img-size",
+        "--workers",
+        "--seed",
+        "--output",
+        "--config",
+        "--resume",
+        "--mixup",
+        "--cutmix",
+        "--aa",
+        "--reprob",
+        "--drop-path",
+        "--clip-grad",
+        "--ema",
+        "--amp",
+        "--channels-last",
+        "--compile",
+        "--grad-checkpointing",
+        "--smoothing",
+    ):
         assert opt in text, opt
 
 
@@ -301,8 +409,9 @@ def test_resume_a_finished_run_with_more_epochs(run, tmp_path, capsys):
     assert state["epoch"] == 3 and state["config"]["epochs"] == 3
 
 
-@pytest.mark.parametrize("task, data", [("classification", "digits"), ("segmentation", "shapes"),
-                                        ("detection", "shapes")])
+@pytest.mark.parametrize(
+    "task, data", [("classification", "digits"), ("segmentation", "shapes"), ("detection", "shapes")]
+)
 def test_default_data_is_the_tasks_own(task, data):
     """With no --data each task gets its own default data (and that data's profile), not classification's."""
     from sofa.cli import build_parser
@@ -361,8 +470,18 @@ def _curves(records):
 
 def test_curves_lr_from_epoch_records_when_few_steps_are_logged():
     """Short epochs and --log-interval 20: one step record in 5 epochs; the lr panel still shows all 5 epochs."""
-    epochs = [{"type": "epoch", "epoch": e, "global_step": 4 * e, "lr": 1e-4 * e, "train_loss": 1.0 / e,
-               "val_top1": 20.0 * e, "val_count": 40} for e in range(1, 6)]
+    epochs = [
+        {
+            "type": "epoch",
+            "epoch": e,
+            "global_step": 4 * e,
+            "lr": 1e-4 * e,
+            "train_loss": 1.0 / e,
+            "val_top1": 20.0 * e,
+            "val_count": 40,
+        }
+        for e in range(1, 6)
+    ]
     step = {"type": "step", "epoch": 4.5, "global_step": 18, "lr": 4.5e-4, "loss": 0.3}
     curves = _curves(epochs[:4] + [step] + epochs[4:])
     x, y = curves["lr"]["learning rate"]
@@ -372,9 +491,22 @@ def test_curves_lr_from_epoch_records_when_few_steps_are_logged():
 
 def test_curves_never_put_a_count_on_the_accuracy_axis():
     """A task's validation scores are plotted (segmentation's mIoU ...), its counts and losses are not."""
-    recs = [{"type": "epoch", "epoch": e, "global_step": e, "lr": 1e-3, "val_mIoU": 10.0 * e, "val_aAcc": 50.0,
-             "val_images": 8, "val_num_samples": 8, "val_loss": 1.0, "val_pixel_count": 512, "val_seconds": 1.5}
-            for e in (1, 2)]
+    recs = [
+        {
+            "type": "epoch",
+            "epoch": e,
+            "global_step": e,
+            "lr": 1e-3,
+            "val_mIoU": 10.0 * e,
+            "val_aAcc": 50.0,
+            "val_images": 8,
+            "val_num_samples": 8,
+            "val_loss": 1.0,
+            "val_pixel_count": 512,
+            "val_seconds": 1.5,
+        }
+        for e in (1, 2)
+    ]
     curves = _curves(recs)
     assert set(curves["accuracy"]) == {"val mIoU", "val aAcc"}
     assert curves["accuracy"]["val mIoU"] == ([1, 2], [10.0, 20.0])
@@ -389,8 +521,18 @@ def test_curves_png_axes_show_the_selected_curves(tmp_path, monkeypatch):
 
     closed = []
     monkeypatch.setattr(plt, "close", closed.append)
-    recs = [{"type": "epoch", "epoch": e, "global_step": e, "lr": 1e-3 * e, "train_loss": 1.0, "val_mIoU": 10.0 * e,
-             "val_images": 8} for e in (1, 2, 3)]
+    recs = [
+        {
+            "type": "epoch",
+            "epoch": e,
+            "global_step": e,
+            "lr": 1e-3 * e,
+            "train_loss": 1.0,
+            "val_mIoU": 10.0 * e,
+            "val_images": 8,
+        }
+        for e in (1, 2, 3)
+    ]
     plot_metrics(recs, tmp_path / "curves.png")
     ax_loss, ax_acc, ax_lr = closed[0].axes
     assert [line.get_label() for line in ax_acc.get_lines()] == ["val mIoU"]

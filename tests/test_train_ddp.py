@@ -10,6 +10,7 @@ from float32's eps (see ``rounding_tolerance``). An adaptive optimiser would not
 by its own running magnitude, so a gradient that is zero in exact arithmetic (the key bias's, which softmax
 ignores) becomes rounding noise scaled up to learning-rate-sized steps, different on every CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,18 +21,44 @@ import sys
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from train_callbacks import SCRIPT
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 from sofa.train.factory import create_classifier
 
+from train_callbacks import SCRIPT
+
 # no dropout/drop-path/mixup (their randomness is per rank by design); augmentation stays on: it is seeded per
 # sample, the same whichever rank loads it
 MODEL, IMG_SIZE, NUM_CLASSES, EPOCHS, SEED = "test_vit", 16, 3, 2, 3
-COMMON = ["--model", MODEL, "--img-size", str(IMG_SIZE), "--epochs", str(EPOCHS), "--seed", str(SEED),
-          "--workers", "0", "--opt", "sgd", "--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--reprob", "0.25",
-          "--threads", "1", "--progress", "log", "--log-interval", "1"]
+COMMON = [
+    "--model",
+    MODEL,
+    "--img-size",
+    str(IMG_SIZE),
+    "--epochs",
+    str(EPOCHS),
+    "--seed",
+    str(SEED),
+    "--workers",
+    "0",
+    "--opt",
+    "sgd",
+    "--mixup",
+    "0",
+    "--cutmix",
+    "0",
+    "--drop-path",
+    "0",
+    "--reprob",
+    "0.25",
+    "--threads",
+    "1",
+    "--progress",
+    "log",
+    "--log-interval",
+    "1",
+]
 TRAIN_PER_CLASS, BATCH = 8, 8  # one process with batch 8; two with 4 each
 
 
@@ -59,23 +86,45 @@ def rounding_tolerance(model: nn.Module, rows_per_step: int, steps: int, update:
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):
-    data = make_image_folder(tmp_path / "data", num_classes=NUM_CLASSES, train_per_class=TRAIN_PER_CLASS,
-                             val_per_class=3)
+    data = make_image_folder(
+        tmp_path / "data", num_classes=NUM_CLASSES, train_per_class=TRAIN_PER_CLASS, val_per_class=3
+    )
     out, dump = tmp_path / "ddp", tmp_path / "ranks"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
-         "--save-rank-weights", str(dump), "--", "train", "--data", str(data), *COMMON, "-b", str(BATCH // 2),
-         "--output", str(out)],
-        capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            SCRIPT,
+            "--save-rank-weights",
+            str(dump),
+            "--",
+            "train",
+            "--data",
+            str(data),
+            *COMMON,
+            "-b",
+            str(BATCH // 2),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+        cwd=tmp_path,
     )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     assert p.stdout.count("sofa train: task classification") == 1  # only rank 0 speaks
     assert "2 process(es)" in p.stdout and "3 steps of 4×2" in p.stdout
     # only rank 0 wrote: the run folder holds one set of files, nothing per rank, and no stray runs/ elsewhere
     names = sorted(f.name for f in out.iterdir())
-    assert names == sorted(["best.safetensors", "config.yaml", "curves.png", "last.pt", "log.txt", "metrics.jsonl",
-                            "model.safetensors"]), names
+    assert names == sorted(
+        ["best.safetensors", "config.yaml", "curves.png", "last.pt", "log.txt", "metrics.jsonl", "model.safetensors"]
+    ), names
     assert not (tmp_path / "runs").exists()
     assert (out / "log.txt").read_text().count("sofa train:") == 1
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]

@@ -1,5 +1,6 @@
 """The training package sits above the library: the models, checkpoints and data load nothing of ``sofa.train``
 (which imports them), so the two never import each other."""
+
 from __future__ import annotations
 
 import subprocess

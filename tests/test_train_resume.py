@@ -5,6 +5,7 @@ Everything random is on (Mixup/CutMix, RandAugment, random erasing, drop path, E
 test also proves that data order and augmentation replay exactly after a resume. The killed run is a separate
 process; the uninterrupted reference and the resumed runs run in this process.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,45 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_callbacks import SCRIPT, SignalAtSteps
 
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 
-ARGS = ["--model", "test_vit", "--img-size", "16", "--epochs", "3", "-b", "4", "--seed", "7", "--workers", "2",
-        "--mixup", "0.8", "--cutmix", "1.0", "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--drop-path", "0.1",
-        "--ema", "--ema-decay", "0.9", "--threads", "1", "--progress", "log", "--log-interval", "1"]
+from train_callbacks import SCRIPT, SignalAtSteps
+
+ARGS = [
+    "--model",
+    "test_vit",
+    "--img-size",
+    "16",
+    "--epochs",
+    "3",
+    "-b",
+    "4",
+    "--seed",
+    "7",
+    "--workers",
+    "2",
+    "--mixup",
+    "0.8",
+    "--cutmix",
+    "1.0",
+    "--aa",
+    "rand-m9-mstd0.5-inc1",
+    "--reprob",
+    "0.25",
+    "--drop-path",
+    "0.1",
+    "--ema",
+    "--ema-decay",
+    "0.9",
+    "--threads",
+    "1",
+    "--progress",
+    "log",
+    "--log-interval",
+    "1",
+]
 
 
 def _train_in_process(*argv) -> None:
@@ -34,8 +66,13 @@ def _train_in_process(*argv) -> None:
 
 def _train_killed(*argv, kill_at: int) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, SCRIPT, "--kill-at-step", str(kill_at), "--", "train", *map(str, argv)],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [sys.executable, SCRIPT, "--kill-at-step", str(kill_at), "--", "train", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-3000:])
 
 
@@ -104,8 +141,10 @@ def test_checkpoint_on_demand_and_sigterm_then_resume_matches(data, reference, t
     assert code == 128 + signal.SIGTERM
     text = capsys.readouterr().out
     assert "(on request) at epoch 1, step 3" in text
-    assert f"stopped by SIGTERM at epoch 2, step 4/6 (global step 10), saved {out / 'last.pt'}; continue with: " \
-           f"sofa train --resume {out}" in text
+    assert (
+        f"stopped by SIGTERM at epoch 2, step 4/6 (global step 10), saved {out / 'last.pt'}; continue with: "
+        f"sofa train --resume {out}" in text
+    )
     state = torch.load(out / "last.pt", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"]) == (1, 4)
     _train_in_process("--resume", out)
@@ -125,8 +164,7 @@ def _last_step(run: Path) -> int:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_to_the_process_group_saves_the_step_reached_and_resumes_exactly(data, reference, tmp_path, capsys,
-                                                                                 sig):
+def test_signal_to_the_process_group_saves_the_step_reached_and_resumes_exactly(data, reference, tmp_path, capsys, sig):
     """What `timeout`, scancel, systemd (SIGTERM) and Ctrl-C (SIGINT) do: signal the whole process group, the two
     data-loader workers included. The run saves last.pt at the step under way, says how to continue, exits with
     128 + the signal's number, and --resume finishes it exactly like the uninterrupted run."""
@@ -135,9 +173,25 @@ def test_signal_to_the_process_group_saves_the_step_reached_and_resumes_exactly(
     # the run waits after step 8 (epoch 2, step 2) until the signal comes, then notices it during step 9
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(log, "w") as sink:
-        p = subprocess.Popen([sys.executable, SCRIPT, "--wait-for-stop-after-step", "8", "--", "train", "--data",
-                              str(data), *ARGS, "--output", str(out)],
-                             stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                SCRIPT,
+                "--wait-for-stop-after-step",
+                "8",
+                "--",
+                "train",
+                "--data",
+                str(data),
+                *ARGS,
+                "--output",
+                str(out),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
         while _last_step(out) < 8:

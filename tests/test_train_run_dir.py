@@ -1,4 +1,5 @@
 """The run directory: one writer at a time, and a failed write (disk full) ends the run with one clear line."""
+
 from __future__ import annotations
 
 import errno
@@ -13,14 +14,29 @@ import time
 from pathlib import Path
 
 import pytest
-from train_callbacks import SCRIPT
 
 from sofa import checkpoint as ckpt
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 
-TINY = ["--model", "test_vit", "--img-size", "16", "--workers", "0", "--progress", "log", "--log-interval", "1",
-        "--threads", "1", "-b", "4"]
+from train_callbacks import SCRIPT
+
+TINY = [
+    "--model",
+    "test_vit",
+    "--img-size",
+    "16",
+    "--workers",
+    "0",
+    "--progress",
+    "log",
+    "--log-interval",
+    "1",
+    "--threads",
+    "1",
+    "-b",
+    "4",
+]
 FREE = r"\d+(\.\d)? (B|KiB|MiB|GiB|TiB) free on /"
 
 
@@ -44,17 +60,35 @@ def _last_step(run: Path) -> int:
     return max(steps)
 
 
-def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(folder, tmp_path,
-                                                                                             capsys):
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(folder, tmp_path, capsys):
     out = tmp_path / "run"
     log = tmp_path / "first.txt"
     # the first run saves every step and, after step 2, waits (holding the run directory)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(log, "w") as sink:
         first = subprocess.Popen(
-            [sys.executable, SCRIPT, "--wait-for-stop-after-step", "2", "--", "train", "--data", str(folder), *TINY,
-             "--epochs", "2", "--save-every-steps", "1", "--output", str(out)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                sys.executable,
+                SCRIPT,
+                "--wait-for-stop-after-step",
+                "2",
+                "--",
+                "train",
+                "--data",
+                str(folder),
+                *TINY,
+                "--epochs",
+                "2",
+                "--save-every-steps",
+                "1",
+                "--output",
+                str(out),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
         while _last_step(out) < 2 or not (out / "last.pt").exists():
@@ -83,8 +117,9 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is
     assert not (out / ".lock").exists()  # released at the end
 
 
-def test_disk_full_while_saving_ends_with_one_line_naming_the_file_and_free_space(folder, tmp_path, capsys,
-                                                                                  monkeypatch):
+def test_disk_full_while_saving_ends_with_one_line_naming_the_file_and_free_space(
+    folder, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
     real = ckpt.atomic_write
 
@@ -101,8 +136,9 @@ def test_disk_full_while_saving_ends_with_one_line_naming_the_file_and_free_spac
     assert "Traceback" not in captured.out + captured.err
     errors = [line for line in captured.err.splitlines() if line.startswith("error")]
     assert len(errors) == 1, captured.err
-    assert re.fullmatch(rf"error: cannot write {re.escape(str(out / 'last.pt'))}: No space left on device \({FREE}.*\)",
-                        errors[0]), errors[0]
+    assert re.fullmatch(
+        rf"error: cannot write {re.escape(str(out / 'last.pt'))}: No space left on device \({FREE}.*\)", errors[0]
+    ), errors[0]
     assert (out / "log.txt").read_text().splitlines()[-1] == errors[0]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert not (out / ".lock").exists()
@@ -117,13 +153,21 @@ def test_a_real_failed_write_of_the_weights_is_reported_the_same_way(folder, tmp
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
 
-    p = subprocess.run([sys.executable, "-m", "sofa", "train", "--data", str(folder), *TINY, "--epochs", "1",
-                        "--output", str(out)], capture_output=True, text=True, env=env, timeout=300,
-                       preexec_fn=limit_file_size)
+    p = subprocess.run(
+        [sys.executable, "-m", "sofa", "train", "--data", str(folder), *TINY, "--epochs", "1", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
     assert p.returncode == 74, p.stderr[-3000:]
     assert "Traceback" not in p.stdout + p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1, p.stderr
-    assert re.match(rf"error: cannot write {re.escape(str(out))}/(model\.safetensors|last\.pt): File too large "
-                    rf"\({FREE}", errors[0]), errors[0]
+    assert re.match(
+        rf"error: cannot write {re.escape(str(out))}/(model\.safetensors|last\.pt): File too large "
+        rf"\({FREE}",
+        errors[0],
+    ), errors[0]
     assert (out / "log.txt").read_text().splitlines()[-1] == errors[0]

@@ -4,6 +4,7 @@ its own (``python tests/train_callbacks.py [OPTIONS] -- train ...``, also under 
 
 Steps are global optimiser steps counted from 1, as ``metrics.jsonl`` records them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> int:
         callbacks.append(WaitForStopAfterStep(opts.wait_for_stop_after_step))
     if opts.save_rank_weights is not None:
         callbacks.append(SaveRankWeights(opts.save_rank_weights))
-    return sofa_main(argv[split + 1:], callbacks=callbacks)
+    return sofa_main(argv[split + 1 :], callbacks=callbacks)
 
 
 if __name__ == "__main__":

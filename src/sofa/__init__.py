@@ -7,6 +7,7 @@ benchmarks. ``import sofa`` registers every model in timm's registry too.
     >>> import sofa
     >>> model = sofa.create_model("soft_tiny", num_classes=10)
 """
+
 __version__ = "0.1.0"
 
 from sofa.runtime import _from_environment, keep_freed_memory  # noqa: E402

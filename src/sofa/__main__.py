@@ -1,4 +1,5 @@
 """``python -m sofa ...`` (and ``torchrun -m sofa train ...``) runs the command line."""
+
 import sys
 
 from sofa.cli import main

@@ -31,6 +31,7 @@ Files of a run directory (only rank 0 writes): ``last.pt`` the full training sta
 ``weights_only=True``): model, EMA, optimiser, scheduler, grad scaler, epoch/step, best metric, RNG states,
 config; ``model.safetensors`` the latest weights (EMA weights in ``model_ema.safetensors``); ``best.safetensors``.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,9 +50,23 @@ from torch import nn
 
 from sofa.errors import UserError
 
-__all__ = ["CheckpointError", "read_checkpoint", "resolve_checkpoint", "describe_weights", "unwrap_state_dict",
-           "load_model_weights", "classifier_keys", "save_weights", "atomic_write", "atomic_write_text",
-           "atomic_torch_save", "load_training_state", "rng_state", "set_rng_state", "RUN_WEIGHTS"]
+__all__ = [
+    "CheckpointError",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "describe_weights",
+    "unwrap_state_dict",
+    "load_model_weights",
+    "classifier_keys",
+    "save_weights",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "load_training_state",
+    "rng_state",
+    "set_rng_state",
+    "RUN_WEIGHTS",
+]
 
 STATE_FORMAT = "sofa-train-state"
 STATE_VERSION = 1
@@ -122,8 +137,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, Any] | None = None) -> Path:
+def save_weights(
+    path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> Path:
     """A safetensors file of ``state_dict``, written atomically; ``metadata`` is stored as one JSON object under
     the key ``sofa`` (what :func:`read_checkpoint` returns as the metadata)."""
     from safetensors.torch import save
@@ -158,8 +174,10 @@ def resolve_checkpoint(path: str | os.PathLike, weights: str | None = None) -> P
             found = path / RUN_WEIGHTS[weights]
             if not found.is_file():
                 have = [n for n in (*RUN_WEIGHTS.values(), "last.pt") if (path / n).is_file()]
-                raise CheckpointError(f"{path} has no {weights} weights ({found.name}); it holds "
-                                      f"{', '.join(have) if have else 'no checkpoint'}")
+                raise CheckpointError(
+                    f"{path} has no {weights} weights ({found.name}); it holds "
+                    f"{', '.join(have) if have else 'no checkpoint'}"
+                )
             return found
         for name in RUN_DEFAULT_ORDER:
             if (path / name).is_file():
@@ -195,8 +213,9 @@ def describe_weights(path: str | os.PathLike, metadata: Mapping[str, Any]) -> st
     return name
 
 
-def read_checkpoint(path: str | os.PathLike, weights: str | None = None
-                    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def read_checkpoint(
+    path: str | os.PathLike, weights: str | None = None
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """``(state dict, metadata)`` of a run directory, a safetensors file, a training state or a pickled
     checkpoint (see the module's notes). Raises :class:`CheckpointError` saying what is wrong with the file."""
     path = resolve_checkpoint(path, weights)
@@ -231,8 +250,9 @@ def _read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, An
     except Exception as err:  # noqa: BLE001 - safetensors' errors are of several types; all mean the same here
         size = path.stat().st_size
         why = "it is empty" if size == 0 else f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        raise CheckpointError(f"cannot read {path} as safetensors ({why}): the file is truncated, corrupted or "
-                              f"not a safetensors file") from None
+        raise CheckpointError(
+            f"cannot read {path} as safetensors ({why}): the file is truncated, corrupted or not a safetensors file"
+        ) from None
     return unwrap_state_dict(state, str(path)), _decode_metadata(raw)
 
 
@@ -293,7 +313,11 @@ def _torch_load(path: Path) -> Any:
             why = "its archive is corrupted (download or copy it again)"
         else:
             detail = _UNPICKLER.search(text)
-            detail = detail.group(1).strip() if detail else f"{type(err).__name__}: {text.splitlines()[0][:120] if text else ''}"
+            detail = (
+                detail.group(1).strip()
+                if detail
+                else f"{type(err).__name__}: {text.splitlines()[0][:120] if text else ''}"
+            )
             why = f"it is neither a safetensors file nor a PyTorch checkpoint ({detail})"
         raise CheckpointError(f"cannot read checkpoint {path}: {why}") from None
 
@@ -317,7 +341,7 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint", use_ema: bool = Fals
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     for prefix in PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -366,6 +390,7 @@ def load_model_weights(
             norms); they are reported in a message.
         ignore: keys skipped silently on both sides (e.g. the classifier of a features-only model).
     """
+
     def say(msg: str) -> None:
         if log is not None:
             log(msg)
@@ -391,9 +416,11 @@ def load_model_weights(
         head_new = [k for k in missing if is_head(k)]
         if head_wrong:
             w = next((k for k in head_wrong if k.endswith("weight")), head_wrong[0])
-            say(f"{source} has a classifier for {tuple(state[w].shape)[0]} classes, the model has "
+            say(
+                f"{source} has a classifier for {tuple(state[w].shape)[0]} classes, the model has "
                 f"{tuple(own[w].shape)[0]}: {', '.join(sorted(k for k in own if is_head(k)))} re-initialised, "
-                f"the rest loaded")
+                f"the rest loaded"
+            )
         if head_gone:
             say(f"{source}: classifier {', '.join(head_gone)} dropped (the model has no classifier)")
         if head_new:
@@ -406,15 +433,19 @@ def load_model_weights(
         head_wrong = []
     if missing or unexpected or wrong:
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
-        other = f" (it was saved from model {checkpoint_model!r})" if checkpoint_model and checkpoint_model != arch else ""
+        other = (
+            f" (it was saved from model {checkpoint_model!r})" if checkpoint_model and checkpoint_model != arch else ""
+        )
         parts = []
         if missing:
             parts.append(f"missing keys ({len(missing)}): {_names(missing)}")
         if unexpected:
             parts.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
         if wrong:
-            parts.append(f"wrong shapes ({len(wrong)}): " + _names(
-                [f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong], 6))
+            parts.append(
+                f"wrong shapes ({len(wrong)}): "
+                + _names([f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong], 6)
+            )
         hint = ""
         if head_wrong:
             hint = "; the classifier has another size: ask for that num_classes, or allow a new head (num_classes=N)"
@@ -444,8 +475,13 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():

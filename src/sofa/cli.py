@@ -7,6 +7,7 @@ The command owns its process, so it turns on what the library leaves to the user
 reuse (:func:`sofa.keep_freed_memory`; its worker processes inherit it). ``SOFA_KEEP_FREED_MEMORY=0`` in the
 environment, or ``sofa bench ... --default-malloc``, keeps glibc's default instead.
 """
+
 from __future__ import annotations
 
 import argparse

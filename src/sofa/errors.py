@@ -1,4 +1,5 @@
 """Errors a user can fix: the command line prints their message (no traceback) and exits non-zero."""
+
 from __future__ import annotations
 
 import contextlib

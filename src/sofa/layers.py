@@ -4,6 +4,7 @@
 forward is :func:`sofa.ops.linear.linear`: float32 CPU inputs of many rows run through oneDNN instead of the
 BLAS (the ``SOFA_CPU_LINEAR`` switch, docs/switches.md); anything else is plain ``F.linear``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Process-wide CPU settings that are the user's choice rather than the library's default (the ``sofa`` command,
 which owns its process, turns :func:`keep_freed_memory` on: ``sofa.cli.main``)."""
+
 from __future__ import annotations
 
 import ctypes

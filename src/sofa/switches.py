@@ -14,6 +14,7 @@ The switches choose among implementations that compute the same numbers (to floa
 run (block sizes); they never change a model's arithmetic. An op with several implementations also takes a
 keyword-only ``impl=``, whose ``"auto"`` rule (a ``choose_impl`` function next to the op) reads these switches.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,17 @@ import os
 import warnings
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
-__all__ = ["Switch", "SWITCHES", "CPU_LINEAR", "CPU_MLP", "CPU_CHANNELS_LAST", "ONE_PASS", "SOFT_CHUNK_BYTES",
-           "SET_CHUNK_BYTES", "MLP_CHUNK_BYTES"]
+__all__ = [
+    "Switch",
+    "SWITCHES",
+    "CPU_LINEAR",
+    "CPU_MLP",
+    "CPU_CHANNELS_LAST",
+    "ONE_PASS",
+    "SOFT_CHUNK_BYTES",
+    "SET_CHUNK_BYTES",
+    "MLP_CHUNK_BYTES",
+]
 
 
 def _flag(text: str) -> bool:
@@ -52,8 +62,14 @@ class Switch:
         parse: turns the variable's text into a value (strings are lower-cased and checked against ``choices``).
     """
 
-    def __init__(self, env: str, default: Any, doc: str, choices: Optional[Sequence[str]] = None,
-                 parse: Optional[Callable[[str], Any]] = None):
+    def __init__(
+        self,
+        env: str,
+        default: Any,
+        doc: str,
+        choices: Optional[Sequence[str]] = None,
+        parse: Optional[Callable[[str], Any]] = None,
+    ):
         self.env, self.default, self.doc, self.choices = env, default, doc, tuple(choices) if choices else None
         self._parse = parse
         self._value = self._from_environment()
@@ -94,30 +110,53 @@ class Switch:
 
 
 CPU_LINEAR = Switch(
-    "SOFA_CPU_LINEAR", "onednn", choices=("onednn", "blas"),
+    "SOFA_CPU_LINEAR",
+    "onednn",
+    choices=("onednn", "blas"),
     doc="float32 CPU linear layers on many rows (sofa.ops.linear): 'onednn' runs them as 1×1 convolutions "
-        "through oneDNN, 'blas' as F.linear (the BLAS)")
+    "through oneDNN, 'blas' as F.linear (the BLAS)",
+)
 CPU_MLP = Switch(
-    "SOFA_CPU_MLP", "onednn", choices=("onednn", "aten"),
+    "SOFA_CPU_MLP",
+    "onednn",
+    choices=("onednn", "aten"),
     doc="kernels of the fused MetaFormer MLP operator (sofa.ops.fused_mlp): 'onednn' fused post-ops and "
-        "prepacked weights where the build has them, 'aten' plain F.conv2d and F.gelu")
+    "prepacked weights where the build has them, 'aten' plain F.conv2d and F.gelu",
+)
 CPU_CHANNELS_LAST = Switch(
-    "SOFA_CPU_CHANNELS_LAST", True, parse=_flag,
-    doc="MetaFormer models run their stages in channels-last layout on the CPU (0: keep the input's layout)")
+    "SOFA_CPU_CHANNELS_LAST",
+    True,
+    parse=_flag,
+    doc="MetaFormer models run their stages in channels-last layout on the CPU (0: keep the input's layout)",
+)
 ONE_PASS = Switch(
-    "SOFA_ONE_PASS", False, parse=_flag,
+    "SOFA_ONE_PASS",
+    False,
+    parse=_flag,
     doc="every op runs its one-pass form, each product of the algorithm once (what MAC counts report; "
-        "sofa.models.flops turns it on inside its counter) instead of the streamed and fused inference paths")
+    "sofa.models.flops turns it on inside its counter) instead of the streamed and fused inference paths",
+)
 SOFT_CHUNK_BYTES = Switch(
-    "SOFA_SOFT_CHUNK_BYTES", None, parse=_bytes,
-    doc="bytes of SOFT's kernel block on its streamed path (unset: sofa.ops.numerics.SOFT_CHUNK_BYTES)")
+    "SOFA_SOFT_CHUNK_BYTES",
+    None,
+    parse=_bytes,
+    doc="bytes of SOFT's kernel block on its streamed path (unset: sofa.ops.numerics.SOFT_CHUNK_BYTES)",
+)
 SET_CHUNK_BYTES = Switch(
-    "SOFA_SET_CHUNK_BYTES", None, parse=_bytes,
-    doc="bytes of one block of SeT's (n, m) matrices (unset: sofa.ops.numerics.SET_CHUNK_BYTES)")
+    "SOFA_SET_CHUNK_BYTES",
+    None,
+    parse=_bytes,
+    doc="bytes of one block of SeT's (n, m) matrices (unset: sofa.ops.numerics.SET_CHUNK_BYTES)",
+)
 MLP_CHUNK_BYTES = Switch(
-    "SOFA_MLP_CHUNK_BYTES", None, parse=_bytes,
-    doc="hidden-activation bytes per chunk of the fused MetaFormer MLP (unset: sofa.ops.numerics.MLP_CHUNK_BYTES)")
+    "SOFA_MLP_CHUNK_BYTES",
+    None,
+    parse=_bytes,
+    doc="hidden-activation bytes per chunk of the fused MetaFormer MLP (unset: sofa.ops.numerics.MLP_CHUNK_BYTES)",
+)
 
 #: every switch by its environment variable (docs/switches.md has one row each)
-SWITCHES: Dict[str, Switch] = {s.env: s for s in (CPU_LINEAR, CPU_MLP, CPU_CHANNELS_LAST, ONE_PASS,
-                                                   SOFT_CHUNK_BYTES, SET_CHUNK_BYTES, MLP_CHUNK_BYTES)}
+SWITCHES: Dict[str, Switch] = {
+    s.env: s
+    for s in (CPU_LINEAR, CPU_MLP, CPU_CHANNELS_LAST, ONE_PASS, SOFT_CHUNK_BYTES, SET_CHUNK_BYTES, MLP_CHUNK_BYTES)
+}

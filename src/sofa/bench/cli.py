@@ -1,10 +1,11 @@
 """``sofa bench mixers`` and ``sofa bench models``: benchmarks that print numbers (not timed tests).
 
-    sofa bench mixers --json docs/bench_mixers_cpu.json --plot docs/bench_mixers_cpu.png
-    sofa bench models --json docs/bench_models_cpu.json
-    sofa bench mixers --quick            # tiny sizes, in-process: checks the harness in seconds
-    sofa bench mixers --seq 1024,4096,16384,65536   # 1-D sequences, the LRA models' mixers
+sofa bench mixers --json docs/bench_mixers_cpu.json --plot docs/bench_mixers_cpu.png
+sofa bench models --json docs/bench_models_cpu.json
+sofa bench mixers --quick            # tiny sizes, in-process: checks the harness in seconds
+sofa bench mixers --seq 1024,4096,16384,65536   # 1-D sequences, the LRA models' mixers
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,53 +40,103 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (CPU/GPU autocast); models take a list")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
-    p.add_argument("--no-isolate", dest="isolate", action="store_false", default=None,
-                   help="measure in this process instead of a fresh process per case (memory less exact)")
-    p.add_argument("--default-malloc", action="store_true",
-                   help="measure with glibc's default malloc settings, as a Python process has them, instead of the "
-                        "sofa command's own (freed memory kept for reuse: sofa.keep_freed_memory)")
-    p.add_argument("--budget", type=float, default=60.0,
-                   help="seconds of timed runs per case; slow cases get fewer runs (never below 5 unless one run "
-                        "alone exceeds it) (default 60)")
+    p.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        default=None,
+        help="measure in this process instead of a fresh process per case (memory less exact)",
+    )
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="measure with glibc's default malloc settings, as a Python process has them, instead of the "
+        "sofa command's own (freed memory kept for reuse: sofa.keep_freed_memory)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="seconds of timed runs per case; slow cases get fewer runs (never below 5 unless one run "
+        "alone exceeds it) (default 60)",
+    )
 
 
 def register(subparsers) -> None:
-    bench = subparsers.add_parser("bench", help="benchmarks: token mixers against N, whole models against timm",
-                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmarks: token mixers against N, whole models against timm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
 
     m = sub.add_parser("mixers", help="time and peak memory of each token mixer against the number of tokens")
     _common(m)
-    m.add_argument("--mixers", type=_names, help="cases to run (default: all): pool, soft_stride, soft_bounded, set, "
-                                                  "sdpa, softmax_materialized; with --seq: pool, soft, soft_norm, set, "
-                                                  "sdpa, softmax_materialized, nystrom")
-    m.add_argument("--seq", type=_ints, nargs="?", const=[], metavar="L,L,...",
-                   help="measure 1-D sequences of these lengths (default 1024,4096,16384,65536; --quick 64,256) "
-                        "with the LRA models' mixers instead of images; nystrom needs the bench extra")
+    m.add_argument(
+        "--mixers",
+        type=_names,
+        help="cases to run (default: all): pool, soft_stride, soft_bounded, set, "
+        "sdpa, softmax_materialized; with --seq: pool, soft, soft_norm, set, "
+        "sdpa, softmax_materialized, nystrom",
+    )
+    m.add_argument(
+        "--seq",
+        type=_ints,
+        nargs="?",
+        const=[],
+        metavar="L,L,...",
+        help="measure 1-D sequences of these lengths (default 1024,4096,16384,65536; --quick 64,256) "
+        "with the LRA models' mixers instead of images; nystrom needs the bench extra",
+    )
     m.add_argument("--modes", type=_names, default=["inference", "train"], help="inference,train (default both)")
-    m.add_argument("--no-flush-compare", dest="flush_compare", action="store_false",
-                   help="skip timing each case again with subnormal flushing on")
-    m.add_argument("--max-run", type=float, default=60.0,
-                   help="skip a size whose one run would take longer than this many seconds, extrapolated from the "
-                        "previous size (N² for softmax attention, N³ for stride SOFT) (default 60)")
+    m.add_argument(
+        "--no-flush-compare",
+        dest="flush_compare",
+        action="store_false",
+        help="skip timing each case again with subnormal flushing on",
+    )
+    m.add_argument(
+        "--max-run",
+        type=float,
+        default=60.0,
+        help="skip a size whose one run would take longer than this many seconds, extrapolated from the "
+        "previous size (N² for softmax attention, N³ for stride SOFT) (default 60)",
+    )
     m.add_argument("--mem-limit", type=float, help="GB; skip cases estimated to need more (default 80%% of free)")
     m.add_argument("--input-scale", type=float, default=1.0, help="standard deviation of the random tokens")
-    m.add_argument("--no-pair-slopes", dest="pair_slopes", action="store_false",
-                   help="skip re-timing successive sizes of the linear mixers in turn for robust slopes")
+    m.add_argument(
+        "--no-pair-slopes",
+        dest="pair_slopes",
+        action="store_false",
+        help="skip re-timing successive sizes of the linear mixers in turn for robust slopes",
+    )
     m.set_defaults(func=run_mixers)
 
     d = sub.add_parser("models", help="images/s and peak memory of our models and timm's alternatives")
     _common(d)
-    d.add_argument("--models", type=_names,
-                   help="models to run; 'timm:NAME' for timm's, 'NAME[key=value;...]' for constructor "
-                        "arguments, e.g. 'soft_tiny[max_landmarks=49]' (default: ours and timm's alternatives)")
+    d.add_argument(
+        "--models",
+        type=_names,
+        help="models to run; 'timm:NAME' for timm's, 'NAME[key=value;...]' for constructor "
+        "arguments, e.g. 'soft_tiny[max_landmarks=49]' (default: ours and timm's alternatives)",
+    )
     d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
-                   help="torch.compile every model (optionally with a mode, e.g. max-autotune)")
+    d.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="MODE",
+        help="torch.compile every model (optionally with a mode, e.g. max-autotune)",
+    )
     d.add_argument("--channels-last", action="store_true", help="run models and inputs in channels-last layout")
     d.add_argument("--gemm-size", type=int, default=2048, help="side of the square GEMM that sets the peak")
-    d.add_argument("--profile", action="store_true",
-                   help="also profile one step of each model (torch.profiler) and say what bounds it")
+    d.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one step of each model (torch.profiler) and say what bounds it",
+    )
     d.set_defaults(func=run_models)
     bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
 
@@ -95,19 +146,23 @@ def _header(args, settings: Dict) -> Dict:
 
     # set by sofa.cli.main for this process and, through the environment, for the worker processes
     kept = freed_memory_kept() and requested_by_environment()
-    settings["malloc"] = ("glibc keeps freed memory for reuse (the sofa command's default, sofa.keep_freed_memory)"
-                          if kept else
-                          "glibc's default (large freed blocks returned to the system: --default-malloc or "
-                          "SOFA_KEEP_FREED_MEMORY=0, or a process that is not the sofa command)")
+    settings["malloc"] = (
+        "glibc keeps freed memory for reuse (the sofa command's default, sofa.keep_freed_memory)"
+        if kept
+        else "glibc's default (large freed blocks returned to the system: --default-malloc or "
+        "SOFA_KEEP_FREED_MEMORY=0, or a process that is not the sofa command)"
+    )
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)  # the workers are told the same; the header and JSON say so
     info = measure.machine_info(args.device)
     print(f"sofa bench {args.bench_command}  ({info['date']})")
-    print(f"machine: {info['host_cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']} with "
-          f"{info['torch_threads']} threads" + (f", load average {info['load_average'][0]:.2f}"
-                                               if info.get("load_average") else ""))
+    print(
+        f"machine: {info['host_cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']} with "
+        f"{info['torch_threads']} threads"
+        + (f", load average {info['load_average'][0]:.2f}" if info.get("load_average") else "")
+    )
     for k, v in settings.items():
         print(f"  {k}: {v}")
     return info
@@ -141,8 +196,10 @@ def run_mixers(args) -> int:
     quick = args.quick
     sequence = args.seq is not None
     if sequence and args.sizes:
-        print("sofa bench mixers: --seq takes the lengths itself (--seq 1024,4096); --sizes is for images",
-              file=sys.stderr)
+        print(
+            "sofa bench mixers: --seq takes the lengths itself (--seq 1024,4096); --sizes is for images",
+            file=sys.stderr,
+        )
         return 2
     if sequence:
         sides = args.seq or (list(mx.QUICK_LENGTHS) if quick else list(mx.DEFAULT_LENGTHS))
@@ -155,39 +212,64 @@ def run_mixers(args) -> int:
     cases = args.mixers or list(mx.DEFAULT_SEQ_CASES if sequence else mx.DEFAULT_CASES)
     unknown = [c for c in cases if c not in table]
     if unknown:
-        print(f"sofa bench mixers: unknown case(s) {', '.join(unknown)}; choose from {', '.join(table)}",
-              file=sys.stderr)
+        print(
+            f"sofa bench mixers: unknown case(s) {', '.join(unknown)}; choose from {', '.join(table)}", file=sys.stderr
+        )
         return 2
-    shape = (f"N = {', '.join(f'{n:,}' for n in sides)} tokens in one sequence (1-D)" if sequence else
-             f"N = S² for S in {sides}")
+    shape = (
+        f"N = {', '.join(f'{n:,}' for n in sides)} tokens in one sequence (1-D)"
+        if sequence
+        else f"N = S² for S in {sides}"
+    )
     settings = {
         "tokens": f"{shape}; batch 1; C = {mx.DIM}; {mx.HEADS} heads of {mx.DIM // mx.HEADS}",
-        "dtype": args.dtype, "device": args.device, "modes": args.modes,
+        "dtype": args.dtype,
+        "device": args.device,
+        "modes": args.modes,
         "cases": {c: table[c][2] for c in cases},
-        "note": ("the mixers as the LRA models build them (sofa.models.lra); nystrom: "
-                 + ("the nystrom-attention package" if mx.nystrom_available() else mx.NYSTROM_MISSING + ", skipped"))
-        if sequence else "SOFT uses its stage-1 settings (landmark stride 8, depthwise 9x9 on V)",
+        "note": (
+            "the mixers as the LRA models build them (sofa.models.lra); nystrom: "
+            + ("the nystrom-attention package" if mx.nystrom_available() else mx.NYSTROM_MISSING + ", skipped")
+        )
+        if sequence
+        else "SOFT uses its stage-1 settings (landmark stride 8, depthwise 9x9 on V)",
         "timing": f"median of up to {repeats} runs after {warmup} warm-up run(s), at most {args.budget:g} s of runs "
-                  f"per case; sizes estimated to take more than {args.max_run:g} s per run are skipped",
-        "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else (
-            memory.MEM_METHOD_CPU if isolate else memory.MEM_METHOD_CPU.replace("fresh process per case",
-                                                                                  "in-process")),
+        f"per case; sizes estimated to take more than {args.max_run:g} s per run are skipped",
+        "memory": memory.MEM_METHOD_CUDA
+        if args.device == "cuda"
+        else (
+            memory.MEM_METHOD_CPU if isolate else memory.MEM_METHOD_CPU.replace("fresh process per case", "in-process")
+        ),
         "flush_compare": "every case timed with torch.set_flush_denormal off and on, runs interleaved (at least "
-                         f"{mx.FLUSH_RUNS} rounds within twice the budget, more where runs are short: up to 400 "
-                         "rounds or about 4 s; ratio = median of on/off over ABBA blocks); not for cases estimated "
-                         "above 8 s per run, which also get 3 runs at least instead of 5"
-        if args.flush_compare else "off",
-        "isolate": isolate, "input_scale": args.input_scale,
+        f"{mx.FLUSH_RUNS} rounds within twice the budget, more where runs are short: up to 400 "
+        "rounds or about 4 s; ratio = median of on/off over ABBA blocks); not for cases estimated "
+        "above 8 s per run, which also get 3 runs at least instead of 5"
+        if args.flush_compare
+        else "off",
+        "isolate": isolate,
+        "input_scale": args.input_scale,
     }
     info = _header(args, settings)
-    records = mx.bench_mixers(cases, sides, args.modes, repeats=repeats, warmup=warmup, device=args.device,
-                              dtype=args.dtype, threads=args.threads, isolate=isolate, budget_s=args.budget,
-                              max_run_s=args.max_run,
-                              mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
-                              flush_compare=args.flush_compare, input_scale=args.input_scale,
-                              pair_slopes=args.pair_slopes, pair_repeats=6 if quick else max(repeats, 22),
-                              flush_fill_s=0.1 if quick else mx.FLUSH_FILL_S,
-                              layout="sequence" if sequence else "image")
+    records = mx.bench_mixers(
+        cases,
+        sides,
+        args.modes,
+        repeats=repeats,
+        warmup=warmup,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        isolate=isolate,
+        budget_s=args.budget,
+        max_run_s=args.max_run,
+        mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
+        flush_compare=args.flush_compare,
+        input_scale=args.input_scale,
+        pair_slopes=args.pair_slopes,
+        pair_repeats=6 if quick else max(repeats, 22),
+        flush_fill_s=0.1 if quick else mx.FLUSH_FILL_S,
+        layout="sequence" if sequence else "image",
+    )
     goals = report.mixer_goals(records)
     tables = []
     for mode in args.modes:
@@ -199,8 +281,10 @@ def run_mixers(args) -> int:
         tables.append(f"### slope of log(time) against log(N), from the medians above\n\n{st}")
     pt = report.pair_slope_table(records)
     if pt:
-        tables.append("### slope of log(time) against log(N), the two sizes timed in turn in one process "
-                      f"(median over runs; robust to the machine's changing load)\n\n{pt}")
+        tables.append(
+            "### slope of log(time) against log(N), the two sizes timed in turn in one process "
+            f"(median over runs; robust to the machine's changing load)\n\n{pt}"
+        )
     sm = report.slope_table(records, "peak_mem_bytes")
     if sm:
         tables.append(f"### slope of log(peak memory) against log(N)\n\n{sm}")
@@ -210,10 +294,17 @@ def run_mixers(args) -> int:
     gt = report.goals_table(goals)
     if gt:
         tables.append(f"### goals\n\n{gt}")
-    payload = {"bench": "mixers", "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-               "settings": settings, "machine": info, "records": records, "slopes": mx.slopes(records),
-               "interleaved_slopes": [r for r in records if r.get("bench") == "mixer_pair"],
-               "memory_slopes": mx.slopes(records, "peak_mem_bytes"), "goals": goals}
+    payload = {
+        "bench": "mixers",
+        "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "settings": settings,
+        "machine": info,
+        "records": records,
+        "slopes": mx.slopes(records),
+        "interleaved_slopes": [r for r in records if r.get("bench") == "mixer_pair"],
+        "memory_slopes": mx.slopes(records, "peak_mem_bytes"),
+        "goals": goals,
+    }
     title = f"sofa bench mixers: {info['host_cpu']}, {info['torch_threads']} threads, {args.dtype}, {info['date'][:10]}"
     return _finish(args, payload, tables, lambda p: report.plot_mixers(records, p, title))
 
@@ -235,17 +326,36 @@ def run_models(args) -> int:
         models = list(md.QUICK_SOFA) + [f"timm:{n}" for n in md.QUICK_TIMM]
     else:
         models = list(md.SOFA_MODELS) + [f"timm:{n}" for n in md.TIMM_MODELS]
-    settings = {"models": models, "sizes": sides, "batch": batch, "dtypes": dtypes, "device": args.device,
-                "compile": args.compile, "channels_last": args.channels_last,
-                "timing": f"inference, median of up to {repeats} runs after {warmup} warm-up run(s)",
-                "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else memory.MEM_METHOD_CPU,
-                "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC",
-                "isolate": isolate}
+    settings = {
+        "models": models,
+        "sizes": sides,
+        "batch": batch,
+        "dtypes": dtypes,
+        "device": args.device,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
+        "timing": f"inference, median of up to {repeats} runs after {warmup} warm-up run(s)",
+        "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else memory.MEM_METHOD_CPU,
+        "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC",
+        "isolate": isolate,
+    }
     info = _header(args, settings)
-    records = md.bench_models(models, sides, dtypes, batch=batch, repeats=repeats, warmup=warmup, device=args.device,
-                              threads=args.threads, isolate=isolate, compile=args.compile,
-                              channels_last=args.channels_last, budget_s=args.budget, gemm_size=64 if quick else
-                              args.gemm_size, profile=args.profile)
+    records = md.bench_models(
+        models,
+        sides,
+        dtypes,
+        batch=batch,
+        repeats=repeats,
+        warmup=warmup,
+        device=args.device,
+        threads=args.threads,
+        isolate=isolate,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        budget_s=args.budget,
+        gemm_size=64 if quick else args.gemm_size,
+        profile=args.profile,
+    )
     goals = report.model_goals(records)
     tables = [f"### models (batch {batch})\n\n{report.model_table(records)}"]
     pt = report.profile_table(records)
@@ -254,8 +364,15 @@ def run_models(args) -> int:
     gt = report.goals_table(goals)
     if gt:
         tables.append(f"### goals\n\n{gt}")
-    payload = {"bench": "models", "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-               "settings": settings, "machine": info, "records": records, "goals": goals}
-    title = (f"sofa bench models: {info['host_cpu']}, {info['torch_threads']} threads, batch {batch}, "
-             f"{info['date'][:10]}")
+    payload = {
+        "bench": "models",
+        "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "settings": settings,
+        "machine": info,
+        "records": records,
+        "goals": goals,
+    }
+    title = (
+        f"sofa bench models: {info['host_cpu']}, {info['torch_threads']} threads, batch {batch}, {info['date'][:10]}"
+    )
     return _finish(args, payload, tables, lambda p: report.plot_models(records, p, title))

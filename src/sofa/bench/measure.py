@@ -4,6 +4,7 @@ Time: ``time_call`` runs a callable after warm-up and returns every run's wall-c
 synchronised). The median is what the tables print; every run is kept in the JSON. Peak memory is
 :mod:`sofa.bench.memory`'s.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,14 @@ import torch
 from sofa.layers import rows_as_map
 
 #: the ``--dtype`` names of the benchmarks → torch dtypes (float32 runs as is, the others under autocast)
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -57,8 +64,13 @@ def time_call(
         fn()
         synchronize(device)
         times.append(time.perf_counter() - t0)
-    return {"times_s": times, "median_s": statistics.median(times), "runs": len(times), "warmup": warmup,
-            "warmup_s": t_warm}
+    return {
+        "times_s": times,
+        "median_s": statistics.median(times),
+        "runs": len(times),
+        "warmup": warmup,
+        "warmup_s": t_warm,
+    }
 
 
 def time_interleaved(
@@ -97,7 +109,7 @@ def time_interleaved(
     for r in range(n):
         # A B, then B A, ...: a run right after another is often faster (threads awake, caches warm), and
         # alternating the order cancels that in ``paired_ratios``
-        for k in (order if r % 2 == 0 else order[::-1]):
+        for k in order if r % 2 == 0 else order[::-1]:
             for _ in range(burst - 1):
                 fns[k]()
             synchronize(device)
@@ -105,8 +117,9 @@ def time_interleaved(
             fns[k]()
             synchronize(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: {"times_s": v, "median_s": statistics.median(v), "runs": len(v), "warmup": warmup} for k, v in
-            times.items()}
+    return {
+        k: {"times_s": v, "median_s": statistics.median(v), "runs": len(v), "warmup": warmup} for k, v in times.items()
+    }
 
 
 def paired_ratios(a: Sequence[float], b: Sequence[float]) -> List[float]:
@@ -128,8 +141,9 @@ def flush_denormal(enabled: bool):
         torch.set_flush_denormal(False)
 
 
-def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,
-                repeats: int = 5) -> Dict[str, object]:
+def matmul_peak(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5
+) -> Dict[str, object]:
     """The machine's measured matmul rate: FLOP/s of a size×size×size GEMM (median of ``repeats``), the best of
     the libraries PyTorch can send it to.
 
@@ -150,11 +164,18 @@ def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
     out: Dict[str, object] = {"size": size, "dtype": str(dtype).replace("torch.", "")}
     for name, fn in candidates.items():
         t = time_call(fn, repeats=repeats, warmup=2, device=device)
-        out[name] = {"median_s": t["median_s"], "flops_per_s": flops / t["median_s"],
-                     "best_flops_per_s": flops / min(t["times_s"])}
+        out[name] = {
+            "median_s": t["median_s"],
+            "flops_per_s": flops / t["median_s"],
+            "best_flops_per_s": flops / min(t["times_s"]),
+        }
     best = max(candidates, key=lambda k: out[k]["flops_per_s"])
-    out.update(library=best, median_s=out[best]["median_s"], flops_per_s=out[best]["flops_per_s"],
-               best_flops_per_s=out[best]["best_flops_per_s"])
+    out.update(
+        library=best,
+        median_s=out[best]["median_s"],
+        flops_per_s=out[best]["flops_per_s"],
+        best_flops_per_s=out[best]["best_flops_per_s"],
+    )
     return out
 
 

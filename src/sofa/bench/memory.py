@@ -12,6 +12,7 @@ model's weights or the input, which were already resident. Each benchmark case r
 (:mod:`sofa.bench.isolation`), so nothing cached by an earlier case is counted or missing. On CUDA the same
 quantity is ``max_memory_allocated`` after ``reset_peak_memory_stats``, minus the memory allocated before the call.
 """
+
 from __future__ import annotations
 
 import gc
@@ -22,8 +23,15 @@ import torch
 from sofa.bench.measure import synchronize
 from sofa.runtime import M_MMAP_THRESHOLD, glibc
 
-__all__ = ["MEM_METHOD_CPU", "MEM_METHOD_CUDA", "peak_memory", "process_status_kib", "reset_peak_rss",
-           "configure_malloc", "available_memory"]
+__all__ = [
+    "MEM_METHOD_CPU",
+    "MEM_METHOD_CUDA",
+    "peak_memory",
+    "process_status_kib",
+    "reset_peak_rss",
+    "configure_malloc",
+    "available_memory",
+]
 
 MEM_METHOD_CPU = (
     "fresh process per case; after timing, malloc_trim(0) and malloc mmap threshold 64 KiB (mallopt); "

@@ -12,6 +12,7 @@ Sequences (``sofa bench mixers --seq 1024,4096,...``): the same width, heads, ba
 SeT with 128 references, pooling of width 3; softmax attention both ways; and, where the optional ``bench`` extra
 is installed, the ``nystrom-attention`` package's Nyströmformer at the same 128 landmarks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,10 +35,16 @@ QUICK_SIDES = (8, 16)
 #: name → (build_mixer kind, keyword arguments, one-line description)
 CASES: Dict[str, tuple] = {
     "pool": ("pool", {}, "PoolFormer pooling (3x3 average - input)"),
-    "soft_stride": ("soft", {"landmark_stride": 8, "dwconv_kernel": 9},
-                    "SOFT, released stride-8 landmarks (m = N/64 grows with N), dwconv 9x9"),
-    "soft_bounded": ("soft", {"landmark_stride": 8, "dwconv_kernel": 9, "max_landmarks": 49},
-                     "SOFT, stride-8 landmarks pooled to at most 49, dwconv 9x9"),
+    "soft_stride": (
+        "soft",
+        {"landmark_stride": 8, "dwconv_kernel": 9},
+        "SOFT, released stride-8 landmarks (m = N/64 grows with N), dwconv 9x9",
+    ),
+    "soft_bounded": (
+        "soft",
+        {"landmark_stride": 8, "dwconv_kernel": 9, "max_landmarks": 49},
+        "SOFT, stride-8 landmarks pooled to at most 49, dwconv 9x9",
+    ),
     "set": ("set", {"num_refs": 49}, "SeT, 49 references, 32 anchors, 5 Sinkhorn iterations, LePE 3x3"),
     "sdpa": ("attn", {"impl": "sdpa"}, "softmax attention, F.scaled_dot_product_attention"),
     "softmax_materialized": ("attn", {"impl": "materialized"}, "softmax attention, softmax(QK^T)V materialised"),
@@ -47,17 +54,29 @@ DEFAULT_CASES = tuple(CASES)
 SEQ_LANDMARKS = 128
 SEQ_CASES: Dict[str, tuple] = {
     "pool": ("pool", {}, "PoolFormer pooling along the sequence (width-3 average - input)"),
-    "soft": ("soft", {"landmark_stride": 1, "max_landmarks": SEQ_LANDMARKS, "dwconv_kernel": 0,
-                      "sequence_only": True}, "SOFT, 128 landmarks (segment means of the queries)"),
-    "soft_norm": ("soft_norm", {"landmark_stride": 1, "max_landmarks": SEQ_LANDMARKS, "dwconv_kernel": 0,
-                                "sequence_only": True}, "SOFT-Norm, 128 landmarks"),
-    "set": ("set", {"num_refs": SEQ_LANDMARKS, "lepe": False},
-            "SeT, 128 references, 32 anchors, 5 Sinkhorn iterations"),
+    "soft": (
+        "soft",
+        {"landmark_stride": 1, "max_landmarks": SEQ_LANDMARKS, "dwconv_kernel": 0, "sequence_only": True},
+        "SOFT, 128 landmarks (segment means of the queries)",
+    ),
+    "soft_norm": (
+        "soft_norm",
+        {"landmark_stride": 1, "max_landmarks": SEQ_LANDMARKS, "dwconv_kernel": 0, "sequence_only": True},
+        "SOFT-Norm, 128 landmarks",
+    ),
+    "set": (
+        "set",
+        {"num_refs": SEQ_LANDMARKS, "lepe": False},
+        "SeT, 128 references, 32 anchors, 5 Sinkhorn iterations",
+    ),
     "sdpa": ("attn", {"impl": "sdpa"}, "softmax attention, F.scaled_dot_product_attention"),
     "softmax_materialized": ("attn", {"impl": "materialized"}, "softmax attention, softmax(QK^T)V materialised"),
-    "nystrom": ("nystrom", {"num_landmarks": SEQ_LANDMARKS},
-                "nystrom-attention package (Nystromformer), 128 landmarks, 6 pseudo-inverse iterations, "
-                "33-wide depthwise convolution on V"),
+    "nystrom": (
+        "nystrom",
+        {"num_landmarks": SEQ_LANDMARKS},
+        "nystrom-attention package (Nystromformer), 128 landmarks, 6 pseudo-inverse iterations, "
+        "33-wide depthwise convolution on V",
+    ),
 }
 DEFAULT_SEQ_CASES = tuple(SEQ_CASES)
 DEFAULT_LENGTHS = (1024, 4096, 16384, 65536)
@@ -137,7 +156,7 @@ def _make_step(spec: Dict, side: int):
     mixer = build(name, sequence).to(device)
     x = torch.randn(1, N, DIM, device=device) * float(spec.get("input_scale", 1.0))
     hw = None if sequence else (side, side)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     if sequence:
         landmarks = getattr(mixer, "max_landmarks", None) or getattr(mixer, "num_landmarks", None)
         rec: Dict = {"landmarks": min(N, landmarks) if isinstance(landmarks, int) else None}
@@ -184,13 +203,23 @@ def run_pair(spec: Dict) -> Dict:
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec.get("device", "cpu"))
     a, b = (int(s) for s in spec["sides"])
-    t = measure.time_interleaved({"small": _make_step(spec, a)[0], "large": _make_step(spec, b)[0]},
-                                 repeats=int(spec["repeats"]), warmup=int(spec.get("warmup", 1)), device=device,
-                                 burst=int(spec.get("burst", PAIR_BURST)))
+    t = measure.time_interleaved(
+        {"small": _make_step(spec, a)[0], "large": _make_step(spec, b)[0]},
+        repeats=int(spec["repeats"]),
+        warmup=int(spec.get("warmup", 1)),
+        device=device,
+        burst=int(spec.get("burst", PAIR_BURST)),
+    )
     times = [t["small"]["times_s"], t["large"]["times_s"]]
     per_run = [math.log(r) / math.log(tokens(spec, b) / tokens(spec, a)) for r in measure.paired_ratios(*times)]
-    return {"sides": [a, b], "times_s": times, "medians_s": [statistics.median(t) for t in times],
-            "slope": statistics.median(per_run), "slope_runs": per_run, "runs": len(per_run)}
+    return {
+        "sides": [a, b],
+        "times_s": times,
+        "medians_s": [statistics.median(t) for t in times],
+        "slope": statistics.median(per_run),
+        "slope_runs": per_run,
+        "runs": len(per_run),
+    }
 
 
 def run_case(spec: Dict) -> Dict:
@@ -204,25 +233,40 @@ def run_case(spec: Dict) -> Dict:
     budget = spec.get("budget_s")
     min_rep = int(spec.get("min_repeats", 1))
     if spec.get("flush_compare", True) and device.type == "cpu":
+
         def with_flush(flag: bool) -> Callable[[], object]:
             def f():
                 with measure.flush_denormal(flag):
                     return step()
+
             return f
 
         # at least FLUSH_RUNS rounds where the budget allows: the ratio is a small effect to resolve
-        t = measure.time_interleaved({"off": with_flush(False), "on": with_flush(True)},
-                                     repeats=max(spec["repeats"], FLUSH_RUNS), warmup=spec.get("warmup", 1),
-                                     device=device, budget_s=None if budget is None else 2 * budget,
-                                     min_repeats=min_rep, fill_s=spec.get("flush_fill_s", FLUSH_FILL_S),
-                                     max_repeats=FLUSH_MAX_RUNS)
+        t = measure.time_interleaved(
+            {"off": with_flush(False), "on": with_flush(True)},
+            repeats=max(spec["repeats"], FLUSH_RUNS),
+            warmup=spec.get("warmup", 1),
+            device=device,
+            budget_s=None if budget is None else 2 * budget,
+            min_repeats=min_rep,
+            fill_s=spec.get("flush_fill_s", FLUSH_FILL_S),
+            max_repeats=FLUSH_MAX_RUNS,
+        )
         rec.update(t["off"])
         rec["flush_on"] = t["on"]
         # the median of the ABBA-paired ratios: a change of load hits both settings of a pair alike
         rec["flush_ratio"] = statistics.median(measure.paired_ratios(t["off"]["times_s"], t["on"]["times_s"]))
     else:
-        rec.update(measure.time_call(step, repeats=spec["repeats"], warmup=spec.get("warmup", 1), device=device,
-                                     budget_s=budget, min_repeats=min_rep))
+        rec.update(
+            measure.time_call(
+                step,
+                repeats=spec["repeats"],
+                warmup=spec.get("warmup", 1),
+                device=device,
+                budget_s=budget,
+                min_repeats=min_rep,
+            )
+        )
     rec.update(memory.peak_memory(step, device))
     return rec
 
@@ -244,9 +288,19 @@ def slopes(records: Sequence[Dict], key: str = "median_s") -> List[Dict]:
     for (layout, mixer, mode), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["N"])
         for a, b in itertools.pairwise(rs):
-            out.append({"layout": layout, "mixer": mixer, "mode": mode, "from_N": a["N"], "to_N": b["N"],
-                        "from_side": a.get("side"), "to_side": b.get("side"), "quantity": key,
-                        "slope": slope(a["N"], a[key], b["N"], b[key])})
+            out.append(
+                {
+                    "layout": layout,
+                    "mixer": mixer,
+                    "mode": mode,
+                    "from_N": a["N"],
+                    "to_N": b["N"],
+                    "from_side": a.get("side"),
+                    "to_side": b.get("side"),
+                    "quantity": key,
+                    "slope": slope(a["N"], a[key], b["N"], b[key]),
+                }
+            )
     return out
 
 
@@ -293,10 +347,22 @@ def bench_mixers(
             prev: Optional[Dict] = None
             for side in sorted(sides):
                 N = side if sequence else side * side
-                base = {"bench": "mixers", "layout": layout, "mixer": name, "description": table[name][2],
-                        "mode": mode, "side": None if sequence else side, "N": N, "C": DIM, "heads": HEADS,
-                        "head_dim": DIM // HEADS, "batch": 1, "dtype": dtype, "device": device,
-                        "input_scale": input_scale}
+                base = {
+                    "bench": "mixers",
+                    "layout": layout,
+                    "mixer": name,
+                    "description": table[name][2],
+                    "mode": mode,
+                    "side": None if sequence else side,
+                    "N": N,
+                    "C": DIM,
+                    "heads": HEADS,
+                    "head_dim": DIM // HEADS,
+                    "batch": 1,
+                    "dtype": dtype,
+                    "device": device,
+                    "input_scale": input_scale,
+                }
                 if sequence:
                     base["length"] = N
                 if table[name][0] == "nystrom" and not nystrom_available():
@@ -306,8 +372,11 @@ def bench_mixers(
                     continue
                 need = estimate_memory(name, side, mode, length=N if sequence else None)
                 if device == "cpu" and need > mem_limit:
-                    rec = dict(base, status="skipped",
-                               reason=f"would need at least {need / 1e9:.1f} GB (limit {mem_limit / 1e9:.1f} GB)")
+                    rec = dict(
+                        base,
+                        status="skipped",
+                        reason=f"would need at least {need / 1e9:.1f} GB (limit {mem_limit / 1e9:.1f} GB)",
+                    )
                     records.append(rec)
                     log(_line(rec))
                     continue
@@ -316,17 +385,32 @@ def bench_mixers(
                     p = QUADRATIC.get(name, 1.0)
                     est = prev["median_s"] * (N / prev["N"]) ** p
                     if est > max_run_s:
-                        rec = dict(base, status="skipped", reason=f"estimated {est:.0f} s per run (N^{p:g} from "
-                                   f"{_size(prev)}, limit {max_run_s:.0f} s)")
+                        rec = dict(
+                            base,
+                            status="skipped",
+                            reason=f"estimated {est:.0f} s per run (N^{p:g} from "
+                            f"{_size(prev)}, limit {max_run_s:.0f} s)",
+                        )
                         records.append(rec)
                         log(_line(rec))
                         continue
                 slow = est is not None and est > SLOW_RUN_S
-                spec = {"name": name, "side": side, "layout": layout, "mode": mode, "repeats": repeats,
-                        "warmup": warmup,
-                        "device": device, "dtype": dtype, "threads": threads, "budget_s": budget_s,
-                        "min_repeats": min(3 if slow else 5, repeats), "input_scale": input_scale,
-                        "flush_compare": flush_compare and not slow, "flush_fill_s": flush_fill_s}
+                spec = {
+                    "name": name,
+                    "side": side,
+                    "layout": layout,
+                    "mode": mode,
+                    "repeats": repeats,
+                    "warmup": warmup,
+                    "device": device,
+                    "dtype": dtype,
+                    "threads": threads,
+                    "budget_s": budget_s,
+                    "min_repeats": min(3 if slow else 5, repeats),
+                    "input_scale": input_scale,
+                    "flush_compare": flush_compare and not slow,
+                    "flush_fill_s": flush_fill_s,
+                }
                 try:
                     result = run_isolated("mixer", spec) if isolate else run_case(spec)
                     rec = dict(base, status="ok", **result)
@@ -338,28 +422,59 @@ def bench_mixers(
     if pair_slopes:
         for mode in modes:
             for name in [c for c in cases if c in (LINEAR_SEQ_CASES if sequence else LINEAR_CASES)]:
-                ok = sorted((r for r in records if r["mixer"] == name and r["mode"] == mode and r["status"] == "ok"),
-                            key=lambda r: r["N"])
+                ok = sorted(
+                    (r for r in records if r["mixer"] == name and r["mode"] == mode and r["status"] == "ok"),
+                    key=lambda r: r["N"],
+                )
                 for ra, rb in itertools.pairwise(ok):
                     if rb["median_s"] > pair_max_s:
                         continue
                     sizes = [ra["N"], rb["N"]] if sequence else [ra["side"], rb["side"]]
-                    spec = {"name": name, "mode": mode, "sides": sizes, "layout": layout, "device": device,
-                            "dtype": dtype, "threads": threads, "input_scale": input_scale, "warmup": 1,
-                            "repeats": pair_repeats}
+                    spec = {
+                        "name": name,
+                        "mode": mode,
+                        "sides": sizes,
+                        "layout": layout,
+                        "device": device,
+                        "dtype": dtype,
+                        "threads": threads,
+                        "input_scale": input_scale,
+                        "warmup": 1,
+                        "repeats": pair_repeats,
+                    }
                     try:
                         res = run_isolated("mixer_pair", spec) if isolate else run_pair(spec)
-                        rec = {"bench": "mixer_pair", "layout": layout, "mixer": name, "mode": mode,
-                               "from_side": ra["side"], "to_side": rb["side"], "from_N": ra["N"], "to_N": rb["N"],
-                               "status": "ok", **res}
+                        rec = {
+                            "bench": "mixer_pair",
+                            "layout": layout,
+                            "mixer": name,
+                            "mode": mode,
+                            "from_side": ra["side"],
+                            "to_side": rb["side"],
+                            "from_N": ra["N"],
+                            "to_N": rb["N"],
+                            "status": "ok",
+                            **res,
+                        }
                     except Exception as err:
-                        rec = {"bench": "mixer_pair", "layout": layout, "mixer": name, "mode": mode,
-                               "from_side": ra["side"], "to_side": rb["side"], "from_N": ra["N"], "to_N": rb["N"],
-                               "status": "failed", "reason": f"{type(err).__name__}: {err}"}
+                        rec = {
+                            "bench": "mixer_pair",
+                            "layout": layout,
+                            "mixer": name,
+                            "mode": mode,
+                            "from_side": ra["side"],
+                            "to_side": rb["side"],
+                            "from_N": ra["N"],
+                            "to_N": rb["N"],
+                            "status": "failed",
+                            "reason": f"{type(err).__name__}: {err}",
+                        }
                     records.append(rec)
                     if rec["status"] == "ok":
-                        log(f"{mode:9s} {name:21s} slope {_size(ra)}→{_size(rb)} (interleaved, {rec['runs']} "
-                            f"runs): {rec['slope']:.2f}")
+                        log(
+                            f"{mode:9s} {name:21s} slope {_size(ra)}→{_size(rb)} (interleaved, {rec['runs']} "
+                            f"runs): {rec['slope']:.2f}"
+                        )
     return records
 
 
@@ -374,5 +489,7 @@ def _line(r: Dict) -> str:
         return f"{head}  {r['status']}: {r.get('reason', '')}"
     flush = f"  flush on/off {r['flush_ratio']:.2f}" if r.get("flush_ratio") else ""
     lm = f"  m={r['landmarks']}" if r.get("landmarks") else ""
-    return (f"{head}  {measure.fmt_time(r['median_s']):>9s} ({r['runs']} runs)  peak "
-            f"{measure.fmt_bytes(r.get('peak_mem_bytes')):>9s}{flush}{lm}")
+    return (
+        f"{head}  {measure.fmt_time(r['median_s']):>9s} ({r['runs']} runs)  peak "
+        f"{measure.fmt_bytes(r.get('peak_mem_bytes')):>9s}{flush}{lm}"
+    )

@@ -7,6 +7,7 @@ matmul peak" column is the model's achieved FLOP rate (2 × multiply–accumulat
 included, divided by the median time) over the rate of a large fp32 GEMM (2048³) timed in the same process just
 before the model, so that both see the same machine load.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,15 @@ from sofa.bench.isolation import run_isolated
 from sofa.bench.measure import DTYPES
 
 #: our models: the families and the pooling/attention hybrids
-SOFA_MODELS = ("soft_tiny", "soft_norm_tiny", "setformer_mini", "poolformer_s12", "poolformer_s12_soft",
-               "poolformer_s12_set", "poolformer_s12_attn")
+SOFA_MODELS = (
+    "soft_tiny",
+    "soft_norm_tiny",
+    "setformer_mini",
+    "poolformer_s12",
+    "poolformer_s12_soft",
+    "poolformer_s12_set",
+    "poolformer_s12_attn",
+)
 #: what a user would pick instead, from timm
 TIMM_MODELS = ("poolformer_s12", "pvt_v2_b1", "deit_tiny_patch16_224", "convnext_atto")
 DEFAULT_SIDES = (224, 448)
@@ -30,7 +38,7 @@ QUICK_TIMM = ("resnet18",)
 
 
 def parse_model(token: str) -> tuple:
-    """"timm:NAME" or "NAME" (sofa's) → (source, name)."""
+    """ "timm:NAME" or "NAME" (sofa's) → (source, name)."""
     if ":" in token:
         src, name = token.split(":", 1)
         if src not in ("sofa", "timm"):
@@ -40,7 +48,7 @@ def parse_model(token: str) -> tuple:
 
 
 def model_kwargs(name: str) -> tuple:
-    """"NAME[key=value;key=value]" → (NAME, {key: value}) (values read as Python literals, else strings), so that
+    """ "NAME[key=value;key=value]" → (NAME, {key: value}) (values read as Python literals, else strings), so that
     a variant can be benchmarked without a registry entry: ``soft_tiny[max_landmarks=49]``."""
     import ast
 
@@ -121,8 +129,16 @@ def run_case(spec: Dict) -> Dict:
     # like with like even when the machine's load changes during a long run
     gemm = measure.matmul_peak(device, size=int(spec.get("gemm_size", 1024)), repeats=5)
     rec["gemm_flops_per_s"] = gemm["flops_per_s"]
-    rec.update(measure.time_call(step, repeats=int(spec.get("repeats", 5)), warmup=int(spec.get("warmup", 2)),
-                                 device=device, budget_s=spec.get("budget_s"), min_repeats=min(5, spec["repeats"])))
+    rec.update(
+        measure.time_call(
+            step,
+            repeats=int(spec.get("repeats", 5)),
+            warmup=int(spec.get("warmup", 2)),
+            device=device,
+            budget_s=spec.get("budget_s"),
+            min_repeats=min(5, spec["repeats"]),
+        )
+    )
     if spec.get("profile"):
         from sofa.bench.profile import bound_by, profile_step
 
@@ -137,6 +153,7 @@ def _step(model, x, device: torch.device, dtype: torch.dtype):
         ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             return model(x)
+
     return step
 
 
@@ -176,8 +193,9 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
     if not blocks or x.device.type != "cpu" or x.dtype != torch.float32 or fm.choose_impl() != "onednn":
         return None
     seen: Dict[torch.nn.Module, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: seen.setdefault(m, a[0].detach().clone()))
-             for m in blocks + convs]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a: seen.setdefault(m, a[0].detach().clone())) for m in blocks + convs
+    ]
     try:
         with torch.inference_mode():
             model(x)
@@ -189,15 +207,25 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
             return None
     work: List[Callable[[], None]] = []
     for c in (c for c in convs if c in seen):
-        work.append(lambda c=c, t=seen[c]: torch.nn.functional.conv2d(t, c.weight, c.bias, c.stride, c.padding,
-                                                                       c.dilation, c.groups))
+        work.append(
+            lambda c=c, t=seen[c]: torch.nn.functional.conv2d(
+                t, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups
+            )
+        )
     for b in blocks:
         t = seen[b]
         B, C, H, W = t.shape
         L = B * H * W
         rows = fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, fm.mlp_chunk_bytes())
-        params = (b.mlp.fc1.weight, b.mlp.fc1.bias, b.norm2.weight, b.norm2.bias, b.layer_scale2, b.mlp.fc2.weight,
-                  b.mlp.fc2.bias)
+        params = (
+            b.mlp.fc1.weight,
+            b.mlp.fc1.bias,
+            b.norm2.weight,
+            b.norm2.bias,
+            b.layer_scale2,
+            b.mlp.fc2.weight,
+            b.mlp.fc2.bias,
+        )
         tokens = t.permute(0, 2, 3, 1).reshape(L, C).clone()  # the residual the GEMMs add into
         n = tokens[:rows].clone()  # the chunk input (the real operator normalises each chunk into such a buffer)
         packs = {k: fm.packed_weights(params, k, True) for k in {min(rows, L - i) for i in range(0, L, rows)}}
@@ -206,12 +234,14 @@ def onednn_work(model: torch.nn.Module, x: torch.Tensor) -> Optional[Callable[[]
             for i in range(0, L, rows):
                 j = min(L, i + rows)
                 fm.onednn_chunk_(tokens[i:j], n[: j - i], *packs[j - i])
+
         work.append(gemms)
 
     def step():
         with torch.inference_mode():
             for w in work:
                 w()
+
     return step
 
 
@@ -230,15 +260,23 @@ def run_pair(spec: Dict) -> Dict:
     steps = {"a": _step(models[0], x, device, dtype), "b": _step(models[1], x, device, dtype)}
     if floor is not None:
         steps["c"] = floor
-    t = measure.time_interleaved(steps, repeats=int(spec.get("repeats", 9)), warmup=int(spec.get("warmup", 3)),
-                                 device=device)
+    t = measure.time_interleaved(
+        steps, repeats=int(spec.get("repeats", 9)), warmup=int(spec.get("warmup", 3)), device=device
+    )
     ratios = measure.paired_ratios(t["a"]["times_s"], t["b"]["times_s"])
-    rec.update(speedup=statistics.median(ratios), speedup_runs=ratios, runs=len(ratios),
-               images_per_s=[batch / t["a"]["median_s"], batch / t["b"]["median_s"]])
+    rec.update(
+        speedup=statistics.median(ratios),
+        speedup_runs=ratios,
+        runs=len(ratios),
+        images_per_s=[batch / t["a"]["median_s"], batch / t["b"]["median_s"]],
+    )
     if floor is not None:
         bound = measure.paired_ratios(t["c"]["times_s"], t["b"]["times_s"])
-        rec.update(bound_speedup=statistics.median(bound), bound_speedup_runs=bound,
-                   bound_images_per_s=batch / t["c"]["median_s"])
+        rec.update(
+            bound_speedup=statistics.median(bound),
+            bound_speedup_runs=bound,
+            bound_images_per_s=batch / t["c"]["median_s"],
+        )
     return rec
 
 
@@ -269,19 +307,42 @@ def bench_models(
     g = run_isolated("gemm", gemm_spec) if isolate else measure.matmul_peak(device, size=gemm_size, repeats=7)
     records.append({"bench": "gemm", "dtype": "fp32", "device": device, "status": "ok", **g})
     libs = ", ".join(f"{k} {g[k]['flops_per_s'] / 1e9:.1f}" for k in ("blas", "onednn") if k in g)
-    log(f"GEMM {gemm_size}x{gemm_size}x{gemm_size} fp32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s (median of 7, "
-        f"{g['library']}; {libs})")
+    log(
+        f"GEMM {gemm_size}x{gemm_size}x{gemm_size} fp32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s (median of 7, "
+        f"{g['library']}; {libs})"
+    )
     peak = g["flops_per_s"]  # the peak column is always against the fp32 GEMM
     for side in sides:
         for dt in dtypes:
             for token in models:
                 source, name = parse_model(token)
-                base = {"bench": "models", "source": source, "model": name, "side": side, "batch": batch,
-                        "dtype": dt, "device": device, "compile": compile or False, "channels_last": channels_last}
-                spec = {"source": source, "name": name, "side": side, "batch": batch, "dtype": dt, "device": device,
-                        "threads": threads, "repeats": repeats, "warmup": warmup, "compile": compile,
-                        "channels_last": channels_last, "budget_s": budget_s, "profile": profile,
-                        "gemm_size": gemm_size}
+                base = {
+                    "bench": "models",
+                    "source": source,
+                    "model": name,
+                    "side": side,
+                    "batch": batch,
+                    "dtype": dt,
+                    "device": device,
+                    "compile": compile or False,
+                    "channels_last": channels_last,
+                }
+                spec = {
+                    "source": source,
+                    "name": name,
+                    "side": side,
+                    "batch": batch,
+                    "dtype": dt,
+                    "device": device,
+                    "threads": threads,
+                    "repeats": repeats,
+                    "warmup": warmup,
+                    "compile": compile,
+                    "channels_last": channels_last,
+                    "budget_s": budget_s,
+                    "profile": profile,
+                    "gemm_size": gemm_size,
+                }
                 try:
                     result = run_isolated("model", spec) if isolate else run_case(spec)
                     rec = dict(base, status="ok", **result)
@@ -298,17 +359,33 @@ def bench_models(
             continue
         for side in sides:
             for dt in dtypes:
-                base = {"bench": "model_pair", "models": [a, b], "side": side, "batch": batch, "dtype": dt,
-                        "device": device, "compile": compile or False, "channels_last": channels_last}
+                base = {
+                    "bench": "model_pair",
+                    "models": [a, b],
+                    "side": side,
+                    "batch": batch,
+                    "dtype": dt,
+                    "device": device,
+                    "compile": compile or False,
+                    "channels_last": channels_last,
+                }
                 spec = dict(base, threads=threads, repeats=max(repeats, 12), warmup=max(warmup, 3))
                 try:
                     rec = dict(base, status="ok", **(run_isolated("model_pair", spec) if isolate else run_pair(spec)))
-                    diff = "" if rec["max_rel_diff"] is None else f", same weights: stage-4 maps agree to " \
-                                                                  f"{rec['max_rel_diff']:.1e}"
-                    bound = "" if rec.get("bound_speedup") is None else \
-                        f"; its oneDNN GEMMs and convolutions alone: {rec['bound_speedup']:.2f}×"
-                    log(f"{a} / {b} {side}² {dt}, timed in turn: {rec['speedup']:.2f}× "
-                        f"(median of {rec['runs']} pairs{diff}{bound})")
+                    diff = (
+                        ""
+                        if rec["max_rel_diff"] is None
+                        else f", same weights: stage-4 maps agree to {rec['max_rel_diff']:.1e}"
+                    )
+                    bound = (
+                        ""
+                        if rec.get("bound_speedup") is None
+                        else f"; its oneDNN GEMMs and convolutions alone: {rec['bound_speedup']:.2f}×"
+                    )
+                    log(
+                        f"{a} / {b} {side}² {dt}, timed in turn: {rec['speedup']:.2f}× "
+                        f"(median of {rec['runs']} pairs{diff}{bound})"
+                    )
                 except Exception as err:
                     rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
                     log(f"{a} / {b} {side}² {dt}: failed: {rec['reason']}")
@@ -322,5 +399,7 @@ def _line(r: Dict) -> str:
         return f"{head}  {r['status']}: {r.get('reason', '')}"
     frac = r.get("fraction_of_matmul_peak")
     frac = f"{100 * frac:5.1f}% of GEMM" if frac else ""
-    return (f"{head}  {r['images_per_s']:8.1f} img/s  peak {measure.fmt_bytes(r.get('peak_mem_bytes')):>9s}  "
-            f"{(r.get('flops') or 0) / r['batch'] / 1e9:6.2f} GFLOP/img  {frac}")
+    return (
+        f"{head}  {r['images_per_s']:8.1f} img/s  peak {measure.fmt_bytes(r.get('peak_mem_bytes')):>9s}  "
+        f"{(r.get('flops') or 0) / r['batch'] / 1e9:6.2f} GFLOP/img  {frac}"
+    )

@@ -11,19 +11,58 @@ framework overhead between operators). Kinds:
   layouts — everything that streams memory;
 * other operators.
 """
+
 from __future__ import annotations
 
 import time
 from typing import Callable, Dict
 
-import torch
-
-MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-          "aten::_scaled_dot_product_attention_math", "aten::addbmm", "aten::dot", "aten::mv")
+MATMUL = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_attention_math",
+    "aten::addbmm",
+    "aten::dot",
+    "aten::mv",
+)
 SPATIAL = ("aten::avg_pool2d", "aten::max_pool2d", "aten::adaptive_avg_pool2d", "aten::_adaptive_avg_pool2d")
-ELEMENTWISE_HINTS = ("add", "sub", "mul", "div", "exp", "gelu", "norm", "copy", "clamp", "threshold", "sum",
-                     "amax", "max", "pow", "log", "softmax", "cat", "where", "fill", "relu", "sqrt", "mean",
-                     "contiguous", "_to_copy", "index", "stack", "erf", "tanh", "masked", "rsqrt", "var", "neg")
+ELEMENTWISE_HINTS = (
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "exp",
+    "gelu",
+    "norm",
+    "copy",
+    "clamp",
+    "threshold",
+    "sum",
+    "amax",
+    "max",
+    "pow",
+    "log",
+    "softmax",
+    "cat",
+    "where",
+    "fill",
+    "relu",
+    "sqrt",
+    "mean",
+    "contiguous",
+    "_to_copy",
+    "index",
+    "stack",
+    "erf",
+    "tanh",
+    "masked",
+    "rsqrt",
+    "var",
+    "neg",
+)
 
 
 def _kind(name: str, shapes) -> str:

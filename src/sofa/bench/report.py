@@ -1,4 +1,5 @@
 """Tables (Markdown), the goals of the benchmark issue checked against a run, the JSON file and the plot."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,9 @@ def mixer_table(records: Sequence[Dict], mode: str) -> str:
             else:
                 runs = "" if r["runs"] >= 5 else f" ({r['runs']} run{'s' if r['runs'] > 1 else ''})"
                 lm = f", m={r['landmarks']}" if r.get("landmarks") and name.startswith("soft") else ""
-                cells.append(f"{measure.fmt_time(r['median_s'])}{runs} / {measure.fmt_bytes(r.get('peak_mem_bytes'))}"
-                             f"{lm}")
+                cells.append(
+                    f"{measure.fmt_time(r['median_s'])}{runs} / {measure.fmt_bytes(r.get('peak_mem_bytes'))}{lm}"
+                )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -62,14 +64,17 @@ def mixer_table(records: Sequence[Dict], mode: str) -> str:
 def _slope_grid(rows: Sequence[Dict]) -> str:
     """A mixer × (size pair) markdown table of the ``slope`` of each row (rows hold mixer, mode, from_N, to_N,
     from_side, to_side (None for sequences) and slope; a missing or None slope is an empty cell)."""
+
     def pair(r):
         return r["from_N"], r["to_N"], r.get("from_side"), r.get("to_side")
 
     pairs = sorted({pair(r) for r in rows}, key=lambda t: (t[0], t[1]))
     keys = list(dict.fromkeys((r["mixer"], r["mode"]) for r in rows))
     by_cell = {(r["mixer"], r["mode"], *pair(r)): r.get("slope") for r in rows}
-    lines = ["| mixer | mode | " + " | ".join(f"{_label(a, sa)}→{_label(b, sb)}" for a, b, sa, sb in pairs) + " |",
-             "|---|---" + "|---" * len(pairs) + "|"]
+    lines = [
+        "| mixer | mode | " + " | ".join(f"{_label(a, sa)}→{_label(b, sb)}" for a, b, sa, sb in pairs) + " |",
+        "|---|---" + "|---" * len(pairs) + "|",
+    ]
     for mixer, mode in keys:
         cells = [by_cell.get((mixer, mode, *p)) for p in pairs]
         lines.append(f"| {mixer} | {mode} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells) + " |")
@@ -97,8 +102,9 @@ def flush_table(records: Sequence[Dict]) -> str:
     for name, mode in rows:
         cells = []
         for n, s in sizes:
-            r = next((r for r in rs if r["mixer"] == name and r["mode"] == mode and r["N"] == n
-                      and r.get("side") == s), None)
+            r = next(
+                (r for r in rs if r["mixer"] == name and r["mode"] == mode and r["N"] == n and r.get("side") == s), None
+            )
             cells.append("" if r is None else f"{r['flush_ratio']:.2f}")
         lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -110,44 +116,86 @@ def mixer_goals(records: Sequence[Dict]) -> List[Dict]:
     sl = slopes(records)
     pairs = [r for r in records if r.get("bench") == "mixer_pair" and r.get("status") == "ok"]
     for name in LINEAR_CASES:
-        p = next((p for p in pairs if p["mixer"] == name and p["mode"] == "inference" and p["from_side"] == 112
-                  and p["to_side"] == 224), None)
-        s = next((s for s in sl if s["mixer"] == name and s["mode"] == "inference" and s["from_side"] == 112
-                  and s["to_side"] == 224), None)
+        p = next(
+            (
+                p
+                for p in pairs
+                if p["mixer"] == name and p["mode"] == "inference" and p["from_side"] == 112 and p["to_side"] == 224
+            ),
+            None,
+        )
+        s = next(
+            (
+                s
+                for s in sl
+                if s["mixer"] == name and s["mode"] == "inference" and s["from_side"] == 112 and s["to_side"] == 224
+            ),
+            None,
+        )
         if p is not None:
             seq = "" if s is None or s["slope"] is None else f" (separate medians: {s['slope']:.2f})"
-            goals.append({"goal": f"slope {name} 112²→224² (inference, interleaved runs) ≤ {SLOPE_GOAL}",
-                          "value": f"{p['slope']:.2f}{seq}", "met": p["slope"] <= SLOPE_GOAL})
+            goals.append(
+                {
+                    "goal": f"slope {name} 112²→224² (inference, interleaved runs) ≤ {SLOPE_GOAL}",
+                    "value": f"{p['slope']:.2f}{seq}",
+                    "met": p["slope"] <= SLOPE_GOAL,
+                }
+            )
         elif s is not None and s["slope"] is not None:
-            goals.append({"goal": f"slope {name} 112²→224² (inference) ≤ {SLOPE_GOAL}", "value": round(s["slope"], 3),
-                          "met": s["slope"] <= SLOPE_GOAL})
+            goals.append(
+                {
+                    "goal": f"slope {name} 112²→224² (inference) ≤ {SLOPE_GOAL}",
+                    "value": round(s["slope"], 3),
+                    "met": s["slope"] <= SLOPE_GOAL,
+                }
+            )
     for name in LINEAR_SEQ_CASES:  # sequences: the interleaved slope between the two longest lengths measured
         seq = [p for p in pairs if p.get("layout") == "sequence" and p["mixer"] == name and p["mode"] == "inference"]
         if seq:
             p = max(seq, key=lambda p: p["to_N"])
-            goals.append({"goal": f"slope {name} {p['from_N']:,}→{p['to_N']:,} tokens (inference, interleaved runs) "
-                                  f"≤ {SLOPE_GOAL}", "value": f"{p['slope']:.2f}", "met": p["slope"] <= SLOPE_GOAL})
+            goals.append(
+                {
+                    "goal": f"slope {name} {p['from_N']:,}→{p['to_N']:,} tokens (inference, interleaved runs) "
+                    f"≤ {SLOPE_GOAL}",
+                    "value": f"{p['slope']:.2f}",
+                    "met": p["slope"] <= SLOPE_GOAL,
+                }
+            )
     for side, want in SPEEDUP_GOALS.items():
         ref = _one(records, bench="mixers", mixer="sdpa", mode="inference", side=side)
         for name in ("soft_bounded", "set"):
             r = _one(records, bench="mixers", mixer=name, mode="inference", side=side)
             if ref and r:
                 v = ref["median_s"] / r["median_s"]
-                goals.append({"goal": f"{name} ≥ {want:g}× faster than SDPA at {side}² (inference)",
-                              "value": round(v, 2), "met": v >= want})
+                goals.append(
+                    {
+                        "goal": f"{name} ≥ {want:g}× faster than SDPA at {side}² (inference)",
+                        "value": round(v, 2),
+                        "met": v >= want,
+                    }
+                )
     flush = [r for r in _by(records, bench="mixers", status="ok") if r.get("flush_ratio")]
     if flush:
         worst = max(flush, key=lambda r: abs(r["flush_ratio"] - 1))
-        goals.append({"goal": f"flush-denormal on/off changes no mixer's time by more than {FLUSH_GOAL:.0%}",
-                      "value": f"worst {worst['flush_ratio']:.2f} ({worst['mixer']}, "
-                               f"{_label(worst['N'], worst.get('side'))}, {worst['mode']})", "met": abs(worst["flush_ratio"] - 1) <= FLUSH_GOAL})
+        goals.append(
+            {
+                "goal": f"flush-denormal on/off changes no mixer's time by more than {FLUSH_GOAL:.0%}",
+                "value": f"worst {worst['flush_ratio']:.2f} ({worst['mixer']}, "
+                f"{_label(worst['N'], worst.get('side'))}, {worst['mode']})",
+                "met": abs(worst["flush_ratio"] - 1) <= FLUSH_GOAL,
+            }
+        )
         ours = [r for r in flush if r["mixer"] in ("pool", "soft_stride", "soft_bounded", "soft", "soft_norm", "set")]
         if ours:
             w = max(ours, key=lambda r: abs(r["flush_ratio"] - 1))
-            goals.append({"goal": f"... the same for our own mixers (pool, SOFT, SeT)",
-                          "value": f"worst {w['flush_ratio']:.2f} ({w['mixer']}, {_label(w['N'], w.get('side'))}, "
-                                   f"{w['mode']})",
-                          "met": abs(w["flush_ratio"] - 1) <= FLUSH_GOAL})
+            goals.append(
+                {
+                    "goal": "... the same for our own mixers (pool, SOFT, SeT)",
+                    "value": f"worst {w['flush_ratio']:.2f} ({w['mixer']}, {_label(w['N'], w.get('side'))}, "
+                    f"{w['mode']})",
+                    "met": abs(w["flush_ratio"] - 1) <= FLUSH_GOAL,
+                }
+            )
     return goals
 
 
@@ -155,20 +203,28 @@ def model_table(records: Sequence[Dict]) -> str:
     rs = _by(records, bench="models")
     if not rs:
         return ""
-    lines = ["| model | from | input | dtype | images/s | peak memory | GFLOP/image | % of fp32 GEMM peak |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | from | input | dtype | images/s | peak memory | GFLOP/image | % of fp32 GEMM peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rs:
-        mode = r["dtype"] + (", compiled" if r.get("compile") else "") + (", channels-last" if r.get("channels_last")
-                                                                          else "")
+        mode = (
+            r["dtype"]
+            + (", compiled" if r.get("compile") else "")
+            + (", channels-last" if r.get("channels_last") else "")
+        )
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | {r['source']} | {r['side']}² | {mode} | {r['status']}: "
-                         f"{r.get('reason', '')} | | | |")
+            lines.append(
+                f"| {r['model']} | {r['source']} | {r['side']}² | {mode} | {r['status']}: {r.get('reason', '')} | | | |"
+            )
             continue
         frac = r.get("fraction_of_matmul_peak")
         gf = (r.get("flops") or 0) / r["batch"] / 1e9
-        lines.append(f"| {r['model']} | {r['source']} | {r['side']}² | {mode} | {r['images_per_s']:.1f} | "
-                     f"{measure.fmt_bytes(r.get('peak_mem_bytes'))} | {gf:.2f} | "
-                     f"{'' if frac is None else f'{100 * frac:.1f}%'} |")
+        lines.append(
+            f"| {r['model']} | {r['source']} | {r['side']}² | {mode} | {r['images_per_s']:.1f} | "
+            f"{measure.fmt_bytes(r.get('peak_mem_bytes'))} | {gf:.2f} | "
+            f"{'' if frac is None else f'{100 * frac:.1f}%'} |"
+        )
     return "\n".join(lines)
 
 
@@ -176,17 +232,28 @@ def profile_table(records: Sequence[Dict]) -> str:
     rs = [r for r in _by(records, bench="models", status="ok") if r.get("profile")]
     if not rs:
         return ""
-    kinds = ["matmul", "depthwise conv / pooling", "elementwise & norms", "other operators",
-             "overhead (wall - operators)"]
-    lines = ["| model | from | input | dtype | bound by | " + " | ".join(kinds) + " | top operators |",
-             "|---|---|---|---|---|" + "---|" * len(kinds) + "---|"]
+    kinds = [
+        "matmul",
+        "depthwise conv / pooling",
+        "elementwise & norms",
+        "other operators",
+        "overhead (wall - operators)",
+    ]
+    lines = [
+        "| model | from | input | dtype | bound by | " + " | ".join(kinds) + " | top operators |",
+        "|---|---|---|---|---|" + "---|" * len(kinds) + "---|",
+    ]
     for r in rs:
         p = r["profile"]
         cells = [f"{100 * p['by_kind_s'].get(k, 0.0) / p['wall_s']:.0f}%" for k in kinds]
-        top = ", ".join(f"{k.replace('aten::', '')} {100 * v / p['wall_s']:.0f}%" for k, v in
-                        list(p["top_ops_s"].items())[:4])
-        lines.append(f"| {r['model']} | {r['source']} | {r['side']}² | {r['dtype']} | {r['bound_by']} | "
-                     + " | ".join(cells) + f" | {top} |")
+        top = ", ".join(
+            f"{k.replace('aten::', '')} {100 * v / p['wall_s']:.0f}%" for k, v in list(p["top_ops_s"].items())[:4]
+        )
+        lines.append(
+            f"| {r['model']} | {r['source']} | {r['side']}² | {r['dtype']} | {r['bound_by']} | "
+            + " | ".join(cells)
+            + f" | {top} |"
+        )
     return "\n".join(lines)
 
 
@@ -198,24 +265,44 @@ def model_goals(records: Sequence[Dict]) -> List[Dict]:
         mode = "compiled" if p.get("compile") else "eager"
         layout = ", channels-last" if p.get("channels_last") else ""
         same = "" if p.get("max_rel_diff") is None else f"; same weights: stage maps agree to {p['max_rel_diff']:.0e}"
-        goals.append({"goal": f"poolformer_s12 ≥ {POOLFORMER_GOAL}× timm's port ({mode}{layout}, {p['side']}², "
-                              f"{p['dtype']}, timed in turn)",
-                      "value": f"{p['speedup']:.2f} ({p['images_per_s'][0]:.1f} vs {p['images_per_s'][1]:.1f} "
-                               f"img/s{same})" + ("" if p.get("bound_speedup") is None else
-                                                  f"; its oneDNN GEMMs and convolutions alone: "
-                                                  f"{p['bound_speedup']:.2f}"),
-                      "met": p["speedup"] >= POOLFORMER_GOAL})
+        goals.append(
+            {
+                "goal": f"poolformer_s12 ≥ {POOLFORMER_GOAL}× timm's port ({mode}{layout}, {p['side']}², "
+                f"{p['dtype']}, timed in turn)",
+                "value": f"{p['speedup']:.2f} ({p['images_per_s'][0]:.1f} vs {p['images_per_s'][1]:.1f} "
+                f"img/s{same})"
+                + (
+                    ""
+                    if p.get("bound_speedup") is None
+                    else f"; its oneDNN GEMMs and convolutions alone: {p['bound_speedup']:.2f}"
+                ),
+                "met": p["speedup"] >= POOLFORMER_GOAL,
+            }
+        )
     if goals:
         return goals
     for r in _by(records, bench="models", source="sofa", model="poolformer_s12", status="ok"):
-        t = next((t for t in _by(records, bench="models", source="timm", model="poolformer_s12", status="ok")
-                  if t["side"] == r["side"] and t["dtype"] == r["dtype"] and t.get("compile") == r.get("compile")
-                  and t.get("channels_last") == r.get("channels_last")), None)
+        t = next(
+            (
+                t
+                for t in _by(records, bench="models", source="timm", model="poolformer_s12", status="ok")
+                if t["side"] == r["side"]
+                and t["dtype"] == r["dtype"]
+                and t.get("compile") == r.get("compile")
+                and t.get("channels_last") == r.get("channels_last")
+            ),
+            None,
+        )
         if t:
             v = r["images_per_s"] / t["images_per_s"]
             mode = "compiled" if r.get("compile") else "eager"
-            goals.append({"goal": f"poolformer_s12 ≥ {POOLFORMER_GOAL}× timm's port ({mode}, {r['side']}², "
-                                  f"{r['dtype']})", "value": round(v, 3), "met": v >= POOLFORMER_GOAL})
+            goals.append(
+                {
+                    "goal": f"poolformer_s12 ≥ {POOLFORMER_GOAL}× timm's port ({mode}, {r['side']}², {r['dtype']})",
+                    "value": round(v, 3),
+                    "met": v >= POOLFORMER_GOAL,
+                }
+            )
     return goals
 
 
@@ -245,13 +332,22 @@ def plot_mixers(records: Sequence[Dict], path: str | Path, title: str = "") -> N
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     names = list(dict.fromkeys(r["mixer"] for r in rs))
     colors = {n: f"C{i}" for i, n in enumerate(names)}
-    for ax, key, label in ((axes[0], "median_s", "median time (s)"), (axes[1], "peak_mem_bytes", "peak memory (bytes)")):
+    for ax, key, label in (
+        (axes[0], "median_s", "median time (s)"),
+        (axes[1], "peak_mem_bytes", "peak memory (bytes)"),
+    ):
         for name in names:
             for mode, style in (("inference", "-"), ("train", "--")):
                 pts = sorted((r["N"], r[key]) for r in rs if r["mixer"] == name and r["mode"] == mode and r.get(key))
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=colors[name],
-                            label=f"{name} ({mode})")
+                    ax.plot(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        style,
+                        marker="o",
+                        color=colors[name],
+                        label=f"{name} ({mode})",
+                    )
         ns = sorted({r["N"] for r in rs})
         vals = [r[key] for r in rs if r.get(key)]
         if len(ns) >= 2 and vals:
@@ -289,8 +385,10 @@ def plot_models(records: Sequence[Dict], path: str | Path, title: str = "") -> N
     for gi, (side, dt) in enumerate(groups):
         ys = []
         for src, m in keys:
-            r = next((r for r in rs if r["source"] == src and r["model"] == m and r["side"] == side
-                      and r["dtype"] == dt), None)
+            r = next(
+                (r for r in rs if r["source"] == src and r["model"] == m and r["side"] == side and r["dtype"] == dt),
+                None,
+            )
             ys.append(r["images_per_s"] if r else 0)
         ax.bar([i + gi * width for i in range(len(keys))], ys, width, label=f"{side}² {dt}")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])

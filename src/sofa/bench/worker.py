@@ -3,6 +3,7 @@
 :func:`sofa.bench.isolation.run_isolated` starts it; the result is printed as one JSON line after
 :data:`sofa.bench.isolation.RESULT_MARK`.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,19 @@ def run_gemm(spec: dict) -> dict:
     """The machine's matmul peak (:func:`sofa.bench.measure.matmul_peak`) with the spec's device, threads, size."""
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    return measure.matmul_peak(spec.get("device", "cpu"), size=int(spec.get("size", 2048)),
-                               repeats=int(spec.get("repeats", 5)))
+    return measure.matmul_peak(
+        spec.get("device", "cpu"), size=int(spec.get("size", 2048)), repeats=int(spec.get("repeats", 5))
+    )
 
 
 #: case kind → the function that measures one case of it in this process
-CASE_RUNNERS = {"mixer": mixers.run_case, "mixer_pair": mixers.run_pair, "model": models.run_case,
-                "model_pair": models.run_pair, "gemm": run_gemm}
+CASE_RUNNERS = {
+    "mixer": mixers.run_case,
+    "mixer_pair": mixers.run_pair,
+    "model": models.run_case,
+    "model_pair": models.run_pair,
+    "gemm": run_gemm,
+}
 
 
 def main(argv=None) -> int:

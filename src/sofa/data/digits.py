@@ -4,6 +4,7 @@
 image size (bilinear) and made 3-channel so that any ImageNet-style model takes them. The train/test split is a
 stratified split fixed by a seed, so every run (and every rank of a distributed run) sees the same split.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -51,9 +52,7 @@ class DigitsDataset(Dataset):
             raise ValueError(f"split must be 'train' or 'test'/'val', got {split!r}")
         images, labels = digits_split(seed, test_fraction)[split]
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        self.images = [
-            Image.fromarray(im, mode="L").resize((w, h), Image.BILINEAR).convert("RGB") for im in images
-        ]
+        self.images = [Image.fromarray(im, mode="L").resize((w, h), Image.BILINEAR).convert("RGB") for im in images]
         self.targets = labels.tolist()
         self.transform = transform
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}

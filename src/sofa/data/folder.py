@@ -10,6 +10,7 @@ Layout: ``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>`` (any dep
 * grayscale, palette, RGBA/LA, CMYK and 16-bit/32-bit images: converted to 8-bit RGB (16-bit values scaled,
   not clipped).
 """
+
 from __future__ import annotations
 
 import os
@@ -73,9 +74,7 @@ def find_classes(root: Path) -> list[str]:
     if not classes:
         files = [p.name for p in root.iterdir() if not p.name.startswith(".")][:5]
         found = f"found files {files}" if files else "it is empty"
-        raise UserError(
-            f"data folder {root} has no class folders: expected {root}/<class name>/<images>, {found}"
-        )
+        raise UserError(f"data folder {root} has no class folders: expected {root}/<class name>/<images>, {found}")
     return classes
 
 
@@ -144,8 +143,9 @@ class ImageFolderDataset(Dataset):
         return self.samples[index][0]
 
     def __getitem__(self, index: int):
-        return load_first_usable(index, len(self.samples), self._read, self._prepare, self._name, self.skipped,
-                                 str(self.root))
+        return load_first_usable(
+            index, len(self.samples), self._read, self._prepare, self._name, self.skipped, str(self.root)
+        )
 
     def verify(self, max_workers: int = 0) -> int:
         """Decode every file once (reduced-size decode for JPEG) and drop the unreadable ones.
@@ -183,14 +183,19 @@ def image_folder_split(root: str | os.PathLike, split: str) -> Path:
     no train/ beside it. A clear error describing the layout where it is missing."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data folder {root} does not exist (expected {root}/{split}/<class>/…)"
-                        if not root.exists() else f"--data {root} is not a directory")
+        raise UserError(
+            f"data folder {root} does not exist (expected {root}/{split}/<class>/…)"
+            if not root.exists()
+            else f"--data {root} is not a directory"
+        )
     names = SPLIT_FOLDERS.get(split, (split,))
     found = next((root / n for n in names if (root / n).is_dir()), None)
     if found is None:
         entries = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))[:8]
-        raise UserError(f"data folder {root} has no {split}/ folder: expected {root}/{split}/<class>/<images>; "
-                        f"found {', '.join(f'{e}/' for e in entries) if entries else 'no folders'}")
+        raise UserError(
+            f"data folder {root} has no {split}/ folder: expected {root}/{split}/<class>/<images>; "
+            f"found {', '.join(f'{e}/' for e in entries) if entries else 'no folders'}"
+        )
     return found
 
 

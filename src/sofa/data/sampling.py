@@ -6,6 +6,7 @@
 them and seeds python ``random``, numpy and torch from ``(seed, epoch, index)`` before loading the sample, so a
 sample's augmentation does not depend on the worker that loads it, on the number of ranks or on a resume.
 """
+
 from __future__ import annotations
 
 import random

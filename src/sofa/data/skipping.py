@@ -8,6 +8,7 @@ training loop and ``sofa eval`` report the total (``num_skipped`` of the dataset
 
 A transform that fails on many samples in a row is broken, not unlucky: :func:`load_first_usable` then raises.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -49,15 +50,19 @@ class SkippedSamples:
                 return
             self._unreadable[index] = 1
             self._count.value += 1
-        print(f"warning: skipping unreadable {self.what} {name}: {type(err).__name__}: {err}",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: skipping unreadable {self.what} {name}: {type(err).__name__}: {err}", file=sys.stderr, flush=True
+        )
 
     def untransformable(self, name: str, err: Exception) -> None:
         """The transform of sample ``name`` raised on this draw."""
         with self._count.get_lock():
             self._count.value += 1
-        print(f"warning: skipping {self.what} {name}: its transform failed: {type(err).__name__}: {err}",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: skipping {self.what} {name}: its transform failed: {type(err).__name__}: {err}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def renumber(self, size: int) -> None:
         """The dataset dropped its unreadable samples (already counted) and now holds ``size``, renumbered; call
@@ -65,8 +70,15 @@ class SkippedSamples:
         self._unreadable = multiprocessing.Array("b", size, lock=False)
 
 
-def load_first_usable(index: int, size: int, read: Callable[[int], Raw], prepare: Callable[[int, Raw], Item],
-                      name_of: Callable[[int], str], skipped: SkippedSamples, source: str) -> Item:
+def load_first_usable(
+    index: int,
+    size: int,
+    read: Callable[[int], Raw],
+    prepare: Callable[[int, Raw], Item],
+    name_of: Callable[[int], str],
+    skipped: SkippedSamples,
+    source: str,
+) -> Item:
     """``prepare(i, read(i))`` for the first ``i`` of ``index, index + 1, …`` (wrapping round ``size``) for which
     neither raises; each ``i`` skipped is counted in ``skipped`` under ``name_of(i)``.
 

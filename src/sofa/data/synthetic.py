@@ -2,6 +2,7 @@
 
 Each class is a colour and a bar orientation, with noise, so a model can learn it in a few steps.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,15 @@ def synthetic_image(cls: int, size: int, rng: np.random.Generator) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_image_folder(root: str | Path, num_classes: int = 3, train_per_class: int = 8, val_per_class: int = 4,
-                      size: int = 16, seed: int = 0, fmt: str = "png") -> Path:
+def make_image_folder(
+    root: str | Path,
+    num_classes: int = 3,
+    train_per_class: int = 8,
+    val_per_class: int = 4,
+    size: int = 16,
+    seed: int = 0,
+    fmt: str = "png",
+) -> Path:
     """Write ``root/{train,val}/class_<k>/<i>.<fmt>``; returns ``root``."""
     root = Path(root)
     rng = np.random.default_rng(seed)

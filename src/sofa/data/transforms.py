@@ -10,6 +10,7 @@ or an AutoAugment policy (``original``, ``originalr``, ``v0``, ``v0r``, ``3a``).
   one: timm's level functions ask for 0 bits (``rand-…-inc1`` at magnitudes ≥ 10, reached by ``mstd`` noise;
   ``Posterize`` at magnitudes < 2.5, as in the ``v0`` policies), which Pillow 13 refuses.
 """
+
 from __future__ import annotations
 
 import re
@@ -130,8 +131,12 @@ def use_policy_ops(transform):
     return transform
 
 
-def resolve_data_config(model, img_size: int | tuple[int, int] | None = None, crop_pct: float | None = None,
-                        interpolation: str | None = None) -> dict[str, Any]:
+def resolve_data_config(
+    model,
+    img_size: int | tuple[int, int] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+) -> dict[str, Any]:
     """``{"input_size", "mean", "std", "crop_pct", "interpolation"}`` from the model's pretrained_cfg,
     with the run's image size / crop / interpolation taking precedence where given."""
     from timm.data import resolve_data_config as timm_resolve
@@ -170,16 +175,18 @@ def build_transform(data_cfg: dict[str, Any], training: bool, aug: dict[str, Any
         check_auto_augment(policy)
     train_interp = aug.pop("train_interpolation", None) or "random"
     common["interpolation"] = train_interp
-    return use_policy_ops(create_transform(
-        is_training=True,
-        scale=tuple(aug.get("scale") or (0.08, 1.0)),
-        ratio=tuple(aug.get("ratio") or (3 / 4, 4 / 3)),
-        hflip=float(aug.get("hflip", 0.5)),
-        vflip=float(aug.get("vflip", 0.0)),
-        color_jitter=float(aug.get("color_jitter", 0.4) or 0.0),
-        auto_augment=policy,
-        re_prob=float(aug.get("reprob", 0.0) or 0.0),
-        re_mode=aug.get("remode", "pixel"),
-        re_count=int(aug.get("recount", 1)),
-        **common,
-    ))
+    return use_policy_ops(
+        create_transform(
+            is_training=True,
+            scale=tuple(aug.get("scale") or (0.08, 1.0)),
+            ratio=tuple(aug.get("ratio") or (3 / 4, 4 / 3)),
+            hflip=float(aug.get("hflip", 0.5)),
+            vflip=float(aug.get("vflip", 0.0)),
+            color_jitter=float(aug.get("color_jitter", 0.4) or 0.0),
+            auto_augment=policy,
+            re_prob=float(aug.get("reprob", 0.0) or 0.0),
+            re_mode=aug.get("remode", "pixel"),
+            re_count=int(aug.get("recount", 1)),
+            **common,
+        )
+    )

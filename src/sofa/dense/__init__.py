@@ -5,6 +5,7 @@ their datasets (ADE20K layout, COCO JSON), evaluators (mIoU, COCO mAP) and a syn
 Importing ``sofa.dense`` registers the ``segmentation`` and ``detection`` tasks of ``sofa train`` / ``sofa eval``.
 See docs/dense.md.
 """
+
 from sofa.dense import tasks  # noqa: F401  (registers the segmentation and detection tasks)
 from sofa.dense.backbones import create_features, timm_encoder_name
 from sofa.dense.detection import FeaturePyramidBackbone, build_detector
@@ -13,8 +14,16 @@ from sofa.dense.segmentation import Segmentor, build_segmentor, predict_labels, 
 from sofa.dense.shapes import write_shapes
 
 __all__ = [
-    "build_segmentor", "Segmentor", "predict_labels", "slide_inference",
-    "build_detector", "FeaturePyramidBackbone",
-    "SegmentationMetric", "CocoEvaluator", "masks_to_rle",
-    "write_shapes", "create_features", "timm_encoder_name",
+    "build_segmentor",
+    "Segmentor",
+    "predict_labels",
+    "slide_inference",
+    "build_detector",
+    "FeaturePyramidBackbone",
+    "SegmentationMetric",
+    "CocoEvaluator",
+    "masks_to_rle",
+    "write_shapes",
+    "create_features",
+    "timm_encoder_name",
 ]

@@ -6,6 +6,7 @@ encoders and torchvision's detectors take them through :func:`create_features`. 
 a backbone starts random or from a local classification checkpoint (``sofa convert`` safetensors, an original
 release ``.pth``, or a ``sofa train`` checkpoint).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -15,8 +16,14 @@ from torch import nn
 
 from sofa.models import create_model, get_entry, register_in_timm, timm_name
 
-__all__ = ["is_sofa_model", "timm_encoder_name", "create_features", "load_backbone_checkpoint", "feature_strides",
-           "default_head"]
+__all__ = [
+    "is_sofa_model",
+    "timm_encoder_name",
+    "create_features",
+    "load_backbone_checkpoint",
+    "feature_strides",
+    "default_head",
+]
 
 
 def is_sofa_model(name: str) -> bool:
@@ -44,16 +51,22 @@ def default_head(name: str) -> str:
     return "fpn" if "poolformer" in name else "upernet"
 
 
-def create_features(name: str, checkpoint_path: str | None = None, out_indices: Sequence[int] | None = None,
-                    **kwargs: Any) -> nn.Module:
+def create_features(
+    name: str, checkpoint_path: str | None = None, out_indices: Sequence[int] | None = None, **kwargs: Any
+) -> nn.Module:
     """A ``features_only`` model returning a list of NCHW maps, with timm's ``feature_info``.
 
     sofa models come from ``sofa.create_model(..., features_only=True)`` (which maps and checks a classification
     checkpoint); other timm models load ``checkpoint_path`` through timm's local-file pretrained config.
     """
     if is_sofa_model(name):
-        return create_model(name, features_only=True, out_indices=tuple(out_indices or (0, 1, 2, 3)),
-                            checkpoint_path=checkpoint_path, **kwargs)
+        return create_model(
+            name,
+            features_only=True,
+            out_indices=tuple(out_indices or (0, 1, 2, 3)),
+            checkpoint_path=checkpoint_path,
+            **kwargs,
+        )
     import timm
 
     extra = {} if out_indices is None else {"out_indices": tuple(out_indices)}
@@ -76,7 +89,8 @@ def load_backbone_checkpoint(features: nn.Module, name: str, checkpoint_path: st
     own, new = features.state_dict(), loaded.state_dict()
     if set(own) != set(new):
         missing, extra = sorted(set(own) - set(new))[:8], sorted(set(new) - set(own))[:8]
-        raise ValueError(f"backbone {name}: the checkpoint model's keys differ from the encoder's "
-                         f"(missing {missing}, extra {extra})")
+        raise ValueError(
+            f"backbone {name}: the checkpoint model's keys differ from the encoder's (missing {missing}, extra {extra})"
+        )
     with torch.no_grad():
         features.load_state_dict(new)

@@ -3,6 +3,7 @@
 ``sofa train --task segmentation|detection`` and ``sofa eval`` come from the training loop's CLI; the tasks
 live in :mod:`sofa.dense.tasks`. The high-resolution memory check is ``python -m sofa.dense.highres``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,15 @@ def register(subparsers) -> None:
         "shapes",
         help="coloured shapes on textured backgrounds, as COCO JSON (boxes, masks) and ADE-style PNG label maps",
         description="Write a small synthetic dataset in both dense formats: DIR/images/{training,validation}/*.jpg, "
-                    "DIR/annotations/{training,validation}/*.png (ADE20K-style label maps: 0 background, 1-3 "
-                    "circle/square/triangle), DIR/annotations/instances_{training,validation}.json (COCO).",
+        "DIR/annotations/{training,validation}/*.png (ADE20K-style label maps: 0 background, 1-3 "
+        "circle/square/triangle), DIR/annotations/instances_{training,validation}.json (COCO).",
     )
     s.add_argument("dir", metavar="DIR", help="output folder (created; an existing one must be empty)")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the shapes dataset already in DIR, whole (other folders are never replaced)")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the shapes dataset already in DIR, whole (other folders are never replaced)",
+    )
     s.add_argument("--train", type=int, default=200, help="training images (default 200)")
     s.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     s.add_argument("--min-size", type=int, default=96, help="smallest image side (default 96)")
@@ -44,17 +48,26 @@ def _shapes(args: argparse.Namespace) -> int:
     from sofa.errors import UserError
 
     if args.min_size < 32 or args.max_size < args.min_size:
-        print(f"sofa data shapes: need 32 <= --min-size <= --max-size, got {args.min_size} and {args.max_size}",
-              file=sys.stderr)
+        print(
+            f"sofa data shapes: need 32 <= --min-size <= --max-size, got {args.min_size} and {args.max_size}",
+            file=sys.stderr,
+        )
         return 2
     if args.train < 1 or args.val < 1:
         print("sofa data shapes: --train and --val must be at least 1", file=sys.stderr)
         return 2
     out = Path(args.dir)
     try:
-        summary = write_shapes(out, num_train=args.train, num_val=args.val, min_size=args.min_size,
-                               max_size=args.max_size, max_objects=args.max_objects, seed=args.seed,
-                               overwrite=args.overwrite)
+        summary = write_shapes(
+            out,
+            num_train=args.train,
+            num_val=args.val,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            max_objects=args.max_objects,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
     except UserError as err:
         print(f"sofa data shapes: {err}", file=sys.stderr)
         return err.exit_code
@@ -72,8 +85,8 @@ def _add_listops(sub) -> None:
         "listops",
         help="Long Range Arena ListOps: basic_{train,val,test}.tsv, seeded",
         description="Write LRA's ListOps task: DIR/basic_train.tsv, basic_val.tsv, basic_test.tsv (Source<TAB>Target, "
-                    "as LRA's generator writes them), drawn with LRA's rules from a seeded random stream. A tree is "
-                    "kept when min-length < its length in tokens (operators, ']' and digits) < max-length.",
+        "as LRA's generator writes them), drawn with LRA's rules from a seeded random stream. A tree is "
+        "kept when min-length < its length in tokens (operators, ']' and digits) < max-length.",
     )
     s.add_argument("dir", metavar="DIR", help="output folder (created; must be new or empty unless --overwrite)")
     s.add_argument("--train", type=int, default=96000, help="training samples (default 96000)")
@@ -84,8 +97,11 @@ def _add_listops(sub) -> None:
     s.add_argument("--min-length", type=int, default=500, help="keep trees longer than this (default 500)")
     s.add_argument("--max-length", type=int, default=2000, help="keep trees shorter than this (default 2000)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the three files in a non-empty DIR (anything else there is left alone)")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the three files in a non-empty DIR (anything else there is left alone)",
+    )
     s.set_defaults(func=_listops)
 
 
@@ -96,9 +112,18 @@ def _listops(args: argparse.Namespace) -> int:
     from sofa.errors import UserError
 
     try:
-        summary = write_listops(args.dir, num_train=args.train, num_val=args.val, num_test=args.test, seed=args.seed,
-                                max_depth=args.max_depth, max_args=args.max_args, min_length=args.min_length,
-                                max_length=args.max_length, overwrite=args.overwrite)
+        summary = write_listops(
+            args.dir,
+            num_train=args.train,
+            num_val=args.val,
+            num_test=args.test,
+            seed=args.seed,
+            max_depth=args.max_depth,
+            max_args=args.max_args,
+            min_length=args.min_length,
+            max_length=args.max_length,
+            overwrite=args.overwrite,
+        )
     except UserError as err:
         print(f"sofa data listops: {err}", file=sys.stderr)
         return err.exit_code

@@ -12,6 +12,7 @@ The standard 1x pipeline (mmdetection's ``Resize((1333, 800), keep_ratio)``, ``R
 resizing to ``min_size``/``max_size``, normalisation and padding to 32 are done inside the model by
 ``GeneralizedRCNNTransform``, which also maps predictions back to the original image size.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,8 +67,15 @@ class CocoDetection(torch.utils.data.Dataset):
     place. An annotation file that cannot be read is a :class:`UserError`.
     """
 
-    def __init__(self, image_dir, ann_file, transform=None, with_masks: bool = True, remove_empty: bool = False,
-                 max_samples: int | None = None):
+    def __init__(
+        self,
+        image_dir,
+        ann_file,
+        transform=None,
+        with_masks: bool = True,
+        remove_empty: bool = False,
+        max_samples: int | None = None,
+    ):
         from pycocotools.coco import COCO
 
         self.image_dir = Path(image_dir)
@@ -117,8 +125,9 @@ class CocoDetection(torch.utils.data.Dataset):
         pil = load_image(self._path(index))
         annotated = (info.get("width"), info.get("height"))
         if None not in annotated and pil.size != annotated:
-            raise ValueError(f"the image is {pil.size[0]}x{pil.size[1]} but {self.ann_file.name} says "
-                             f"{annotated[0]}x{annotated[1]}")
+            raise ValueError(
+                f"the image is {pil.size[0]}x{pil.size[1]} but {self.ann_file.name} says {annotated[0]}x{annotated[1]}"
+            )
         return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
     def _prepare(self, index: int, img: torch.Tensor):
@@ -150,11 +159,18 @@ class CocoDetection(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         """``(image, target)`` of image ``index``, or of the next usable one when it cannot be read or its
         transform fails (skipped, counted in :attr:`num_skipped`, with a warning)."""
-        return load_first_usable(index, len(self.ids), self._read, self._prepare, lambda i: str(self._path(i)),
-                                 self.skipped, str(self.image_dir))
+        return load_first_usable(
+            index,
+            len(self.ids),
+            self._read,
+            self._prepare,
+            lambda i: str(self._path(i)),
+            self.skipped,
+            str(self.image_dir),
+        )
 
 
 def det_collate(batch):
     """Detection batches stay lists (images differ in size; the model's transform batches them)."""
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=False)
     return list(images), list(targets)

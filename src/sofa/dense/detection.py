@@ -12,6 +12,7 @@ detectors follow the papers' mmdetection 1x configs:
 Resizing (``min_size``/``max_size``, 800/1333 for COCO), normalisation and padding to 32 happen in the detectors'
 ``GeneralizedRCNNTransform``; outputs come back in the input image's pixel coordinates.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -37,8 +38,9 @@ class FeaturePyramidBackbone(nn.Module):
         extra_blocks: ``LastLevelP6P7`` / ``LastLevelMaxPool`` (torchvision.ops.feature_pyramid_network).
     """
 
-    def __init__(self, body: nn.Module, strides: Sequence[int], out_channels: int = 256,
-                 extra_blocks: nn.Module | None = None):
+    def __init__(
+        self, body: nn.Module, strides: Sequence[int], out_channels: int = 256, extra_blocks: nn.Module | None = None
+    ):
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
 
@@ -106,8 +108,9 @@ def build_detector(
         fpn = FeaturePyramidBackbone(body, strides, fpn_channels, LastLevelP6P7(c5 or fpn_channels, fpn_channels))
         sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (anchor_base * 2**i for i in range(5)))
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-        model = RetinaNet(fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
-                          anchor_generator=anchors, **extra)
+        model = RetinaNet(
+            fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size, anchor_generator=anchors, **extra
+        )
     elif kind in ("maskrcnn", "mask_rcnn"):
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -120,14 +123,24 @@ def build_detector(
             # torchvision's heads scaled with the FPN width (at 256: its defaults, a 1024-wide box MLP and
             # four 256-channel mask convolutions)
             rep = 4 * fpn_channels
-            extra.update(box_head=TwoMLPHead(fpn_channels * 7 * 7, rep), box_predictor=FastRCNNPredictor(rep, num_classes + 1),
-                         mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
-                         mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1))
-            model = MaskRCNN(fpn, num_classes=None, min_size=min_size, max_size=max_size,
-                             rpn_anchor_generator=anchors, **extra)
+            extra.update(
+                box_head=TwoMLPHead(fpn_channels * 7 * 7, rep),
+                box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+                mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
+                mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
+            )
+            model = MaskRCNN(
+                fpn, num_classes=None, min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors, **extra
+            )
         else:
-            model = MaskRCNN(fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
-                             rpn_anchor_generator=anchors, **extra)
+            model = MaskRCNN(
+                fpn,
+                num_classes=num_classes + 1,
+                min_size=min_size,
+                max_size=max_size,
+                rpn_anchor_generator=anchors,
+                **extra,
+            )
     else:
         raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
     model.detector_type = "maskrcnn" if kind.startswith("mask") else kind

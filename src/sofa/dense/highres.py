@@ -15,6 +15,7 @@ The default cases compare SOFT with bounded landmarks (``max_landmarks=49``, lin
 stride-landmark SOFT (r = 8, 4, 2: about 1,050 landmarks per stage at this size, quadratic cost), SeTformer
 (m = 49 reference tokens) and PoolFormer (no attention) as the floor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def run_case(case: str, height: int = 800, width: int = 1333, detector: str = "m
     name, kwargs = parse_case(case)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = build_detector(detector, name, num_classes=80, min_size=min(height, width),
-                           max_size=max(height, width), **kwargs).eval()
+    model = build_detector(
+        detector, name, num_classes=80, min_size=min(height, width), max_size=max(height, width), **kwargs
+    ).eval()
     build_s = time.perf_counter() - t0
     image = torch.rand(3, height, width)
     timing = {}
@@ -76,11 +78,19 @@ def run_case(case: str, height: int = 800, width: int = 1333, detector: str = "m
     mem_b = peak_memory(features)
     params = sum(p.numel() for p in model.backbone.body.parameters())
     return {
-        "case": case, "backbone": name, "backbone_kwargs": kwargs, "detector": detector,
-        "image": [height, width], "backbone_params_M": params / 1e6, "build_s": build_s,
-        "forward_s": timing.get("forward_s"), "peak_extra_bytes": mem.get("peak_mem_bytes"),
-        "backbone_fpn_s": timing.get("backbone_s"), "backbone_fpn_peak_extra_bytes": mem_b.get("peak_mem_bytes"),
-        "process_peak_rss_bytes": (process_status_kib("VmHWM") or 0) * 1024, "mem_method": mem.get("mem_method"),
+        "case": case,
+        "backbone": name,
+        "backbone_kwargs": kwargs,
+        "detector": detector,
+        "image": [height, width],
+        "backbone_params_M": params / 1e6,
+        "build_s": build_s,
+        "forward_s": timing.get("forward_s"),
+        "peak_extra_bytes": mem.get("peak_mem_bytes"),
+        "backbone_fpn_s": timing.get("backbone_s"),
+        "backbone_fpn_peak_extra_bytes": mem_b.get("peak_mem_bytes"),
+        "process_peak_rss_bytes": (process_status_kib("VmHWM") or 0) * 1024,
+        "mem_method": mem.get("mem_method"),
         "threads": torch.get_num_threads(),
     }
 
@@ -107,8 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':<36} {'backbone':>8} {'Mask R-CNN (whole)':>22} {'backbone + FPN':>22} {'process':>9}")
     print(f"{'case':<36} {'params':>8} {'time':>9} {'peak extra':>12} {'time':>9} {'peak extra':>12} {'peak RSS':>9}")
     for case in args.cases:
-        cmd = [sys.executable, "-m", "sofa.dense.highres", "--worker", case, "--height", str(args.height),
-               "--width", str(args.width), "--detector", args.detector]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sofa.dense.highres",
+            "--worker",
+            case,
+            "--height",
+            str(args.height),
+            "--width",
+            str(args.width),
+            "--detector",
+            args.detector,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -117,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(r)
-        print(f"{case:<36} {r['backbone_params_M']:7.2f}M {r['forward_s']:8.1f}s {_gib(r['peak_extra_bytes']):9.2f}GiB "
-              f"{r['backbone_fpn_s']:8.1f}s {_gib(r['backbone_fpn_peak_extra_bytes']):9.2f}GiB "
-              f"{_gib(r['process_peak_rss_bytes']):6.2f}GiB", flush=True)
+        print(
+            f"{case:<36} {r['backbone_params_M']:7.2f}M {r['forward_s']:8.1f}s {_gib(r['peak_extra_bytes']):9.2f}GiB "
+            f"{r['backbone_fpn_s']:8.1f}s {_gib(r['backbone_fpn_peak_extra_bytes']):9.2f}GiB "
+            f"{_gib(r['process_peak_rss_bytes']):6.2f}GiB",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -8,6 +8,7 @@
   masks) and scores them with pycocotools' ``COCOeval``: box and mask AP, AP50, AP75, APs/m/l — the numbers the
   papers report on COCO.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,9 +68,9 @@ class SegmentationMetric:
             )
         if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
             raise ValueError(f"predicted labels must lie in [0, {self.num_classes}), got max {int(pred.max())}")
-        self.confusion += torch.bincount(
-            self.num_classes * target + pred, minlength=self.num_classes**2
-        ).reshape(self.num_classes, self.num_classes)
+        self.confusion += torch.bincount(self.num_classes * target + pred, minlength=self.num_classes**2).reshape(
+            self.num_classes, self.num_classes
+        )
 
     def merge(self, other: "SegmentationMetric | torch.Tensor") -> None:
         """Add another metric's (or a raw) confusion matrix, e.g. gathered from other DDP ranks."""
@@ -90,8 +91,8 @@ class SegmentationMetric:
             "aAcc": a_acc,
             "mIoU": _nanmean(iou),
             "mAcc": _nanmean(acc),
-            "IoU": {n: float(v) for n, v in zip(self.class_names, iou.tolist())},
-            "Acc": {n: float(v) for n, v in zip(self.class_names, acc.tolist())},
+            "IoU": {n: float(v) for n, v in zip(self.class_names, iou.tolist(), strict=False)},
+            "Acc": {n: float(v) for n, v in zip(self.class_names, acc.tolist(), strict=False)},
         }
 
     def table(self) -> str:
@@ -101,7 +102,9 @@ class SegmentationMetric:
         lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
         for n in self.class_names:
             lines.append(f"{n:<{width}}  {100 * res['IoU'][n]:6.2f}  {100 * res['Acc'][n]:6.2f}")
-        lines.append(f"{'mean':<{width}}  {100 * res['mIoU']:6.2f}  {100 * res['mAcc']:6.2f}   aAcc {100 * res['aAcc']:.2f}")
+        lines.append(
+            f"{'mean':<{width}}  {100 * res['mIoU']:6.2f}  {100 * res['mAcc']:6.2f}   aAcc {100 * res['aAcc']:.2f}"
+        )
         return "\n".join(lines)
 
 
@@ -175,7 +178,7 @@ class CocoEvaluator:
         return int(self.label_to_cat_id[label]) if self.label_to_cat_id is not None else int(label)
 
     def update(self, image_ids: Sequence[int], outputs: Sequence[dict]) -> None:
-        for image_id, out in zip(image_ids, outputs):
+        for image_id, out in zip(image_ids, outputs, strict=False):
             image_id = int(image_id)
             self.image_ids.append(image_id)
             boxes = out["boxes"].detach().cpu().double()
@@ -195,8 +198,12 @@ class CocoEvaluator:
                     masks = masks > self.mask_threshold
                 rles = masks_to_rle(masks)
             for k in range(len(scores)):
-                res = {"image_id": image_id, "category_id": self._cat(labels[k]), "bbox": [round(v, 3) for v in xywh[k]],
-                       "score": float(scores[k])}
+                res = {
+                    "image_id": image_id,
+                    "category_id": self._cat(labels[k]),
+                    "bbox": [round(v, 3) for v in xywh[k]],
+                    "score": float(scores[k]),
+                }
                 if rles is not None:
                     res["segmentation"] = rles[k]
                 self.results.append(res)
@@ -233,9 +240,10 @@ class CocoEvaluator:
                 ev.accumulate()
                 ev.summarize()
             if verbose:
-                print(f"COCO {iou_type}:\n" + "\n".join(l for l in buf.getvalue().splitlines() if "Average" in l))
+                averages = [line for line in buf.getvalue().splitlines() if "Average" in line]
+                print(f"COCO {iou_type}:\n" + "\n".join(averages))
             self.last_eval[iou_type] = ev
-            out[iou_type] = {k: float(v) for k, v in zip(COCO_STAT_NAMES, ev.stats)}
+            out[iou_type] = {k: float(v) for k, v in zip(COCO_STAT_NAMES, ev.stats, strict=False)}
         return out
 
 

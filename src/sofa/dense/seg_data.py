@@ -17,6 +17,7 @@ ImageNet mean and std; padding to ``crop_size`` (image 0, label ``ignore_index``
 Evaluation: rescale keeping the ratio to ``scale`` (r = 1), normalise; the label stays at its original size and
 the prediction is resized back to it (mmseg evaluates at the original resolution).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,28 +36,169 @@ from sofa.data.folder import load_image
 from sofa.data.skipping import SkippedSamples, load_first_usable
 
 __all__ = [
-    "ADE20K_CLASSES", "SegPipeline", "SegmentationDataset", "SegTrainTransform", "SegEvalTransform",
-    "seg_train_collate", "seg_eval_collate", "reduce_zero_label",
+    "ADE20K_CLASSES",
+    "SegPipeline",
+    "SegmentationDataset",
+    "SegTrainTransform",
+    "SegEvalTransform",
+    "seg_train_collate",
+    "seg_eval_collate",
+    "reduce_zero_label",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet", "sidewalk",
-    "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water", "painting", "sofa",
-    "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
-    "bathtub", "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand",
-    "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case",
-    "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table",
-    "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer",
-    "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower",
-    "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel",
-    "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship",
-    "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
-    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name",
-    "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
-    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
-    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
 )
 
 
@@ -115,8 +257,7 @@ def _normalise(img: torch.Tensor, mean, std) -> torch.Tensor:
 class _PhotoMetricDistortion:
     """mmseg's ``PhotoMetricDistortion`` on a float RGB image in [0, 255] (torchvision ops for the HSV part)."""
 
-    def __init__(self, brightness_delta: float = 32, contrast=(0.5, 1.5), saturation=(0.5, 1.5),
-                 hue_delta: float = 18):
+    def __init__(self, brightness_delta: float = 32, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue_delta: float = 18):
         self.brightness_delta, self.hue_delta = brightness_delta, hue_delta
         self.contrast, self.saturation = contrast, saturation
 
@@ -173,13 +314,13 @@ class SegTrainTransform:
         box = self._crop_box(h, w)
         if p.cat_max_ratio < 1.0:
             for _ in range(10):
-                crop = label[box[0]:box[1], box[2]:box[3]]
+                crop = label[box[0] : box[1], box[2] : box[3]]
                 counts = torch.bincount(crop[crop != p.ignore_index].flatten())
                 counts = counts[counts > 0]
                 if len(counts) > 1 and counts.max().item() / counts.sum().item() < p.cat_max_ratio:
                     break
                 box = self._crop_box(h, w)
-        img, label = img[:, box[0]:box[1], box[2]:box[3]], label[box[0]:box[1], box[2]:box[3]]
+        img, label = img[:, box[0] : box[1], box[2] : box[3]], label[box[0] : box[1], box[2] : box[3]]
         if self.rng.random() < p.flip_prob:
             img, label = img.flip(-1), label.flip(-1)
         if p.photometric:
@@ -301,8 +442,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         """Sample ``index``, or the next usable one when its files cannot be read or its transform fails (skipped,
         counted in :attr:`num_skipped`, with a warning)."""
-        return load_first_usable(index, len(self.samples), self.load, self._prepare, self._name, self.skipped,
-                                 str(self.root / "images" / self.split))
+        return load_first_usable(
+            index,
+            len(self.samples),
+            self.load,
+            self._prepare,
+            self._name,
+            self.skipped,
+            str(self.root / "images" / self.split),
+        )
 
 
 def seg_train_collate(batch: list[dict]) -> dict:
@@ -314,5 +462,10 @@ def seg_eval_collate(batch: list[dict]) -> dict:
     shapes = [tuple(b["image"].shape[1:]) for b in batch]
     h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
     images = torch.stack([F.pad(b["image"], (0, w - s[1], 0, h - s[0])) for b, s in zip(batch, shapes, strict=True)])
-    return {"image": images, "img_shape": shapes, "label": [b["label"] for b in batch],
-            "ori_shape": [b["ori_shape"] for b in batch], "name": [b["name"] for b in batch]}
+    return {
+        "image": images,
+        "img_shape": shapes,
+        "label": [b["label"] for b in batch],
+        "ori_shape": [b["ori_shape"] for b in batch],
+        "name": [b["name"] for b in batch],
+    }

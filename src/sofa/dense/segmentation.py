@@ -16,9 +16,9 @@ has the same top-down pathway (1×1 laterals, nearest upsampling, sum) and the s
 after each lateral sum, GroupNorm(32) instead of BatchNorm in the head, align_corners=True in the head's
 upsampling, and Dropout2d 0.2 (set to 0.1 here, as mmseg).
 """
+
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
@@ -35,8 +35,9 @@ class FCNAuxHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
-                                  nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
         self.dropout = nn.Dropout2d(dropout)
         self.cls = nn.Conv2d(channels, num_classes, 1)
 
@@ -51,8 +52,14 @@ class Segmentor(nn.Module):
     returns ``(logits, aux_logits)`` (both at the input resolution).
     """
 
-    def __init__(self, net: nn.Module, num_classes: int, aux_head: nn.Module | None = None, aux_index: int = -2,
-                 size_divisor: int = 32):
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        aux_head: nn.Module | None = None,
+        aux_index: int = -2,
+        size_divisor: int = 32,
+    ):
         super().__init__()
         self.net = net
         self.num_classes = num_classes
@@ -102,17 +109,30 @@ def build_segmentor(
     encoder = "tu-" + timm_encoder_name(backbone)
     kwargs = {k: v for k, v in backbone_kwargs.items() if v is not None}
     if head == "upernet":
-        net = smp.UPerNet(encoder_name=encoder, encoder_weights=None, classes=num_classes,
-                          decoder_channels=decoder_channels or 512, **kwargs)
+        net = smp.UPerNet(
+            encoder_name=encoder,
+            encoder_weights=None,
+            classes=num_classes,
+            decoder_channels=decoder_channels or 512,
+            **kwargs,
+        )
     elif head == "fpn":
-        net = smp.FPN(encoder_name=encoder, encoder_weights=None, classes=num_classes,
-                      decoder_pyramid_channels=decoder_channels or 256, decoder_segmentation_channels=128,
-                      decoder_dropout=0.1, decoder_interpolation="nearest", **kwargs)
+        net = smp.FPN(
+            encoder_name=encoder,
+            encoder_weights=None,
+            classes=num_classes,
+            decoder_pyramid_channels=decoder_channels or 256,
+            decoder_segmentation_channels=128,
+            decoder_dropout=0.1,
+            decoder_interpolation="nearest",
+            **kwargs,
+        )
     else:
         raise ValueError(f"unknown segmentation head {head!r}; expected 'upernet', 'fpn' or 'auto'")
     if backbone_checkpoint:
-        load_backbone_checkpoint(net.encoder.model, backbone, backbone_checkpoint,
-                                 out_indices=_encoder_out_indices(net.encoder), **kwargs)
+        load_backbone_checkpoint(
+            net.encoder.model, backbone, backbone_checkpoint, out_indices=_encoder_out_indices(net.encoder), **kwargs
+        )
     aux = None
     if aux_head if aux_head is not None else head == "upernet":
         channels = net.encoder.out_channels[-2]  # the stride-16 features
@@ -151,8 +171,9 @@ def segmentation_loss(output, label: torch.Tensor, ignore_index: int = 255, aux_
 
 
 @torch.no_grad()
-def slide_inference(model: nn.Module, img: torch.Tensor, num_classes: int, crop_size: Sequence[int],
-                    stride: Sequence[int]) -> torch.Tensor:
+def slide_inference(
+    model: nn.Module, img: torch.Tensor, num_classes: int, crop_size: Sequence[int], stride: Sequence[int]
+) -> torch.Tensor:
     """mmseg's sliding-window inference: average the logits of overlapping ``crop_size`` windows.
 
     ``img`` ``(B, 3, H, W)`` → logits ``(B, C, H, W)``. Windows are placed every ``stride`` pixels and the last one
@@ -177,9 +198,16 @@ def slide_inference(model: nn.Module, img: torch.Tensor, num_classes: int, crop_
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, images: torch.Tensor, img_shapes: Sequence[tuple[int, int]],
-                   ori_shapes: Sequence[tuple[int, int]], num_classes: int, mode: str = "whole",
-                   crop_size: Sequence[int] = (512, 512), stride: Sequence[int] = (341, 341)) -> list[torch.Tensor]:
+def predict_labels(
+    model: nn.Module,
+    images: torch.Tensor,
+    img_shapes: Sequence[tuple[int, int]],
+    ori_shapes: Sequence[tuple[int, int]],
+    num_classes: int,
+    mode: str = "whole",
+    crop_size: Sequence[int] = (512, 512),
+    stride: Sequence[int] = (341, 341),
+) -> list[torch.Tensor]:
     """Label maps at the original sizes for a padded batch of rescaled images (see ``seg_eval_collate``).
 
     Returns a list of ``(H_i, W_i)`` int64 tensors. ``mode``: ``"whole"`` (one forward of the whole image) or
@@ -192,8 +220,8 @@ def predict_labels(model: nn.Module, images: torch.Tensor, img_shapes: Sequence[
     else:
         raise ValueError(f"unknown inference mode {mode!r}; expected 'whole' or 'slide'")
     preds = []
-    for i, ((h, w), ori) in enumerate(zip(img_shapes, ori_shapes)):
-        lg = logits[i:i + 1, :, :h, :w]
+    for i, ((h, w), ori) in enumerate(zip(img_shapes, ori_shapes, strict=False)):
+        lg = logits[i : i + 1, :, :h, :w]
         if (h, w) != tuple(ori):
             lg = F.interpolate(lg, size=tuple(ori), mode="bilinear", align_corners=False)
         preds.append(lg.argmax(1)[0])

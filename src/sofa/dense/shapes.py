@@ -14,6 +14,7 @@ classes are 1…3, so ``reduce_zero_label=True`` maps background to the ignore i
 ``reduce_zero_label=False`` trains a 4-class model with background as class 0. COCO category ids are 1…3.
 The label maps are rasterised from the same polygons by pycocotools, so the two formats agree pixel for pixel.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,10 +62,18 @@ def _polygon(cls: int, cx: float, cy: float, r: float, angle: float) -> list[flo
         n = 32
         pts = [(cx + r * math.cos(2 * math.pi * k / n), cy + r * math.sin(2 * math.pi * k / n)) for k in range(n)]
     elif cls == 1:  # square (rotated)
-        pts = [(cx + r * math.cos(angle + math.pi / 4 + k * math.pi / 2), cy + r * math.sin(angle + math.pi / 4 + k * math.pi / 2))
-               for k in range(4)]
+        pts = [
+            (
+                cx + r * math.cos(angle + math.pi / 4 + k * math.pi / 2),
+                cy + r * math.sin(angle + math.pi / 4 + k * math.pi / 2),
+            )
+            for k in range(4)
+        ]
     else:  # triangle (equilateral, rotated)
-        pts = [(cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
+        pts = [
+            (cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
     return [round(v, 2) for p in pts for v in p]
 
 
@@ -137,8 +146,9 @@ def write_shapes(
             raise UserError(f"{root} exists and is not a folder; choose a new or empty folder")
         if any(root.iterdir()):
             if not is_shapes_dataset(root):
-                raise UserError(f"{root} exists, is not empty and is not a shapes dataset; "
-                                "choose a new or empty folder")
+                raise UserError(
+                    f"{root} exists, is not empty and is not a shapes dataset; choose a new or empty folder"
+                )
             if not overwrite:
                 raise UserError(f"{root} already holds a shapes dataset; pass --overwrite to replace it whole")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -158,13 +168,14 @@ def write_shapes(
     return {"root": str(root), **summary}
 
 
-def _write_shapes_into(root: Path, num_train: int, num_val: int, min_size: int, max_size: int, max_objects: int,
-                       seed: int) -> dict:
+def _write_shapes_into(
+    root: Path, num_train: int, num_val: int, min_size: int, max_size: int, max_objects: int, seed: int
+) -> dict:
     from pycocotools import mask as mask_util
 
     rng = np.random.default_rng(seed)
     summary: dict = {"classes": list(SHAPE_CLASSES)}
-    for split, count in zip(SPLITS, (num_train, num_val)):
+    for split, count in zip(SPLITS, (num_train, num_val), strict=False):
         img_dir = root / "images" / split
         ann_dir = root / "annotations" / split
         img_dir.mkdir(parents=True, exist_ok=True)
@@ -181,10 +192,17 @@ def _write_shapes_into(root: Path, num_train: int, num_val: int, min_size: int, 
             for cls, poly, mask in objects:
                 rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
                 x, y, bw, bh = (float(v) for v in mask_util.toBbox(rle))
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
-                    "segmentation": [poly], "area": float(mask_util.area(rle)), "bbox": [x, y, bw, bh], "iscrowd": 0,
-                })
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": cls + 1,
+                        "segmentation": [poly],
+                        "area": float(mask_util.area(rle)),
+                        "bbox": [x, y, bw, bh],
+                        "iscrowd": 0,
+                    }
+                )
         coco = {
             "info": {"description": "sofa synthetic shapes", "version": "1.0"},
             "licenses": [],
@@ -199,7 +217,7 @@ def _write_shapes_into(root: Path, num_train: int, num_val: int, min_size: int, 
         "classes": list(SHAPE_CLASSES),
         "label_map": {"0": "background"} | {str(k + 1): n for k, n in enumerate(SHAPE_CLASSES)},
         "note": "ADE20K-style label maps: 0 is background; reduce_zero_label=True ignores it (3 classes), "
-                "reduce_zero_label=False keeps it as class 0 (4 classes). COCO category ids are 1..3.",
+        "reduce_zero_label=False keeps it as class 0 (4 classes). COCO category ids are 1..3.",
     }
     (root / "classes.json").write_text(json.dumps(meta, indent=2))
     return summary

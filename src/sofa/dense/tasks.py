@@ -9,6 +9,7 @@ aAcc, mAcc and ``IoU.<class>``. Detection: ``--data`` holding ``annotations/inst
 ``images/<split>`` or ``<split>`` (COCO's own layout: ``train2017``/``val2017``); metrics ``bbox_AP`` (primary),
 ``bbox_AP50`` … and ``segm_*`` for Mask R-CNN, from pycocotools.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sofa.train.task import EvalContext, StepOutput, Task, register_task, unwrap
+from sofa.train.task import EvalContext, StepOutput, Task, register_task
 
 __all__ = ["SegmentationTask", "DetectionTask", "shapes_root"]
 
@@ -70,7 +71,9 @@ def _data_root(cfg) -> Path:
         return shapes_root()
     root = Path(cfg.data)
     if not root.is_dir():
-        raise UserError(f"--data {cfg.data}: no such directory (give a dataset root, or 'shapes' for the synthetic set)")
+        raise UserError(
+            f"--data {cfg.data}: no such directory (give a dataset root, or 'shapes' for the synthetic set)"
+        )
     return root
 
 
@@ -116,11 +119,20 @@ def backbone_kwargs(cfg) -> dict[str, Any]:
 
 
 def _add_common(p) -> None:
-    p.add_argument("--backbone-checkpoint", default=None, metavar="FILE",
-                   help="classification checkpoint loaded into the backbone (safetensors from `sofa convert`, an "
-                        "original release .pth or a `sofa train` checkpoint)")
-    p.add_argument("--backbone-arg", action="append", default=None, metavar="KEY=VALUE",
-                   help="backbone keyword argument, repeatable (e.g. --backbone-arg max_landmarks=49)")
+    p.add_argument(
+        "--backbone-checkpoint",
+        default=None,
+        metavar="FILE",
+        help="classification checkpoint loaded into the backbone (safetensors from `sofa convert`, an "
+        "original release .pth or a `sofa train` checkpoint)",
+    )
+    p.add_argument(
+        "--backbone-arg",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="backbone keyword argument, repeatable (e.g. --backbone-arg max_landmarks=49)",
+    )
     p.add_argument("--train-split", default=None, help="training split folder (default: training / train2017)")
     p.add_argument("--val-split", default=None, help="evaluation split folder (default: validation / val2017)")
     p.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training images")
@@ -151,36 +163,99 @@ class SegmentationTask(_DenseTask):
     primary_metric = "mIoU"
     higher_is_better = True
     #: the papers' ADE20K recipe (mmseg UperNet 160k, batch 16, AdamW 6e-5, poly) expressed in epochs
-    defaults: dict[str, Any] = dict(data=SHAPES, model="soft_tiny", epochs=127, batch_size=16, lr=6e-5,
-                                    min_lr=0.0, weight_decay=0.01, warmup_epochs=1.2, sched="poly", drop_path=0.1)
+    defaults: dict[str, Any] = dict(
+        data=SHAPES,
+        model="soft_tiny",
+        epochs=127,
+        batch_size=16,
+        lr=6e-5,
+        min_lr=0.0,
+        weight_decay=0.01,
+        warmup_epochs=1.2,
+        sched="poly",
+        drop_path=0.1,
+    )
     #: quick CPU profile for the synthetic shapes
-    SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_mini", epochs=40, batch_size=8, lr=2e-3, min_lr=1e-5,
-                                          weight_decay=0.01, warmup_epochs=0.5, sched="cosine", drop_path=0.0,
-                                          decoder_channels=64)
+    SHAPES_PROFILE: dict[str, Any] = dict(
+        model="poolformer_mini",
+        epochs=40,
+        batch_size=8,
+        lr=2e-3,
+        min_lr=1e-5,
+        weight_decay=0.01,
+        warmup_epochs=0.5,
+        sched="cosine",
+        drop_path=0.0,
+        decoder_channels=64,
+    )
 
     @classmethod
     def add_args(cls, p) -> None:
-        p.add_argument("--seg-head", default="auto", choices=("auto", "upernet", "fpn"),
-                       help="auto: Semantic FPN for PoolFormer, UperNet otherwise (the papers' choices)")
-        p.add_argument("--decoder-channels", type=int, default=None,
-                       help="UperNet channels (default 512) / FPN pyramid channels (default 256)")
-        p.add_argument("--aux-head", action=argparse.BooleanOptionalAction, default=None,
-                       help="mmseg's auxiliary FCN head, loss weight --aux-weight (default: on for UperNet)")
+        p.add_argument(
+            "--seg-head",
+            default="auto",
+            choices=("auto", "upernet", "fpn"),
+            help="auto: Semantic FPN for PoolFormer, UperNet otherwise (the papers' choices)",
+        )
+        p.add_argument(
+            "--decoder-channels",
+            type=int,
+            default=None,
+            help="UperNet channels (default 512) / FPN pyramid channels (default 256)",
+        )
+        p.add_argument(
+            "--aux-head",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="mmseg's auxiliary FCN head, loss weight --aux-weight (default: on for UperNet)",
+        )
         p.add_argument("--aux-weight", type=float, default=0.4)
-        p.add_argument("--crop-size", type=int, nargs="+", default=None, metavar="N",
-                       help="training crop H [W] (default 512; shapes 128)")
-        p.add_argument("--seg-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
-                       help="resize bound LONG SHORT at ratio 1 (default 2048 512; shapes 512 128)")
-        p.add_argument("--ratio-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
-                       help="random rescale range (default 0.5 2.0)")
-        p.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
-                       help="ADE20K's 0 → ignore, l → l-1 (default: on unless the data has classes.json)")
+        p.add_argument(
+            "--crop-size",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="N",
+            help="training crop H [W] (default 512; shapes 128)",
+        )
+        p.add_argument(
+            "--seg-scale",
+            type=int,
+            nargs=2,
+            default=None,
+            metavar=("LONG", "SHORT"),
+            help="resize bound LONG SHORT at ratio 1 (default 2048 512; shapes 512 128)",
+        )
+        p.add_argument(
+            "--ratio-range",
+            type=float,
+            nargs=2,
+            default=(0.5, 2.0),
+            metavar=("MIN", "MAX"),
+            help="random rescale range (default 0.5 2.0)",
+        )
+        p.add_argument(
+            "--reduce-zero-label",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="ADE20K's 0 → ignore, l → l-1 (default: on unless the data has classes.json)",
+        )
         p.add_argument("--ignore-index", type=int, default=255)
         p.add_argument("--inference", default="whole", choices=("whole", "slide"), help="evaluation mode")
-        p.add_argument("--slide-stride", type=int, nargs="+", default=None, metavar="N",
-                       help="sliding-window stride (default 2/3 of the crop, e.g. 341 for 512)")
-        p.add_argument("--per-class-iou", action=argparse.BooleanOptionalAction, default=None,
-                       help="report IoU.<class> for every class (default: when there are at most 20 classes)")
+        p.add_argument(
+            "--slide-stride",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="N",
+            help="sliding-window stride (default 2/3 of the crop, e.g. 341 for 512)",
+        )
+        p.add_argument(
+            "--per-class-iou",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="report IoU.<class> for every class (default: when there are at most 20 classes)",
+        )
         _add_common(p)
 
     def __init__(self, cfg, log=None):
@@ -224,8 +299,14 @@ class SegmentationTask(_DenseTask):
 
         limit = getattr(self.cfg, f"max_{which}_samples", None)
         try:
-            ds = SegmentationDataset(self.root, self._split(which), transform, self.reduce_zero_label,
-                                     ignore_index=self.pipeline().ignore_index, max_samples=limit)
+            ds = SegmentationDataset(
+                self.root,
+                self._split(which),
+                transform,
+                self.reduce_zero_label,
+                ignore_index=self.pipeline().ignore_index,
+                max_samples=limit,
+            )
         except (FileNotFoundError, ValueError) as err:
             raise UserError(str(err)) from None
         self._classes = ds.class_names
@@ -262,10 +343,15 @@ class SegmentationTask(_DenseTask):
         from sofa.dense.segmentation import build_segmentor
 
         c = self.cfg
-        model = build_segmentor(c.model, len(self.classes), head=getattr(c, "seg_head", "auto") or "auto",
-                                decoder_channels=getattr(c, "decoder_channels", None),
-                                aux_head=getattr(c, "aux_head", None),
-                                backbone_checkpoint=_backbone_checkpoint(c), **backbone_kwargs(c))
+        model = build_segmentor(
+            c.model,
+            len(self.classes),
+            head=getattr(c, "seg_head", "auto") or "auto",
+            decoder_channels=getattr(c, "decoder_channels", None),
+            aux_head=getattr(c, "aux_head", None),
+            backbone_checkpoint=_backbone_checkpoint(c),
+            **backbone_kwargs(c),
+        )
         if _backbone_checkpoint(c):
             self.log(f"backbone initialised from {c.backbone_checkpoint}")
         return model
@@ -275,8 +361,9 @@ class SegmentationTask(_DenseTask):
         from sofa.dense.segmentation import segmentation_loss
 
         out = model(batch["image"])
-        loss, logs = segmentation_loss(out, batch["label"], self.pipeline().ignore_index,
-                                       float(getattr(self.cfg, "aux_weight", 0.4)))
+        loss, logs = segmentation_loss(
+            out, batch["label"], self.pipeline().ignore_index, float(getattr(self.cfg, "aux_weight", 0.4))
+        )
         with torch.no_grad():
             logits = out[0] if isinstance(out, (tuple, list)) else out
             valid = batch["label"] != self.pipeline().ignore_index
@@ -291,11 +378,20 @@ class SegmentationTask(_DenseTask):
         n = len(self.classes)
         crop = pipe.crop_size
         stride = _pair(getattr(self.cfg, "slide_stride", None), "--slide-stride") or tuple(
-            max(1, (2 * s + 2) // 3) for s in crop)  # 512 → 341 as mmseg
-        preds = predict_labels(model, batch["image"], batch["img_shape"], batch["ori_shape"], n,
-                               mode=getattr(self.cfg, "inference", "whole") or "whole", crop_size=crop, stride=stride)
+            max(1, (2 * s + 2) // 3) for s in crop
+        )  # 512 → 341 as mmseg
+        preds = predict_labels(
+            model,
+            batch["image"],
+            batch["img_shape"],
+            batch["ori_shape"],
+            n,
+            mode=getattr(self.cfg, "inference", "whole") or "whole",
+            crop_size=crop,
+            stride=stride,
+        )
         conf = torch.zeros(n * n, dtype=torch.float64, device=batch["image"].device)
-        for p, t in zip(preds, batch["label"]):
+        for p, t in zip(preds, batch["label"], strict=False):
             t = t.to(p.device).reshape(-1)
             p = p.reshape(-1)
             valid = t != pipe.ignore_index
@@ -309,15 +405,23 @@ class SegmentationTask(_DenseTask):
         if "confusion" in sums:
             m.merge(sums["confusion"].round().to(torch.int64))
         res = m.compute()
-        out = {"mIoU": 100 * res["mIoU"], "aAcc": 100 * res["aAcc"], "mAcc": 100 * res["mAcc"],
-               "images": int(sums.get("images", torch.tensor(0.0)))}
+        out = {
+            "mIoU": 100 * res["mIoU"],
+            "aAcc": 100 * res["aAcc"],
+            "mAcc": 100 * res["mAcc"],
+            "images": int(sums.get("images", torch.tensor(0.0))),
+        }
         if len(self.classes) <= 20 or getattr(self.cfg, "per_class_iou", False):
             out.update({f"IoU.{k}": 100 * v for k, v in res["IoU"].items()})
         return out
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        return {"classes": self.classes, "num_classes": len(self.classes), "task": self.name,
-                "reduce_zero_label": self.reduce_zero_label}
+        return {
+            "classes": self.classes,
+            "num_classes": len(self.classes),
+            "task": self.name,
+            "reduce_zero_label": self.reduce_zero_label,
+        }
 
 
 # ====================================================================================== detection
@@ -326,25 +430,61 @@ class DetectionTask(_DenseTask):
     primary_metric = "bbox_AP"
     higher_is_better = True
     #: the papers' COCO 1x recipe (12 epochs, batch 16, AdamW 1e-4, wd 0.05; step decay there, cosine here)
-    defaults: dict[str, Any] = dict(data=SHAPES, model="soft_tiny", epochs=12, batch_size=2, lr=1e-4, min_lr=1e-6,
-                                    weight_decay=0.05, warmup_epochs=0.1, drop_path=0.1, clip_grad=None)
-    SHAPES_PROFILE: dict[str, Any] = dict(model="poolformer_mini", epochs=4, batch_size=4, lr=1e-3, min_lr=1e-5,
-                                          weight_decay=0.05, warmup_epochs=0.3, drop_path=0.0, clip_grad=5.0,
-                                          fpn_channels=64, roi_batch_size=64)
+    defaults: dict[str, Any] = dict(
+        data=SHAPES,
+        model="soft_tiny",
+        epochs=12,
+        batch_size=2,
+        lr=1e-4,
+        min_lr=1e-6,
+        weight_decay=0.05,
+        warmup_epochs=0.1,
+        drop_path=0.1,
+        clip_grad=None,
+    )
+    SHAPES_PROFILE: dict[str, Any] = dict(
+        model="poolformer_mini",
+        epochs=4,
+        batch_size=4,
+        lr=1e-3,
+        min_lr=1e-5,
+        weight_decay=0.05,
+        warmup_epochs=0.3,
+        drop_path=0.0,
+        clip_grad=5.0,
+        fpn_channels=64,
+        roi_batch_size=64,
+    )
 
     @classmethod
     def add_args(cls, p) -> None:
-        p.add_argument("--detector", default="maskrcnn", choices=("maskrcnn", "retinanet"),
-                       help="Mask R-CNN (boxes + masks, FPN from stride 4) or RetinaNet (FPN from stride 8)")
+        p.add_argument(
+            "--detector",
+            default="maskrcnn",
+            choices=("maskrcnn", "retinanet"),
+            help="Mask R-CNN (boxes + masks, FPN from stride 4) or RetinaNet (FPN from stride 8)",
+        )
         p.add_argument("--min-size", type=int, default=None, help="resize: shorter side (default 800; shapes 160)")
         p.add_argument("--max-size", type=int, default=None, help="resize: longer side cap (default 1333; shapes 267)")
-        p.add_argument("--anchor-base", type=int, default=None,
-                       help="anchor size of the finest level, doubling per level (default 32; shapes 16)")
+        p.add_argument(
+            "--anchor-base",
+            type=int,
+            default=None,
+            help="anchor size of the finest level, doubling per level (default 32; shapes 16)",
+        )
         p.add_argument("--flip-prob", type=float, default=0.5)
-        p.add_argument("--fpn-channels", type=int, default=None,
-                       help="FPN width; Mask R-CNN's heads scale with it (default 256; shapes 64)")
-        p.add_argument("--roi-batch-size", type=int, default=None,
-                       help="Mask R-CNN RoIs sampled per image for the box/mask heads (default 512; shapes 64)")
+        p.add_argument(
+            "--fpn-channels",
+            type=int,
+            default=None,
+            help="FPN width; Mask R-CNN's heads scale with it (default 256; shapes 64)",
+        )
+        p.add_argument(
+            "--roi-batch-size",
+            type=int,
+            default=None,
+            help="Mask R-CNN RoIs sampled per image for the box/mask heads (default 512; shapes 64)",
+        )
         _add_common(p)
 
     def __init__(self, cfg, log=None):
@@ -377,16 +517,20 @@ class DetectionTask(_DenseTask):
         if not images.is_dir():
             images = self.root / split
         if not ann.is_file() or not images.is_dir():
-            raise UserError(f"detection data for split {split!r}: expected {ann} and an image folder "
-                            f"{self.root / 'images' / split} or {self.root / split}")
+            raise UserError(
+                f"detection data for split {split!r}: expected {ann} and an image folder "
+                f"{self.root / 'images' / split} or {self.root / split}"
+            )
         return images, ann
 
     def _settings(self) -> dict[str, int]:
         c, shapes = self.cfg, _is_shapes(self.cfg)
-        return dict(min_size=getattr(c, "min_size", None) or (160 if shapes else 800),
-                    max_size=getattr(c, "max_size", None) or (267 if shapes else 1333),
-                    anchor_base=getattr(c, "anchor_base", None) or (16 if shapes else 32),
-                    fpn_channels=getattr(c, "fpn_channels", None) or (64 if shapes else 256))
+        return dict(
+            min_size=getattr(c, "min_size", None) or (160 if shapes else 800),
+            max_size=getattr(c, "max_size", None) or (267 if shapes else 1333),
+            anchor_base=getattr(c, "anchor_base", None) or (16 if shapes else 32),
+            fpn_channels=getattr(c, "fpn_channels", None) or (64 if shapes else 256),
+        )
 
     @property
     def with_masks(self) -> bool:
@@ -396,8 +540,14 @@ class DetectionTask(_DenseTask):
         from sofa.dense.det_data import CocoDetection
 
         images, ann = self._paths(which)
-        ds = CocoDetection(images, ann, transform, with_masks=self.with_masks, remove_empty=remove_empty,
-                           max_samples=getattr(self.cfg, f"max_{which}_samples", None))
+        ds = CocoDetection(
+            images,
+            ann,
+            transform,
+            with_masks=self.with_masks,
+            remove_empty=remove_empty,
+            max_samples=getattr(self.cfg, f"max_{which}_samples", None),
+        )
         self._meta = {"classes": ds.class_names, "label_to_cat_id": ds.label_to_cat_id}
         if which == "val":
             self._coco_eval_gt = ds.coco
@@ -411,8 +561,10 @@ class DetectionTask(_DenseTask):
                 return list(saved)
             images, ann = self._paths("val")
             cats = sorted(json.loads(ann.read_text())["categories"], key=lambda c: c["id"])
-            self._meta = {"classes": [c["name"] for c in cats],
-                          "label_to_cat_id": {i + 1: c["id"] for i, c in enumerate(cats)}}
+            self._meta = {
+                "classes": [c["name"] for c in cats],
+                "label_to_cat_id": {i + 1: c["id"] for i, c in enumerate(cats)},
+            }
         return self._meta["classes"]
 
     def build_datasets(self):
@@ -438,9 +590,15 @@ class DetectionTask(_DenseTask):
         det_kw = {}
         if kind == "maskrcnn":
             det_kw["box_batch_size_per_image"] = getattr(c, "roi_batch_size", None) or (64 if _is_shapes(c) else 512)
-        model = build_detector(kind, c.model, len(self.classes),
-                               backbone_checkpoint=_backbone_checkpoint(c), detector_kwargs=det_kw,
-                               **self._settings(), **backbone_kwargs(c))
+        model = build_detector(
+            kind,
+            c.model,
+            len(self.classes),
+            backbone_checkpoint=_backbone_checkpoint(c),
+            detector_kwargs=det_kw,
+            **self._settings(),
+            **backbone_kwargs(c),
+        )
         if _backbone_checkpoint(c):
             self.log(f"backbone initialised from {c.backbone_checkpoint}")
         return model
@@ -481,8 +639,13 @@ class DetectionTask(_DenseTask):
         return ctx.all_gather_object(res)[0]
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        return {"classes": self.classes, "num_classes": len(self.classes), "task": self.name,
-                "detector": getattr(self.cfg, "detector", "maskrcnn"), **{k: v for k, v in self._settings().items()}}
+        return {
+            "classes": self.classes,
+            "num_classes": len(self.classes),
+            "task": self.name,
+            "detector": getattr(self.cfg, "detector", "maskrcnn"),
+            **{k: v for k, v in self._settings().items()},
+        }
 
 
 register_task("segmentation", SegmentationTask)

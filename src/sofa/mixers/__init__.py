@@ -2,6 +2,7 @@
 
 Images pass ``hw=(H, W)``; sequences pass a padding mask (B, N) (True = real token) or nothing.
 """
+
 from __future__ import annotations
 
 from sofa.mixers.attention import SoftmaxAttention

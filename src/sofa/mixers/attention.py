@@ -1,4 +1,5 @@
 """Exact softmax attention: the baseline every benchmark compares against, and SOFT's last stage."""
+
 from __future__ import annotations
 
 import torch

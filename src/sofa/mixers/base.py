@@ -1,4 +1,5 @@
 """The calling convention shared by every token mixer, and its input checks."""
+
 from __future__ import annotations
 
 import torch

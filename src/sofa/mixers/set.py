@@ -12,6 +12,7 @@ projections (features and values); the row and column normalisations of T⊙M ar
 M normalised), which is the same arithmetic without underflow; the depthwise 3×3 local term on u (CSWin's LePE) is
 added after merging heads, before the output projection, as in CSWin; images only.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,16 @@ class SeTAttention(TokenMixer):
         (:func:`sofa.ops.set.set_log_plan`; quadratic memory, for tests and plots)."""
         f = split_heads(self.f(x), self.num_heads)
         with no_autocast(x):
-            return set_log_plan(f.float(), self.anchors.float(), self.reference.float(), self.sigma, self.eps,
-                                self.sinkhorn_iters, self.position_filter(x, hw, mask), mask)
+            return set_log_plan(
+                f.float(),
+                self.anchors.float(),
+                self.reference.float(),
+                self.sigma,
+                self.eps,
+                self.sinkhorn_iters,
+                self.position_filter(x, hw, mask),
+                mask,
+            )
 
     def attention(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
         """The implied token-to-token attention rownorm(T)·colnorm(T)ᵀ, (B, h, n, n): for tests and plots only
@@ -121,8 +130,18 @@ class SeTAttention(TokenMixer):
             f = split_heads(self.f(x), h)
         with no_autocast(x):
             values = split_heads(u_tokens, h).float()
-            out = set_attention(f, self.anchors, self.reference, values, self.sigma, self.eps,
-                                self.sinkhorn_iters, log_m, mask, out=values if inplace else None)
+            out = set_attention(
+                f,
+                self.anchors,
+                self.reference,
+                values,
+                self.sigma,
+                self.eps,
+                self.sinkhorn_iters,
+                log_m,
+                mask,
+                out=values if inplace else None,
+            )
         out = (u_tokens if inplace else merge_heads(out)).to(u_tokens.dtype)
         if lepe is not None:
             out = out.add_(lepe) if inplace else out + lepe

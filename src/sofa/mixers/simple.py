@@ -1,4 +1,5 @@
 """Parameter-free mixers: PoolFormer's pooling and the identity (PoolFormer's ablation)."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Per head (docs/methods/soft.md): Q = x·W_q / d^{1/4}, K = Q (no key projection)
 K1 = exp(−½ dist²(Q, L)) (N×m), A = exp(−½ dist²(L, L)) (m×m); out = K1·(A⁺·(K1ᵀ·V)) + DWConv(V). The
 association on the right costs O(N·m·d). Kernels, landmarks and iterations run in float32 under autocast.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,8 +94,11 @@ class SoftAttention(TokenMixer):
         inner = num_heads * head_dim
         self.q = Linear(dim, inner, bias=qkv_bias)
         self.v = Linear(dim, inner, bias=qkv_bias)
-        self.landmark = (None if sequence_only else
-                         nn.Conv2d(head_dim, head_dim, landmark_stride, stride=landmark_stride, bias=False))
+        self.landmark = (
+            None
+            if sequence_only
+            else nn.Conv2d(head_dim, head_dim, landmark_stride, stride=landmark_stride, bias=False)
+        )
         self.landmark_norm = nn.LayerNorm(head_dim)
         self.dwconv = (
             nn.Conv2d(num_heads, num_heads, dwconv_kernel, padding=dwconv_kernel // 2, groups=num_heads, bias=False)
@@ -159,18 +163,29 @@ class SoftAttention(TokenMixer):
         page faults)."""
         self.check_input(x, hw, mask)
         if hw is not None and self.sequence_only:
-            raise ValueError("SoftAttention: this mixer was built with sequence_only=True (no landmark "
-                             "convolution): it mixes sequences only, pass no hw")
+            raise ValueError(
+                "SoftAttention: this mixer was built with sequence_only=True (no landmark "
+                "convolution): it mixes sequences only, pass no hw"
+            )
         v_tokens = self.v(x)
         q_tokens = self.q(x)
         inplace = hw is not None and streams_in_place(q_tokens)
         with no_autocast(x):
             q, L, q_scale, token_mask, landmark_mask = self.landmarks(q_tokens, hw, mask)
             v = split_heads(v_tokens, self.num_heads).float()
-            result = soft_kernel_attention(q, L, v, self.newton_iters, self.normalized, self.batch_alpha,
-                                           token_mask=token_mask, landmark_mask=landmark_mask,
-                                           return_residual=self.record_residual, q_scale=q_scale,
-                                           out=q if inplace else None)
+            result = soft_kernel_attention(
+                q,
+                L,
+                v,
+                self.newton_iters,
+                self.normalized,
+                self.batch_alpha,
+                token_mask=token_mask,
+                landmark_mask=landmark_mask,
+                return_residual=self.record_residual,
+                q_scale=q_scale,
+                out=q if inplace else None,
+            )
             out = self._keep_residual(result)
         out = (q_tokens if inplace else merge_heads(out)).to(v_tokens.dtype)
         if hw is not None and self.dwconv is not None:
@@ -196,8 +211,11 @@ class SoftAttention(TokenMixer):
 
     def _landmark_act(self, L: torch.Tensor) -> torch.Tensor:
         d = self.head_dim
-        return F.gelu(F.layer_norm(L, (d,), self.landmark_norm.weight.float(), self.landmark_norm.bias.float(),
-                                   self.landmark_norm.eps))
+        return F.gelu(
+            F.layer_norm(
+                L, (d,), self.landmark_norm.weight.float(), self.landmark_norm.bias.float(), self.landmark_norm.eps
+            )
+        )
 
     def _keep_residual(self, result):
         out, residual = result if self.record_residual else (result, None)

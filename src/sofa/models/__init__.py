@@ -7,8 +7,9 @@
 Importing this package registers every model in sofa's registry and in timm's (``timm.create_model`` works
 too; names timm already owns get a ``sofa_`` prefix there).
 """
-from sofa.models.registry import create_model, get_entry, list_models, map_checkpoint, register_in_timm, timm_name
+
 from sofa.models import lra, poolformer, setformer, soft  # noqa: F401  (register their variants)
+from sofa.models.registry import create_model, get_entry, list_models, map_checkpoint, register_in_timm, timm_name
 
 register_in_timm()
 

@@ -1,4 +1,5 @@
 """The one path every family's entry function takes: kwargs → model (→ checkpoint → features wrapper)."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -44,8 +45,10 @@ def build_model_with_checkpoint(
             and a dense checkpoint may carry them.
     """
     if pretrained and checkpoint_path is None:
-        raise ValueError(f"{name}: sofa downloads no weights; pass checkpoint_path= (an original release .pth or a "
-                         f"safetensors file from `sofa convert`)")
+        raise ValueError(
+            f"{name}: sofa downloads no weights; pass checkpoint_path= (an original release .pth or a "
+            f"safetensors file from `sofa convert`)"
+        )
     overlay = dict(pretrained_cfg_overlay or {})
     img_size = kwargs.get("img_size")
     if img_size is not None:
@@ -78,13 +81,26 @@ def build_model_with_checkpoint(
         return model
 
     feature_cfg = dict(feature_cls=feature_cls, out_indices=list(out_indices), output_fmt="NCHW")
-    return build_model_with_cfg(build_and_load, name, pretrained=False, pretrained_cfg=cfg,
-                                features_only=features_only, feature_cfg=feature_cfg if features_only else None,
-                                **kwargs)
+    return build_model_with_cfg(
+        build_and_load,
+        name,
+        pretrained=False,
+        pretrained_cfg=cfg,
+        features_only=features_only,
+        feature_cfg=feature_cfg if features_only else None,
+        **kwargs,
+    )
 
 
-def _load(model: nn.Module, state: Dict[str, Any], meta: Dict[str, Any], source: str,
-          user_num_classes: Optional[int], features_only: bool, feature_keys: Callable[[str], bool]) -> None:
+def _load(
+    model: nn.Module,
+    state: Dict[str, Any],
+    meta: Dict[str, Any],
+    source: str,
+    user_num_classes: Optional[int],
+    features_only: bool,
+    feature_keys: Callable[[str], bool],
+) -> None:
     """Load a checkpoint (already in the model's layout) strictly, with the exceptions the build allows: a new
     classifier where the user asked for another number of classes; no classifier or final norm in a features-only
     model; the dense output norms (``feature_keys``) either way."""
@@ -93,14 +109,21 @@ def _load(model: nn.Module, state: Dict[str, Any], meta: Dict[str, Any], source:
     head_keys = _head_keys(model) if features_only else set()
     try:
         load_model_weights(
-            model, state, source, allow_head_reset=drop and not features_only,
-            checkpoint_model=meta.get("model"), allow_missing=feature_keys, allow_unexpected=feature_keys,
+            model,
+            state,
+            source,
+            allow_head_reset=drop and not features_only,
+            checkpoint_model=meta.get("model"),
+            allow_missing=feature_keys,
+            allow_unexpected=feature_keys,
             ignore=lambda k: k in head_keys or (features_only and k.startswith(("head.", "norm."))),
         )
     except CheckpointError as err:
         if not features_only and any(feature_keys(k) for k in state) and "norm.weight" not in state:
-            raise CheckpointError(f"{err} (a dense backbone checkpoint, with per-stage output norms and no "
-                                  f"classifier: pass features_only=True)") from None
+            raise CheckpointError(
+                f"{err} (a dense backbone checkpoint, with per-stage output norms and no "
+                f"classifier: pass features_only=True)"
+            ) from None
         raise
 
 
@@ -110,4 +133,3 @@ def _head_keys(model: nn.Module) -> set:
     for prefix in ("head.", "norm."):
         keys |= {k for k in model.state_dict() if k.startswith(prefix)}
     return keys
-

@@ -1,4 +1,5 @@
 """``sofa models`` (the zoo as a table) and ``sofa convert`` (an original checkpoint → sofa safetensors)."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,36 +9,47 @@ from typing import List, Optional
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "models", help="list every model with its parameters beside the papers' numbers (GMACs with --macs)",
+        "models",
+        help="list every model with its parameters beside the papers' numbers (GMACs with --macs)",
         description="Every registered model: parameters (counted on the meta device: no memory, no "
-                    "initialisation) beside the papers' parameters, GMACs and top-1. With --macs also the "
-                    "multiply-accumulates (GMACs, what the papers call FLOPs) of one image, counted by a "
-                    "dispatcher-level counter that sees every matmul and convolution (SOFT's Newton iterations "
-                    "included); that runs each model once on the CPU, about a minute for all of them.",
+        "initialisation) beside the papers' parameters, GMACs and top-1. With --macs also the "
+        "multiply-accumulates (GMACs, what the papers call FLOPs) of one image, counted by a "
+        "dispatcher-level counter that sees every matmul and convolution (SOFT's Newton iterations "
+        "included); that runs each model once on the CPU, about a minute for all of them.",
     )
     p.add_argument("pattern", nargs="?", default="*", help="glob over model names (default: all)")
     p.add_argument("--family", choices=["soft", "setformer", "poolformer"], help="only this family")
-    p.add_argument("--macs", action=argparse.BooleanOptionalAction, default=None,
-                   help="add a GMACs column: count each model's multiply-accumulates (slow; default off)")
-    p.add_argument("--img-size", type=int, default=None,
-                   help="input size for the MAC count (default 224; implies --macs)")
+    p.add_argument(
+        "--macs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a GMACs column: count each model's multiply-accumulates (slow; default off)",
+    )
+    p.add_argument(
+        "--img-size", type=int, default=None, help="input size for the MAC count (default 224; implies --macs)"
+    )
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(func=models_command)
 
     c = subparsers.add_parser(
-        "convert", help="convert an original SOFT / PoolFormer checkpoint to sofa safetensors",
+        "convert",
+        help="convert an original SOFT / PoolFormer checkpoint to sofa safetensors",
         description="Read ORIGINAL (the released .pth / .pth.tar, bare or wrapped in state_dict / model / "
-                    "state_dict_ema, with or without a module. prefix; read with weights_only=True), map it to "
-                    "sofa's layout, load it strictly into --model (every missing, unexpected or wrongly shaped key "
-                    "is named) and write OUT as safetensors.",
+        "state_dict_ema, with or without a module. prefix; read with weights_only=True), map it to "
+        "sofa's layout, load it strictly into --model (every missing, unexpected or wrongly shaped key "
+        "is named) and write OUT as safetensors.",
     )
     c.add_argument("original", help="the released checkpoint")
     c.add_argument("out", help="the safetensors file to write")
     c.add_argument("--model", required=True, help="sofa model name (see `sofa models`)")
-    c.add_argument("--num-classes", type=int, default=None,
-                   help="classes of the classifier (default: the checkpoint's)")
-    c.add_argument("--features", action="store_true",
-                   help="a dense (detection / segmentation) backbone checkpoint with per-stage output norms")
+    c.add_argument(
+        "--num-classes", type=int, default=None, help="classes of the classifier (default: the checkpoint's)"
+    )
+    c.add_argument(
+        "--features",
+        action="store_true",
+        help="a dense (detection / segmentation) backbone checkpoint with per-stage output norms",
+    )
     c.set_defaults(func=convert_command)
 
 
@@ -71,10 +83,14 @@ def model_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = Fa
         paper = entry.paper
         pp = paper.get("params")
         row = [
-            name, entry.family, f"{params:.2f}", f"{pp}" if pp is not None else "-",
+            name,
+            entry.family,
+            f"{params:.2f}",
+            f"{pp}" if pp is not None else "-",
             (f"{(params - pp) / pp * 100:+.1f}%" if pp else "-"),
             f"{paper['macs']}" if paper.get("macs") is not None else "-",
-            f"{paper['top1']}" if paper.get("top1") is not None else "-", paper.get("note", ""),
+            f"{paper['top1']}" if paper.get("top1") is not None else "-",
+            paper.get("note", ""),
         ]
         if macs:
             row.insert(GMACS, f"{model_macs(name, img_size) / 1e9:.2f}")
@@ -129,6 +145,5 @@ def convert_command(args) -> int:
     except OSError as err:
         print(f"sofa convert: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out}: {args.model}, {count_params(inner) / 1e6:.2f}M parameters, "
-          f"{meta['num_classes']} classes")
+    print(f"wrote {args.out}: {args.model}, {count_params(inner) / 1e6:.2f}M parameters, {meta['num_classes']} classes")
     return 0

@@ -10,6 +10,7 @@ exponentials, pooling) is not, as in fvcore and the papers' tables. MACs = FLOPs
 Parameters need no forward pass: :func:`create_on_meta` builds a model's structure on the meta device, without
 memory and without running its weight initialisation.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple, Union
@@ -39,9 +40,16 @@ class _SkipMetaWrites(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         arguments = func._schema.arguments
-        if (args and isinstance(args[0], torch.Tensor) and args[0].is_meta and arguments
-                and arguments[0].alias_info is not None and arguments[0].alias_info.is_write
-                and torch.Tag.inplace_view not in func.tags and func.overloadpacket not in self._METADATA_WRITES):
+        if (
+            args
+            and isinstance(args[0], torch.Tensor)
+            and args[0].is_meta
+            and arguments
+            and arguments[0].alias_info is not None
+            and arguments[0].alias_info.is_write
+            and torch.Tag.inplace_view not in func.tags
+            and func.overloadpacket not in self._METADATA_WRITES
+        ):
             return args[0]
         return func(*args, **(kwargs or {}))
 
@@ -102,8 +110,13 @@ def _input(model: nn.Module, input_size: Union[int, Tuple[int, ...]], batch: int
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_size: Union[int, Tuple[int, ...]] = 224, batch: int = 1,
-               device: Optional[Union[str, torch.device]] = None, x: Optional[torch.Tensor] = None) -> int:
+def count_macs(
+    model: nn.Module,
+    input_size: Union[int, Tuple[int, ...]] = 224,
+    batch: int = 1,
+    device: Optional[Union[str, torch.device]] = None,
+    x: Optional[torch.Tensor] = None,
+) -> int:
     """Multiply–accumulates of one forward pass per image (eval mode), at ``input_size`` ((C,) H, W or an int)."""
     was_training = model.training
     model.eval()
@@ -121,8 +134,9 @@ def count_macs(model: nn.Module, input_size: Union[int, Tuple[int, ...]] = 224, 
 
 
 @torch.no_grad()
-def macs_by_module(model: nn.Module, input_size: Union[int, Tuple[int, ...]] = 224, depth: int = 2
-                   ) -> Dict[str, Dict[str, int]]:
+def macs_by_module(
+    model: nn.Module, input_size: Union[int, Tuple[int, ...]] = 224, depth: int = 2
+) -> Dict[str, Dict[str, int]]:
     """{module name: {op: MACs}} for modules up to ``depth`` levels deep (batch 1)."""
     model.eval()
     x = _input(model, input_size, 1, next(model.parameters()).device, torch.float32)

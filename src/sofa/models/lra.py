@@ -32,6 +32,7 @@ Padding never changes a prediction: every mixer ignores padded tokens, and the p
 Token id ``padding_id`` (0, the vocabularies' padding) marks padding unless a ``mask`` is given; image tasks,
 whose id 0 is a black pixel, build the model with ``padding_id=None``.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,9 @@ class LRABlock(nn.Module):
         self.mixer = mixer
         self.drop1 = nn.Dropout(drop)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(drop), nn.Linear(ffn, dim),
-                                 nn.Dropout(drop))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(drop), nn.Linear(ffn, dim), nn.Dropout(drop)
+        )
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         x = x + self.drop1(self.mixer(self.norm1(x), mask=mask))
@@ -93,8 +95,18 @@ class LRABlock(nn.Module):
 class LRAEncoder(nn.Module):
     """Embeddings, blocks and the final norm: ids (B, N) → tokens (B, N, C) (zero at padded positions)."""
 
-    def __init__(self, mixer: str, mixer_kwargs: Dict[str, Any], vocab_size: int, max_len: int, dim: int = DIM,
-                 depth: int = DEPTH, num_heads: int = HEADS, ffn: int = FFN, drop: float = DROP):
+    def __init__(
+        self,
+        mixer: str,
+        mixer_kwargs: Dict[str, Any],
+        vocab_size: int,
+        max_len: int,
+        dim: int = DIM,
+        depth: int = DEPTH,
+        num_heads: int = HEADS,
+        ffn: int = FFN,
+        drop: float = DROP,
+    ):
         super().__init__()
         self.max_len = max_len
         self.token_embed = nn.Embedding(vocab_size, dim)
@@ -103,7 +115,8 @@ class LRAEncoder(nn.Module):
         nn.init.normal_(self.pos_embed.weight, std=0.02)
         self.drop = nn.Dropout(drop)
         self.blocks = nn.ModuleList(
-            LRABlock(build_sequence_mixer(mixer, dim, num_heads, **mixer_kwargs), dim, ffn, drop) for _ in range(depth))
+            LRABlock(build_sequence_mixer(mixer, dim, num_heads, **mixer_kwargs), dim, ffn, drop) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -130,20 +143,42 @@ class LRAClassifier(nn.Module):
     is ``ids != padding_id`` (or all tokens when ``padding_id`` is None). Returns logits (B, num_classes).
     """
 
-    def __init__(self, mixer: str = "softmax", num_classes: int = 10, vocab_size: int = 257, max_len: int = 4096,
-                 dual: bool = False, padding_id: Optional[int] = 0, dim: int = DIM, depth: int = DEPTH,
-                 num_heads: int = HEADS, ffn: Optional[int] = None, drop_rate: float = DROP,
-                 head_hidden: int = HEAD_HIDDEN, mixer_kwargs: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        mixer: str = "softmax",
+        num_classes: int = 10,
+        vocab_size: int = 257,
+        max_len: int = 4096,
+        dual: bool = False,
+        padding_id: Optional[int] = 0,
+        dim: int = DIM,
+        depth: int = DEPTH,
+        num_heads: int = HEADS,
+        ffn: Optional[int] = None,
+        drop_rate: float = DROP,
+        head_hidden: int = HEAD_HIDDEN,
+        mixer_kwargs: Optional[Dict[str, Any]] = None,
+    ):
         super().__init__()
         if mixer not in LRA_VARIANTS:
             raise ValueError(f"unknown LRA mixer {mixer!r}; choose from {', '.join(LRA_VARIANTS)}")
         kind, kw, default_ffn = LRA_VARIANTS[mixer]
         self.mixer, self.num_classes, self.vocab_size, self.max_len = mixer, num_classes, vocab_size, max_len
         self.dual, self.padding_id, self.num_features = dual, padding_id, dim
-        self.encoder = LRAEncoder(kind, {**kw, **(mixer_kwargs or {})}, vocab_size, max_len, dim, depth, num_heads,
-                                  ffn or default_ffn, drop_rate)
-        self.head = nn.Sequential(nn.Linear(dim * (4 if dual else 1), head_hidden), nn.ReLU(),
-                                  nn.Linear(head_hidden, num_classes))
+        self.encoder = LRAEncoder(
+            kind,
+            {**kw, **(mixer_kwargs or {})},
+            vocab_size,
+            max_len,
+            dim,
+            depth,
+            num_heads,
+            ffn or default_ffn,
+            drop_rate,
+        )
+        self.head = nn.Sequential(
+            nn.Linear(dim * (4 if dual else 1), head_hidden), nn.ReLU(), nn.Linear(head_hidden, num_classes)
+        )
 
     def real_tokens(self, ids: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The padding mask (B, N), True where a token is real; None when every token is."""
@@ -173,8 +208,10 @@ class LRAClassifier(nn.Module):
                 raise ValueError("LRAClassifier: a two-tower (dual) model takes a pair of id tensors (ids_0, ids_1)")
             return self.pair_features(ids, mask)
         if not isinstance(ids, torch.Tensor):
-            raise ValueError("LRAClassifier: a one-tower model takes one id tensor (B, N); build it with dual=True "
-                             "for document pairs")
+            raise ValueError(
+                "LRAClassifier: a one-tower model takes one id tensor (B, N); build it with dual=True "
+                "for document pairs"
+            )
         return self.pooled(ids, mask)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -200,8 +237,17 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, n))))
 
 
-_CFG = dict(input_size=(LRA_DEFAULT_LEN,), num_classes=10, mean=(), std=(), crop_pct=1.0, interpolation="",
-            first_conv="encoder.token_embed", classifier="head.2", license="apache-2.0")
+_CFG = dict(
+    input_size=(LRA_DEFAULT_LEN,),
+    num_classes=10,
+    mean=(),
+    std=(),
+    crop_pct=1.0,
+    interpolation="",
+    first_conv="encoder.token_embed",
+    classifier="head.2",
+    license="apache-2.0",
+)
 _NOTES = {
     "softmax": "LRA Transformer baseline",
     "soft": "SOFT, 128 landmarks",
@@ -211,19 +257,25 @@ _NOTES = {
 }
 
 
-
 def checkpoint_filter_fn(state: Dict, model=None) -> Dict:
     """The LRA classifiers have no released checkpoints: sofa's own keys pass through."""
     return state
 
 
 def _paper(mixer: str) -> dict:
-    return dict(note=f"LRA (Nyströmformer harness, width 64, 2 layers): {_NOTES[mixer]}; "
-                     f"GMACs at {LRA_DEFAULT_LEN} tokens")
+    return dict(
+        note=f"LRA (Nyströmformer harness, width 64, 2 layers): {_NOTES[mixer]}; GMACs at {LRA_DEFAULT_LEN} tokens"
+    )
 
 
-def _create_lra(name: str, mixer: str, pretrained: bool = False, checkpoint_path: Optional[str] = None,
-                pretrained_cfg_overlay=None, **kwargs) -> LRAClassifier:
+def _create_lra(
+    name: str,
+    mixer: str,
+    pretrained: bool = False,
+    checkpoint_path: Optional[str] = None,
+    pretrained_cfg_overlay=None,
+    **kwargs,
+) -> LRAClassifier:
     """Model ``name``: an :class:`LRAClassifier` with the ``mixer`` token mixer; ``kwargs`` go to its constructor
     (image-model options passed as None by generic callers are dropped)."""
     if pretrained and checkpoint_path is None:
@@ -232,8 +284,9 @@ def _create_lra(name: str, mixer: str, pretrained: bool = False, checkpoint_path
         if kwargs.get(key, None) is None:
             kwargs.pop(key, None)
     model = LRAClassifier(mixer, **kwargs)
-    model.pretrained_cfg = dict(_CFG, architecture=name, num_classes=model.num_classes,
-                                **(pretrained_cfg_overlay or {}))
+    model.pretrained_cfg = dict(
+        _CFG, architecture=name, num_classes=model.num_classes, **(pretrained_cfg_overlay or {})
+    )
     model.default_cfg = model.pretrained_cfg
     if checkpoint_path is not None:
         from sofa.checkpoint import load_model_weights, read_checkpoint

@@ -15,6 +15,7 @@ Two block layouts, chosen by the norm:
 Stage outputs are always (B, C, H, W), so ``forward_intermediates`` (and timm's ``features_only``) give maps at
 strides 4, 8, 16, 32 for any input size. Token mixers come from :func:`sofa.mixers.build_mixer`.
 """
+
 from __future__ import annotations
 
 import math
@@ -150,9 +151,17 @@ class MetaFormerBlock(nn.Module):
             a built model.
     """
 
-    def __init__(self, dim: int, mixer: MixerSpec = "pool", mlp_ratio: float = 4.0, drop: float = 0.0,
-                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = 1e-5, norm_eps: float = 1e-5,
-                 impl: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        mixer: MixerSpec = "pool",
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: Optional[float] = 1e-5,
+        norm_eps: float = 1e-5,
+        impl: str = "auto",
+    ):
         super().__init__()
         self.norm1 = GroupNorm1(dim, eps=norm_eps)
         self.token_mixer, self.mixer_takes_tokens = build_token_mixer(mixer, dim)
@@ -172,16 +181,33 @@ class MetaFormerBlock(nn.Module):
 
     def weights(self) -> BlockWeights:
         n1, n2, fc1, fc2 = self.norm1, self.norm2, self.mlp.fc1, self.mlp.fc2
-        return BlockWeights(n1.weight, n1.bias, n1.eps, self.layer_scale1, n2.weight, n2.bias, n2.eps,
-                            self.layer_scale2, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return BlockWeights(
+            n1.weight,
+            n1.bias,
+            n1.eps,
+            self.layer_scale1,
+            n2.weight,
+            n2.bias,
+            n2.eps,
+            self.layer_scale2,
+            fc1.weight,
+            fc1.bias,
+            fc2.weight,
+            fc2.bias,
+        )
 
     def _op_arguments(self) -> Dict[str, Any]:
         if self.mixer_takes_tokens:
             mixer = self.mix_tokens
         else:
             mixer = "pool" if isinstance(self.token_mixer, Pooling) else "identity"
-        return dict(mixer=mixer, pool_size=getattr(self.token_mixer, "pool_size", 3), drop=self.mlp.drop.p,
-                    drop_path=getattr(self.drop_path, "drop_prob", 0.0), training=self.training)
+        return dict(
+            mixer=mixer,
+            pool_size=getattr(self.token_mixer, "pool_size", 3),
+            drop=self.mlp.drop.p,
+            drop_path=getattr(self.drop_path, "drop_prob", 0.0),
+            training=self.training,
+        )
 
     def chosen_impl(self, x: torch.Tensor) -> str:
         """The form :func:`sofa.ops.pool.metaformer_block` runs for ``x`` in the current grad mode."""
@@ -197,8 +223,16 @@ class MetaFormerBlock(nn.Module):
 class TokenBlock(nn.Module):
     """Pre-norm (B, N, C) block with LayerNorm and LayerScale; the mixer gets ``hw``."""
 
-    def __init__(self, dim: int, mixer: MixerSpec, mlp_ratio: float = 4.0, drop: float = 0.0, drop_path: float = 0.0,
-                 layer_scale_init_value: Optional[float] = 1e-5, norm_eps: float = 1e-5):
+    def __init__(
+        self,
+        dim: int,
+        mixer: MixerSpec,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: Optional[float] = 1e-5,
+        norm_eps: float = 1e-5,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.token_mixer, self.mixer_takes_tokens = build_token_mixer(mixer, dim)
@@ -245,8 +279,9 @@ class Conv2Stem(nn.Module):
 class Downsample(nn.Module):
     """Conv2d(3×3, stride 2, padding 1), optionally followed by a LayerNorm over channels."""
 
-    def __init__(self, in_dim: int, dim: int, norm: bool = False, kernel_size: int = 3, stride: int = 2,
-                 padding: int = 1):
+    def __init__(
+        self, in_dim: int, dim: int, norm: bool = False, kernel_size: int = 3, stride: int = 2, padding: int = 1
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_dim, dim, kernel_size, stride, padding)
         self.norm = LayerNorm2d(dim) if norm else nn.Identity()
@@ -257,9 +292,21 @@ class Downsample(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- stage
 class MetaFormerStage(nn.Module):
-    def __init__(self, in_dim: int, dim: int, depth: int, mixer: MixerSpec, mlp_ratio: float, dpr: Sequence[float],
-                 layer_scale_init_value: Optional[float], norm: str, downsample: bool, downsample_norm: bool,
-                 pos_embed_grid: Optional[Tuple[int, int]], drop: float = 0.0):
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        mixer: MixerSpec,
+        mlp_ratio: float,
+        dpr: Sequence[float],
+        layer_scale_init_value: Optional[float],
+        norm: str,
+        downsample: bool,
+        downsample_norm: bool,
+        pos_embed_grid: Optional[Tuple[int, int]],
+        drop: float = 0.0,
+    ):
         super().__init__()
         self.downsample = Downsample(in_dim, dim, norm=downsample_norm) if downsample else nn.Identity()
         self.pos_embed = None
@@ -359,9 +406,18 @@ class MetaFormer(ClassifierMixin, nn.Module):
                 grid = (math.ceil(img_hw[0] / stride), math.ceil(img_hw[1] / stride))
             stages.append(
                 MetaFormerStage(
-                    dims[i - 1] if i else dims[0], dims[i], depths[i], spec, ratios[i], dpr[cur:cur + depths[i]],
-                    layer_scale_init_value, norm, downsample=i > 0, downsample_norm=downsample_norm,
-                    pos_embed_grid=grid, drop=drop_rate,
+                    dims[i - 1] if i else dims[0],
+                    dims[i],
+                    depths[i],
+                    spec,
+                    ratios[i],
+                    dpr[cur : cur + depths[i]],
+                    layer_scale_init_value,
+                    norm,
+                    downsample=i > 0,
+                    downsample_norm=downsample_norm,
+                    pos_embed_grid=grid,
+                    drop=drop_rate,
                 )
             )
             cur += depths[i]
@@ -372,8 +428,9 @@ class MetaFormer(ClassifierMixin, nn.Module):
             out_norms = [out_norms] * n
         self.out_norm_stages = tuple(bool(b) for b in out_norms)
         if any(self.out_norm_stages):
-            self.out_norms = nn.ModuleList([norm2d(d) if b else nn.Identity()
-                                            for d, b in zip(dims, out_norms, strict=False)])
+            self.out_norms = nn.ModuleList(
+                [norm2d(d) if b else nn.Identity() for d, b in zip(dims, out_norms, strict=False)]
+            )
         else:
             self.out_norms = None
         self.norm = norm2d(dims[-1])
@@ -398,8 +455,16 @@ class MetaFormer(ClassifierMixin, nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
-            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         if global_pool is not None:
@@ -411,8 +476,10 @@ class MetaFormer(ClassifierMixin, nn.Module):
             raise ValueError(f"{type(self).__name__}: expected images (B, C, H, W), got shape {tuple(x.shape)}")
         k = 3 if self.stem_kind == "poolformer" else 1
         if x.shape[-2] < k or x.shape[-1] < k:
-            raise ValueError(f"{type(self).__name__}: input {x.shape[-2]}x{x.shape[-1]} is too small; it needs at "
-                             f"least {k}x{k} pixels")
+            raise ValueError(
+                f"{type(self).__name__}: input {x.shape[-2]}x{x.shape[-1]} is too small; it needs at "
+                f"least {k}x{k} pixels"
+            )
 
     def _to_internal(self, x: torch.Tensor) -> torch.Tensor:
         """The layout the stages run in: channels-last on the CPU (the ``SOFA_CPU_CHANNELS_LAST`` switch), the
@@ -441,9 +508,15 @@ class MetaFormer(ClassifierMixin, nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
         """Stage outputs (B, C_i, H_i, W_i) at strides 4, 8, 16, 32 (through the dense output norms if present)."""
         from timm.models._features import feature_take_indices
 
@@ -464,8 +537,9 @@ class MetaFormer(ClassifierMixin, nn.Module):
             return x, feats
         return self.norm(x), feats
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ):
         from timm.models._features import feature_take_indices
 
         take, max_index = feature_take_indices(len(self.stages), indices)

@@ -13,6 +13,7 @@ Beyond the release: the identity-mixer ablation and hybrids with another mixer i
 the paper's 81.0% [Pool, Pool, Attention, Attention] model; SOFT; SeT). Any other per-stage combination:
 ``create_model("poolformer_s12", token_mixers=("pool", "pool", "set", "attn"))``.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,16 +32,56 @@ __all__ = ["PoolFormer", "VARIANTS", "HYBRID_MIXERS", "checkpoint_filter_fn"]
 # ---------------------------------------------------------------------------------------------------- variants
 #  name              depths          dims                  LayerScale  crop   paper: params(M) MACs(G) top-1
 VARIANTS = {
-    "s12": dict(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512), ls=1e-5, crop=0.9, params=11.9, macs=1.8, top1=77.2,
-                drop_path=0.1),
-    "s24": dict(depths=(4, 4, 12, 4), dims=(64, 128, 320, 512), ls=1e-5, crop=0.9, params=21.4, macs=3.4, top1=80.3,
-                drop_path=0.1),
-    "s36": dict(depths=(6, 6, 18, 6), dims=(64, 128, 320, 512), ls=1e-6, crop=0.9, params=30.8, macs=5.0, top1=81.4,
-                drop_path=0.2),
-    "m36": dict(depths=(6, 6, 18, 6), dims=(96, 192, 384, 768), ls=1e-6, crop=0.95, params=56.1, macs=8.8, top1=82.1,
-                drop_path=0.3),
-    "m48": dict(depths=(8, 8, 24, 8), dims=(96, 192, 384, 768), ls=1e-6, crop=0.95, params=73.4, macs=11.6, top1=82.5,
-                drop_path=0.4),
+    "s12": dict(
+        depths=(2, 2, 6, 2),
+        dims=(64, 128, 320, 512),
+        ls=1e-5,
+        crop=0.9,
+        params=11.9,
+        macs=1.8,
+        top1=77.2,
+        drop_path=0.1,
+    ),
+    "s24": dict(
+        depths=(4, 4, 12, 4),
+        dims=(64, 128, 320, 512),
+        ls=1e-5,
+        crop=0.9,
+        params=21.4,
+        macs=3.4,
+        top1=80.3,
+        drop_path=0.1,
+    ),
+    "s36": dict(
+        depths=(6, 6, 18, 6),
+        dims=(64, 128, 320, 512),
+        ls=1e-6,
+        crop=0.9,
+        params=30.8,
+        macs=5.0,
+        top1=81.4,
+        drop_path=0.2,
+    ),
+    "m36": dict(
+        depths=(6, 6, 18, 6),
+        dims=(96, 192, 384, 768),
+        ls=1e-6,
+        crop=0.95,
+        params=56.1,
+        macs=8.8,
+        top1=82.1,
+        drop_path=0.3,
+    ),
+    "m48": dict(
+        depths=(8, 8, 24, 8),
+        dims=(96, 192, 384, 768),
+        ls=1e-6,
+        crop=0.95,
+        params=73.4,
+        macs=11.6,
+        top1=82.5,
+        drop_path=0.4,
+    ),
     # not in the paper: a tiny configuration (the reference fixtures' shape) for tests and CPU experiments
     "mini": dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), ls=1e-5, crop=0.9),
 }
@@ -53,8 +94,13 @@ def _attn(dim: int) -> Dict:
 def _soft(dim: int, stage: int) -> Dict:
     # SOFT's stage-3/4 settings: landmark stride 2 at stride 16 and 1 at stride 32 (49 landmarks at 224²), capped
     # at 49 landmarks so that the cost stays linear at any input size; depthwise conv 3×3 on V.
-    return {"kind": "soft", "num_heads": max(1, dim // 32), "landmark_stride": 2 if stage == 2 else 1,
-            "dwconv_kernel": 3, "max_landmarks": 49}
+    return {
+        "kind": "soft",
+        "num_heads": max(1, dim // 32),
+        "landmark_stride": 2 if stage == 2 else 1,
+        "dwconv_kernel": 3,
+        "max_landmarks": 49,
+    }
 
 
 def _set(dim: int) -> Dict:
@@ -63,26 +109,48 @@ def _set(dim: int) -> Dict:
 
 #: hybrids of PoolFormer-S12: a different mixer in stages 3–4 (paper numbers where the paper has the model)
 HYBRID_MIXERS = {
-    "identity": dict(mixers=lambda dims: ("identity",) * 4, params=11.9, macs=None, top1=74.3,
-                     note="identity-mixer ablation"),
-    "attn": dict(mixers=lambda dims: ("pool", "pool", _attn(dims[2]), _attn(dims[3])), params=16.5, macs=2.5,
-                 top1=81.0, note="[Pool, Pool, Attention, Attention]"),
-    "soft": dict(mixers=lambda dims: ("pool", "pool", _soft(dims[2], 2), _soft(dims[3], 3)),
-                 note="[Pool, Pool, SOFT, SOFT] (sofa's)"),
-    "set": dict(mixers=lambda dims: ("pool", "pool", _set(dims[2]), _set(dims[3])),
-                note="[Pool, Pool, SeT, SeT] (sofa's)"),
+    "identity": dict(
+        mixers=lambda dims: ("identity",) * 4, params=11.9, macs=None, top1=74.3, note="identity-mixer ablation"
+    ),
+    "attn": dict(
+        mixers=lambda dims: ("pool", "pool", _attn(dims[2]), _attn(dims[3])),
+        params=16.5,
+        macs=2.5,
+        top1=81.0,
+        note="[Pool, Pool, Attention, Attention]",
+    ),
+    "soft": dict(
+        mixers=lambda dims: ("pool", "pool", _soft(dims[2], 2), _soft(dims[3], 3)),
+        note="[Pool, Pool, SOFT, SOFT] (sofa's)",
+    ),
+    "set": dict(
+        mixers=lambda dims: ("pool", "pool", _set(dims[2]), _set(dims[3])), note="[Pool, Pool, SeT, SeT] (sofa's)"
+    ),
 }
 
 
 class PoolFormer(MetaFormer):
     """PoolFormer v1 on the MetaFormer builder (GroupNorm(1) blocks on (B, C, H, W) maps)."""
 
-    def __init__(self, depths=(2, 2, 6, 2), dims=(64, 128, 320, 512), token_mixers="pool", mlp_ratios=4.0,
-                 layer_scale_init_value=1e-5, **kwargs):
+    def __init__(
+        self,
+        depths=(2, 2, 6, 2),
+        dims=(64, 128, 320, 512),
+        token_mixers="pool",
+        mlp_ratios=4.0,
+        layer_scale_init_value=1e-5,
+        **kwargs,
+    ):
         kwargs.setdefault("norm", "groupnorm")
         kwargs.setdefault("stem", "poolformer")
-        super().__init__(depths=depths, dims=dims, token_mixers=token_mixers, mlp_ratios=mlp_ratios,
-                         layer_scale_init_value=layer_scale_init_value, **kwargs)
+        super().__init__(
+            depths=depths,
+            dims=dims,
+            token_mixers=token_mixers,
+            mlp_ratios=mlp_ratios,
+            layer_scale_init_value=layer_scale_init_value,
+            **kwargs,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -96,8 +164,12 @@ def is_timm(state: Dict[str, torch.Tensor]) -> bool:
 
 
 # timm's port → sofa: LayerScale vectors are modules there, and the final norm sits inside the head
-_TIMM_NAMES = {".layer_scale1.scale": ".layer_scale1", ".layer_scale2.scale": ".layer_scale2",
-               "head.norm.": "norm.", "head.fc.": "head."}
+_TIMM_NAMES = {
+    ".layer_scale1.scale": ".layer_scale1",
+    ".layer_scale2.scale": ".layer_scale2",
+    "head.norm.": "norm.",
+    "head.fc.": "head.",
+}
 _TIMM_KEY = re.compile(r"\.layer_scale[12]\.scale$|^head\.norm\.|^head\.fc\.")
 
 
@@ -117,16 +189,19 @@ def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model=None) -> Dict[str
     if is_timm(state):
         state = {_TIMM_KEY.sub(lambda m: _TIMM_NAMES[m.group(0)], k): v for k, v in state.items()}
         if "norm.weight" in state:
-            warnings.warn("timm PoolFormer checkpoint: the backbone loads exactly (same stage outputs), but timm's "
-                          "head normalises the pooled vector (LayerNorm, eps 1e-6) where PoolFormer normalises the "
-                          "map before pooling (GroupNorm, eps 1e-5): its final-norm weights were trained for the "
-                          "other order, so the logits are not timm's", stacklevel=2)
+            warnings.warn(
+                "timm PoolFormer checkpoint: the backbone loads exactly (same stage outputs), but timm's "
+                "head normalises the pooled vector (LayerNorm, eps 1e-6) where PoolFormer normalises the "
+                "map before pooling (GroupNorm, eps 1e-5): its final-norm weights were trained for the "
+                "other order, so the logits are not timm's",
+                stacklevel=2,
+            )
     elif is_original(state):
         out = {}
         for k, v in state.items():
             nk = k
             if k.startswith("patch_embed.proj."):
-                nk = "stem.conv." + k[len("patch_embed.proj."):]
+                nk = "stem.conv." + k[len("patch_embed.proj.") :]
             elif k.startswith("network."):
                 m = re.match(r"network\.(\d+)\.(.*)", k)
                 idx, rest = int(m.group(1)), m.group(2)
@@ -146,8 +221,13 @@ def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model=None) -> Dict[str
         from sofa.models.metaformer import resize_pos_embed_2d
 
         for k, v in list(state.items()):
-            if (k.endswith("pos_embed") and k in own and v.dim() == 4 and v.shape[:2] == own[k].shape[:2]
-                    and v.shape != own[k].shape):
+            if (
+                k.endswith("pos_embed")
+                and k in own
+                and v.dim() == 4
+                and v.shape[:2] == own[k].shape[:2]
+                and v.shape != own[k].shape
+            ):
                 state[k] = resize_pos_embed_2d(v, tuple(own[k].shape[-2:]))
     return state
 
@@ -159,10 +239,19 @@ def _features_kwargs(kwargs):
 
 # ---------------------------------------------------------------------------------------------------- entry points
 def _cfg(variant: str) -> Dict:
-    return dict(input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=VARIANTS[variant]["crop"],
-                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.conv",
-                classifier="head", num_classes=1000, paper_ids="arXiv:2111.11418",
-                origin_url="https://github.com/sail-sg/poolformer")
+    return dict(
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=VARIANTS[variant]["crop"],
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="stem.conv",
+        classifier="head",
+        num_classes=1000,
+        paper_ids="arXiv:2111.11418",
+        origin_url="https://github.com/sail-sg/poolformer",
+    )
 
 
 def _paper(variant: str) -> Dict:
@@ -187,9 +276,16 @@ def _create_poolformer(name: str, variant: str, pretrained: bool, hybrid: str | 
     if hybrid is not None:
         args["token_mixers"] = HYBRID_MIXERS[hybrid]["mixers"](args["dims"])
     args.update(kwargs)
-    return build_model_with_checkpoint(PoolFormer, name, _cfg(variant), pretrained=pretrained,
-                                       filter_fn=checkpoint_filter_fn, features_kwargs=_features_kwargs,
-                                       feature_keys=lambda k: k.startswith("out_norms."), **args)
+    return build_model_with_checkpoint(
+        PoolFormer,
+        name,
+        _cfg(variant),
+        pretrained=pretrained,
+        filter_fn=checkpoint_filter_fn,
+        features_kwargs=_features_kwargs,
+        feature_keys=lambda k: k.startswith("out_norms."),
+        **args,
+    )
 
 
 @register_model("poolformer", _cfg("s12"), _paper("s12"))

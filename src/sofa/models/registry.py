@@ -13,6 +13,7 @@ std / classifier record) and the paper's numbers. :func:`create_model` builds a 
 registry functions. timm's own models are never overwritten: a name timm already owns (timm has its own PoolFormer
 port) is registered there as ``sofa_<name>``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -25,8 +26,16 @@ from typing import Any, Callable, Dict, List, Optional
 
 from torch import nn
 
-__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry", "register_in_timm",
-           "timm_name", "map_checkpoint"]
+__all__ = [
+    "ModelEntry",
+    "register_model",
+    "create_model",
+    "list_models",
+    "get_entry",
+    "register_in_timm",
+    "timm_name",
+    "map_checkpoint",
+]
 
 
 @dataclass

@@ -17,6 +17,7 @@ MACs at 224², measured by :func:`sofa.models.flops.count_macs`): Mini 15.9M / 3
 Small 35.1M / 6.65G, Base 49.7M / 8.83G (MLP ratio 3).
 Any input size works: every stage is global over its tokens with a fixed reference set (linear cost).
 """
+
 from __future__ import annotations
 
 from typing import Dict
@@ -43,18 +44,44 @@ HEAD_DIM = 32
 class SeTformer(MetaFormer):
     """SeTformer on the MetaFormer builder: LayerNorm token blocks with SeT attention in every stage."""
 
-    def __init__(self, depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), mlp_ratios=3.0, num_refs: int = 49,
-                 num_anchors: int = 32, eps: float = 0.1, tau: float = 0.1, sinkhorn_iters: int = 5,
-                 layer_scale_init_value=1e-5, token_mixers=None, **kwargs):
+    def __init__(
+        self,
+        depths=(2, 2, 6, 2),
+        dims=(96, 192, 384, 768),
+        mlp_ratios=3.0,
+        num_refs: int = 49,
+        num_anchors: int = 32,
+        eps: float = 0.1,
+        tau: float = 0.1,
+        sinkhorn_iters: int = 5,
+        layer_scale_init_value=1e-5,
+        token_mixers=None,
+        **kwargs,
+    ):
         if token_mixers is None:
-            token_mixers = [dict(kind="set", num_heads=max(1, d // HEAD_DIM), num_refs=num_refs,
-                                 num_anchors=num_anchors, eps=eps, tau=tau, sinkhorn_iters=sinkhorn_iters)
-                            for d in dims]
+            token_mixers = [
+                dict(
+                    kind="set",
+                    num_heads=max(1, d // HEAD_DIM),
+                    num_refs=num_refs,
+                    num_anchors=num_anchors,
+                    eps=eps,
+                    tau=tau,
+                    sinkhorn_iters=sinkhorn_iters,
+                )
+                for d in dims
+            ]
         kwargs.setdefault("norm", "layernorm")
         kwargs.setdefault("stem", "conv2")
         kwargs.setdefault("downsample_norm", True)
-        super().__init__(depths=depths, dims=dims, token_mixers=token_mixers, mlp_ratios=mlp_ratios,
-                         layer_scale_init_value=layer_scale_init_value, **kwargs)
+        super().__init__(
+            depths=depths,
+            dims=dims,
+            token_mixers=token_mixers,
+            mlp_ratios=mlp_ratios,
+            layer_scale_init_value=layer_scale_init_value,
+            **kwargs,
+        )
 
 
 def checkpoint_filter_fn(state: Dict, model=None) -> Dict:
@@ -64,9 +91,18 @@ def checkpoint_filter_fn(state: Dict, model=None) -> Dict:
 
 # ---------------------------------------------------------------------------------------------------- entry points
 def _cfg() -> Dict:
-    return dict(input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation="bicubic",
-                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.conv1", classifier="head",
-                num_classes=1000, paper_ids="arXiv:2401.03540")
+    return dict(
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="stem.conv1",
+        classifier="head",
+        num_classes=1000,
+        paper_ids="arXiv:2401.03540",
+    )
 
 
 def _paper(variant: str) -> Dict:
@@ -80,8 +116,9 @@ def _create_setformer(name: str, variant: str, pretrained: bool, **kwargs) -> Se
     v = VARIANTS[variant]
     args = dict(depths=v["depths"], dims=v["dims"], mlp_ratios=v["mlp_ratio"])
     args.update(kwargs)
-    return build_model_with_checkpoint(SeTformer, name, _cfg(), pretrained=pretrained,
-                                       filter_fn=checkpoint_filter_fn, **args)
+    return build_model_with_checkpoint(
+        SeTformer, name, _cfg(), pretrained=pretrained, filter_fn=checkpoint_filter_fn, **args
+    )
 
 
 @register_model("setformer", _cfg(), _paper("mini"))

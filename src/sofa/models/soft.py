@@ -22,6 +22,7 @@ the released code does, which exact agreement with released SOFT-Norm outputs on
 ``max_landmarks=N`` bounds the landmarks of every SOFT stage (linear cost at any resolution; the released stride
 mode, the default, grows the landmarks with the image).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,14 +50,27 @@ _H = (2, 4, 10, 16)
 VARIANTS = {
     "tiny": dict(dims=_D, heads=_H, depths=(1, 2, 3, 2), params=13.07, macs=1.9, top1=79.3, norm_top1=79.4),
     "small": dict(dims=_D, heads=_H, depths=(1, 3, 7, 4), params=24.11, macs=3.3, top1=82.2, norm_top1=82.4),
-    "medium": dict(dims=(64, 128, 288, 512), heads=(2, 4, 9, 16), depths=(1, 3, 29, 5), params=45.81, macs=7.2,
-                   top1=82.9, norm_top1=83.1),
+    "medium": dict(
+        dims=(64, 128, 288, 512),
+        heads=(2, 4, 9, 16),
+        depths=(1, 3, 29, 5),
+        params=45.81,
+        macs=7.2,
+        top1=82.9,
+        norm_top1=83.1,
+    ),
     "large": dict(dims=_D, heads=_H, depths=(1, 3, 40, 5), params=64.70, macs=11.0, top1=83.1, norm_top1=83.3),
-    "huge": dict(dims=(64, 128, 352, 512), heads=(2, 4, 11, 16), depths=(1, 5, 49, 5), params=87.11, macs=16.3,
-                 top1=83.3, norm_top1=83.4),
+    "huge": dict(
+        dims=(64, 128, 352, 512),
+        heads=(2, 4, 11, 16),
+        depths=(1, 5, 49, 5),
+        params=87.11,
+        macs=16.3,
+        top1=83.3,
+        norm_top1=83.4,
+    ),
     # the released code's soft_small (depths 1,3,20,4), which contradicts the paper's 24M
-    "small_released": dict(dims=_D, heads=_H, depths=(1, 3, 20, 4), params=38.9,
-                           note="released code's 20-block Small"),
+    "small_released": dict(dims=_D, heads=_H, depths=(1, 3, 20, 4), params=38.9, note="released code's 20-block Small"),
     # not in the papers: the reference fixtures' configuration; small enough to train on a CPU
     "mini": dict(dims=(32, 64, 96, 128), heads=(1, 2, 3, 4), depths=(1, 1, 1, 1), note="not in the paper"),
 }
@@ -68,13 +82,27 @@ DWCONV_KERNELS = (9, 5, 3)
 class SoftBlock(nn.Module):
     """Post-norm SOFT block (stages 1–3): ``x ← LN(x + drop(attn(x)))``, ``x ← LN(x + drop(mlp(x)))``."""
 
-    def __init__(self, dim: int, num_heads: int, landmark_stride: int, dwconv_kernel: int, normalized: bool,
-                 drop: float = 0.0, mixer_kwargs: Optional[Dict] = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        landmark_stride: int,
+        dwconv_kernel: int,
+        normalized: bool,
+        drop: float = 0.0,
+        mixer_kwargs: Optional[Dict] = None,
+    ):
         super().__init__()
         from sofa.mixers import SoftAttention
 
-        self.attn = SoftAttention(dim, num_heads, landmark_stride=landmark_stride, dwconv_kernel=dwconv_kernel,
-                                  normalized=normalized, **(mixer_kwargs or {}))
+        self.attn = SoftAttention(
+            dim,
+            num_heads,
+            landmark_stride=landmark_stride,
+            dwconv_kernel=dwconv_kernel,
+            normalized=normalized,
+            **(mixer_kwargs or {}),
+        )
         self.drop1 = nn.Dropout(drop)
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = Mlp(dim, 4 * dim, act_layer=lambda: nn.GELU(approximate="tanh"))
@@ -89,14 +117,23 @@ class SoftBlock(nn.Module):
 class ViTBlock(nn.Module):
     """Pre-norm softmax-attention block (stage 4), on the tokens and the cls token."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, sr_ratio: int = 1):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        sr_ratio: int = 1,
+    ):
         super().__init__()
         from sofa.mixers import SoftmaxAttention
 
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = SoftmaxAttention(dim, num_heads, qkv_bias=True, sr_ratio=sr_ratio, attn_drop=attn_drop,
-                                     proj_drop=drop)
+        self.attn = SoftmaxAttention(
+            dim, num_heads, qkv_bias=True, sr_ratio=sr_ratio, attn_drop=attn_drop, proj_drop=drop
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -113,8 +150,15 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> List[nn.Module]:
 class SoftStage(nn.Module):
     """Downsampling (or the stem's output), the stage's position embedding, and its blocks, on tokens."""
 
-    def __init__(self, downsample: nn.Module, dim: int, grid: Tuple[int, int], blocks: List[nn.Module],
-                 cls_token: bool, drop: float):
+    def __init__(
+        self,
+        downsample: nn.Module,
+        dim: int,
+        grid: Tuple[int, int],
+        blocks: List[nn.Module],
+        cls_token: bool,
+        drop: float,
+    ):
         super().__init__()
         self.downsample = downsample
         self.grid = tuple(grid)
@@ -202,19 +246,40 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
         elif batch_alpha:
             raise ValueError("batch_alpha applies to SOFT-Norm only (the soft_norm_* models)")
 
-        self.stem = nn.Sequential(*_conv_bn_relu(in_chans, 32, 2), *_conv_bn_relu(32, 32, 1),
-                                  *_conv_bn_relu(32, embed_dims[0], 2))
+        self.stem = nn.Sequential(
+            *_conv_bn_relu(in_chans, 32, 2), *_conv_bn_relu(32, 32, 1), *_conv_bn_relu(32, embed_dims[0], 2)
+        )
         stages, cur = [], 0
         self.feature_info = []
         for i in range(4):
             stride = 4 * 2**i
             grid = (math.ceil(H0 / stride), math.ceil(W0 / stride))
             if i < 3:
-                blocks = [SoftBlock(embed_dims[i], num_heads[i], landmark_strides[i], dwconv_kernels[i], normalized,
-                                    drop=dpr[cur + j], mixer_kwargs=mixer_kwargs) for j in range(depths[i])]
+                blocks = [
+                    SoftBlock(
+                        embed_dims[i],
+                        num_heads[i],
+                        landmark_strides[i],
+                        dwconv_kernels[i],
+                        normalized,
+                        drop=dpr[cur + j],
+                        mixer_kwargs=mixer_kwargs,
+                    )
+                    for j in range(depths[i])
+                ]
             else:
-                blocks = [ViTBlock(embed_dims[i], num_heads[i], mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate,
-                                   drop_path=dpr[cur + j], sr_ratio=sr_ratio) for j in range(depths[i])]
+                blocks = [
+                    ViTBlock(
+                        embed_dims[i],
+                        num_heads[i],
+                        mlp_ratio,
+                        drop=drop_rate,
+                        attn_drop=attn_drop_rate,
+                        drop_path=dpr[cur + j],
+                        sr_ratio=sr_ratio,
+                    )
+                    for j in range(depths[i])
+                ]
             down = nn.Identity() if i == 0 else nn.Sequential(*_conv_bn_relu(embed_dims[i - 1], embed_dims[i], 2))
             stages.append(SoftStage(down, embed_dims[i], grid, blocks, cls_token=i == 3, drop=drop_rate))
             cur += depths[i]
@@ -244,9 +309,10 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^cls_token|^stem|^stages\.0\.(downsample|pos_embed)",
-                    blocks=[(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)", (0,)),
-                            (r"^norm", (99999,))])
+        return dict(
+            stem=r"^cls_token|^stem|^stages\.0\.(downsample|pos_embed)",
+            blocks=[(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)", (0,)), (r"^norm", (99999,))],
+        )
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         if global_pool is not None:
@@ -282,9 +348,15 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
         """Stage outputs as (B, C_i, H_i, W_i) maps at strides 4, 8, 16, 32 (stage 4 without its cls token;
         through the final LayerNorm with ``norm=True``)."""
         from timm.models._features import feature_take_indices
@@ -301,8 +373,9 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
             return feats
         return self.norm(t), feats
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ):
         from timm.models._features import feature_take_indices
 
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -351,13 +424,13 @@ def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model: Optional[nn.Modu
             if m:
                 s = int(m.group(1)) - 1
                 nk = f"stem.{m.group(2)}" if s == 0 else f"stages.{s}.downsample.{m.group(2)}"
-            elif (m := re.match(r"pos_embed(\d)$", k)):
+            elif m := re.match(r"pos_embed(\d)$", k):
                 nk = f"stages.{int(m.group(1)) - 1}.pos_embed"
-            elif (m := re.match(r"block(\d)\.(\d+)\.(.*)", k)):
+            elif m := re.match(r"block(\d)\.(\d+)\.(.*)", k):
                 s, j, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
                 for a, b in _MIXER_KEYS.items():
                     if rest.startswith(a):
-                        rest = b + rest[len(a):]
+                        rest = b + rest[len(a) :]
                         break
                 nk = f"stages.{s}.blocks.{j}.{rest}"
             out[nk] = v
@@ -366,8 +439,13 @@ def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model: Optional[nn.Modu
         own = model.state_dict()
         for i, stage in enumerate(getattr(model, "stages", [])):
             k = f"stages.{i}.pos_embed"
-            if (k in state and k in own and state[k].dim() == 3 and state[k].shape[-1] == own[k].shape[-1]
-                    and state[k].shape[1] != own[k].shape[1]):
+            if (
+                k in state
+                and k in own
+                and state[k].dim() == 3
+                and state[k].shape[-1] == own[k].shape[-1]
+                and state[k].shape[1] != own[k].shape[1]
+            ):
                 state[k] = _resample_pos(state[k], stage.has_cls, stage.grid)
     return state
 
@@ -401,8 +479,11 @@ def _infer_kwargs(name: str, state: Dict, kwargs: Dict, user_keys: set) -> Dict:
         return kwargs
     found = checkpoint_depths(state)
     if found == VARIANTS["small_released"]["depths"]:
-        warnings.warn(f"{name}: the checkpoint is the released code's 20-block Small; building depths {found} "
-                      f"(= {name.replace('small', 'small_released')})", stacklevel=4)
+        warnings.warn(
+            f"{name}: the checkpoint is the released code's 20-block Small; building depths {found} "
+            f"(= {name.replace('small', 'small_released')})",
+            stacklevel=4,
+        )
         kwargs = dict(kwargs, depths=found)
     return kwargs
 
@@ -411,18 +492,34 @@ def from_original_config(config: Dict, normalized: bool = False, **kwargs) -> So
     """A model from the released constructor's arguments (``embed_dims``, ``num_heads``, ``depths``,
     ``mlp_ratios``, ``sr_ratios``, ``num_classes``), e.g. the reference fixtures' configs."""
     sr = config.get("sr_ratios", (8, 4, 2, 1))
-    args = dict(embed_dims=config["embed_dims"], num_heads=config["num_heads"], depths=config["depths"],
-                mlp_ratio=config.get("mlp_ratios", (8, 8, 4, 4))[3], landmark_strides=tuple(sr[:3]),
-                sr_ratio=sr[3], num_classes=config.get("num_classes", 1000), normalized=normalized)
+    args = dict(
+        embed_dims=config["embed_dims"],
+        num_heads=config["num_heads"],
+        depths=config["depths"],
+        mlp_ratio=config.get("mlp_ratios", (8, 8, 4, 4))[3],
+        landmark_strides=tuple(sr[:3]),
+        sr_ratio=sr[3],
+        num_classes=config.get("num_classes", 1000),
+        normalized=normalized,
+    )
     args.update(kwargs)
     return SoftVisionTransformer(**args)
 
 
 # ---------------------------------------------------------------------------------------------------- entry points
 def _cfg() -> Dict:
-    return dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN,
-                std=IMAGENET_DEFAULT_STD, first_conv="stem.0", classifier="head", num_classes=1000,
-                paper_ids=("arXiv:2110.11945", "arXiv:2207.03341"), origin_url="https://github.com/fudan-zvg/SOFT")
+    return dict(
+        input_size=(3, 224, 224),
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="stem.0",
+        classifier="head",
+        num_classes=1000,
+        paper_ids=("arXiv:2110.11945", "arXiv:2207.03341"),
+        origin_url="https://github.com/fudan-zvg/SOFT",
+    )
 
 
 def _paper(variant: str, normalized: bool) -> Dict:
@@ -441,9 +538,16 @@ def _create_soft(name: str, variant: str, normalized: bool, pretrained: bool, **
     v = VARIANTS[variant]
     args = dict(embed_dims=v["dims"], num_heads=v["heads"], depths=v["depths"], normalized=normalized)
     args.update(kwargs)
-    return build_model_with_checkpoint(SoftVisionTransformer, name, _cfg(), pretrained=pretrained,
-                                       filter_fn=checkpoint_filter_fn, infer_kwargs=_infer_kwargs,
-                                       user_keys=set(kwargs), **args)
+    return build_model_with_checkpoint(
+        SoftVisionTransformer,
+        name,
+        _cfg(),
+        pretrained=pretrained,
+        filter_fn=checkpoint_filter_fn,
+        infer_kwargs=_infer_kwargs,
+        user_keys=set(kwargs),
+        **args,
+    )
 
 
 @register_model("soft", _cfg(), _paper("tiny", normalized=False))

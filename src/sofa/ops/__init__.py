@@ -10,6 +10,7 @@ its ``choose_impl``.
 Every function is batched over any leading dimensions and computes in float32 whatever the input dtype
 (half-precision inputs are promoted; the result comes back in float32 unless a function says otherwise).
 """
+
 from sofa.ops.kernels import gaussian_kernel, squared_distances, underflow_to_zero
 from sofa.ops.newton import newton_pinv, pinv_residual
 from sofa.ops.nystrom import inverse_sqrt_psd, nystrom_embedding, spherical_gaussian_kernel

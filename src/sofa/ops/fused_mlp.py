@@ -25,6 +25,7 @@ convolutions), and "aten", ``F.conv2d`` and ``F.gelu``. :func:`choose_impl` writ
 Exposed as the custom operator ``torch.ops.sofa.metaformer_mlp_`` so that ``torch.compile`` calls it as one opaque
 kernel and fuses the element-wise work around it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,19 @@ from sofa.ops import numerics
 from sofa.ops._util import check_impl
 from sofa.ops.linear import rows_as_map
 
-__all__ = ["metaformer_mlp_", "fold_mlp_weights", "sample_moments", "chunk_rows", "onednn_ready", "choose_impl",
-           "packed_weights", "onednn_chunk_", "mlp_chunk_bytes", "IMPLS", "MOMENT_PARTS"]
+__all__ = [
+    "metaformer_mlp_",
+    "fold_mlp_weights",
+    "sample_moments",
+    "chunk_rows",
+    "onednn_ready",
+    "choose_impl",
+    "packed_weights",
+    "onednn_chunk_",
+    "mlp_chunk_bytes",
+    "IMPLS",
+    "MOMENT_PARTS",
+]
 
 IMPLS = ("onednn", "aten")
 
@@ -175,9 +187,20 @@ def choose_impl() -> str:
 
 
 @torch.library.custom_op("sofa::metaformer_mlp_", mutates_args=("x",))
-def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1_w: torch.Tensor,
-                    fc1_b: torch.Tensor, norm_w: torch.Tensor, norm_b: torch.Tensor, ls: torch.Tensor,
-                    fc2_w: torch.Tensor, fc2_b: torch.Tensor, chunk_bytes: int, impl: str = "auto") -> None:
+def metaformer_mlp_(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    fc1_w: torch.Tensor,
+    fc1_b: torch.Tensor,
+    norm_w: torch.Tensor,
+    norm_b: torch.Tensor,
+    ls: torch.Tensor,
+    fc2_w: torch.Tensor,
+    fc2_b: torch.Tensor,
+    chunk_bytes: int,
+    impl: str = "auto",
+) -> None:
     """``x += ls · fc2(GELU(fc1(γ·(x − mean)·rstd + β)))`` in place, inference only (no autograd).
 
     Args:
@@ -192,8 +215,10 @@ def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1
     if impl == "onednn" and not onednn_ready():
         raise ValueError("metaformer_mlp_: impl='onednn' needs oneDNN's fused kernels, which this build lacks")
     if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous(memory_format=_CL):
-        raise ValueError("metaformer_mlp_: needs a channels-last float32 CPU map, got "
-                         f"{x.dtype} on {x.device} with strides {x.stride()}")
+        raise ValueError(
+            "metaformer_mlp_: needs a channels-last float32 CPU map, got "
+            f"{x.dtype} on {x.device} with strides {x.stride()}"
+        )
     B, C, H, W = x.shape
     HW, L = H * W, B * H * W
     hidden = fc1_w.shape[0]
@@ -221,4 +246,3 @@ def metaformer_mlp_(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, fc1
 @metaformer_mlp_.register_fake
 def _(x, mean, rstd, fc1_w, fc1_b, norm_w, norm_b, ls, fc2_w, fc2_b, chunk_bytes, impl="auto"):
     return None
-

@@ -1,4 +1,5 @@
 """Gaussian kernels from squared distances."""
+
 from __future__ import annotations
 
 import torch
@@ -21,12 +22,16 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             a, b = a.double(), b.double()
         a2 = a.pow(2).sum(-1, keepdim=True)  # (..., n, 1)
         b2 = b.pow(2).sum(-1).unsqueeze(-2)  # (..., 1, m)
-        d = torch.baddbmm(
-            (a2 + b2).reshape(-1, a.shape[-2], b.shape[-2]),
-            a.reshape(-1, a.shape[-2], a.shape[-1]),
-            b.reshape(-1, b.shape[-2], b.shape[-1]).transpose(1, 2),
-            alpha=-2.0,
-        ) if a.shape[:-2] == b.shape[:-2] else a2 + b2 - 2.0 * a @ b.transpose(-1, -2)
+        d = (
+            torch.baddbmm(
+                (a2 + b2).reshape(-1, a.shape[-2], b.shape[-2]),
+                a.reshape(-1, a.shape[-2], a.shape[-1]),
+                b.reshape(-1, b.shape[-2], b.shape[-1]).transpose(1, 2),
+                alpha=-2.0,
+            )
+            if a.shape[:-2] == b.shape[:-2]
+            else a2 + b2 - 2.0 * a @ b.transpose(-1, -2)
+        )
         d = d.reshape(*torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-2])
         return d.clamp_min(0.0)
 
@@ -68,4 +73,3 @@ def _gaussian_kernel_inplace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # keep an entry iff its exponent was ≥ UNDERFLOW_EXPONENT, i.e. iff its value ≥ exp(UNDERFLOW_EXPONENT)
         torch.nn.functional.threshold_(k, keep_threshold(k.dtype), 0.0)
         return k.reshape(*a.shape[:-2], n, m)
-

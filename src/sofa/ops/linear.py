@@ -5,6 +5,7 @@ AVX-512), while oneDNN, which runs every convolution, uses AVX-512 on any CPU th
 ``y = x·Wᵀ + b`` is a 1×1 convolution of the (M, K) rows seen, without a copy, as a channels-last (1, K, M, 1)
 map (docs/benchmarks.md has the measurements).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,15 +33,23 @@ def choose_impl(x: torch.Tensor, weight: torch.Tensor) -> str:
     autocast and compilation, where oneDNN exists and the ``SOFA_CPU_LINEAR`` switch allows it; else "blas"."""
     K = x.shape[-1]
     M = x.numel() // K if K else 0
-    if (switches.CPU_LINEAR.get() == "onednn" and torch.backends.mkldnn.is_available()
-            and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and M >= LINEAR_MIN_ROWS and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+    if (
+        switches.CPU_LINEAR.get() == "onednn"
+        and torch.backends.mkldnn.is_available()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and M >= LINEAR_MIN_ROWS
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    ):
         return "onednn"
     return "blas"
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           impl: str = "auto") -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, impl: str = "auto"
+) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: x (..., K), weight (N, K), bias (N,) → (..., N).
 
     ``impl``: "auto" (:func:`choose_impl`), "onednn" (a 1×1 convolution; float32 CPU inputs) or "blas"

@@ -12,6 +12,7 @@ rule="soft_norm" (SOFT-Norm):
     depend on the rest of its batch; ``batch_alpha=True`` takes them over the whole batch, as the released
     code does, for exact agreement with released SOFT-Norm weights on batches.
 """
+
 from __future__ import annotations
 
 import torch

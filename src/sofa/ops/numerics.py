@@ -7,6 +7,7 @@ two kept entries stay far above float32's smallest normal number (1.2e-38), so t
 make subnormals, whose CPU arithmetic is about 20× slower. The change to any output is below 1e-17 per entry,
 far under float32's resolution of entries of order one.
 """
+
 from __future__ import annotations
 
 import math

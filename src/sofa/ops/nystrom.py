@@ -4,6 +4,7 @@ RKHS approximation.
 κ(a, z) = |a|·exp((⟨a/|a|, z⟩ − 1)/σ²) for unit-norm anchors z (a Gaussian kernel on the sphere, scaled by
 the norm), and ψ(a) = κ(Z, Z)^{−1/2}·κ(Z, a), so that ⟨ψ(a), ψ(a′)⟩ approximates κ(a, a′).
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@
 Cell centres are used for both grids, α_i = (i + ½)/n and β_j = (j + ½)/m, which keeps them aligned at both
 ends. Results are float32.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Entropic optimal transport by log-domain Sinkhorn iterations."""
+
 from __future__ import annotations
 
 import math
@@ -9,9 +10,7 @@ from sofa.ops._util import fp32, no_autocast
 from sofa.ops.numerics import MASKED_LOG
 
 
-def sinkhorn_log(
-    scores: torch.Tensor, eps: float, iters: int, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def sinkhorn_log(scores: torch.Tensor, eps: float, iters: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The log of the entropic OT plan between n tokens and m references, (..., n, m) → (..., n, m), fp32.
 
     The plan is T = diag(a)·exp(scores/ε)·diag(b) scaled so that rows sum to 1/n_valid (padded rows, where

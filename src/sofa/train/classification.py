@@ -1,4 +1,5 @@
 """Image classification: the first task of the generic loop (the bundled digits or an image folder)."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,26 +33,57 @@ class ClassificationTask(Task):
     #: soft_mini: a 0.65M-parameter SOFT (the reference fixtures' configuration); one torch thread plus one
     #: loader process use two cores without OpenMP's spin-waits, which cost up to 20× on a busy machine
     DIGITS_PROFILE: dict[str, Any] = dict(
-        model="soft_mini", threads=1, workers=1, img_size=32, epochs=15, batch_size=64, lr=2e-3, weight_decay=0.05,
-        warmup_epochs=1, drop_path=0.0,
-        smoothing=0.1, mixup=0.0, cutmix=0.0, aa="", reprob=0.0, hflip=0.0, color_jitter=0.0,
-        scale=(0.75, 1.0), ratio=(0.9, 1.1), crop_pct=1.0,
+        model="soft_mini",
+        threads=1,
+        workers=1,
+        img_size=32,
+        epochs=15,
+        batch_size=64,
+        lr=2e-3,
+        weight_decay=0.05,
+        warmup_epochs=1,
+        drop_path=0.0,
+        smoothing=0.1,
+        mixup=0.0,
+        cutmix=0.0,
+        aa="",
+        reprob=0.0,
+        hflip=0.0,
+        color_jitter=0.0,
+        scale=(0.75, 1.0),
+        ratio=(0.9, 1.1),
+        crop_pct=1.0,
     )
 
     @classmethod
     def add_args(cls, p: argparse._ActionsContainer) -> None:
-        p.add_argument("--num-classes", type=int, default=None,
-                       help="head size (default: the number of class folders / 10 for digits)")
-        p.add_argument("--checkpoint", default=None, metavar="FILE",
-                       help="initial weights (.safetensors/.pt/run dir); a head of another size is re-initialised")
+        p.add_argument(
+            "--num-classes",
+            type=int,
+            default=None,
+            help="head size (default: the number of class folders / 10 for digits)",
+        )
+        p.add_argument(
+            "--checkpoint",
+            default=None,
+            metavar="FILE",
+            help="initial weights (.safetensors/.pt/run dir); a head of another size is re-initialised",
+        )
         p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (default 0.1)")
         p.add_argument("--mixup", type=float, default=0.8, help="Mixup alpha, 0 = off (default 0.8)")
         p.add_argument("--cutmix", type=float, default=1.0, help="CutMix alpha, 0 = off (default 1.0)")
         p.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default 1)")
-        p.add_argument("--mixup-switch-prob", type=float, default=0.5,
-                       help="probability of CutMix instead of Mixup when both are on (default 0.5)")
-        p.add_argument("--aa", default="rand-m9-mstd0.5-inc1",
-                       help="RandAugment policy, timm syntax; '' = off (default rand-m9-mstd0.5-inc1)")
+        p.add_argument(
+            "--mixup-switch-prob",
+            type=float,
+            default=0.5,
+            help="probability of CutMix instead of Mixup when both are on (default 0.5)",
+        )
+        p.add_argument(
+            "--aa",
+            default="rand-m9-mstd0.5-inc1",
+            help="RandAugment policy, timm syntax; '' = off (default rand-m9-mstd0.5-inc1)",
+        )
         p.add_argument("--reprob", type=float, default=0.25, help="random erasing probability (default 0.25)")
         p.add_argument("--remode", default="pixel", help="random erasing mode (default pixel)")
         p.add_argument("--recount", type=int, default=1, help="random erasing count (default 1)")
@@ -61,13 +93,22 @@ class ClassificationTask(Task):
         p.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability (default 0)")
         p.add_argument("--color-jitter", type=float, default=0.4, help="colour jitter strength (default 0.4)")
         p.add_argument("--train-interpolation", default="random", help="resize interpolation in training")
-        p.add_argument("--crop-pct", type=float, default=None,
-                       help="evaluation centre-crop fraction (default: the model's pretrained_cfg)")
-        p.add_argument("--interpolation", default=None,
-                       help="evaluation interpolation (default: the model's pretrained_cfg)")
-        p.add_argument("--verify-images", choices=("auto", "always", "never"), default="auto",
-                       help="decode every image up front and drop unreadable ones (auto: folders of ≤20k images); "
-                            "unreadable images met later are skipped and counted either way")
+        p.add_argument(
+            "--crop-pct",
+            type=float,
+            default=None,
+            help="evaluation centre-crop fraction (default: the model's pretrained_cfg)",
+        )
+        p.add_argument(
+            "--interpolation", default=None, help="evaluation interpolation (default: the model's pretrained_cfg)"
+        )
+        p.add_argument(
+            "--verify-images",
+            choices=("auto", "always", "never"),
+            default="auto",
+            help="decode every image up front and drop unreadable ones (auto: folders of ≤20k images); "
+            "unreadable images met later are skipped and counted either way",
+        )
 
     @classmethod
     def profile(cls, cfg: argparse.Namespace) -> dict[str, Any]:
@@ -119,15 +160,25 @@ class ClassificationTask(Task):
         if self.data_config is None:
             from sofa.data.transforms import resolve_data_config
 
-            self.data_config = resolve_data_config(self.build_model(load_weights=False), self.cfg.img_size,
-                                                   self.cfg.crop_pct, self.cfg.interpolation)
+            self.data_config = resolve_data_config(
+                self.build_model(load_weights=False), self.cfg.img_size, self.cfg.crop_pct, self.cfg.interpolation
+            )
         return self.data_config
 
     def _aug(self) -> dict[str, Any]:
         c = self.cfg
-        return dict(scale=c.scale, ratio=c.ratio, hflip=c.hflip, vflip=c.vflip,
-                    color_jitter=c.color_jitter or None, aa=c.aa or None, reprob=c.reprob, remode=c.remode,
-                    recount=c.recount, train_interpolation=c.train_interpolation)
+        return dict(
+            scale=c.scale,
+            ratio=c.ratio,
+            hflip=c.hflip,
+            vflip=c.vflip,
+            color_jitter=c.color_jitter or None,
+            aa=c.aa or None,
+            reprob=c.reprob,
+            remode=c.remode,
+            recount=c.recount,
+            train_interpolation=c.train_interpolation,
+        )
 
     def _dataset(self, split: str, transform):
         if self.is_digits:
@@ -167,15 +218,25 @@ class ClassificationTask(Task):
         from sofa.train.factory import create_classifier
 
         c = self.cfg
-        model = create_classifier(c.model, num_classes=self.num_classes, img_size=c.img_size,
-                                  drop_path_rate=c.drop_path if c.drop_path else None)
+        model = create_classifier(
+            c.model,
+            num_classes=self.num_classes,
+            img_size=c.img_size,
+            drop_path_rate=c.drop_path if c.drop_path else None,
+        )
         if load_weights and getattr(c, "checkpoint", None):
             from sofa.checkpoint import read_checkpoint
             from sofa.train import factory
 
             sd, meta = read_checkpoint(c.checkpoint)
-            factory.load_weights(model, sd, f"checkpoint {c.checkpoint}", allow_head_reset=True, log=self.log,
-                                 checkpoint_model=meta.get("model"))
+            factory.load_weights(
+                model,
+                sd,
+                f"checkpoint {c.checkpoint}",
+                allow_head_reset=True,
+                log=self.log,
+                checkpoint_model=meta.get("model"),
+            )
             self.log(f"loaded initial weights from {c.checkpoint}")
         if self.data_config is None:
             from sofa.data.transforms import resolve_data_config
@@ -184,9 +245,14 @@ class ClassificationTask(Task):
         if (c.mixup or c.cutmix) and c.mixup_prob > 0 and self.mixup_fn is None:
             from timm.data import Mixup
 
-            self.mixup_fn = Mixup(mixup_alpha=c.mixup, cutmix_alpha=c.cutmix, prob=c.mixup_prob,
-                                  switch_prob=c.mixup_switch_prob, label_smoothing=c.smoothing,
-                                  num_classes=self.num_classes)
+            self.mixup_fn = Mixup(
+                mixup_alpha=c.mixup,
+                cutmix_alpha=c.cutmix,
+                prob=c.mixup_prob,
+                switch_prob=c.mixup_switch_prob,
+                label_smoothing=c.smoothing,
+                num_classes=self.num_classes,
+            )
         return model
 
     # ---------------------------------------------------------------- steps
@@ -237,8 +303,15 @@ class ClassificationTask(Task):
 register_task("classification", ClassificationTask)
 
 
-def predict_images(model: nn.Module, paths: list[str], data_config: dict[str, Any], classes: list[str] | None,
-                   topk: int = 5, device: torch.device | str = "cpu", batch_size: int = 32) -> list[dict[str, Any]]:
+def predict_images(
+    model: nn.Module,
+    paths: list[str],
+    data_config: dict[str, Any],
+    classes: list[str] | None,
+    topk: int = 5,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file: ``[{"image", "top": [{"class", "index", "prob"}]}]``.
 
     Unreadable files get ``{"image", "error"}`` instead of failing the whole call.
@@ -266,7 +339,13 @@ def predict_images(model: nn.Module, paths: list[str], data_config: dict[str, An
             k = min(topk, probs.shape[-1])
             val, idx = probs.topk(k, dim=-1)
             for (i, _), v, ix in zip(chunk, val, idx, strict=True):
-                top = [{"class": classes[j] if classes and j < len(classes) else str(j), "index": int(j),
-                        "prob": float(pv)} for pv, j in zip(v.tolist(), ix.tolist(), strict=True)]
+                top = [
+                    {
+                        "class": classes[j] if classes and j < len(classes) else str(j),
+                        "index": int(j),
+                        "prob": float(pv),
+                    }
+                    for pv, j in zip(v.tolist(), ix.tolist(), strict=True)
+                ]
                 results[i] = {"image": str(paths[i]), "top": top}
     return results  # type: ignore[return-value]

@@ -1,4 +1,5 @@
 """``sofa train``, ``sofa eval`` and ``sofa predict``."""
+
 from __future__ import annotations
 
 import argparse
@@ -82,9 +83,11 @@ def _register_train(subparsers) -> None:
     from sofa.train.config import add_loop_args
 
     p = subparsers.add_parser(
-        "train", help="train a model (default: SOFT on the bundled digits)",
+        "train",
+        help="train a model (default: SOFT on the bundled digits)",
         description="Train a model. With no arguments: a SOFT model on scikit-learn's digits, in minutes on a CPU.",
-        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_loop_args(p)
     task_defaults = _add_task_args(p)
@@ -93,56 +96,85 @@ def _register_train(subparsers) -> None:
 
 def _register_eval(subparsers) -> None:
     e = subparsers.add_parser(
-        "eval", help="top-1/top-5 and loss of a checkpoint on a dataset (printed and written as JSON)",
+        "eval",
+        help="top-1/top-5 and loss of a checkpoint on a dataset (printed and written as JSON)",
         description="Evaluate a checkpoint (a run directory, .safetensors, last.pt or an original release .pth) on "
-                    "a dataset: by default the data it was trained on (its validation split). The metrics are "
-                    "printed first, with the weights they score; then they are written as JSON.",
+        "a dataset: by default the data it was trained on (its validation split). The metrics are "
+        "printed first, with the weights they score; then they are written as JSON.",
     )
-    e.add_argument("checkpoint", help="run directory, .safetensors weights, a last.pt training state or an "
-                                      "original release .pth (with --model)")
-    e.add_argument("--weights", default=None, choices=tuple(RUN_WEIGHTS),
-                   help="which weights of a run directory: best (default; the final ones where no best was "
-                        "saved), final, or ema")
-    e.add_argument("--data", default=None,
-                   help="'digits' or an image folder with val/<class>/ (default: the training data)")
-    e.add_argument("--split", default=None, choices=("val", "test"),
-                   help="the folder of --data to measure: val/ (default) or test/; no train/ is needed")
+    e.add_argument(
+        "checkpoint",
+        help="run directory, .safetensors weights, a last.pt training state or an original release .pth (with --model)",
+    )
+    e.add_argument(
+        "--weights",
+        default=None,
+        choices=tuple(RUN_WEIGHTS),
+        help="which weights of a run directory: best (default; the final ones where no best was saved), final, or ema",
+    )
+    e.add_argument(
+        "--data", default=None, help="'digits' or an image folder with val/<class>/ (default: the training data)"
+    )
+    e.add_argument(
+        "--split",
+        default=None,
+        choices=("val", "test"),
+        help="the folder of --data to measure: val/ (default) or test/; no train/ is needed",
+    )
     e.add_argument("--task", default=None, help="(default: the checkpoint's)")
-    e.add_argument("--model", default=None,
-                   help="(default: the checkpoint's; needed for an original release checkpoint, which does not say)")
+    e.add_argument(
+        "--model",
+        default=None,
+        help="(default: the checkpoint's; needed for an original release checkpoint, which does not say)",
+    )
     e.add_argument("--img-size", type=int, default=None, help="(default: the checkpoint's)")
     e.add_argument("--batch-size", "-b", type=int, default=None, help="(default 128)")
     e.add_argument("--workers", "-j", type=int, default=None, help="(default 4)")
     e.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
     e.add_argument("--amp", default=None, choices=("auto", "none", "bf16", "fp16"), help="(default auto)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    e.add_argument("--seed", type=int, default=None,
-                   help="seed of the digits train/test split (default: the checkpoint's)")
+    e.add_argument(
+        "--seed", type=int, default=None, help="seed of the digits train/test split (default: the checkpoint's)"
+    )
     e.add_argument("--progress", default=None, choices=("auto", "bar", "log", "none"))
-    e.add_argument("--output", "-o", default=None, metavar="FILE",
-                   help="JSON file for the metrics (default: eval_<data>[_<split>][_<weights>].json beside the "
-                        "checkpoint). Where it cannot be written the metrics are still printed, with a warning; "
-                        "the exit code is then 1 for a FILE given here, 0 for the default file (a checkpoint in a "
-                        "read-only folder is normal)")
+    e.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        metavar="FILE",
+        help="JSON file for the metrics (default: eval_<data>[_<split>][_<weights>].json beside the "
+        "checkpoint). Where it cannot be written the metrics are still printed, with a warning; "
+        "the exit code is then 1 for a FILE given here, 0 for the default file (a checkpoint in a "
+        "read-only folder is normal)",
+    )
     eval_task_defaults = _add_task_args(e)
     e.set_defaults(func=_guard(functools.partial(cmd_eval, known=_known(e), task_defaults=eval_task_defaults)))
 
 
 def _register_predict(subparsers) -> None:
     q = subparsers.add_parser(
-        "predict", help="top-k classes with probabilities for image files",
+        "predict",
+        help="top-k classes with probabilities for image files",
         description="Classify image files with a trained checkpoint.",
     )
     q.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    q.add_argument("--checkpoint", "-c", default=None,
-                   help="run directory, .safetensors or last.pt (default: the newest run under runs/)")
-    q.add_argument("--model", default=None,
-                   help="model name (default: the checkpoint's; needed for an original release checkpoint)")
+    q.add_argument(
+        "--checkpoint",
+        "-c",
+        default=None,
+        help="run directory, .safetensors or last.pt (default: the newest run under runs/)",
+    )
+    q.add_argument(
+        "--model",
+        default=None,
+        help="model name (default: the checkpoint's; needed for an original release checkpoint)",
+    )
     q.add_argument("--topk", "-k", type=int, default=5, help="classes per image (default 5)")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     q.add_argument("--batch-size", "-b", type=int, default=32)
-    q.add_argument("--json", default=None, metavar="FILE",
-                   help="also write the predictions as JSON ('-' = stdout only JSON)")
+    q.add_argument(
+        "--json", default=None, metavar="FILE", help="also write the predictions as JSON ('-' = stdout only JSON)"
+    )
     q.set_defaults(func=_guard(cmd_predict))
 
 
@@ -162,8 +194,9 @@ def resolve_train_config(args: argparse.Namespace, known: set[str], task_default
     checkpoint_layer = _checkpoint_model_layer(args, file_cfg, resume_cfg)
     task_name = args.task or file_cfg.get("task") or resume_cfg.get("task") or LOOP_DEFAULTS["task"]
     task_cls = get_task(task_name)
-    partial = resolve(args, known, [("config file " + str(args.config), file_cfg), ("resumed run", resume_cfg),
-                                    checkpoint_layer])
+    partial = resolve(
+        args, known, [("config file " + str(args.config), file_cfg), ("resumed run", resume_cfg), checkpoint_layer]
+    )
     partial.task = task_name
     # the data decides a profile (e.g. digits) — look at data as resolved so far
     defaults_of_task = dict(task_defaults.get(task_name, {}), **task_cls.defaults)
@@ -183,8 +216,9 @@ def resolve_train_config(args: argparse.Namespace, known: set[str], task_default
     return cfg
 
 
-def _checkpoint_model_layer(args: argparse.Namespace, file_cfg: dict[str, Any],
-                            resume_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _checkpoint_model_layer(
+    args: argparse.Namespace, file_cfg: dict[str, Any], resume_cfg: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
     """Fine-tuning from ``--checkpoint`` with no model named anywhere: the model the checkpoint says it holds
     (below the command line, the config file and a resumed run; above the data's and the task's defaults)."""
     checkpoint = getattr(args, "checkpoint", None) or file_cfg.get("checkpoint")
@@ -213,8 +247,12 @@ def _validate(cfg) -> None:
         raise UserError(f"--drop-path must be < 1, got {cfg.drop_path}")
 
 
-def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]],
-              callbacks: Sequence[Callback] = ()) -> int:
+def cmd_train(
+    args: argparse.Namespace,
+    known: set[str],
+    task_defaults: dict[str, dict[str, Any]],
+    callbacks: Sequence[Callback] = (),
+) -> int:
     """``sofa train``; ``callbacks`` hook into the run (see :class:`sofa.train.loop.Callback`)."""
     from sofa.train.loop import train
     from sofa.train.stopping import exit_code
@@ -230,12 +268,20 @@ def cmd_train(args: argparse.Namespace, known: set[str], task_defaults: dict[str
 # ------------------------------------------------------------------------------------------------ eval
 def _refuse_backbone(path: Path, meta: dict[str, Any]) -> None:
     if meta.get("features_only"):
-        raise UserError(f"{path} holds a backbone without classifier (sofa convert --features), for dense tasks: "
-                        f"sofa train --task segmentation|detection --backbone-checkpoint {path}")
+        raise UserError(
+            f"{path} holds a backbone without classifier (sofa convert --features), for dense tasks: "
+            f"sofa train --task segmentation|detection --backbone-checkpoint {path}"
+        )
 
 
-def resolve_eval_config(args: argparse.Namespace, known: set[str], task_defaults: dict[str, dict[str, Any]],
-                        path: Path, sd: dict[str, Any], meta: dict[str, Any]) -> argparse.Namespace:
+def resolve_eval_config(
+    args: argparse.Namespace,
+    known: set[str],
+    task_defaults: dict[str, dict[str, Any]],
+    path: Path,
+    sd: dict[str, Any],
+    meta: dict[str, Any],
+) -> argparse.Namespace:
     """``sofa eval``'s options for the checkpoint at ``path`` (its state dict ``sd``, its metadata ``meta``):
     the command line, then the checkpoint's saved config, the task's defaults and the evaluation defaults."""
     from sofa.train.config import LOOP_DEFAULTS, resolve
@@ -251,8 +297,10 @@ def resolve_eval_config(args: argparse.Namespace, known: set[str], task_defaults
     task_cls = get_task(task_name)
     model = args.model or saved.get("model")
     if not model:
-        raise UserError(f"{path} does not say which model it holds (an original release checkpoint, or a file "
-                        f"not written by sofa): pass --model NAME (`sofa models` lists them)")
+        raise UserError(
+            f"{path} does not say which model it holds (an original release checkpoint, or a file "
+            f"not written by sofa): pass --model NAME (`sofa models` lists them)"
+        )
     if meta.get("num_classes"):
         saved["num_classes"] = meta["num_classes"]
     elif not saved.get("num_classes") and task_name == "classification":
@@ -260,8 +308,11 @@ def resolve_eval_config(args: argparse.Namespace, known: set[str], task_defaults
     if args.split not in (None, "val") and task_name != "classification":
         raise UserError(f"--split {args.split} applies to image folders of the classification task, not {task_name}")
     eval_defaults = dict(LOOP_DEFAULTS, batch_size=128, amp="auto", progress="auto")
-    layers = [("checkpoint", saved), ("task defaults", dict(task_defaults.get(task_name, {}), **task_cls.defaults)),
-              ("defaults", eval_defaults)]
+    layers = [
+        ("checkpoint", saved),
+        ("task defaults", dict(task_defaults.get(task_name, {}), **task_cls.defaults)),
+        ("defaults", eval_defaults),
+    ]
     all_known = known | set(saved) | set(LOOP_DEFAULTS)
     cfg = resolve(args, all_known, layers)
     cfg.task = task_name
@@ -285,8 +336,9 @@ def cmd_eval(args: argparse.Namespace, known: set[str], task_defaults: dict[str,
     metrics = evaluate_checkpoint(cfg, str(path), meta, sd)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-                      if k not in ("seconds",))
+    shown = "  ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k not in ("seconds",)
+    )
     print(f"{cfg.model} on {data} ({cfg.split}): {shown}  ({metrics['seconds']:.1f}s)")
     others = [w for w, f in RUN_WEIGHTS.items() if (path.parent / f).is_file() and path.name != f]
     choose = f"; --weights {' / '.join(others)} for the others" if Path(args.checkpoint).is_dir() and others else ""
@@ -294,14 +346,25 @@ def cmd_eval(args: argparse.Namespace, known: set[str], task_defaults: dict[str,
     stem = "digits" if data == "digits" else Path(data).name or "data"
     suffix = "".join(f"_{x}" for x in (cfg.split if cfg.split != "val" else None, args.weights) if x)
     out = Path(args.output) if args.output else path.parent / f"eval_{stem}{suffix}.json"
-    record = {"checkpoint": str(path), "weights": weights, "model": cfg.model, "task": cfg.task, "data": data,
-              "split": cfg.split, "img_size": cfg.img_size, "metrics": metrics,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    record = {
+        "checkpoint": str(path),
+        "weights": weights,
+        "model": cfg.model,
+        "task": cfg.task,
+        "data": data,
+        "split": cfg.split,
+        "img_size": cfg.img_size,
+        "metrics": metrics,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     try:
         atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     except OSError as err:
-        print(f"warning: could not write {out}: {err.strerror or err}; the metrics above are complete"
-              + ("" if args.output else " (write them elsewhere with -o FILE)"), file=sys.stderr)
+        print(
+            f"warning: could not write {out}: {err.strerror or err}; the metrics above are complete"
+            + ("" if args.output else " (write them elsewhere with -o FILE)"),
+            file=sys.stderr,
+        )
         return 1 if args.output else 0
     print(f"wrote {out}")
     return 0
@@ -339,11 +402,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = meta.get("config") or {}
     name = args.model or meta.get("model") or cfg.get("model")
     if not name:
-        raise UserError(f"{path} does not say which model it holds (an original release checkpoint, or a file "
-                        f"not written by sofa): pass --model NAME (`sofa models` lists them)")
+        raise UserError(
+            f"{path} does not say which model it holds (an original release checkpoint, or a file "
+            f"not written by sofa): pass --model NAME (`sofa models` lists them)"
+        )
     classes = meta.get("classes")
-    num_classes = int(meta.get("num_classes") or (len(classes) if classes else 0)
-                      or checkpoint_num_classes(name, sd) or 0)
+    num_classes = int(
+        meta.get("num_classes") or (len(classes) if classes else 0) or checkpoint_num_classes(name, sd) or 0
+    )
     if not num_classes:
         raise UserError(f"{path} has no classifier to predict with (a backbone without a head?)")
     d = setup_distributed(args.device)  # the device, or one line saying why it cannot be used

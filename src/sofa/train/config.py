@@ -5,6 +5,7 @@ with ``-`` or ``_``); the saved config of a ``--resume``d run; the task's data-d
 defaults); the task's option defaults; the loop defaults below. Every option is registered with
 ``default=None`` so that "given on the command line" can be told from "left at its default".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,65 +70,101 @@ LOOP_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-
 def add_loop_args(p: argparse.ArgumentParser) -> None:
     d = LOOP_DEFAULTS
     B = argparse.BooleanOptionalAction
     g = p.add_argument_group("run")
-    g.add_argument("--config", default=None, metavar="FILE",
-                   help="YAML/JSON file of options (keys = long option names)")
+    g.add_argument(
+        "--config", default=None, metavar="FILE", help="YAML/JSON file of options (keys = long option names)"
+    )
     g.add_argument("--task", default=None, help=f"task (default {d['task']})")
-    g.add_argument("--model", default=None,
-                   help="model name (default: soft_tiny; soft_mini on digits; any sofa model or timm architecture)")
-    g.add_argument("--data", default=None, metavar="DIR",
-                   help="'digits' (bundled, default) or an image folder with train/<class>/ and val/<class>/")
-    g.add_argument("--output", "-o", default=None, metavar="DIR",
-                   help="run directory (default runs/<model>-<data>-<time>)")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="model name (default: soft_tiny; soft_mini on digits; any sofa model or timm architecture)",
+    )
+    g.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="'digits' (bundled, default) or an image folder with train/<class>/ and val/<class>/",
+    )
+    g.add_argument(
+        "--output", "-o", default=None, metavar="DIR", help="run directory (default runs/<model>-<data>-<time>)"
+    )
     g.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
     g.add_argument("--seed", type=int, default=None, help=f"random seed (default {d['seed']})")
     g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
-    g.add_argument("--workers", "-j", type=int, default=None,
-                   help=f"data loader processes per rank (default: the CPUs this process may use, at most "
-                        f"{MAX_DEFAULT_WORKERS}, divided among the ranks on this machine: {d['workers']} here; "
-                        f"digits 1)")
-    g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; digits 1)")
+    g.add_argument(
+        "--workers",
+        "-j",
+        type=int,
+        default=None,
+        help=f"data loader processes per rank (default: the CPUs this process may use, at most "
+        f"{MAX_DEFAULT_WORKERS}, divided among the ranks on this machine: {d['workers']} here; "
+        f"digits 1)",
+    )
+    g.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; digits 1)"
+    )
     g = p.add_argument_group("schedule and optimiser")
     g.add_argument("--epochs", type=int, default=None, help=f"(default {d['epochs']}; digits 15)")
-    g.add_argument("--batch-size", "-b", type=int, default=None,
-                   help=f"per process (default {d['batch_size']}; digits 64)")
+    g.add_argument(
+        "--batch-size", "-b", type=int, default=None, help=f"per process (default {d['batch_size']}; digits 64)"
+    )
     g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d['lr']}; digits 2e-3)")
     g.add_argument("--min-lr", type=float, default=None, help=f"end of the cosine (default {d['min_lr']})")
-    g.add_argument("--warmup-epochs", type=float, default=None,
-                   help=f"linear warm-up (default {d['warmup_epochs']}; digits 1)")
+    g.add_argument(
+        "--warmup-epochs", type=float, default=None, help=f"linear warm-up (default {d['warmup_epochs']}; digits 1)"
+    )
     g.add_argument("--warmup-lr", type=float, default=None, help=f"warm-up start (default {d['warmup_lr']})")
     g.add_argument("--sched", default=None, help=f"timm scheduler: cosine, step, plateau, ... (default {d['sched']})")
     g.add_argument("--opt", default=None, help=f"timm optimiser name (default {d['opt']})")
     g.add_argument("--momentum", type=float, default=None, help=f"for SGD-type optimisers (default {d['momentum']})")
-    g.add_argument("--weight-decay", "--wd", type=float, default=None,
-                   help=f"(default {d['weight_decay']}; none on norms/biases/no_weight_decay())")
+    g.add_argument(
+        "--weight-decay",
+        "--wd",
+        type=float,
+        default=None,
+        help=f"(default {d['weight_decay']}; none on norms/biases/no_weight_decay())",
+    )
     g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping threshold (default off)")
     g.add_argument("--clip-mode", default=None, choices=("norm", "value", "agc"), help="(default norm)")
-    g.add_argument("--drop-path", type=float, default=None,
-                   help=f"stochastic depth rate (default {d['drop_path']}; digits 0)")
+    g.add_argument(
+        "--drop-path", type=float, default=None, help=f"stochastic depth rate (default {d['drop_path']}; digits 0)"
+    )
     g.add_argument("--ema", action=B, default=None, help="keep an EMA of the weights (evaluated too)")
     g.add_argument("--ema-decay", type=float, default=None, help=f"(default {d['ema_decay']})")
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--img-size", type=int, default=None,
-                   help=f"training/eval image size (default {d['img_size']}; digits 32)")
-    g.add_argument("--amp", default=None, choices=("auto", "none", "bf16", "fp16"),
-                   help="mixed precision: auto = bf16 on GPUs that have it (else fp16), fp32 on the CPU")
+    g.add_argument(
+        "--img-size", type=int, default=None, help=f"training/eval image size (default {d['img_size']}; digits 32)"
+    )
+    g.add_argument(
+        "--amp",
+        default=None,
+        choices=("auto", "none", "bf16", "fp16"),
+        help="mixed precision: auto = bf16 on GPUs that have it (else fp16), fp32 on the CPU",
+    )
     g.add_argument("--channels-last", action=B, default=None, help="channels-last memory format")
     g.add_argument("--compile", action=B, default=None, help="torch.compile the model")
     g.add_argument("--grad-checkpointing", action=B, default=None, help="recompute activations in backward")
     g = p.add_argument_group("output")
     g.add_argument("--eval-every", type=int, default=None, help="evaluate every N epochs (default 1; the last always)")
-    g.add_argument("--save-every-steps", type=int, default=None,
-                   help="also write last.pt every N steps (default 0: per epoch; SIGUSR1 saves on demand)")
-    g.add_argument("--log-interval", type=int, default=None,
-                   help=f"steps between log lines (default {d['log_interval']})")
-    g.add_argument("--progress", default=None, choices=("auto", "bar", "log", "none"),
-                   help="auto: a bar on a terminal, log lines otherwise")
+    g.add_argument(
+        "--save-every-steps",
+        type=int,
+        default=None,
+        help="also write last.pt every N steps (default 0: per epoch; SIGUSR1 saves on demand)",
+    )
+    g.add_argument(
+        "--log-interval", type=int, default=None, help=f"steps between log lines (default {d['log_interval']})"
+    )
+    g.add_argument(
+        "--progress",
+        default=None,
+        choices=("auto", "bar", "log", "none"),
+        help="auto: a bar on a terminal, log lines otherwise",
+    )
 
 
 class TaskArgs:

@@ -4,6 +4,7 @@ architecture as a fallback; and ``load_weights``, how the command line puts a ch
 Nothing is ever downloaded: models are built with random weights (``pretrained=False``); initial weights come
 from ``--checkpoint FILE``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
@@ -14,8 +15,13 @@ from torch import nn
 from sofa.errors import UserError
 
 
-def create_classifier(name: str, num_classes: int, img_size: int | tuple[int, int] | None = None,
-                      drop_path_rate: float | None = None, **kwargs: Any) -> nn.Module:
+def create_classifier(
+    name: str,
+    num_classes: int,
+    img_size: int | tuple[int, int] | None = None,
+    drop_path_rate: float | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Model ``name`` with a ``num_classes`` head, random weights, for ``img_size`` inputs."""
     from sofa.models import create_model, list_models
 
@@ -28,8 +34,10 @@ def create_classifier(name: str, num_classes: int, img_size: int | tuple[int, in
         import timm
 
         if not timm.is_model(name):
-            raise UserError(f"unknown model {name!r}. sofa models: {', '.join(list_models())}; "
-                            "any timm architecture name also works")
+            raise UserError(
+                f"unknown model {name!r}. sofa models: {', '.join(list_models())}; "
+                "any timm architecture name also works"
+            )
         create = timm.create_model
     if img_size is None:
         return create(name, pretrained=False, **kw)
@@ -41,9 +49,14 @@ def create_classifier(name: str, num_classes: int, img_size: int | tuple[int, in
         return create(name, pretrained=False, **kw)
 
 
-def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
-                 allow_head_reset: bool = False, log: Callable[[str], None] | None = None,
-                 checkpoint_model: str | None = None) -> None:
+def load_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    allow_head_reset: bool = False,
+    log: Callable[[str], None] | None = None,
+    checkpoint_model: str | None = None,
+) -> None:
     """Load a checkpoint's state dict into a model built by :func:`create_classifier`, in whatever layout the
     model's family knows (an original release ``.pth`` is mapped by the family's ``checkpoint_filter_fn``), exactly:
     see :func:`sofa.checkpoint.load_model_weights` (``allow_head_reset``: a classifier of another size is
@@ -51,8 +64,14 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     from sofa.checkpoint import load_model_weights
     from sofa.models import map_checkpoint
 
-    load_model_weights(model, map_checkpoint(dict(state_dict), model), source, allow_head_reset=allow_head_reset,
-                       log=log, checkpoint_model=checkpoint_model)
+    load_model_weights(
+        model,
+        map_checkpoint(dict(state_dict), model),
+        source,
+        allow_head_reset=allow_head_reset,
+        log=log,
+        checkpoint_model=checkpoint_model,
+    )
 
 
 def checkpoint_num_classes(name: str, state_dict: Mapping[str, torch.Tensor]) -> int | None:

@@ -11,6 +11,7 @@ the uninterrupted run would have done. SIGTERM and Ctrl-C stop a run at the step
 :class:`Progress`, the :class:`Best` evaluation and the epoch's :class:`EpochMeters`. :class:`Callback` objects
 passed to :func:`train` hook into the steps and the end of training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -241,15 +242,28 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def make_loader(dataset, batch_size: int, sampler=None, workers: int = 0, collate_fn=None, drop_last=False,
-                device: torch.device | None = None):
+def make_loader(
+    dataset,
+    batch_size: int,
+    sampler=None,
+    workers: int = 0,
+    collate_fn=None,
+    drop_last=False,
+    device: torch.device | None = None,
+):
     """A data loader whose workers leave stop signals to this process (see ``sofa.train.stopping``)."""
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(persistent_workers=False, prefetch_factor=2)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-        drop_last=drop_last, pin_memory=bool(device is not None and device.type == "cuda"), **kw,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        drop_last=drop_last,
+        pin_memory=bool(device is not None and device.type == "cuda"),
+        **kw,
     )
 
 
@@ -355,8 +369,13 @@ class StepRequests:
 
     @classmethod
     def agree(cls, d: Dist, loss: torch.Tensor, requests: StopRequests) -> StepRequests:
-        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0, float(requests.save),
-                              float(requests.stop_signal or 0)])
+        flags = torch.tensor(
+            [
+                0.0 if torch.isfinite(loss.detach()).item() else 1.0,
+                float(requests.save),
+                float(requests.stop_signal or 0),
+            ]
+        )
         if d.distributed:  # NCCL reduces device tensors only
             flags = flags.to(d.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -412,8 +431,10 @@ def _claim_run_dir(cfg: argparse.Namespace, d: Dist) -> tuple[Path, RunLock | No
                     run_dir.mkdir(parents=True, exist_ok=True)
                 lock = RunLock(run_dir).acquire()
                 if (run_dir / "last.pt").exists():
-                    raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                                    f"or choose another --output")
+                    raise UserError(
+                        f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                        f"or choose another --output"
+                    )
         except UserError as err:
             msg = str(err)
     try:
@@ -442,15 +463,19 @@ def _train(cfg: argparse.Namespace, d: Dist, callbacks: list[Callback]) -> Train
             if lock is not None and lock.unsupported:
                 rep.log(f"warning: {lock.unsupported}: nothing keeps a second run from writing to it")
             if lock is not None and lock.previous_holder:
-                rep.log(f"note: took over {lock.path}, left by a run that ended without releasing it "
-                        f"({lock.previous_holder})")
+                rep.log(
+                    f"note: took over {lock.path}, left by a run that ended without releasing it "
+                    f"({lock.previous_holder})"
+                )
             trainer = Trainer(cfg, d, rep, metrics, run_dir, callbacks)
             trainer.setup(resume_state)
             return trainer.fit()
         except UserError as err:  # the command line prints it; log.txt keeps it too
             if isinstance(err, WriteFailed) and d.is_main and (run_dir / "last.pt").is_file():
-                hint = WriteFailed(f"{err}; {run_dir / 'last.pt'} from before is intact: make room, then continue "
-                                   f"with sofa train --resume {run_dir}")
+                hint = WriteFailed(
+                    f"{err}; {run_dir / 'last.pt'} from before is intact: make room, then continue "
+                    f"with sofa train --resume {run_dir}"
+                )
                 rep.record(f"error: {hint}")
                 raise hint from err
             rep.record(f"error: {err}")
@@ -479,8 +504,15 @@ class Trainer:
     scaler and EMA (and restores a resumed run's state); :meth:`fit` runs the epochs (:meth:`train_epoch`,
     :meth:`end_of_epoch`) and ends with :meth:`summary`, or with :meth:`stopped` when a signal stops it."""
 
-    def __init__(self, cfg: argparse.Namespace, d: Dist, rep: Reporter, metrics: MetricsLog, run_dir: Path,
-                 callbacks: list[Callback]):
+    def __init__(
+        self,
+        cfg: argparse.Namespace,
+        d: Dist,
+        rep: Reporter,
+        metrics: MetricsLog,
+        run_dir: Path,
+        callbacks: list[Callback],
+    ):
         self.cfg, self.dist, self.rep, self.metrics, self.run_dir = cfg, d, rep, metrics, run_dir
         self.callbacks = callbacks
         self.progress = Progress()
@@ -520,29 +552,45 @@ class Trainer:
             if hasattr(self.model, "set_grad_checkpointing"):
                 self.model.set_grad_checkpointing(True)
             else:
-                self.rep.log(f"warning: {type(self.model).__name__} has no set_grad_checkpointing(); "
-                             f"--grad-checkpointing ignored")
+                self.rep.log(
+                    f"warning: {type(self.model).__name__} has no set_grad_checkpointing(); "
+                    f"--grad-checkpointing ignored"
+                )
         self.model.to(d.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
         self.batch_size = bs = int(cfg.batch_size)
         self.sampler = EpochShardSampler(len(self.train_ds), d.rank, d.world_size, shuffle=True, seed=int(cfg.seed))
-        self.train_loader = make_loader(SeededDataset(self.train_ds, int(cfg.seed)), bs, self.sampler,
-                                        int(cfg.workers), self.task.collate_fn("train"), self.sampler.per_rank >= bs,
-                                        d.device)
+        self.train_loader = make_loader(
+            SeededDataset(self.train_ds, int(cfg.seed)),
+            bs,
+            self.sampler,
+            int(cfg.workers),
+            self.task.collate_fn("train"),
+            self.sampler.per_rank >= bs,
+            d.device,
+        )
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
-            raise UserError(f"no training step fits: {len(self.train_ds)} samples, batch size {bs}, "
-                            f"{d.world_size} process(es)")
+            raise UserError(
+                f"no training step fits: {len(self.train_ds)} samples, batch size {bs}, {d.world_size} process(es)"
+            )
         has_val = self.val_ds is not None and len(self.val_ds) > 0
         self.val_loader = self.eval_loader(self.val_ds, "val") if has_val else None
 
     def eval_loader(self, dataset: torch.utils.data.Dataset, split: str) -> DataLoader:
         """An evaluation loader of ``dataset``: this rank's shard, in order, the task's collate for ``split``."""
         d = self.dist
-        return make_loader(dataset, self.batch_size, ShardSampler(len(dataset), d.rank, d.world_size),
-                           int(self.cfg.workers), self.task.collate_fn(split), False, d.device)
+        return make_loader(
+            dataset,
+            self.batch_size,
+            ShardSampler(len(dataset), d.rank, d.world_size),
+            int(self.cfg.workers),
+            self.task.collate_fn(split),
+            False,
+            d.device,
+        )
 
     def _build_optimisation(self) -> None:
         """timm's optimiser and schedule, a gradient scaler for fp16, the EMA of the weights."""
@@ -554,11 +602,18 @@ class Trainer:
         opt_kw: dict[str, Any] = {}
         if cfg.opt.lower() in ("sgd", "nesterov", "momentum", "rmsprop", "rmsproptf", "lars", "lamb"):
             opt_kw["momentum"] = cfg.momentum
-        self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                             **opt_kw)
+        self.optimizer = create_optimizer_v2(
+            self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kw
+        )
         self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched=cfg.sched, num_epochs=int(cfg.epochs), warmup_epochs=cfg.warmup_epochs,
-            warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch,
+            self.optimizer,
+            sched=cfg.sched,
+            num_epochs=int(cfg.epochs),
+            warmup_epochs=cfg.warmup_epochs,
+            warmup_lr=cfg.warmup_lr,
+            min_lr=cfg.min_lr,
+            step_on_epochs=False,
+            updates_per_epoch=self.steps_per_epoch,
         )
         device = self.dist.device
         use_scaler = self.amp_dtype == torch.float16
@@ -576,8 +631,10 @@ class Trainer:
         saved_epochs = (state.get("config") or {}).get("epochs")
         if saved_epochs is not None and int(saved_epochs) != int(cfg.epochs):
             # timm's schedulers keep only their settings: rebuilt for the new length, nothing to restore
-            rep.log(f"note: --epochs changed from {saved_epochs} to {cfg.epochs}: the schedule is recomputed "
-                    f"for {cfg.epochs} epochs")
+            rep.log(
+                f"note: --epochs changed from {saved_epochs} to {cfg.epochs}: the schedule is recomputed "
+                f"for {cfg.epochs} epochs"
+            )
         else:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -594,8 +651,10 @@ class Trainer:
         ckpt.set_rng_state(state.get("rng") or {})
         self.metrics.truncate_after(self.progress.global_step)
         p = self.progress
-        rep.log(f"resumed {self.run_dir} at epoch {p.epoch + 1}, step {p.step_in_epoch}/{self.steps_per_epoch} "
-                f"(global step {p.global_step})")
+        rep.log(
+            f"resumed {self.run_dir} at epoch {p.epoch + 1}, step {p.step_in_epoch}/{self.steps_per_epoch} "
+            f"(global step {p.global_step})"
+        )
 
     def _wrap_model(self) -> None:
         """DDP and torch.compile around the model: ``train_model`` for the steps, ``eval_model`` to evaluate."""
@@ -603,12 +662,18 @@ class Trainer:
         self.train_model: nn.Module = self.model
         if self.dist.distributed:
             self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         if self.cfg.compile:
             self.train_model = torch.compile(self.train_model)
         self.eval_model = self.train_model if not self.cfg.compile else torch.compile(self.model)
-        self.ctx = EvalContext(device=device, rank=self.dist.rank, world_size=self.dist.world_size,
-                               autocast=self.autocast, progress=self.rep.progress)
+        self.ctx = EvalContext(
+            device=device,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            autocast=self.autocast,
+            progress=self.rep.progress,
+        )
 
     def _announce(self) -> None:
         """config.yaml, and the run's header lines (for a new run) and warnings."""
@@ -621,13 +686,17 @@ class Trainer:
             data_name = "digits (scikit-learn, bundled)" if str(cfg.data) == "digits" else str(cfg.data)
             n_val = len(self.val_ds) if self.val_ds is not None else 0
             amp = f", {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
-            rep.log(f"sofa train: task {self.task.name}, model {cfg.model} ({n_params / 1e6:.2f}M parameters), "
-                    f"data {data_name}: {len(self.train_ds)} train / {n_val} val images, {cfg.img_size}px, "
-                    f"{d.world_size} process(es) on {d.device}{amp}")
-            rep.log(f"  {cfg.epochs} epochs × {self.steps_per_epoch} steps of {self.batch_size}"
-                    f"{f'×{d.world_size}' if d.distributed else ''}, {cfg.opt} lr {cfg.lr:g} "
-                    f"wd {cfg.weight_decay:g}, {cfg.sched} schedule, warm-up {cfg.warmup_epochs:g} epoch(s); "
-                    f"writing to {run_dir}/")
+            rep.log(
+                f"sofa train: task {self.task.name}, model {cfg.model} ({n_params / 1e6:.2f}M parameters), "
+                f"data {data_name}: {len(self.train_ds)} train / {n_val} val images, {cfg.img_size}px, "
+                f"{d.world_size} process(es) on {d.device}{amp}"
+            )
+            rep.log(
+                f"  {cfg.epochs} epochs × {self.steps_per_epoch} steps of {self.batch_size}"
+                f"{f'×{d.world_size}' if d.distributed else ''}, {cfg.opt} lr {cfg.lr:g} "
+                f"wd {cfg.weight_decay:g}, {cfg.sched} schedule, warm-up {cfg.warmup_epochs:g} epoch(s); "
+                f"writing to {run_dir}/"
+            )
         warning = warmup_warning(cfg)
         if warning:
             rep.log(warning)
@@ -720,18 +789,29 @@ class Trainer:
         ips = self.meters.images_per_s(self.dist.world_size)
         avg = self.meters.averages()
         if self.bar is not None:
-            self.bar.set_postfix({**{k: _fmt(v) for k, v in avg.items()}, "lr": f"{lr:.2e}", "img/s": f"{ips:.0f}"},
-                                 refresh=False)
+            self.bar.set_postfix(
+                {**{k: _fmt(v) for k, v in avg.items()}, "lr": f"{lr:.2e}", "img/s": f"{ips:.0f}"}, refresh=False
+            )
             self.bar.update(1)
         interval = int(cfg.log_interval or 0)
         if interval and p.global_step % interval == 0:
-            self.metrics.write({"type": "step", "epoch": p.epoch + p.step_in_epoch / self.steps_per_epoch,
-                                "global_step": p.global_step, "lr": lr, "loss": loss, "images_per_s": ips,
-                                **{k: float(v) for k, v in out.logs.items()}})
+            self.metrics.write(
+                {
+                    "type": "step",
+                    "epoch": p.epoch + p.step_in_epoch / self.steps_per_epoch,
+                    "global_step": p.global_step,
+                    "lr": lr,
+                    "loss": loss,
+                    "images_per_s": ips,
+                    **{k: float(v) for k, v in out.logs.items()},
+                }
+            )
             if self.bar is None and self.steps_per_epoch > 2 * interval:  # short epochs: one line each
-                self.rep.log(f"epoch {p.epoch + 1}/{cfg.epochs} step {p.step_in_epoch}/{self.steps_per_epoch}  "
-                             + "  ".join(f"{k} {_fmt(v)}" for k, v in avg.items())
-                             + f"  lr {lr:.3g}  {ips:.0f} img/s")
+                self.rep.log(
+                    f"epoch {p.epoch + 1}/{cfg.epochs} step {p.step_in_epoch}/{self.steps_per_epoch}  "
+                    + "  ".join(f"{k} {_fmt(v)}" for k, v in avg.items())
+                    + f"  lr {lr:.3g}  {ips:.0f} img/s"
+                )
 
     def answer(self, requests: StepRequests) -> Stopped | None:
         """Mid-epoch: save last.pt when asked (SIGUSR1, a stop signal, every --save-every-steps), and stop on a
@@ -743,8 +823,9 @@ class Trainer:
         if requests.save or requests.stop_signal or (every and p.global_step % every == 0):
             self.save_state()
             if requests.save:
-                self.rep.log(f"saved {self.run_dir / 'last.pt'} (on request) at epoch {p.epoch + 1}, "
-                             f"step {p.step_in_epoch}")
+                self.rep.log(
+                    f"saved {self.run_dir / 'last.pt'} (on request) at epoch {p.epoch + 1}, step {p.step_in_epoch}"
+                )
             self.stop_requests.save = False
         if requests.stop_signal:
             where = f"at epoch {p.epoch + 1}, step {p.step_in_epoch}/{self.steps_per_epoch}"
@@ -757,8 +838,11 @@ class Trainer:
         if saved is None:
             where = "none yet (this happened before the first save)"
         else:
-            at = (f"after epoch {saved.epoch}" if not saved.step_in_epoch else
-                  f"epoch {saved.epoch + 1}, step {saved.step_in_epoch}")
+            at = (
+                f"after epoch {saved.epoch}"
+                if not saved.step_in_epoch
+                else f"epoch {saved.epoch + 1}, step {saved.step_in_epoch}"
+            )
             where = f"{run_dir / 'last.pt'} ({at}), kept: continue with --resume {run_dir} after a change"
         lr = self.optimizer.param_groups[0]["lr"]
         return TrainingDiverged(
@@ -775,9 +859,14 @@ class Trainer:
         epoch_time = self.meters.elapsed()
         epoch = self.progress.epoch + 1  # the epoch just done, counted from 1
         self.scheduler.step(epoch)
-        rec: dict[str, Any] = {"type": "epoch", "epoch": epoch, "global_step": self.progress.global_step,
-                               "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-                               "images_per_s": self.meters.samples * d.world_size / max(epoch_time, 1e-9)}
+        rec: dict[str, Any] = {
+            "type": "epoch",
+            "epoch": epoch,
+            "global_step": self.progress.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": epoch_time,
+            "images_per_s": self.meters.samples * d.world_size / max(epoch_time, 1e-9),
+        }
         rec.update({f"train_{k}": v for k, v in self.meters.averages().items()})
         candidates = self.evaluate(epoch, rec)
         self.metrics.write(rec)
@@ -822,14 +911,17 @@ class Trainer:
         if improved is not None:
             src = self.ema.module if improved == "ema" else self.model
             self.save_weights("best.safetensors", src, dict(meta, best=asdict(best)))
-            self.files["best.safetensors"] = (f"best weights ({task.primary_metric} {best.value:.4g}, epoch "
-                                              f"{best.epoch}{', EMA' if improved == 'ema' else ''})")
+            self.files["best.safetensors"] = (
+                f"best weights ({task.primary_metric} {best.value:.4g}, epoch "
+                f"{best.epoch}{', EMA' if improved == 'ema' else ''})"
+            )
         self.save_state()
         try:
             from sofa.train.plot import plot_metrics
 
-            plot_metrics(self.metrics.read(), run_dir / "curves.png",
-                         title=f"{cfg.model} on {Path(str(cfg.data)).name}")
+            plot_metrics(
+                self.metrics.read(), run_dir / "curves.png", title=f"{cfg.model} on {Path(str(cfg.data)).name}"
+            )
         except Exception as err:  # a plot is never worth a crash
             self.rep.log(f"warning: could not draw curves.png: {err}")
 
@@ -873,8 +965,10 @@ class Trainer:
 
     def stopped(self, stop: Stopped) -> TrainResult:
         run_dir = self.run_dir
-        self.rep.log(f"stopped by {signal_name(stop.signal)} {stop.where} (global step {self.progress.global_step}), "
-                     f"saved {run_dir / 'last.pt'}; continue with: sofa train --resume {run_dir}")
+        self.rep.log(
+            f"stopped by {signal_name(stop.signal)} {stop.where} (global step {self.progress.global_step}), "
+            f"saved {run_dir / 'last.pt'}; continue with: sofa train --resume {run_dir}"
+        )
         return TrainResult(run_dir, self.best, self.last_metrics, self.files, stopped_by=stop.signal)
 
     def summary(self) -> TrainResult:
@@ -884,10 +978,13 @@ class Trainer:
         if skipped:
             rep.log(f"warning: {skipped} unreadable image(s) were skipped (see the warnings above)")
         if best.value is not None:
-            final = ", ".join(f"{k[4:]} {_fmt(v)}" for k, v in self.last_metrics.items()
-                              if k.startswith("val_") and k != "val_count")
-            rep.log(f"done: best {self.task.primary_metric} {best.value:.2f} at epoch {best.epoch}"
-                    f"{' (EMA)' if best.which == 'ema' else ''}; final {final}")
+            final = ", ".join(
+                f"{k[4:]} {_fmt(v)}" for k, v in self.last_metrics.items() if k.startswith("val_") and k != "val_count"
+            )
+            rep.log(
+                f"done: best {self.task.primary_metric} {best.value:.2f} at epoch {best.epoch}"
+                f"{' (EMA)' if best.which == 'ema' else ''}; final {final}"
+            )
         else:
             rep.log("done")
         rep.log(f"wrote {run_dir}/:")
@@ -903,9 +1000,11 @@ def warmup_warning(cfg: argparse.Namespace) -> str | None:
     warmup, epochs = float(cfg.warmup_epochs or 0), int(cfg.epochs)
     if warmup <= 0 or epochs > warmup:
         return None
-    return (f"warning: --epochs {epochs} is not longer than --warmup-epochs {warmup:g}: the learning rate is still "
-            f"warming up when the run ends and never reaches its peak --lr {cfg.lr:g} nor the {cfg.sched} decay; "
-            f"lengthen --epochs or shorten --warmup-epochs")
+    return (
+        f"warning: --epochs {epochs} is not longer than --warmup-epochs {warmup:g}: the learning rate is still "
+        f"warming up when the run ends and never reaches its peak --lr {cfg.lr:g} nor the {cfg.sched} decay; "
+        f"lengthen --epochs or shorten --warmup-epochs"
+    )
 
 
 def _agree_max(d: Dist, value: int) -> int:
@@ -953,8 +1052,9 @@ def _yaml(d: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
-def evaluate_checkpoint(cfg: argparse.Namespace, checkpoint_path: str, metadata: dict[str, Any],
-                        state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+def evaluate_checkpoint(
+    cfg: argparse.Namespace, checkpoint_path: str, metadata: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> dict[str, Any]:
     """Metrics of the checkpoint on ``cfg.data`` (the task's evaluation split), all ranks agreeing.
 
     ``state_dict`` may be in any layout the model's family maps (an original release checkpoint); it must fit
@@ -972,11 +1072,23 @@ def evaluate_checkpoint(cfg: argparse.Namespace, checkpoint_path: str, metadata:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         ds = task.build_eval_dataset()
-        loader = make_loader(ds, int(cfg.batch_size), ShardSampler(len(ds), d.rank, d.world_size), int(cfg.workers),
-                             task.collate_fn("val"), False, d.device)
+        loader = make_loader(
+            ds,
+            int(cfg.batch_size),
+            ShardSampler(len(ds), d.rank, d.world_size),
+            int(cfg.workers),
+            task.collate_fn("val"),
+            False,
+            d.device,
+        )
         amp = resolve_amp(cfg.amp, d.device)
-        ctx = EvalContext(device=d.device, rank=d.rank, world_size=d.world_size,
-                          autocast=autocast_factory(d.device, amp), progress=rep.progress)
+        ctx = EvalContext(
+            device=d.device,
+            rank=d.rank,
+            world_size=d.world_size,
+            autocast=autocast_factory(d.device, amp),
+            progress=rep.progress,
+        )
         t0 = time.perf_counter()
         m = task.evaluate(model, loader, ctx)
         m = dict(m)

@@ -27,6 +27,7 @@ What differs from the harness, on purpose or by the loop's design: the learning 
 the linear warm-up (the harness decays linearly, ``OneCycleLR``); the harness evaluates on the first ~2,000 (or
 25,000) validation samples of an endless iterator, here the whole split; ``--batch-size`` is per process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,10 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated (tensors on the GPU)"
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return (int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale,
-            "peak resident memory of the process (ru_maxrss), Python and torch included")
+    return (
+        int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale,
+        "peak resident memory of the process (ru_maxrss), Python and torch included",
+    )
 
 
 class LRATask(Task):
@@ -107,21 +110,43 @@ class LRATask(Task):
 
     @classmethod
     def add_args(cls, p: argparse._ActionsContainer) -> None:
-        p.add_argument("--steps", type=int, default=None,
-                       help="LRA: training steps (default: the harness's, e.g. 5000 for ListOps); sets --epochs")
-        p.add_argument("--eval-interval", type=int, default=None,
-                       help="LRA: steps between evaluations, one epoch of the loop (default: the harness's)")
-        p.add_argument("--warmup-steps", type=int, default=None,
-                       help="LRA: linear warm-up steps (default: the harness's); sets --warmup-epochs")
-        p.add_argument("--max-len", type=int, default=None,
-                       help="LRA text tasks: tokens per sequence (per document for retrieval), longer ones are cut "
-                            "(default LRA's: 2000 ListOps, 4000 text and retrieval)")
-        p.add_argument("--difficulty", default=None,
-                       help="LRA Pathfinder: easy, intermediate or hard (default hard, as LRA reports)")
-        p.add_argument("--vocab-size", type=int, default=None,
-                       help="LRA: embedding rows (default: from the data)")
-        p.add_argument("--eval-split", default=None, choices=("val", "test"),
-                       help="LRA, sofa eval: the split to measure (default val)")
+        p.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help="LRA: training steps (default: the harness's, e.g. 5000 for ListOps); sets --epochs",
+        )
+        p.add_argument(
+            "--eval-interval",
+            type=int,
+            default=None,
+            help="LRA: steps between evaluations, one epoch of the loop (default: the harness's)",
+        )
+        p.add_argument(
+            "--warmup-steps",
+            type=int,
+            default=None,
+            help="LRA: linear warm-up steps (default: the harness's); sets --warmup-epochs",
+        )
+        p.add_argument(
+            "--max-len",
+            type=int,
+            default=None,
+            help="LRA text tasks: tokens per sequence (per document for retrieval), longer ones are cut "
+            "(default LRA's: 2000 ListOps, 4000 text and retrieval)",
+        )
+        p.add_argument(
+            "--difficulty",
+            default=None,
+            help="LRA Pathfinder: easy, intermediate or hard (default hard, as LRA reports)",
+        )
+        p.add_argument("--vocab-size", type=int, default=None, help="LRA: embedding rows (default: from the data)")
+        p.add_argument(
+            "--eval-split",
+            default=None,
+            choices=("val", "test"),
+            help="LRA, sofa eval: the split to measure (default val)",
+        )
 
     @classmethod
     def profile(cls, cfg: argparse.Namespace) -> dict[str, Any]:
@@ -132,10 +157,24 @@ class LRATask(Task):
         warmup = getattr(cfg, "warmup_steps", None)
         warmup = h["warmup_steps"] if warmup is None else warmup
         lr = getattr(cfg, "lr", None) or h["lr"]
-        return dict(steps=steps, eval_interval=interval, warmup_steps=warmup, epochs=math.ceil(steps / interval),
-                    warmup_epochs=warmup / interval, batch_size=h["batch_size"], lr=h["lr"],
-                    warmup_lr=lr / WARMUP_START_DIVISOR, min_lr=0.0, weight_decay=0.0, sched="cosine", opt="adamw",
-                    drop_path=0.0, clip_grad=None, difficulty="hard", eval_split="val")
+        return dict(
+            steps=steps,
+            eval_interval=interval,
+            warmup_steps=warmup,
+            epochs=math.ceil(steps / interval),
+            warmup_epochs=warmup / interval,
+            batch_size=h["batch_size"],
+            lr=h["lr"],
+            warmup_lr=lr / WARMUP_START_DIVISOR,
+            min_lr=0.0,
+            weight_decay=0.0,
+            sched="cosine",
+            opt="adamw",
+            drop_path=0.0,
+            clip_grad=None,
+            difficulty="hard",
+            eval_split="val",
+        )
 
     def __init__(self, cfg, log=None):
         super().__init__(cfg, log)
@@ -155,21 +194,29 @@ class LRATask(Task):
 
             data = str(self.cfg.data or "")
             if not data or data == "digits" or not os.path.exists(data):
-                raise UserError(f"--task lra-{self.lra_task} needs --data DIR holding the LRA {self.lra_task} data"
-                                + (f" ({data} does not exist)" if data and data != "digits" else "")
-                                + (": `sofa data listops DIR` writes ListOps" if self.lra_task == "listops" else
-                                   "; see docs/lra_data.md for the layouts read"))
+                raise UserError(
+                    f"--task lra-{self.lra_task} needs --data DIR holding the LRA {self.lra_task} data"
+                    + (f" ({data} does not exist)" if data and data != "digits" else "")
+                    + (
+                        ": `sofa data listops DIR` writes ListOps"
+                        if self.lra_task == "listops"
+                        else "; see docs/lra_data.md for the layouts read"
+                    )
+                )
             max_len = None if self.is_image else getattr(self.cfg, "max_len", None)
-            self._splits[split] = open_lra_dataset(data, self.lra_task, split, max_len,
-                                                   difficulty=getattr(self.cfg, "difficulty", None) or "hard")
+            self._splits[split] = open_lra_dataset(
+                data, self.lra_task, split, max_len, difficulty=getattr(self.cfg, "difficulty", None) or "hard"
+            )
         return self._splits[split]
 
     def build_datasets(self):
         train, val = self.dataset("train"), self.dataset("val")
         interval, batch = int(self.cfg.eval_interval), int(self.cfg.batch_size)
-        self.log(f"lra-{self.lra_task}: {len(train)} training / {len(val)} validation sequences ({train.layout}); "
-                 f"an epoch is one evaluation interval of {interval} steps, {interval * batch} sequences per "
-                 f"process drawn from the training split")
+        self.log(
+            f"lra-{self.lra_task}: {len(train)} training / {len(val)} validation sequences ({train.layout}); "
+            f"an epoch is one evaluation interval of {interval} steps, {interval * batch} sequences per "
+            f"process drawn from the training split"
+        )
         return IntervalDraws(train, interval * batch * _world_size()), val
 
     def build_eval_dataset(self):
@@ -214,11 +261,17 @@ class LRATask(Task):
         except ValueError:
             family = None
         if family != "lra":
-            raise UserError(f"--task lra-{self.lra_task} trains a sequence model: {', '.join(LRA_MODELS)}; "
-                            f"got --model {name}")
-        return sofa.create_model(name, num_classes=NUM_CLASSES[self.lra_task], vocab_size=self._vocab_size(),
-                                 max_len=self._positions(), dual=self.lra_task == "retrieval",
-                                 padding_id=None if self.is_image else 0)
+            raise UserError(
+                f"--task lra-{self.lra_task} trains a sequence model: {', '.join(LRA_MODELS)}; got --model {name}"
+            )
+        return sofa.create_model(
+            name,
+            num_classes=NUM_CLASSES[self.lra_task],
+            vocab_size=self._vocab_size(),
+            max_len=self._positions(),
+            dual=self.lra_task == "retrieval",
+            padding_id=None if self.is_image else 0,
+        )
 
     # ---------------------------------------------------------------- steps
     def train_step(self, model, batch) -> StepOutput:
@@ -232,8 +285,11 @@ class LRATask(Task):
     def eval_step(self, model, batch) -> dict[str, torch.Tensor]:
         x, y = batch
         logits = model(x).float()
-        return {"loss_sum": F.cross_entropy(logits, y, reduction="sum"),
-                "correct": (logits.argmax(-1) == y).sum(), "count": torch.tensor(float(y.shape[0]))}
+        return {
+            "loss_sum": F.cross_entropy(logits, y, reduction="sum"),
+            "correct": (logits.argmax(-1) == y).sum(),
+            "count": torch.tensor(float(y.shape[0])),
+        }
 
     def finalize_eval(self, sums) -> dict[str, float]:
         n = float(sums.get("count", torch.tensor(0.0)))
@@ -255,8 +311,12 @@ class LRATask(Task):
     def checkpoint_metadata(self) -> dict[str, Any]:
         from sofa.data.lra.readers import NUM_CLASSES
 
-        return {"lra_task": self.lra_task, "num_classes": NUM_CLASSES[self.lra_task],
-                "vocab_size": getattr(self.cfg, "vocab_size", None), "positions": self._positions()}
+        return {
+            "lra_task": self.lra_task,
+            "num_classes": NUM_CLASSES[self.lra_task],
+            "vocab_size": getattr(self.cfg, "vocab_size", None),
+            "positions": self._positions(),
+        }
 
     def after_training(self, model: nn.Module, run: FinishedRun) -> dict[str, str]:
         """Score the best validation checkpoint on the test split; write ``results.json``."""
@@ -278,25 +338,49 @@ class LRATask(Task):
         best = run.best
         interval = int(self.cfg.eval_interval)
         results = {
-            "task": f"lra-{self.lra_task}", "model": self.cfg.model, "data": str(self.cfg.data),
-            "dev_acc": best.get("value"), "test_acc": test_metrics["acc"], "test_loss": test_metrics["loss"],
-            "test_count": test_metrics["count"], "scored": scored, "best_epoch": best.get("epoch"),
+            "task": f"lra-{self.lra_task}",
+            "model": self.cfg.model,
+            "data": str(self.cfg.data),
+            "dev_acc": best.get("value"),
+            "test_acc": test_metrics["acc"],
+            "test_loss": test_metrics["loss"],
+            "test_count": test_metrics["count"],
+            "scored": scored,
+            "best_epoch": best.get("epoch"),
             "best_step": None if best.get("epoch") is None else int(best["epoch"]) * interval,
-            "steps": run.global_step, "wall_time_s": round(seconds, 3), "test_time_s": round(test_seconds, 3),
-            "peak_memory_bytes": peak, "peak_memory_method": method, "device": str(run.ctx.device),
+            "steps": run.global_step,
+            "wall_time_s": round(seconds, 3),
+            "test_time_s": round(test_seconds, 3),
+            "peak_memory_bytes": peak,
+            "peak_memory_method": method,
+            "device": str(run.ctx.device),
             "processes": run.ctx.world_size,
             "params": sum(p.numel() for p in model.parameters()),
-            "settings": {k: getattr(self.cfg, k, None) for k in ("batch_size", "lr", "warmup_steps", "steps",
-                                                                 "eval_interval", "max_len", "vocab_size", "seed",
-                                                                 "amp")},
+            "settings": {
+                k: getattr(self.cfg, k, None)
+                for k in (
+                    "batch_size",
+                    "lr",
+                    "warmup_steps",
+                    "steps",
+                    "eval_interval",
+                    "max_len",
+                    "vocab_size",
+                    "seed",
+                    "amp",
+                )
+            },
         }
         if run.ctx.rank == 0:
             from sofa.checkpoint import atomic_write_text
 
             atomic_write_text(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         dev = "-" if best.get("value") is None else f"{best['value']:.2f}"
-        self.log(f"test accuracy {test_metrics['acc']:.2f} ({scored}: validation accuracy {dev}"
-                 + (f" after {results['best_step']} steps" if results["best_step"] else "") + ")")
+        self.log(
+            f"test accuracy {test_metrics['acc']:.2f} ({scored}: validation accuracy {dev}"
+            + (f" after {results['best_step']} steps" if results["best_step"] else "")
+            + ")"
+        )
         return {"results.json": "validation and test accuracy, steps, wall time, peak memory"}
 
 

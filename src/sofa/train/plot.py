@@ -2,6 +2,7 @@
 
 :func:`select_curves` decides what is drawn (the tests check it), :func:`plot_metrics` draws it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,8 +50,7 @@ def select_curves(records: list[dict[str, Any]]) -> dict[str, list[Curve]]:
     if not keys:
         keys = sorted({k for r in epochs for k in r if k.startswith("val_") and "loss" not in k})
     accuracy = [_curve(epochs, k) for k in keys if not _is_count(k, epochs)]
-    lr_points = sorted(((r["epoch"], r["lr"]) for r in steps + epochs if r.get("lr") is not None),
-                       key=lambda p: p[0])
+    lr_points = sorted(((r["epoch"], r["lr"]) for r in steps + epochs if r.get("lr") is not None), key=lambda p: p[0])
     lr = [("learning rate", [x for x, _ in lr_points], [y for _, y in lr_points])] if lr_points else []
     return {"loss": loss, "accuracy": accuracy, "lr": lr}
 
@@ -66,8 +66,11 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str = "
     curves = select_curves(records)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax_loss, ax_acc, ax_lr = axes
-    styles = {"train loss (step)": dict(color="#9ecae1", lw=0.8), "train loss": dict(fmt="o-", color="#3182bd", ms=3),
-              "val loss": dict(fmt="o-", color="#e6550d", ms=3)}
+    styles = {
+        "train loss (step)": dict(color="#9ecae1", lw=0.8),
+        "train loss": dict(fmt="o-", color="#3182bd", ms=3),
+        "val loss": dict(fmt="o-", color="#e6550d", ms=3),
+    }
     for label, x, y in curves["loss"]:
         style = dict(styles.get(label, {}))
         fmt = style.pop("fmt", "-")

@@ -6,6 +6,7 @@ crashed, power lost on a shared file system's client) is simply taken over by th
 behind by such a process is only a record. A second ``sofa train`` (or ``--resume``) into a directory whose
 lock is held refuses with the holder's pid and host. Under DDP only rank 0 takes it.
 """
+
 from __future__ import annotations
 
 import errno

@@ -13,6 +13,7 @@ exited unexpectedly") before the loop can save. So workers never act on them: :c
 workers with the signals blocked (a forked worker inherits the mask, which covers the moments before its init
 function runs), and :func:`ignore_stop_signals` (the workers' ``worker_init_fn``) ignores them for good.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -79,6 +79,7 @@ Contract details
 
 This interface is stable: new hooks get defaults here so existing tasks keep working.
 """
+
 from __future__ import annotations
 
 import argparse

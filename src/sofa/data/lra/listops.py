@@ -34,6 +34,7 @@ tuples the written form comes from, and never abandons a tree), :func:`draw_expr
 writer (an explicit stack, the written tokens and the value computed while drawing, early abandon). With the
 same ``random.Random`` state and no abandoned tree they draw the same trees; the tests check it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -120,15 +121,19 @@ def _check_parameters(max_depth: int, max_args: int, min_length: int, max_length
     if max_args < 2:
         raise UserError(f"max_args must be at least 2, got {max_args}")
     if min_length < 0 or max_length <= min_length + 1:
-        raise UserError(f"need 0 <= min_length and min_length + 1 < max_length (a length L is kept when "
-                        f"min_length < L < max_length), got {min_length} and {max_length}")
+        raise UserError(
+            f"need 0 <= min_length and min_length + 1 < max_length (a length L is kept when "
+            f"min_length < L < max_length), got {min_length} and {max_length}"
+        )
     longest = 1
     for _ in range(max_depth - 1):  # a full tree: every node above max_depth an operator with max_args arguments
         longest = 2 + max_args * longest
         if longest > min_length:
             return
-    raise UserError(f"no tree of depth <= {max_depth} with <= {max_args} arguments per operator is longer than "
-                    f"{longest} tokens; min_length={min_length} can never be exceeded")
+    raise UserError(
+        f"no tree of depth <= {max_depth} with <= {max_args} arguments per operator is longer than "
+        f"{longest} tokens; min_length={min_length} can never be exceeded"
+    )
 
 
 # --- the plain recursive reference --------------------------------------------------------------------------
@@ -226,8 +231,16 @@ def draw_expression(rng: random.Random, max_depth: int, max_args: int, max_lengt
         depth = stack[-1][1] + 1
 
 
-def generate_listops(num_samples: int, *, seed: int = 0, max_depth: int = 10, max_args: int = 10,
-                     min_length: int = 500, max_length: int = 2000, progress=None) -> Iterator[tuple[str, int, int]]:
+def generate_listops(
+    num_samples: int,
+    *,
+    seed: int = 0,
+    max_depth: int = 10,
+    max_args: int = 10,
+    min_length: int = 500,
+    max_length: int = 2000,
+    progress=None,
+) -> Iterator[tuple[str, int, int]]:
     """Yield ``num_samples`` distinct kept expressions ``(source, value, length)`` in the order they are drawn.
 
     ``progress``: an optional callable taking the number of new samples (a tqdm bar's ``update``).
@@ -242,9 +255,11 @@ def generate_listops(num_samples: int, *, seed: int = 0, max_depth: int = 10, ma
         fruitless += 1
         if drawn is None or drawn[2] <= min_length:
             if fruitless >= MAX_FRUITLESS_DRAWS:
-                raise UserError(f"ListOps: no new sample in {MAX_FRUITLESS_DRAWS:,} draws after {kept:,} samples; "
-                                f"the length range ({min_length}, {max_length}) with max_depth={max_depth} and "
-                                f"max_args={max_args} is too narrow for {num_samples:,} distinct samples")
+                raise UserError(
+                    f"ListOps: no new sample in {MAX_FRUITLESS_DRAWS:,} draws after {kept:,} samples; "
+                    f"the length range ({min_length}, {max_length}) with max_depth={max_depth} and "
+                    f"max_args={max_args} is too narrow for {num_samples:,} distinct samples"
+                )
             continue
         digest = hashlib.blake2b(drawn[0].encode("ascii"), digest_size=16).digest()
         if digest in seen:
@@ -264,8 +279,10 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} exists and is not empty; choose a new or empty folder, or pass --overwrite "
-                        f"(which replaces {', '.join(SPLIT_FILES.values())} and leaves anything else there)")
+        raise UserError(
+            f"{out} exists and is not empty; choose a new or empty folder, or pass --overwrite "
+            f"(which replaces {', '.join(SPLIT_FILES.values())} and leaves anything else there)"
+        )
 
 
 def _tqdm_disable(show_progress: bool | None) -> bool | None:
@@ -273,9 +290,20 @@ def _tqdm_disable(show_progress: bool | None) -> bool | None:
     return None if show_progress is None else not show_progress
 
 
-def write_listops(out_dir, *, num_train: int = 96000, num_val: int = 2000, num_test: int = 2000, seed: int = 0,
-                  max_depth: int = 10, max_args: int = 10, min_length: int = 500, max_length: int = 2000,
-                  overwrite: bool = False, show_progress: bool | None = None) -> dict:
+def write_listops(
+    out_dir,
+    *,
+    num_train: int = 96000,
+    num_val: int = 2000,
+    num_test: int = 2000,
+    seed: int = 0,
+    max_depth: int = 10,
+    max_args: int = 10,
+    min_length: int = 500,
+    max_length: int = 2000,
+    overwrite: bool = False,
+    show_progress: bool | None = None,
+) -> dict:
     """Write LRA's three ListOps files into ``out_dir``; returns a summary per split.
 
     The files are written into a temporary folder beside ``out_dir`` and moved into place only once all three
@@ -303,10 +331,23 @@ def write_listops(out_dir, *, num_train: int = 96000, num_val: int = 2000, num_t
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become the folder's mode
-        with tqdm(total=total, desc="ListOps", unit=" samples", disable=_tqdm_disable(show_progress),
-                  file=sys.stderr, mininterval=1.0) as bar:
-            samples = generate_listops(total, seed=seed, max_depth=max_depth, max_args=max_args,
-                                       min_length=min_length, max_length=max_length, progress=bar.update)
+        with tqdm(
+            total=total,
+            desc="ListOps",
+            unit=" samples",
+            disable=_tqdm_disable(show_progress),
+            file=sys.stderr,
+            mininterval=1.0,
+        ) as bar:
+            samples = generate_listops(
+                total,
+                seed=seed,
+                max_depth=max_depth,
+                max_args=max_args,
+                min_length=min_length,
+                max_length=max_length,
+                progress=bar.update,
+            )
             for split, count in counts.items():
                 labels: Counter = Counter()
                 lengths: list[int] = []
@@ -319,8 +360,11 @@ def write_listops(out_dir, *, num_train: int = 96000, num_val: int = 2000, num_t
                         labels[value] += 1
                         lengths.append(length)
                 summary[split] = {
-                    "file": str(out / SPLIT_FILES[split]), "samples": count, "labels": labels,
-                    "min_length": min(lengths, default=0), "max_length": max(lengths, default=0),
+                    "file": str(out / SPLIT_FILES[split]),
+                    "samples": count,
+                    "labels": labels,
+                    "min_length": min(lengths, default=0),
+                    "max_length": max(lengths, default=0),
                     "mean_length": sum(lengths) / len(lengths) if lengths else 0.0,
                 }
         if out.is_dir():
@@ -341,8 +385,10 @@ def format_summary(summary: dict) -> list[str]:
     for split in SPLIT_FILES:
         s = summary[split]
         overall.update(s["labels"])
-        lines.append(f"{s['file']}: {s['samples']:,} samples, length {s['min_length']}-{s['max_length']} "
-                     f"(mean {s['mean_length']:.0f})")
+        lines.append(
+            f"{s['file']}: {s['samples']:,} samples, length {s['min_length']}-{s['max_length']} "
+            f"(mean {s['mean_length']:.0f})"
+        )
     n = sum(overall.values())
     if n:
         shares = "  ".join(f"{label}: {100 * overall[label] / n:.1f}%" for label in range(10))

@@ -33,6 +33,7 @@ Pathfinder has no official split: the images of a difficulty (metadata files in 
 order, empty images left out) are shuffled with a fixed seed (``numpy.random.default_rng(0)``) and cut 80/10/10
 like LRA's ``[:80%]``, ``[80%:90%]``, ``[90%:]``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,16 +50,36 @@ import torch
 from torch.utils.data import Dataset
 
 from sofa.data.lra.safe_pickle import load_data_pickle
-from sofa.data.lra.vocab import (BYTE_VOCAB_SIZE, DEFAULT_MAX_LEN, LISTOPS_CLASSES, LISTOPS_IGNORED, LISTOPS_VOCAB,
-                                 LISTOPS_VOCAB_SIZE, PIXEL_VOCAB_SIZE, encode_bytes, encode_listops, pad_batch)
+from sofa.data.lra.vocab import (
+    BYTE_VOCAB_SIZE,
+    DEFAULT_MAX_LEN,
+    LISTOPS_CLASSES,
+    LISTOPS_IGNORED,
+    LISTOPS_VOCAB,
+    LISTOPS_VOCAB_SIZE,
+    PIXEL_VOCAB_SIZE,
+    encode_bytes,
+    encode_listops,
+    pad_batch,
+)
 from sofa.errors import UserError
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder")
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "eval": "val",
-                  "test": "test"}
-PATHFINDER_DIFFICULTIES = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9",
-                           "hard": "curv_contour_length_14"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "eval": "val",
+    "test": "test",
+}
+PATHFINDER_DIFFICULTIES = {
+    "easy": "curv_baseline",
+    "intermediate": "curv_contour_length_9",
+    "hard": "curv_contour_length_14",
+}
 #: LRA's grayscale weights (``tf.image.rgb_to_grayscale``)
 GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)
 NUM_CLASSES = {"listops": LISTOPS_CLASSES, "text": 2, "retrieval": 2, "image": 10, "pathfinder": 2}
@@ -97,8 +118,10 @@ class _Skips:
     def report(self) -> None:
         if self.total:
             reasons = "; ".join(f"{n} x {reason}" for reason, n in self.reasons.most_common(5))
-            warnings.warn(f"{self.source}: skipped {self.total} unusable row(s) ({reasons}); first: "
-                          f"{' | '.join(self.examples)}", stacklevel=3)
+            warnings.warn(
+                f"{self.source}: skipped {self.total} unusable row(s) ({reasons}); first: {' | '.join(self.examples)}",
+                stacklevel=3,
+            )
 
 
 class LRADataset(Dataset):
@@ -123,8 +146,13 @@ class LRADataset(Dataset):
         self.split = canonical_split(split)
         self.max_len = max_len
         self.num_classes = NUM_CLASSES[task]
-        self.vocab_size = {"listops": LISTOPS_VOCAB_SIZE, "text": BYTE_VOCAB_SIZE, "retrieval": BYTE_VOCAB_SIZE,
-                           "image": PIXEL_VOCAB_SIZE, "pathfinder": PIXEL_VOCAB_SIZE}[task]
+        self.vocab_size = {
+            "listops": LISTOPS_VOCAB_SIZE,
+            "text": BYTE_VOCAB_SIZE,
+            "retrieval": BYTE_VOCAB_SIZE,
+            "image": PIXEL_VOCAB_SIZE,
+            "pathfinder": PIXEL_VOCAB_SIZE,
+        }[task]
         self.skipped = 0
 
     def _finish(self, skips: _Skips, count: int) -> None:
@@ -135,8 +163,10 @@ class LRADataset(Dataset):
         skips.report()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(task={self.task!r}, split={self.split!r}, samples={len(self)}, "
-                f"layout={self.layout!r}, path='{self.path}', skipped={self.skipped})")
+        return (
+            f"{type(self).__name__}(task={self.task!r}, split={self.split!r}, samples={len(self)}, "
+            f"layout={self.layout!r}, path='{self.path}', skipped={self.skipped})"
+        )
 
 
 # --- tab-separated files read by line offsets ----------------------------------------------------------------
@@ -326,9 +356,10 @@ class CIFAR10Gray(LRADataset):
             data = batch.get(b"data") if isinstance(batch, dict) else None
             batch_labels = batch.get(b"labels") if isinstance(batch, dict) else None
             if not isinstance(data, np.ndarray) or batch_labels is None or len(data) != len(batch_labels):
-                raise UserError(f"{file}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels' of one "
-                                f"length)")
-            for row, (pixels, label) in enumerate(zip(data, batch_labels)):
+                raise UserError(
+                    f"{file}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels' of one length)"
+                )
+            for row, (pixels, label) in enumerate(zip(data, batch_labels, strict=False)):
                 total += 1
                 if pixels.dtype != np.uint8 or pixels.size != 3072:
                     skips.add(f"{name} row {row}", f"{pixels.size} values of {pixels.dtype}, expected 3072 uint8")
@@ -515,8 +546,10 @@ class TextTable(LRADataset):
         skips = _Skips(str(file))
         rows, columns = self._read(file)
         if task == "retrieval":
-            pair = next((p for p in (tuple(_pick_column(columns, (c,)) for c in pc) for pc in PAIR_COLUMNS)
-                         if None not in p), None)
+            pair = next(
+                (p for p in (tuple(_pick_column(columns, (c,)) for c in pc) for pc in PAIR_COLUMNS) if None not in p),
+                None,
+            )
             text_columns = pair
             wanted = " and ".join(PAIR_COLUMNS[0])
         else:
@@ -525,8 +558,10 @@ class TextTable(LRADataset):
             wanted = " or ".join(TEXT_COLUMNS)
         label_column = _pick_column(columns, LABEL_COLUMNS)
         if text_columns is None or label_column is None:
-            raise UserError(f"{file}: needs a text column ({wanted}) and a label column "
-                            f"({' or '.join(LABEL_COLUMNS)}); found columns {columns}")
+            raise UserError(
+                f"{file}: needs a text column ({wanted}) and a label column "
+                f"({' or '.join(LABEL_COLUMNS)}); found columns {columns}"
+            )
         self.texts: list[tuple[str, ...]] = []
         labels = []
         for where, row in rows:
@@ -627,8 +662,9 @@ def _pickle_names(task: str, folder_name: str) -> list[str]:
     return {"image": ["image", "cifar10"], "text": ["text", "imdb"]}.get(task, [task])
 
 
-def open_lra_dataset(path, task: str, split: str = "train", max_len: int | None = None, *,
-                     difficulty: str = "hard") -> LRADataset:
+def open_lra_dataset(
+    path, task: str, split: str = "train", max_len: int | None = None, *, difficulty: str = "hard"
+) -> LRADataset:
     """Open one split of an LRA task from whatever layout ``path`` holds (see the module docstring).
 
     ``max_len``: ids per sequence at most (per document for retrieval); None uses LRA's
@@ -694,14 +730,16 @@ def open_lra_dataset(path, task: str, split: str = "train", max_len: int | None 
                         return TextTable(base / f"{alias}{suffix}", task, split, max_len)
             looked_for.append(f"{split}.tsv|csv|jsonl")
     unique = list(dict.fromkeys(looked_for))
-    raise UserError(f"{path}: found no {task} data for split {split!r}; looked for {', '.join(unique)} "
-                    f"(in the folder and in lra_release/ below it)")
+    raise UserError(
+        f"{path}: found no {task} data for split {split!r}; looked for {', '.join(unique)} "
+        f"(in the folder and in lra_release/ below it)"
+    )
 
 
 def collate_lra(batch):
     """DataLoader ``collate_fn``: pads ids with 0 → ``(ids (B, L), labels (B,))``; for pairs
     ``((ids_1, ids_2), labels)``."""
-    items, labels = zip(*batch)
+    items, labels = zip(*batch, strict=False)
     labels = torch.tensor(labels, dtype=torch.long)
     if isinstance(items[0], tuple):
         return (pad_batch([a for a, _ in items]), pad_batch([b for _, b in items])), labels

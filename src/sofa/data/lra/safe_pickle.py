@@ -7,6 +7,7 @@ array and scalar constructors beyond the built-in containers. :func:`load_data_p
 names (from a fixed table, importing nothing a pickle names) and refuses every other one with
 :class:`UnsafePickleError` before anything it names is looked up, let alone called.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -36,8 +37,10 @@ def _numpy_core(module: str):
 def _latin1_encode(text, encoding="latin1", errors="strict"):
     """``_codecs.encode`` as protocol-2 pickles use it for ``bytes`` (latin-1 only; nothing else is allowed)."""
     if codecs.lookup(encoding).name != "iso8859-1" or not isinstance(text, str):
-        raise UnsafePickleError(f"the pickle calls _codecs.encode with encoding {encoding!r}; only latin-1 "
-                                f"(how protocol 2 stores bytes) is allowed")
+        raise UnsafePickleError(
+            f"the pickle calls _codecs.encode with encoding {encoding!r}; only latin-1 "
+            f"(how protocol 2 stores bytes) is allowed"
+        )
     return text.encode("latin1", errors)
 
 
@@ -72,12 +75,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         if found is None:
             raise UnsafePickleError(
                 f"{self._source}: refusing to load it: the pickle asks for {module}.{name}, and only numpy arrays, "
-                f"numbers, strings, lists and dicts are allowed (loading a pickle can run any code it names)")
+                f"numbers, strings, lists and dicts are allowed (loading a pickle can run any code it names)"
+            )
         return found
 
     def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self._source}: refusing to load it: it uses persistent ids, which plain data "
-                                f"pickles do not")
+        raise UnsafePickleError(
+            f"{self._source}: refusing to load it: it uses persistent ids, which plain data pickles do not"
+        )
 
 
 def load_data_pickle(path_or_bytes, *, encoding: str = "ASCII"):

@@ -10,6 +10,7 @@
 * Pixels (CIFAR-10 grayscale, Pathfinder): id = 8-bit pixel value, ``PIXEL_VOCAB_SIZE`` = 256, as LRA. Images
   are never padded, so 0 is black there and not padding.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,6 +69,6 @@ def pad_batch(sequences: list[torch.Tensor], length: int | None = None) -> torch
     """Right-pad 1-D id tensors with ``PAD_ID`` to ``length`` (default: the longest) → (B, length) LongTensor."""
     length = max((len(s) for s in sequences), default=0) if length is None else length
     out = torch.full((len(sequences), length), PAD_ID, dtype=torch.long)
-    for row, seq in zip(out, sequences):
+    for row, seq in zip(out, sequences, strict=False):
         row[: len(seq)] = seq[:length]
     return out

@@ -16,6 +16,7 @@ compute the same numbers to float rounding (docs/methods/poolformer.md):
 
 :func:`choose_impl` writes the ``"auto"`` rule.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple, Union
@@ -52,8 +53,9 @@ class BlockWeights(NamedTuple):
     fc2_bias: torch.Tensor
 
 
-def choose_impl(x: torch.Tensor, mixer: Mixer = "pool", drop: float = 0.0, drop_path: float = 0.0,
-                training: bool = False) -> str:
+def choose_impl(
+    x: torch.Tensor, mixer: Mixer = "pool", drop: float = 0.0, drop_path: float = 0.0, training: bool = False
+) -> str:
     """The ``impl="auto"`` rule.
 
     "reference" for a mixer other than pooling or identity. "fused_cpu" without autograd for a channels-last
@@ -65,18 +67,33 @@ def choose_impl(x: torch.Tensor, mixer: Mixer = "pool", drop: float = 0.0, drop_
         return "reference"
     active_drop = training and (drop > 0.0 or drop_path > 0.0)
     compiling = torch.compiler.is_compiling()
-    if (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last) and not active_drop
-            and not switches.ONE_PASS.get() and not (compiling and torch.is_autocast_enabled("cpu"))):
+    if (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not active_drop
+        and not switches.ONE_PASS.get()
+        and not (compiling and torch.is_autocast_enabled("cpu"))
+    ):
         return "fused_cpu"
     if (drop == 0.0 or not training) and not compiling:
         return "folded"
     return "reference"
 
 
-def metaformer_block(x: torch.Tensor, w: BlockWeights, mixer: Mixer = "pool", *, pool_size: int = 3,
-                     drop: float = 0.0, drop_path: float = 0.0, training: bool = False,
-                     impl: str = "auto") -> torch.Tensor:
+def metaformer_block(
+    x: torch.Tensor,
+    w: BlockWeights,
+    mixer: Mixer = "pool",
+    *,
+    pool_size: int = 3,
+    drop: float = 0.0,
+    drop_path: float = 0.0,
+    training: bool = False,
+    impl: str = "auto",
+) -> torch.Tensor:
     """``x + DropPath(ls1 · mixer(GN1(x)))``, then ``x + DropPath(ls2 · fc2(Dropout(GELU(fc1(GN2(x))))))``.
 
     Args:
@@ -118,8 +135,9 @@ def _folded(x, w: BlockWeights, mixer: str, pool_size: int, drop_path: float, tr
     else:
         x = x + _drop_path(s1 * branch if shift is None else s1 * branch + shift, drop_path, training)
     n = F.group_norm(x, 1, None, None, w.norm2_eps)
-    w1, b1, w2, b2 = fold_mlp_weights(w.fc1_weight, w.fc1_bias, w.norm2_weight, w.norm2_bias, w.layer_scale2,
-                                      w.fc2_weight, w.fc2_bias)
+    w1, b1, w2, b2 = fold_mlp_weights(
+        w.fc1_weight, w.fc1_bias, w.norm2_weight, w.norm2_bias, w.layer_scale2, w.fc2_weight, w.fc2_bias
+    )
     if shift is None:  # β1 cancels under pooling; keep it in the graph (gradient exactly 0, as DDP expects)
         b1 = b1 + 0.0 * w.norm1_bias.sum()
     h = F.conv2d(F.gelu(F.conv2d(n, w1, b1)), w2, b2)
@@ -140,6 +158,17 @@ def _fused_cpu(x: torch.Tensor, w: BlockWeights, mixer: str, pool_size: int) -> 
         x = torch.addcmul(x + shift, x, coef)
     x = x.contiguous(memory_format=torch.channels_last)
     mean2, var2 = sample_moments(x)
-    metaformer_mlp_(x, mean2, torch.rsqrt(var2 + w.norm2_eps), w.fc1_weight, w.fc1_bias, w.norm2_weight,
-                    w.norm2_bias, w.layer_scale2, w.fc2_weight, w.fc2_bias, mlp_chunk_bytes())
+    metaformer_mlp_(
+        x,
+        mean2,
+        torch.rsqrt(var2 + w.norm2_eps),
+        w.fc1_weight,
+        w.fc1_bias,
+        w.norm2_weight,
+        w.norm2_bias,
+        w.layer_scale2,
+        w.fc2_weight,
+        w.fc2_bias,
+        mlp_chunk_bytes(),
+    )
     return x

@@ -1,4 +1,5 @@
 """PoolFormer's token mixer: average pooling minus the input (the block's residual adds the input back)."""
+
 from __future__ import annotations
 
 import torch

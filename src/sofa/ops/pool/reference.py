@@ -1,5 +1,6 @@
 """The MetaFormer block with GroupNorm(1) as the paper writes it, to test the folded and fused forms against:
 ``x + DropPath(ls1 · mixer(GroupNorm(x)))``, then ``x + DropPath(ls2 · fc2(GELU(fc1(GroupNorm(x)))))``."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,15 @@ from timm.layers import drop_path as _drop_path
 from sofa.ops.pool.pooling import pool_minus_input
 
 
-def metaformer_block_reference(x: torch.Tensor, w, mixer="pool", pool_size: int = 3, drop: float = 0.0,
-                               drop_path: float = 0.0, training: bool = False) -> torch.Tensor:
+def metaformer_block_reference(
+    x: torch.Tensor,
+    w,
+    mixer="pool",
+    pool_size: int = 3,
+    drop: float = 0.0,
+    drop_path: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
     """One block, textbook form (arguments as :func:`sofa.ops.pool.metaformer_block`).
 
     Args:

@@ -31,6 +31,7 @@ float32's ``exp`` produces subnormals (and where the CPU's exp is many times slo
 their row's or column's largest are exact zeros, as in SOFT's kernel, and so is any product of two such factors
 that falls below exp(−40) before it meets a third.
 """
+
 from __future__ import annotations
 
 import math
@@ -134,8 +135,9 @@ class _LogDomainAttention(torch.autograd.Function):
         outs, l_rows = zip(*(_read_log(blocks[b], v, filt.log(i, j), A) for b, (i, j) in enumerate(spans)), strict=True)
         out = torch.cat(outs, -2) if nb > 1 else outs[0]
         ctx.filt, ctx.spans, ctx.log_b = filt, spans, log_b
-        ctx.save_for_backward(logK, values, log_a, valid, A, out, l_col, torch.cat(l_rows, -2), torch.stack(u_all),
-                              torch.stack(v_all))
+        ctx.save_for_backward(
+            logK, values, log_a, valid, A, out, l_col, torch.cat(l_rows, -2), torch.stack(u_all), torch.stack(v_all)
+        )
         return out
 
     @staticmethod
@@ -472,8 +474,19 @@ def set_attention(
     if impl == "reference":
         from sofa.ops.set.reference import set_attention_reference
 
-        result = set_attention_reference(f.block(0, f.shape[2]) if lazy else f, anchors, reference, values, sigma,
-                                         eps, iters, log_m, mask, ridge, nystrom_iters)
+        result = set_attention_reference(
+            f.block(0, f.shape[2]) if lazy else f,
+            anchors,
+            reference,
+            values,
+            sigma,
+            eps,
+            iters,
+            log_m,
+            mask,
+            ridge,
+            nystrom_iters,
+        )
         return result if out is None else out.copy_(result)
     B, h, n, _ = f.shape
     m = reference.shape[-2]
@@ -486,8 +499,7 @@ def set_attention(
         if mask is not None:
             valid = (mask[:, None, :] if mask.dim() == 2 else mask).expand(B, h, n).bool()
             n_valid = valid.sum(-1, keepdim=True).clamp_min(1).to(f.dtype)
-            log_a = torch.where(valid, -torch.log(n_valid), torch.full((), _MASKED_LOG, dtype=f.dtype,
-                                                                       device=f.device))
+            log_a = torch.where(valid, -torch.log(n_valid), torch.full((), _MASKED_LOG, dtype=f.dtype, device=f.device))
         else:
             log_a = torch.full((B, h, n), -math.log(n), dtype=f.dtype, device=f.device)
         log_b = -math.log(m)

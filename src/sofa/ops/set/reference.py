@@ -2,6 +2,7 @@
 Nyström scores and log-domain Sinkhorn (:func:`sofa.ops.sinkhorn_log`), the position filter added in the log
 domain, and the two normalisations as softmaxes. Memory quadratic in nothing but n·m; no blocks, no scaling
 domain, no fallbacks; float64 inputs stay float64."""
+
 from __future__ import annotations
 
 import torch
@@ -11,9 +12,18 @@ from sofa.ops.position import GridFilter
 from sofa.ops.sinkhorn import sinkhorn_log
 
 
-def set_log_plan(f: torch.Tensor, anchors: torch.Tensor, reference: torch.Tensor, sigma: float = 0.5,
-                 eps: float = 0.1, iters: int = 5, log_m=None, mask: torch.Tensor | None = None,
-                 ridge: float = 1e-3, nystrom_iters: int = 20) -> torch.Tensor:
+def set_log_plan(
+    f: torch.Tensor,
+    anchors: torch.Tensor,
+    reference: torch.Tensor,
+    sigma: float = 0.5,
+    eps: float = 0.1,
+    iters: int = 5,
+    log_m=None,
+    mask: torch.Tensor | None = None,
+    ridge: float = 1e-3,
+    nystrom_iters: int = 20,
+) -> torch.Tensor:
     """log(T ⊙ M): the log of the entropic OT plan T between the tokens and the references, times the position
     filter M (docs/methods/setformer.md).
 
@@ -37,8 +47,9 @@ def set_log_plan(f: torch.Tensor, anchors: torch.Tensor, reference: torch.Tensor
     return log_t if log_m is None else log_t + log_m
 
 
-def set_attention_reference(f, anchors, reference, values, sigma=0.5, eps=0.1, iters=5, log_m=None, mask=None,
-                            ridge=1e-3, nystrom_iters=20) -> torch.Tensor:
+def set_attention_reference(
+    f, anchors, reference, values, sigma=0.5, eps=0.1, iters=5, log_m=None, mask=None, ridge=1e-3, nystrom_iters=20
+) -> torch.Tensor:
     """rownorm(T ⊙ M)·(colnorm(T ⊙ M)ᵀ·values), as :func:`sofa.ops.set.set_attention` defines it (same arguments,
     values (B, h, n, dv)).
 

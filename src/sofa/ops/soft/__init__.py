@@ -1,4 +1,5 @@
 """SOFT's kernel attention: the fast forms (:mod:`.attention`) and the plain reference (:mod:`.reference`)."""
+
 from sofa.ops.soft.attention import IMPLS, choose_impl, soft_kernel_attention, streams_in_place
 from sofa.ops.soft.reference import soft_kernel_attention_reference
 

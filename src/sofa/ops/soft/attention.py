@@ -9,6 +9,7 @@ forms that compute the same numbers to float rounding:
 
 The plain form to test them against is :func:`sofa.ops.soft.reference.soft_kernel_attention_reference`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -90,18 +91,19 @@ def soft_kernel_attention(
     if impl == "reference":
         from sofa.ops.soft.reference import soft_kernel_attention_reference
 
-        result = soft_kernel_attention_reference(q, landmarks, v, iters, normalized, batch_alpha, token_mask,
-                                                 landmark_mask, q_scale)
+        result = soft_kernel_attention_reference(
+            q, landmarks, v, iters, normalized, batch_alpha, token_mask, landmark_mask, q_scale
+        )
         if out is not None:
             result = out.copy_(result)
         if return_residual:
-            return result, _landmark_inverse(fp32(landmarks), landmark_mask, iters, normalized, batch_alpha,
-                                             True)[1]
+            return result, _landmark_inverse(fp32(landmarks), landmark_mask, iters, normalized, batch_alpha, True)[1]
         return result
     with no_autocast(q):
         q, landmarks, v = fp32(q), fp32(landmarks), fp32(v)
-        A_inv, residual, lm = _landmark_inverse(landmarks, landmark_mask, iters, normalized, batch_alpha,
-                                                return_residual)
+        A_inv, residual, lm = _landmark_inverse(
+            landmarks, landmark_mask, iters, normalized, batch_alpha, return_residual
+        )
         tm = None if token_mask is None else token_mask.unsqueeze(-1).to(A_inv.dtype)  # (..., N, 1)
 
         def kernel(i: int, j: int) -> torch.Tensor:  # K1 for tokens i..j, masked
@@ -122,8 +124,11 @@ def soft_kernel_attention(
         else:
             batch = max(1, A_inv.numel() // (m * m))
             chunk = chunk_bytes or switches.SOFT_CHUNK_BYTES.get() or numerics.SOFT_CHUNK_BYTES
-            spans = (numerics.token_spans(N, 1, block_rows, min_rows=1) if block_rows
-                     else numerics.token_spans(N, batch * m * q.element_size(), chunk))
+            spans = (
+                numerics.token_spans(N, 1, block_rows, min_rows=1)
+                if block_rows
+                else numerics.token_spans(N, batch * m * q.element_size(), chunk)
+            )
             KtV = None
             for i, j in spans:
                 part = kernel(i, j).transpose(-1, -2) @ v[..., i:j, :]

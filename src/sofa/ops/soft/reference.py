@@ -1,6 +1,7 @@
 """SOFT's attention written plainly, to test the fast forms against: every kernel entry from its definition,
 the whole N×m kernel, one association order, no blocks, no in-place buffers, the input's dtype kept (float64
 stays float64)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ def _kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.exp(-0.5 * (a.unsqueeze(-2) - b.unsqueeze(-3)).pow(2).sum(-1))
 
 
-def soft_kernel_attention_reference(q, landmarks, v, iters=20, normalized=False, batch_alpha=False,
-                                    token_mask=None, landmark_mask=None, q_scale=1.0):
+def soft_kernel_attention_reference(
+    q, landmarks, v, iters=20, normalized=False, batch_alpha=False, token_mask=None, landmark_mask=None, q_scale=1.0
+):
     """K1·(A⁺·(K1ᵀ·V)) as :func:`sofa.ops.soft.soft_kernel_attention` defines it (same arguments).
 
     Args:
