@@ -1,11 +1,12 @@
-"""SOFT beyond the fixtures: our model against a slow, literal float64 transcription of SOFT.md.
+"""SOFT beyond the fixtures: our model against a slow, literal float64 transcription of docs/methods/soft.md.
 
 The fixtures in shared/reference cover one small configuration (one block per stage) at two input sizes. Here
-a second, independent implementation — written directly from SOFT.md's arithmetic on the *released* state-dict
-layout, in float64, with plain functional ops and the released association (K1·A⁺)·(K1ᵀ·V) — checks our model
-(loaded through the checkpoint converter) for several blocks per stage, several heads, SOFT and SOFT-Norm, and
-input sizes the fixtures do not have (odd, non-square, not multiples of 32). The literal version is itself
-checked against the fixtures first, so that it is known to be the released arithmetic.
+a second, independent implementation — written directly from the arithmetic of docs/methods/soft.md on the
+*released* state-dict layout, in float64, with plain functional ops and the released association
+(K1·A⁺)·(K1ᵀ·V) — checks our model (loaded through the checkpoint converter) for several blocks per stage,
+several heads, SOFT and SOFT-Norm, and input sizes the fixtures do not have (odd, non-square, not multiples of
+32). The literal version is itself checked against the fixtures first, so that it is known to be the released
+arithmetic.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def _vit_block(t, sd, pre, heads):
 
 
 def literal_soft(sd, cfg, x, normalized):
-    """Released SOFT / SOFT-Norm forward, from SOFT.md, on a released-layout state dict → (logits, pre-logits)."""
+    """Released SOFT / SOFT-Norm forward, from docs/methods/soft.md, on a released-layout state dict →
+    (logits, pre-logits)."""
     sd = {k: v.double() for k, v in sd.items()}
     x = x.double()
     B = x.shape[0]
