@@ -224,3 +224,4 @@ def test_train_with_an_unknown_policy_stops_at_start_up_with_one_line(tmp_path, 
     errors = [line for line in out.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--aa 'rand-m9-mstd0.5-incl'" in errors[0]
     assert "Traceback" not in out.err + out.out and "epoch 1/1" not in out.err + out.out
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made

@@ -245,6 +245,10 @@ def _validate(cfg) -> None:
         positive(n, allow_zero=True)
     if cfg.drop_path is not None and cfg.drop_path >= 1:
         raise UserError(f"--drop-path must be < 1, got {cfg.drop_path}")
+    if getattr(cfg, "aa", None):  # before anything is built or written: a typo costs no run directory
+        from sofa.data.transforms import check_auto_augment
+
+        check_auto_augment(cfg.aa)
 
 
 def cmd_train(
