@@ -115,6 +115,7 @@ def test_convert_then_predict_eval_and_finetune_with_no_extra_options(original, 
     assert sofa_cli("eval", out, "--data", folders["val_only"], *EVAL) == 0
     text = capsys.readouterr().out
     assert re.search(rf"{name} on .*val_only \(val\): top1 [\d.]+\s+top5 [\d.]+\s+loss [\d.]+\s+count 4", text), text
+    assert f"warning: the model has {classes} classes and the data 2 (hill, sky)" in text, text
     record = json.loads((tmp_path / "eval_val_only.json").read_text())
     assert record["metrics"]["count"] == 4 and record["model"] == name and record["split"] == "val"
 

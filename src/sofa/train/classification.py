@@ -211,6 +211,13 @@ class ClassificationTask(Task):
     def build_eval_dataset(self):
         from sofa.data.transforms import build_transform
 
+        if len(self.classes) != self.num_classes:
+            self.log(
+                f"warning: the model has {self.num_classes} classes and the data {len(self.classes)} "
+                f"({', '.join(self.classes[:5])}{', ...' if len(self.classes) > 5 else ''}): the data's classes are "
+                f"scored as the model's classes 0..{len(self.classes) - 1}, which is meaningful only if the "
+                f"model was trained with them in that order"
+            )
         return self._dataset(self.eval_split, build_transform(self._data_config(), False))
 
     # ---------------------------------------------------------------- model
