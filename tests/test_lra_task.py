@@ -63,6 +63,8 @@ def test_each_task_trains_and_scores_the_best_checkpoint_on_test(task, tmp_path,
     assert results["best_step"] in (2, 4) and results["dev_acc"] is not None
     assert 0 <= results["test_acc"] <= 100 and results["wall_time_s"] > 0 and results["peak_memory_bytes"] > 0
     assert results["scored"] == "the best validation checkpoint"
+    log = (run / "log.txt").read_text()
+    assert f"evaluate: sofa eval {run}" in log and "sofa predict" not in log  # predict classifies images only
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["epochs"] == 2 and cfg["vocab_size"] == test.vocab_size
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

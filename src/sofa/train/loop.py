@@ -991,7 +991,10 @@ class Trainer:
         for name, what in self.files.items():
             if (run_dir / name).exists() or not self.dist.is_main:
                 rep.log(f"  {name:<22} {what}")
-        rep.log(f"evaluate: sofa eval {run_dir}    predict: sofa predict --checkpoint {run_dir} IMAGE...")
+        hint = f"evaluate: sofa eval {run_dir}"
+        if self.task.name == "classification":  # sofa predict classifies images
+            hint += f"    predict: sofa predict --checkpoint {run_dir} IMAGE..."
+        rep.log(hint)
         return TrainResult(run_dir, best, self.last_metrics, self.files)
 
 
