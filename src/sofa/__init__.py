@@ -10,9 +10,9 @@ benchmarks. ``import sofa`` registers every model in timm's registry too.
 
 __version__ = "0.1.0"
 
-from sofa.runtime import _from_environment, keep_freed_memory  # noqa: E402
+from sofa.runtime import apply_environment, keep_freed_memory  # noqa: E402
 
-_from_environment()  # SOFA_KEEP_FREED_MEMORY=1: keep freed memory for reuse (sofa.runtime.keep_freed_memory)
+apply_environment()  # SOFA_KEEP_FREED_MEMORY=1: keep freed memory for reuse (sofa.runtime.keep_freed_memory)
 
 from sofa.models import create_model, list_models  # noqa: E402  (registers every model, in timm too)
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Any] = ()) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    from sofa.runtime import ENV, _from_environment
+    from sofa.runtime import ENV, apply_environment
 
     saved = os.environ.get(ENV)
     if getattr(args, "default_malloc", False):
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Any] = ()) -> int:
     else:
         os.environ.setdefault(ENV, "1")  # the user's "0" wins
     try:
-        _from_environment()
+        apply_environment()
         code = args.func(args, callbacks=callbacks) if callbacks else args.func(args)
     except BrokenPipeError:  # the reader of our output went away (`sofa models | head`): not an error of ours
         _silence_stdout()

@@ -60,6 +60,7 @@ def requested_by_environment() -> bool:
     return os.environ.get(ENV, "").strip() not in ("", "0")
 
 
-def _from_environment() -> None:
+def apply_environment() -> None:
+    """Keep freed memory (:func:`keep_freed_memory`) when ``SOFA_KEEP_FREED_MEMORY`` asks for it."""
     if requested_by_environment():
         keep_freed_memory()
