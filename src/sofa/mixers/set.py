@@ -23,7 +23,7 @@ from torch import nn
 
 from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
-from sofa.ops._util import no_autocast
+from sofa.ops.common import no_autocast
 from sofa.ops.position import GridFilter, position_filter_sequence
 from sofa.ops.set import ProjectedFeatures, set_attention, set_log_plan, streams_in_place
 

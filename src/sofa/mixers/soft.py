@@ -15,7 +15,7 @@ from torch import nn
 
 from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
-from sofa.ops._util import no_autocast
+from sofa.ops.common import no_autocast
 from sofa.ops.soft import soft_kernel_attention, streams_in_place
 
 

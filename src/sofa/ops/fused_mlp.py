@@ -37,7 +37,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from sofa import switches
 from sofa.ops import numerics
-from sofa.ops._util import check_impl
+from sofa.ops.common import check_impl
 from sofa.ops.linear import rows_as_map
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sofa.ops._util import fp32, needs_graph, no_autocast
+from sofa.ops.common import fp32, needs_graph, no_autocast
 from sofa.ops.numerics import UNDERFLOW_EXPONENT, keep_threshold
 
 

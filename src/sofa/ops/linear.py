@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sofa import switches
-from sofa.ops._util import check_impl
+from sofa.ops.common import check_impl
 from sofa.ops.numerics import LINEAR_MIN_ROWS
 
 __all__ = ["linear", "rows_as_map", "choose_impl", "IMPLS"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from sofa.ops._util import fp32, no_autocast
+from sofa.ops.common import fp32, no_autocast
 
 RULES = ("soft", "soft_norm")
 SOFT_SHIFT = 0.01

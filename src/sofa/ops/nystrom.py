@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sofa.ops._util import fp32, no_autocast
+from sofa.ops.common import fp32, no_autocast
 
 
 def spherical_gaussian_kernel(a: torch.Tensor, z: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sofa.ops._util import fp32, no_autocast
+from sofa.ops.common import fp32, no_autocast
 from sofa.ops.numerics import MASKED_LOG
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from timm.layers import drop_path as _drop_path
 
 from sofa import switches
-from sofa.ops._util import check_impl
+from sofa.ops.common import check_impl
 from sofa.ops.fused_mlp import fold_mlp_weights, metaformer_mlp_, mlp_chunk_bytes, sample_moments
 from sofa.ops.pool.pooling import pool_minus_input
 from sofa.ops.pool.reference import metaformer_block_reference

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from sofa import switches
 from sofa.ops import numerics
-from sofa.ops._util import check_impl, fp32, needs_graph, no_autocast
+from sofa.ops.common import check_impl, fp32, needs_graph, no_autocast
 from sofa.ops.linear import linear
 from sofa.ops.numerics import MASKED_LOG as _MASKED_LOG
 from sofa.ops.numerics import SCALING_HEADROOM as _HEADROOM

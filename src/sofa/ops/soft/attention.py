@@ -16,7 +16,7 @@ import torch
 
 from sofa import switches
 from sofa.ops import numerics
-from sofa.ops._util import check_impl, fp32, needs_graph, no_autocast
+from sofa.ops.common import check_impl, fp32, needs_graph, no_autocast
 from sofa.ops.kernels import gaussian_kernel
 from sofa.ops.newton import SOFT_SHIFT, newton_pinv, pinv_residual
 

@@ -1,3 +1,6 @@
+"""Helpers every op shares: dtype and autocast handling, the autograd test, the ``impl=`` check, and whether a
+graph capture is running."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,3 +29,13 @@ def needs_graph(*ts) -> bool:
 def check_impl(op: str, impl: str, impls) -> None:
     if impl != "auto" and impl not in impls:
         raise ValueError(f"{op}: impl must be 'auto' or one of {tuple(impls)}, got {impl!r}")
+
+
+def is_tracing() -> bool:
+    """Whether forward runs under a graph capture: TorchScript scripting or tracing, torch.fx symbolic tracing,
+    or TorchDynamo (``torch.compile``, ``torch.export``, the ONNX exporter). The ``"auto"`` rule of every op picks
+    its plain graph form then: the CPU fast paths call oneDNN directly, branch on values, or write in place, which
+    a captured graph cannot hold."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    return torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_tracing()
