@@ -43,7 +43,7 @@ def assert_close(got, want, rtol: float) -> None:
     """Each output within ``rtol`` of the largest magnitude of eager's."""
     got, want = as_list(got), as_list(want)
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         scale = w.abs().max().clamp_min(1e-30)
         assert float((g - w).abs().max() / scale) <= rtol, float((g - w).abs().max() / scale)
