@@ -137,6 +137,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="also profile one step of each model (torch.profiler) and say what bounds it",
     )
+    d.add_argument(
+        "--runtime",
+        choices=("pytorch", "onnxruntime"),
+        default="pytorch",
+        help="onnxruntime: also time each float32 case as an ONNX Runtime CPU session of the exported model, next "
+        "to PyTorch's, with as many threads (CPU only; needs the export extra) (default pytorch)",
+    )
     d.set_defaults(func=run_models)
     bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
 
@@ -314,6 +321,12 @@ def run_models(args) -> int:
     from sofa.bench import report
 
     quick = args.quick
+    if args.runtime == "onnxruntime" and args.device != "cpu":
+        print(
+            "sofa bench models: --runtime onnxruntime times ONNX Runtime's CPU session: use --device cpu",
+            file=sys.stderr,
+        )
+        return 2
     sides = args.sizes or ([32] if quick else list(md.DEFAULT_SIDES))
     repeats = args.repeats or (2 if quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
@@ -334,6 +347,10 @@ def run_models(args) -> int:
         "device": args.device,
         "compile": args.compile,
         "channels_last": args.channels_last,
+        "runtime": "PyTorch, and ONNX Runtime's CPU session of each model exported by sofa.export at the input's "
+        "shape (float32 only; not compiled, not channels-last; no peak memory: its arena fills in the warm-up)"
+        if args.runtime == "onnxruntime"
+        else "PyTorch",
         "timing": f"inference, median of up to {repeats} runs after {warmup} warm-up run(s)",
         "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else memory.MEM_METHOD_CPU,
         "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC",
@@ -355,6 +372,7 @@ def run_models(args) -> int:
         budget_s=args.budget,
         gemm_size=64 if quick else args.gemm_size,
         profile=args.profile,
+        runtime=args.runtime,
     )
     goals = report.model_goals(records)
     tables = [f"### models (batch {batch})\n\n{report.model_table(records)}"]
