@@ -173,3 +173,8 @@ def test_bench_models_times_both_runtimes(tmp_path, capsys):
     assert sorted(r["runtime"] for r in records) == ["onnxruntime", "pytorch"]
     assert all(r["status"] == "ok" and r["images_per_s"] > 0 and r["batch"] == 2 for r in records), records
     assert "onnxruntime" in capsys.readouterr().out
+
+
+def test_bench_onnxruntime_is_refused_on_another_device(capsys):
+    assert main(["bench", "models", "--runtime", "onnxruntime", "--device", "cuda"]) == 2
+    assert "use --device cpu" in capsys.readouterr().err
