@@ -96,6 +96,18 @@ def test_dynamic_export_of_a_run_directory_takes_other_batches_and_sizes(trained
         assert rel_diff(got, want) <= 1e-4
 
 
+def test_released_checkpoint_exports_to_the_original_codes_logits(reference_dir, tmp_path, capsys):
+    """The original PoolFormer code's layout (a bare .pth): ONNX Runtime gives that code's own logits."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "released.onnx"
+    assert main(["export", MODEL, str(out), "--checkpoint", str(reference_dir / f"{MODEL}.pth")]) == 0
+    io = load_file(reference_dir / f"{MODEL}.safetensors")
+    x, want = io["input_224x224"], io["logits_224x224"]
+    got = torch.cat([run_onnx(out, x[i : i + 1]) for i in range(len(x))])
+    assert rel_diff(got, want) <= 1e-4
+
+
 def test_features_export_has_one_output_per_stage(tmp_path, capsys):
     out = tmp_path / "feat.onnx"
     assert main(["export", MODEL, str(out), "--img-size", "64", "64", "--features"]) == 0
