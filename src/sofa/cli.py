@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "sofa.train.cli",  # train, eval, predict
     "sofa.models.cli",  # models, convert
     "sofa.bench.cli",  # bench
+    "sofa.export_cli",  # export
     "sofa.dense.cli",  # data
 )
 

@@ -137,6 +137,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="also profile one step of each model (torch.profiler) and say what bounds it",
     )
+    d.add_argument(
+        "--runtime",
+        choices=("pytorch", "onnxruntime"),
+        default="pytorch",
+        help="onnxruntime: also time each float32 case as an ONNX Runtime CPU session of the exported model, next "
+        "to PyTorch's, with as many threads (CPU only; needs the export extra) (default pytorch)",
+    )
     d.set_defaults(func=run_models)
     bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
 
@@ -313,48 +320,23 @@ def run_models(args) -> int:
     from sofa.bench import models as md
     from sofa.bench import report
 
-    quick = args.quick
-    sides = args.sizes or ([32] if quick else list(md.DEFAULT_SIDES))
-    repeats = args.repeats or (2 if quick else 5)
-    warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
-    isolate = (not quick) if args.isolate is None else args.isolate
-    batch = 2 if quick and args.batch == 8 else args.batch
-    dtypes = _names(args.dtype)
-    if args.models:
-        models = args.models
-    elif quick:
-        models = list(md.QUICK_SOFA) + [f"timm:{n}" for n in md.QUICK_TIMM]
-    else:
-        models = list(md.SOFA_MODELS) + [f"timm:{n}" for n in md.TIMM_MODELS]
-    settings = {
-        "models": models,
-        "sizes": sides,
-        "batch": batch,
-        "dtypes": dtypes,
-        "device": args.device,
-        "compile": args.compile,
-        "channels_last": args.channels_last,
-        "timing": f"inference, median of up to {repeats} runs after {warmup} warm-up run(s)",
-        "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else memory.MEM_METHOD_CPU,
-        "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC",
-        "isolate": isolate,
-    }
+    refusal = _runtime_refusal(args)
+    if refusal:
+        print(f"sofa bench models: {refusal}", file=sys.stderr)
+        return 2
+    plan = _model_plan(args)
+    batch = plan["batch"]
+    settings = _model_settings(args, plan)
     info = _header(args, settings)
     records = md.bench_models(
-        models,
-        sides,
-        dtypes,
-        batch=batch,
-        repeats=repeats,
-        warmup=warmup,
+        **plan,
         device=args.device,
         threads=args.threads,
-        isolate=isolate,
         compile=args.compile,
         channels_last=args.channels_last,
         budget_s=args.budget,
-        gemm_size=64 if quick else args.gemm_size,
         profile=args.profile,
+        runtime=args.runtime,
     )
     goals = report.model_goals(records)
     tables = [f"### models (batch {batch})\n\n{report.model_table(records)}"]
@@ -376,3 +358,66 @@ def run_models(args) -> int:
         f"sofa bench models: {info['host_cpu']}, {info['torch_threads']} threads, batch {batch}, {info['date'][:10]}"
     )
     return _finish(args, payload, tables, lambda p: report.plot_models(records, p, title))
+
+
+def _runtime_refusal(args) -> str | None:
+    """Why ``--runtime`` cannot run here (the export extra missing, a device other than the CPU), or None."""
+    if args.runtime != "onnxruntime":
+        return None
+    from sofa.errors import UserError
+    from sofa.export import require_export_extra
+
+    try:
+        require_export_extra()
+    except UserError as err:
+        return str(err)
+    if args.device != "cpu":
+        return "--runtime onnxruntime times ONNX Runtime's CPU session: use --device cpu"
+    return None
+
+
+def _model_plan(args) -> Dict:
+    """The cases of ``sofa bench models`` from its options (``--quick``: tiny and in-process), as
+    :func:`sofa.bench.models.bench_models` takes them: models, sides, dtypes, batch, repeats, warmup, isolate and
+    gemm_size."""
+    from sofa.bench import models as md
+
+    quick = args.quick
+    if args.models:
+        models = args.models
+    elif quick:
+        models = list(md.QUICK_SOFA) + [f"timm:{n}" for n in md.QUICK_TIMM]
+    else:
+        models = list(md.SOFA_MODELS) + [f"timm:{n}" for n in md.TIMM_MODELS]
+    return {
+        "models": models,
+        "sides": args.sizes or ([32] if quick else list(md.DEFAULT_SIDES)),
+        "dtypes": _names(args.dtype),
+        "batch": 2 if quick and args.batch == 8 else args.batch,
+        "repeats": args.repeats or (2 if quick else 5),
+        "warmup": args.warmup if args.warmup is not None else (1 if quick else 2),
+        "isolate": (not quick) if args.isolate is None else args.isolate,
+        "gemm_size": 64 if quick else args.gemm_size,
+    }
+
+
+def _model_settings(args, plan: Dict) -> Dict:
+    """The settings the header prints and the JSON stores."""
+    return {
+        "models": plan["models"],
+        "sizes": plan["sides"],
+        "batch": plan["batch"],
+        "dtypes": plan["dtypes"],
+        "device": args.device,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
+        "runtime": "PyTorch, and ONNX Runtime's CPU session of each model exported by sofa.export at the input's "
+        "shape, with as many threads (float32 only; not compiled, not channels-last; no peak memory: its arena "
+        "fills in the warm-up)"
+        if args.runtime == "onnxruntime"
+        else "PyTorch",
+        "timing": f"inference, median of up to {plan['repeats']} runs after {plan['warmup']} warm-up run(s)",
+        "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else memory.MEM_METHOD_CPU,
+        "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC",
+        "isolate": plan["isolate"],
+    }

@@ -117,13 +117,15 @@ def _compiled(model: torch.nn.Module, spec: Dict) -> torch.nn.Module:
 
 
 def run_case(spec: Dict) -> Dict:
-    """Measure one (model, size, dtype) case in this process."""
+    """Measure one (model, size, dtype) case in this process: the PyTorch model, or with ``spec["runtime"] ==
+    "onnxruntime"`` an ONNX Runtime CPU session of it (:func:`onnx_step`)."""
     (model,), x, device, dtype = _prepare(spec, [f"{spec['source']}:{spec['name']}"])
     batch = x.shape[0]
+    onnx = spec.get("runtime", "pytorch") == "onnxruntime"
     rec: Dict = {"params": sum(p.numel() for p in model.parameters())}
     rec["flops"] = count_flops(model, x[:1])
     rec["flops"] = None if rec["flops"] is None else rec["flops"] * batch
-    step = _step(_compiled(model, spec), x, device, dtype)
+    step = onnx_step(model, x) if onnx else _step(_compiled(model, spec), x, device, dtype)
 
     # the machine's matmul rate, in this process just before the model: the fraction-of-peak column compares
     # like with like even when the machine's load changes during a long run
@@ -139,13 +141,35 @@ def run_case(spec: Dict) -> Dict:
             min_repeats=min(5, spec["repeats"]),
         )
     )
-    if spec.get("profile"):
+    if spec.get("profile") and not onnx:
         from sofa.bench.profile import bound_by, profile_step
 
         rec["profile"] = profile_step(step)
         rec["bound_by"] = bound_by(rec["profile"])
-    rec.update(memory.peak_memory(step, device))
+    if not onnx:  # ONNX Runtime's memory arena is filled in the warm-up runs: one more call adds nothing to see
+        rec.update(memory.peak_memory(step, device))
     return rec
+
+
+def onnx_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """A step that runs ``x`` through an ONNX Runtime CPU session of ``model``: the model exported at ``x``'s
+    shape (:func:`sofa.export.export_onnx`), with as many intra-op threads as torch uses. Needs the export
+    extra."""
+    import tempfile
+    from pathlib import Path
+
+    from sofa.export import export_onnx, require_export_extra
+
+    require_export_extra()
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx", tuple(x.shape[2:]), batch=x.shape[0])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.contiguous().cpu().numpy()}
+    return lambda: session.run(None, feed)
 
 
 def _step(model, x, device: torch.device, dtype: torch.dtype):
@@ -299,102 +323,95 @@ def bench_models(
     budget_s: float = 60.0,
     gemm_size: int = 2048,
     profile: bool = False,
+    runtime: str = "pytorch",
     log: Callable[[str], None] = print,
 ) -> List[Dict]:
-    """Measure every (model, size, dtype); the first record is the GEMM peak of the same run."""
-    records: List[Dict] = []
-    gemm_spec = {"device": device, "threads": threads, "size": gemm_size, "repeats": 7}
-    g = run_isolated("gemm", gemm_spec) if isolate else measure.matmul_peak(device, size=gemm_size, repeats=7)
-    records.append({"bench": "gemm", "dtype": "fp32", "device": device, "status": "ok", **g})
-    libs = ", ".join(f"{k} {g[k]['flops_per_s'] / 1e9:.1f}" for k in ("blas", "onednn") if k in g)
-    log(
-        f"GEMM {gemm_size}x{gemm_size}x{gemm_size} fp32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s (median of 7, "
-        f"{g['library']}; {libs})"
+    """Measure every (model, size, dtype); the first record is the GEMM peak of the same run. With ``runtime=
+    "onnxruntime"`` every float32 case is also measured as an ONNX Runtime CPU session, a record of its own
+    (``"runtime": "onnxruntime"``) after PyTorch's."""
+    g = _gemm(device, threads, gemm_size, isolate, log)
+    records: List[Dict] = [{"bench": "gemm", "dtype": "fp32", "device": device, "status": "ok", **g}]
+    common = dict(
+        batch=batch,
+        device=device,
+        threads=threads,
+        repeats=repeats,
+        warmup=warmup,
+        compile=compile,
+        channels_last=channels_last,
+        budget_s=budget_s,
+        profile=profile,
+        gemm_size=gemm_size,
     )
-    peak = g["flops_per_s"]  # the peak column is always against the fp32 GEMM
     for side in sides:
         for dt in dtypes:
             for token in models:
-                source, name = parse_model(token)
-                base = {
-                    "bench": "models",
-                    "source": source,
-                    "model": name,
-                    "side": side,
-                    "batch": batch,
-                    "dtype": dt,
-                    "device": device,
-                    "compile": compile or False,
-                    "channels_last": channels_last,
-                }
-                spec = {
-                    "source": source,
-                    "name": name,
-                    "side": side,
-                    "batch": batch,
-                    "dtype": dt,
-                    "device": device,
-                    "threads": threads,
-                    "repeats": repeats,
-                    "warmup": warmup,
-                    "compile": compile,
-                    "channels_last": channels_last,
-                    "budget_s": budget_s,
-                    "profile": profile,
-                    "gemm_size": gemm_size,
-                }
-                try:
-                    result = run_isolated("model", spec) if isolate else run_case(spec)
-                    rec = dict(base, status="ok", **result)
-                    rec["images_per_s"] = batch / rec["median_s"]
-                    if rec.get("flops"):
-                        rec["flops_per_s"] = rec["flops"] / rec["median_s"]
-                        rec["fraction_of_matmul_peak"] = rec["flops_per_s"] / rec.get("gemm_flops_per_s", peak)
-                except Exception as err:
-                    rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
-                records.append(rec)
-                log(_line(rec))
+                for rt in ("pytorch", "onnxruntime") if runtime == "onnxruntime" and dt == "fp32" else ("pytorch",):
+                    rec = _model_record(token, dict(common, side=side, dtype=dt, runtime=rt), isolate, g)
+                    records.append(rec)
+                    log(_line(rec))
     for a, b in PAIRS:
-        if a not in models or b not in models:
-            continue
-        for side in sides:
-            for dt in dtypes:
-                base = {
-                    "bench": "model_pair",
-                    "models": [a, b],
-                    "side": side,
-                    "batch": batch,
-                    "dtype": dt,
-                    "device": device,
-                    "compile": compile or False,
-                    "channels_last": channels_last,
-                }
-                spec = dict(base, threads=threads, repeats=max(repeats, 12), warmup=max(warmup, 3))
-                try:
-                    rec = dict(base, status="ok", **(run_isolated("model_pair", spec) if isolate else run_pair(spec)))
-                    diff = (
-                        ""
-                        if rec["max_rel_diff"] is None
-                        else f", same weights: stage-4 maps agree to {rec['max_rel_diff']:.1e}"
-                    )
-                    bound = (
-                        ""
-                        if rec.get("bound_speedup") is None
-                        else f"; its oneDNN GEMMs and convolutions alone: {rec['bound_speedup']:.2f}×"
-                    )
-                    log(
-                        f"{a} / {b} {side}² {dt}, timed in turn: {rec['speedup']:.2f}× "
-                        f"(median of {rec['runs']} pairs{diff}{bound})"
-                    )
-                except Exception as err:
-                    rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
-                    log(f"{a} / {b} {side}² {dt}: failed: {rec['reason']}")
-                records.append(rec)
+        if a in models and b in models:
+            records += [_pair_record(a, b, dict(common, side=s, dtype=d), isolate, log) for s in sides for d in dtypes]
     return records
 
 
+def _gemm(device: str, threads: Optional[int], size: int, isolate: bool, log: Callable[[str], None]) -> Dict:
+    """The fp32 GEMM peak of this run (the peak column is always against it), logged."""
+    spec = {"device": device, "threads": threads, "size": size, "repeats": 7}
+    g = run_isolated("gemm", spec) if isolate else measure.matmul_peak(device, size=size, repeats=7)
+    libs = ", ".join(f"{k} {g[k]['flops_per_s'] / 1e9:.1f}" for k in ("blas", "onednn") if k in g)
+    log(f"GEMM {size}x{size}x{size} fp32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s (median of 7, {g['library']}; {libs})")
+    return g
+
+
+def _model_record(token: str, case: Dict, isolate: bool, gemm: Dict) -> Dict:
+    """One (model, side, dtype, runtime) ``case`` measured (in a fresh process where ``isolate``): its record,
+    ``status`` "failed" with the reason where it raised. ONNX Runtime runs neither compiled nor channels-last."""
+    source, name = parse_model(token)
+    spec = dict(case, source=source, name=name)
+    if case["runtime"] == "onnxruntime":
+        spec.update(compile=False, channels_last=False, profile=False)
+    base = {"bench": "models", "source": source, "model": name}
+    base.update({k: spec[k] for k in ("side", "batch", "dtype", "device")})
+    base.update(compile=spec["compile"] or False, channels_last=spec["channels_last"], runtime=spec["runtime"])
+    try:
+        rec = dict(base, status="ok", **(run_isolated("model", spec) if isolate else run_case(spec)))
+    except Exception as err:
+        return dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+    rec["images_per_s"] = spec["batch"] / rec["median_s"]
+    if rec.get("flops"):
+        rec["flops_per_s"] = rec["flops"] / rec["median_s"]
+        rec["fraction_of_matmul_peak"] = rec["flops_per_s"] / rec.get("gemm_flops_per_s", gemm["flops_per_s"])
+    return rec
+
+
+def _pair_record(a: str, b: str, case: Dict, isolate: bool, log: Callable[[str], None]) -> Dict:
+    """The pair (ours ``a``, theirs ``b``) timed in turn (:func:`run_pair`) at ``case``'s side and dtype, logged."""
+    base = {"bench": "model_pair", "models": [a, b]}
+    base.update({k: case[k] for k in ("side", "batch", "dtype", "device")})
+    base.update(compile=case["compile"] or False, channels_last=case["channels_last"])
+    spec = dict(base, threads=case["threads"], repeats=max(case["repeats"], 12), warmup=max(case["warmup"], 3))
+    head = f"{a} / {b} {case['side']}² {case['dtype']}"
+    try:
+        rec = dict(base, status="ok", **(run_isolated("model_pair", spec) if isolate else run_pair(spec)))
+    except Exception as err:
+        rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+        log(f"{head}: failed: {rec['reason']}")
+        return rec
+    diff = "" if rec["max_rel_diff"] is None else f", same weights: stage-4 maps agree to {rec['max_rel_diff']:.1e}"
+    bound = (
+        ""
+        if rec.get("bound_speedup") is None
+        else f"; its oneDNN GEMMs and convolutions alone: {rec['bound_speedup']:.2f}×"
+    )
+    log(f"{head}, timed in turn: {rec['speedup']:.2f}× (median of {rec['runs']} pairs{diff}{bound})")
+    return rec
+
+
 def _line(r: Dict) -> str:
-    head = f"{r['source']}:{r['model']:24s} {r['side']}² {r['dtype']:4s}"
+    rt = "  onnxruntime" if r.get("runtime") == "onnxruntime" else ""
+    head = f"{r['source']}:{r['model']:24s} {r['side']}² {r['dtype']:4s}{rt}"
     if r["status"] != "ok":
         return f"{head}  {r['status']}: {r.get('reason', '')}"
     frac = r.get("fraction_of_matmul_peak")

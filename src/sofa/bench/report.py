@@ -212,6 +212,7 @@ def model_table(records: Sequence[Dict]) -> str:
             r["dtype"]
             + (", compiled" if r.get("compile") else "")
             + (", channels-last" if r.get("channels_last") else "")
+            + (", onnxruntime" if r.get("runtime") == "onnxruntime" else "")
         )
         if r["status"] != "ok":
             lines.append(
