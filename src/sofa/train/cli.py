@@ -61,9 +61,10 @@ def _add_task_args(p: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
     from sofa.train.task import get_task, list_tasks
 
     per_task: dict[str, dict[str, Any]] = {}
+    registered: dict[str, argparse.Action] = {}
     for name in list_tasks():
         cls = get_task(name)
-        ta = TaskArgs(p, name, f"{name} options")
+        ta = TaskArgs(p, name, f"{name} options", registered)
         cls.add_args(ta)
         per_task[name] = ta.defaults
     return per_task
