@@ -454,7 +454,7 @@ def test_workers_default_to_the_cpus_this_process_may_use(folder, monkeypatch, c
 
 
 def test_warmup_warning_only_when_the_run_never_leaves_warmup(folder):
-    from sofa.train.loop import warmup_warning
+    from sofa.train.trainer import warmup_warning
 
     assert "never reaches its peak --lr 0.001" in warmup_warning(_resolved("--data", folder, "--epochs", 5))
     assert warmup_warning(_resolved("--data", folder, "--epochs", 6)) is None

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, callbacks: Sequence[Any] = ()) -> int:
     """Run the command ``argv`` (default: ``sys.argv[1:]``); returns its exit code. ``callbacks``: hooks into the
-    run of ``sofa train`` (:class:`sofa.train.loop.Callback`), for programs and tests that drive it."""
+    run of ``sofa train`` (:class:`sofa.train.trainer.Callback`), for programs and tests that drive it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -15,7 +15,7 @@ from sofa.checkpoint import RUN_WEIGHTS
 from sofa.errors import UserError
 
 if TYPE_CHECKING:
-    from sofa.train.loop import Callback
+    from sofa.train.trainer import Callback
 
 TRAIN_EPILOG = """\
 examples:
@@ -258,7 +258,7 @@ def cmd_train(
     task_defaults: dict[str, dict[str, Any]],
     callbacks: Sequence[Callback] = (),
 ) -> int:
-    """``sofa train``; ``callbacks`` hook into the run (see :class:`sofa.train.loop.Callback`)."""
+    """``sofa train``; ``callbacks`` hook into the run (see :class:`sofa.train.trainer.Callback`)."""
     from sofa.train.loop import train
     from sofa.train.stopping import exit_code
 
@@ -388,8 +388,8 @@ def _newest_run() -> Path | None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from sofa.checkpoint import atomic_write_text, read_checkpoint, resolve_checkpoint
     from sofa.train.classification import predict_images
+    from sofa.train.distributed import setup_distributed, teardown_distributed
     from sofa.train.factory import checkpoint_num_classes, create_classifier, load_weights
-    from sofa.train.loop import setup_distributed, teardown_distributed
 
     if args.topk < 1:
         raise UserError(f"--topk must be ≥ 1, got {args.topk}")
