@@ -171,3 +171,12 @@ def test_a_real_failed_write_of_the_weights_is_reported_the_same_way(folder, tmp
         errors[0],
     ), errors[0]
     assert (out / "log.txt").read_text().splitlines()[-1] == errors[0]
+
+
+def test_resuming_a_run_whose_epochs_are_done_says_so(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert sofa("train", "--data", folder, *TINY, "--epochs", 1, "--output", out) == 0
+    capsys.readouterr()
+    assert sofa("train", "--resume", out) == 0
+    text = capsys.readouterr().out
+    assert f"nothing to train: {out} has run its 1 epoch(s) already (a larger --epochs goes on)" in text, text

@@ -38,16 +38,14 @@ def _rank_prefix() -> str:
 
 
 def _guard(fn: Callable[..., int | None]) -> Callable[..., int]:
-    """``fn(args, **kwargs)`` whose user errors and Ctrl-C become one line on stderr and an exit code."""
+    """``fn(args, **kwargs)`` whose Ctrl-C becomes one line on stderr and exit code 130 (user errors are
+    :func:`sofa.cli.main`'s)."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace, **kwargs: Any) -> int:
         try:
             code = fn(args, **kwargs)
             return 0 if code is None else int(code)
-        except UserError as err:
-            print(f"{_rank_prefix()}error: {err}", file=sys.stderr, flush=True)
-            return err.exit_code
         except KeyboardInterrupt:
             print(f"{_rank_prefix()}interrupted", file=sys.stderr, flush=True)
             return 130

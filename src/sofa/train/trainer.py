@@ -259,6 +259,11 @@ class Trainer:
     # ---------------------------------------------------------------- the run
     def fit(self) -> TrainResult:
         """Train from ``progress`` to the last epoch; a stop signal ends the run after saving where it stands."""
+        if self.progress.epoch >= int(self.cfg.epochs):
+            self.rep.log(
+                f"nothing to train: {self.run_dir} has run its {self.cfg.epochs} epoch(s) already "
+                f"(a larger --epochs goes on)"
+            )
         with self.stop_requests:
             for _ in range(self.progress.epoch, int(self.cfg.epochs)):
                 stop = self.train_epoch()
