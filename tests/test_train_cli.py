@@ -13,23 +13,10 @@ from PIL import Image
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 
+from helpers import TINY_TRAIN
 from train_callbacks import NanImagesAtStep
 
-# one thread: on a shared, loaded 2-core machine that is several times faster than two for models this small
-TINY = [
-    "--model",
-    "test_vit",
-    "--img-size",
-    "16",
-    "--workers",
-    "0",
-    "--progress",
-    "log",
-    "--log-interval",
-    "2",
-    "--threads",
-    "1",
-]
+TINY = [*TINY_TRAIN, "--log-interval", "2"]
 
 
 def sofa(*argv) -> int:
