@@ -18,6 +18,8 @@ from train_callbacks import SCRIPT
 #: a classification run that takes seconds: the tiny ViT on 16-pixel images, in this process, one thread (on a
 #: shared, loaded 2-core machine several times faster than two for models this small), log lines
 TINY_TRAIN = ["--model", "test_vit", "--img-size", "16", "--workers", "0", "--threads", "1", "--progress", "log"]
+#: one thread, every step's metrics in metrics.jsonl and a log line each
+LOG_EVERY_STEP = ["--threads", "1", "--progress", "log", "--log-interval", "1"]
 #: a segmentation run on the synthetic shapes that takes seconds: 48-pixel crops, a 16-channel decoder
 TINY_SEGMENTATION = (
     "--model poolformer_mini --batch-size 3 --workers 0 --progress none "

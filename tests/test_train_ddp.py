@@ -23,7 +23,7 @@ from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 from sofa.train.factory import create_classifier
 
-from helpers import torchrun_two_cpu_processes
+from helpers import LOG_EVERY_STEP, torchrun_two_cpu_processes
 
 # no dropout/drop-path/mixup (their randomness is per rank by design); augmentation stays on: it is seeded per
 # sample, the same whichever rank loads it
@@ -49,12 +49,7 @@ COMMON = [
     "0",
     "--reprob",
     "0.25",
-    "--threads",
-    "1",
-    "--progress",
-    "log",
-    "--log-interval",
-    "1",
+    *LOG_EVERY_STEP,
 ]
 TRAIN_PER_CLASS, BATCH = 8, 8  # one process with batch 8; two with 4 each
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 
-from helpers import ONE_THREAD, last_step, train_held_after_step
+from helpers import LOG_EVERY_STEP, ONE_THREAD, last_step, train_held_after_step
 from train_callbacks import SCRIPT, SignalAtSteps
 
 ARGS = [
@@ -51,12 +51,7 @@ ARGS = [
     "--ema",
     "--ema-decay",
     "0.9",
-    "--threads",
-    "1",
-    "--progress",
-    "log",
-    "--log-interval",
-    "1",
+    *LOG_EVERY_STEP,
 ]
 
 
