@@ -68,8 +68,10 @@ def _add_task_args(p: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
     return per_task
 
 
-def _known(p: argparse.ArgumentParser) -> set[str]:
-    return {a.dest for a in p._actions if a.dest not in ("help", argparse.SUPPRESS)}
+def _known(p: argparse.ArgumentParser, positionals: Sequence[str] = ()) -> set[str]:
+    """The option names ``p`` fills in: those of a parse of only its required ``positionals`` (every option
+    is registered with a default, ``None`` where not given)."""
+    return set(vars(p.parse_known_args(list(positionals))[0]))
 
 
 def register(subparsers) -> None:
@@ -147,7 +149,9 @@ def _register_eval(subparsers) -> None:
         "read-only folder is normal)",
     )
     eval_task_defaults = _add_task_args(e)
-    e.set_defaults(func=_guard(functools.partial(cmd_eval, known=_known(e), task_defaults=eval_task_defaults)))
+    e.set_defaults(
+        func=_guard(functools.partial(cmd_eval, known=_known(e, ["CHECKPOINT"]), task_defaults=eval_task_defaults))
+    )
 
 
 def _register_predict(subparsers) -> None:
