@@ -32,6 +32,11 @@ QUIET = ["--workers", "0", "--threads", "1", "--progress", "none"]
 SHORT = ["--steps", "4", "--eval-interval", "2", "--warmup-steps", "1", "-b", "2"]
 
 
+def train_listops(data, *argv) -> int:
+    """``sofa train --task lra-listops --data DATA ARGV`` quietly, in this process; its exit code."""
+    return main(["train", "--task", "lra-listops", "--data", str(data), *map(str, argv), *QUIET])
+
+
 @pytest.mark.parametrize("task", sorted(TASK_MODELS))
 def test_each_task_trains_and_scores_the_best_checkpoint_on_test(task, tmp_path, capsys):
     data = WRITERS[task](tmp_path / "data")
@@ -109,25 +114,7 @@ def test_interval_draws_follow_the_seeded_generator():
 
 def test_a_non_sequence_model_or_missing_data_is_refused(tmp_path, capsys):
     data = WRITERS["listops"](tmp_path / "data")
-    assert (
-        main(
-            [
-                "train",
-                "--task",
-                "lra-listops",
-                "--data",
-                str(data),
-                "--model",
-                "soft_mini",
-                "--steps",
-                "2",
-                "--output",
-                str(tmp_path / "a"),
-                *QUIET,
-            ]
-        )
-        == 2
-    )
+    assert train_listops(data, "--model", "soft_mini", "--steps", 2, "--output", tmp_path / "a") == 2
     assert "lra_soft" in capsys.readouterr().err
     assert main(["train", "--task", "lra-listops", "--output", str(tmp_path / "b"), *QUIET]) == 2
     assert "sofa data listops" in capsys.readouterr().err
@@ -158,29 +145,8 @@ def test_listops_run_beats_the_majority_class(tmp_path, capsys):
         == 0
     )
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--task",
-                "lra-listops",
-                "--data",
-                str(data),
-                "--steps",
-                "400",
-                "--eval-interval",
-                "50",
-                "--warmup-steps",
-                "40",
-                "--lr",
-                "2e-3",
-                "--output",
-                str(run),
-                *QUIET,
-            ]
-        )
-        == 0
-    )
+    schedule = ["--steps", 400, "--eval-interval", 50, "--warmup-steps", 40, "--lr", 2e-3]
+    assert train_listops(data, *schedule, "--output", run) == 0
     results = json.loads((run / "results.json").read_text())
     labels = [label for _, label in open_lra_dataset(data, "listops", "test")]
     majority = 100.0 * Counter(labels).most_common(1)[0][1] / len(labels)
