@@ -255,26 +255,26 @@ def test_onednn_work_runs_every_gemm_chunk_and_convolution_of_the_model(monkeypa
 
     if not fm.onednn_ready():
         pytest.skip("this PyTorch build has no oneDNN fused convolution kernels")
-    calls = {"fc1": 0, "fc2": 0, "conv": 0}
-    conv, conv_add_ = fm._onednn_ops()
+    calls = {"chunk": 0, "conv": 0}
 
     def counting(name, fn):
         return lambda *a: calls.__setitem__(name, calls[name] + 1) or fn(*a)
 
-    monkeypatch.setattr(fm, "_onednn_ops", lambda: (counting("fc1", conv), counting("fc2", conv_add_)))
+    # one oneDNN chunk is fc1 with GELU and fc2 adding into the residual (fused_mlp.onednn_chunk_)
+    monkeypatch.setattr(fm, "onednn_chunk_", counting("chunk", fm.onednn_chunk_))
     monkeypatch.setattr(torch.nn.functional, "conv2d", counting("conv", torch.nn.functional.conv2d))
     torch.manual_seed(0)
     model = create_model("poolformer_mini").eval()
     x = torch.randn(3, 3, 64, 64)
     step = onednn_work(model, x)
-    calls.update(fc1=0, fc2=0, conv=0)  # the forward that recorded the inputs does not count
+    calls.update(chunk=0, conv=0)  # the forward that recorded the inputs does not count
     step()
     chunks = 0
     for stage, side in zip(model.stages, (16, 8, 4, 2), strict=True):
         for b in stage.blocks:
             L = 3 * side * side
             chunks += -(-L // fm.chunk_rows(L, b.mlp.fc1.weight.shape[0], 4, fm.mlp_chunk_bytes()))
-    assert calls == {"fc1": chunks, "fc2": chunks, "conv": 4}
+    assert calls == {"chunk": chunks, "conv": 4}
     assert onednn_work(model, x.double()) is None
     assert onednn_work(create_model("setformer_mini").eval(), x) is None
 

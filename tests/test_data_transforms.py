@@ -19,6 +19,8 @@ from sofa.data.synthetic import make_image_folder
 from sofa.data.transforms import build_transform, check_auto_augment, policy_ops, posterize
 from sofa.errors import UserError
 
+from helpers import TINY_TRAIN
+
 DATA_CFG = {
     "input_size": (3, 48, 48),
     "mean": (0.485, 0.456, 0.406),
@@ -203,14 +205,7 @@ def test_train_with_an_unknown_policy_stops_at_start_up_with_one_line(tmp_path, 
             "train",
             "--data",
             str(tmp_path / "data"),
-            "--model",
-            "test_vit",
-            "--img-size",
-            "16",
-            "--workers",
-            "0",
-            "--threads",
-            "1",
+            *TINY_TRAIN,
             "--epochs",
             "1",
             "--output",

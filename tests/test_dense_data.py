@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import TINY_SEGMENTATION
+
 pytest.importorskip("pycocotools")
 
 from sofa.dense.det_data import CocoDetection, DetTrainTransform, det_collate  # noqa: E402
@@ -270,23 +272,9 @@ def test_segmentation_training_survives_bad_files_and_reports_them(shapes_with_b
                 "segmentation",
                 "--data",
                 str(shapes_with_bad_files),
-                "--model",
-                "poolformer_mini",
+                *TINY_SEGMENTATION,
                 "--epochs",
                 "1",
-                "--batch-size",
-                "3",
-                "--workers",
-                "0",
-                "--crop-size",
-                "48",
-                "--seg-scale",
-                "128",
-                "48",
-                "--decoder-channels",
-                "16",
-                "--progress",
-                "none",
                 "--threads",
                 "1",
                 "--output",

@@ -8,12 +8,17 @@ import json
 import pytest
 import torch
 
+from helpers import TINY_SEGMENTATION
+
 pytest.importorskip("segmentation_models_pytorch")
 pytest.importorskip("pycocotools")
 
 from sofa.cli import main  # noqa: E402
 from sofa.dense.shapes import write_shapes  # noqa: E402
 from sofa.train.task import get_task, list_tasks  # noqa: E402
+
+#: a detector small enough for the shapes: 64-96 pixel images, 16-pixel anchors, a 32-channel FPN
+SMALL_DETECTOR = "--min-size 64 --max-size 96 --anchor-base 16 --fpn-channels 32".split()
 
 
 @pytest.fixture(scope="module")
@@ -91,27 +96,7 @@ def test_segmentation_train_eval_resume_cli(shapes, tmp_path):
     backbone = tmp_path / "cls.safetensors"  # a classification checkpoint for the backbone
     save_weights(backbone, sofa.create_model("poolformer_mini", num_classes=5).state_dict())
     run = tmp_path / "seg"
-    common = [
-        "--data",
-        str(shapes),
-        "--model",
-        "poolformer_mini",
-        "--batch-size",
-        "3",
-        "--workers",
-        "0",
-        "--crop-size",
-        "48",
-        "--seg-scale",
-        "128",
-        "48",
-        "--decoder-channels",
-        "16",
-        "--progress",
-        "none",
-        "--backbone-checkpoint",
-        str(backbone),
-    ]
+    common = ["--data", str(shapes), *TINY_SEGMENTATION, "--backbone-checkpoint", str(backbone)]
     assert main(["train", "--task", "segmentation", "--epochs", "1", "--output", str(run), *common]) == 0
     for f in ("last.pt", "model.safetensors", "best.safetensors", "metrics.jsonl", "config.yaml"):
         assert (run / f).is_file(), f
@@ -153,16 +138,9 @@ def test_detection_train_eval_cli(shapes, tmp_path):
                 "3",
                 "--workers",
                 "0",
-                "--min-size",
-                "64",
-                "--max-size",
-                "96",
-                "--anchor-base",
-                "16",
+                *SMALL_DETECTOR,
                 "--max-val-samples",
                 "2",
-                "--fpn-channels",
-                "32",
                 "--output",
                 str(run),
                 "--progress",
@@ -186,18 +164,7 @@ def test_detection_train_eval_cli(shapes, tmp_path):
         ("segmentation", ["--crop-size", "48", "--seg-scale", "128", "48", "--decoder-channels", "16"]),
         (
             "detection",
-            [
-                "--detector",
-                "maskrcnn",
-                "--min-size",
-                "64",
-                "--max-size",
-                "96",
-                "--anchor-base",
-                "16",
-                "--fpn-channels",
-                "32",
-            ],
+            ["--detector", "maskrcnn", *SMALL_DETECTOR],
         ),
     ],
 )

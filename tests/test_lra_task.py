@@ -15,8 +15,9 @@ from sofa.cli import main
 from sofa.data.lra import open_lra_dataset
 from sofa.train.lra import HARNESS, LRA_TASKS, IntervalDraws
 
+from helpers import torchrun_two_cpu_processes
 from lra_fixtures import WRITERS
-from train_callbacks import SCRIPT, SignalAtSteps
+from train_callbacks import SignalAtSteps
 
 #: each task with another model, so that every model trains once through the loop
 TASK_MODELS = {
@@ -27,6 +28,13 @@ TASK_MODELS = {
     "pathfinder": "lra_softmax",
 }
 QUIET = ["--workers", "0", "--threads", "1", "--progress", "none"]
+#: four steps of two samples, evaluated after two
+SHORT = ["--steps", "4", "--eval-interval", "2", "--warmup-steps", "1", "-b", "2"]
+
+
+def train_listops(data, *argv) -> int:
+    """``sofa train --task lra-listops --data DATA ARGV`` quietly, in this process; its exit code."""
+    return main(["train", "--task", "lra-listops", "--data", str(data), *map(str, argv), *QUIET])
 
 
 @pytest.mark.parametrize("task", sorted(TASK_MODELS))
@@ -42,14 +50,7 @@ def test_each_task_trains_and_scores_the_best_checkpoint_on_test(task, tmp_path,
             str(data),
             "--model",
             TASK_MODELS[task],
-            "--steps",
-            "4",
-            "--eval-interval",
-            "2",
-            "--warmup-steps",
-            "1",
-            "-b",
-            "2",
+            *SHORT,
             "--output",
             str(run),
             *QUIET,
@@ -113,25 +114,7 @@ def test_interval_draws_follow_the_seeded_generator():
 
 def test_a_non_sequence_model_or_missing_data_is_refused(tmp_path, capsys):
     data = WRITERS["listops"](tmp_path / "data")
-    assert (
-        main(
-            [
-                "train",
-                "--task",
-                "lra-listops",
-                "--data",
-                str(data),
-                "--model",
-                "soft_mini",
-                "--steps",
-                "2",
-                "--output",
-                str(tmp_path / "a"),
-                *QUIET,
-            ]
-        )
-        == 2
-    )
+    assert train_listops(data, "--model", "soft_mini", "--steps", 2, "--output", tmp_path / "a") == 2
     assert "lra_soft" in capsys.readouterr().err
     assert main(["train", "--task", "lra-listops", "--output", str(tmp_path / "b"), *QUIET]) == 2
     assert "sofa data listops" in capsys.readouterr().err
@@ -162,29 +145,8 @@ def test_listops_run_beats_the_majority_class(tmp_path, capsys):
         == 0
     )
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--task",
-                "lra-listops",
-                "--data",
-                str(data),
-                "--steps",
-                "400",
-                "--eval-interval",
-                "50",
-                "--warmup-steps",
-                "40",
-                "--lr",
-                "2e-3",
-                "--output",
-                str(run),
-                *QUIET,
-            ]
-        )
-        == 0
-    )
+    schedule = ["--steps", 400, "--eval-interval", 50, "--warmup-steps", 40, "--lr", 2e-3]
+    assert train_listops(data, *schedule, "--output", run) == 0
     results = json.loads((run / "results.json").read_text())
     labels = [label for _, label in open_lra_dataset(data, "listops", "test")]
     majority = 100.0 * Counter(labels).most_common(1)[0][1] / len(labels)
@@ -235,57 +197,12 @@ def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, capsy
 def test_two_processes_with_torchrun(tmp_path):
     """DDP (gloo): two towers and tuple inputs through DistributedDataParallel, every parameter used, an interval
     of the same steps on each rank, the ranks agreeing, and the test split scored once over both ranks."""
-    import os
-    import subprocess
-    import sys
-
     from safetensors.torch import load_file
 
     data = WRITERS["retrieval"](tmp_path / "data", rows_per_split=5)
     out, dump = tmp_path / "ddp", tmp_path / "ranks"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            SCRIPT,
-            "--save-rank-weights",
-            str(dump),
-            "--",
-            "train",
-            "--task",
-            "lra-retrieval",
-            "--data",
-            str(data),
-            "--model",
-            "lra_soft",
-            "--steps",
-            "4",
-            "--eval-interval",
-            "2",
-            "--warmup-steps",
-            "1",
-            "-b",
-            "2",
-            "--output",
-            str(out),
-            "--workers",
-            "0",
-            "--threads",
-            "1",
-            "--progress",
-            "log",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=400,
-        cwd=tmp_path,
-    )
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    train = ["train", "--task", "lra-retrieval", "--data", data, "--model", "lra_soft", *SHORT, "--output", out]
+    torchrun_two_cpu_processes(["--save-rank-weights", dump, "--", *train, *QUIET, "--progress", "log"], tmp_path)
     results = json.loads((out / "results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 4
     assert results["test_count"] == len(open_lra_dataset(data, "retrieval", "test"))  # each sample once

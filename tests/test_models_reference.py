@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sofa.models import create_model
-from sofa.models.soft import _MIXER_KEYS
+from sofa.models.soft import MIXER_KEYS
 
 # ---------------------------------------------------------------------------------------------------- literal SOFT
 
@@ -172,7 +172,7 @@ def literal_soft(sd, cfg, x, normalized):
 
 def to_original(sd):
     """sofa's SOFT keys → the released layout (the inverse of soft.checkpoint_filter_fn)."""
-    inv = {v: k for k, v in _MIXER_KEYS.items()}
+    inv = {v: k for k, v in MIXER_KEYS.items()}
     out = {}
     for k, v in sd.items():
         nk = k

@@ -13,23 +13,10 @@ from PIL import Image
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 
+from helpers import TINY_TRAIN
 from train_callbacks import NanImagesAtStep
 
-# one thread: on a shared, loaded 2-core machine that is several times faster than two for models this small
-TINY = [
-    "--model",
-    "test_vit",
-    "--img-size",
-    "16",
-    "--workers",
-    "0",
-    "--progress",
-    "log",
-    "--log-interval",
-    "2",
-    "--threads",
-    "1",
-]
+TINY = [*TINY_TRAIN, "--log-interval", "2"]
 
 
 def sofa(*argv) -> int:
@@ -454,7 +441,7 @@ def test_workers_default_to_the_cpus_this_process_may_use(folder, monkeypatch, c
 
 
 def test_warmup_warning_only_when_the_run_never_leaves_warmup(folder):
-    from sofa.train.loop import warmup_warning
+    from sofa.train.trainer import warmup_warning
 
     assert "never reaches its peak --lr 0.001" in warmup_warning(_resolved("--data", folder, "--epochs", 5))
     assert warmup_warning(_resolved("--data", folder, "--epochs", 6)) is None

@@ -14,9 +14,6 @@ ignores) becomes rounding noise scaled up to learning-rate-sized steps, differen
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import torch
 from safetensors.torch import load_file
@@ -26,7 +23,7 @@ from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 from sofa.train.factory import create_classifier
 
-from train_callbacks import SCRIPT
+from helpers import LOG_EVERY_STEP, torchrun_two_cpu_processes
 
 # no dropout/drop-path/mixup (their randomness is per rank by design); augmentation stays on: it is seeded per
 # sample, the same whichever rank loads it
@@ -52,12 +49,7 @@ COMMON = [
     "0",
     "--reprob",
     "0.25",
-    "--threads",
-    "1",
-    "--progress",
-    "log",
-    "--log-interval",
-    "1",
+    *LOG_EVERY_STEP,
 ]
 TRAIN_PER_CLASS, BATCH = 8, 8  # one process with batch 8; two with 4 each
 
@@ -90,34 +82,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
         tmp_path / "data", num_classes=NUM_CLASSES, train_per_class=TRAIN_PER_CLASS, val_per_class=3
     )
     out, dump = tmp_path / "ddp", tmp_path / "ranks"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            SCRIPT,
-            "--save-rank-weights",
-            str(dump),
-            "--",
-            "train",
-            "--data",
-            str(data),
-            *COMMON,
-            "-b",
-            str(BATCH // 2),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=400,
-        cwd=tmp_path,
-    )
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    script_args = ["--save-rank-weights", dump, "--", "train", "--data", data, *COMMON, "-b", BATCH // 2]
+    p = torchrun_two_cpu_processes([*script_args, "--output", out], cwd=tmp_path)
     assert p.stdout.count("sofa train: task classification") == 1  # only rank 0 speaks
     assert "2 process(es)" in p.stdout and "3 steps of 4×2" in p.stdout
     # only rank 0 wrote: the run folder holds one set of files, nothing per rank, and no stray runs/ elsewhere

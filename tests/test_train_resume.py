@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 
+from helpers import LOG_EVERY_STEP, ONE_THREAD, last_step, train_held_after_step
 from train_callbacks import SCRIPT, SignalAtSteps
 
 ARGS = [
@@ -51,12 +51,7 @@ ARGS = [
     "--ema",
     "--ema-decay",
     "0.9",
-    "--threads",
-    "1",
-    "--progress",
-    "log",
-    "--log-interval",
-    "1",
+    *LOG_EVERY_STEP,
 ]
 
 
@@ -65,12 +60,11 @@ def _train_in_process(*argv) -> None:
 
 
 def _train_killed(*argv, kill_at: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(
         [sys.executable, SCRIPT, "--kill-at-step", str(kill_at), "--", "train", *map(str, argv)],
         capture_output=True,
         text=True,
-        env=env,
+        env=ONE_THREAD,
         timeout=300,
     )
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-3000:])
@@ -151,18 +145,6 @@ def test_checkpoint_on_demand_and_sigterm_then_resume_matches(data, reference, t
     _same_state(reference, out)
 
 
-def _last_step(run: Path) -> int:
-    """The last global step metrics.jsonl records (every step is recorded: --log-interval 1)."""
-    path = run / "metrics.jsonl"
-    steps = [0]
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            steps.append(json.loads(line)["global_step"])
-        except (json.JSONDecodeError, KeyError):
-            pass  # a line being written
-    return max(steps)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_to_the_process_group_saves_the_step_reached_and_resumes_exactly(data, reference, tmp_path, capsys, sig):
     """What `timeout`, scancel, systemd (SIGTERM) and Ctrl-C (SIGINT) do: signal the whole process group, the two
@@ -171,45 +153,15 @@ def test_signal_to_the_process_group_saves_the_step_reached_and_resumes_exactly(
     out = tmp_path / "run"
     log = tmp_path / "output.txt"
     # the run waits after step 8 (epoch 2, step 2) until the signal comes, then notices it during step 9
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(log, "w") as sink:
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                SCRIPT,
-                "--wait-for-stop-after-step",
-                "8",
-                "--",
-                "train",
-                "--data",
-                str(data),
-                *ARGS,
-                "--output",
-                str(out),
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while _last_step(out) < 8:
-            assert p.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the run did not reach step 8"
-            time.sleep(0.05)
+    with train_held_after_step(8, ["--data", data, *ARGS], out, log) as p:
         os.killpg(p.pid, sig)
         p.wait(timeout=240)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
     text = log.read_text()
     assert p.returncode == 128 + sig, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     assert f"continue with: sofa train --resume {out}" in text
     state = torch.load(out / "last.pt", weights_only=True)
-    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 9) == (1, 3, _last_step(out))
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 9) == (1, 3, last_step(out))
     capsys.readouterr()
     _train_in_process("--resume", out)
     assert f"resumed {out} at epoch 2, step 3/6" in capsys.readouterr().out

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import resource
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,24 +16,9 @@ from sofa import checkpoint as ckpt
 from sofa.cli import main
 from sofa.data.synthetic import make_image_folder
 
-from train_callbacks import SCRIPT
+from helpers import ONE_THREAD, TINY_TRAIN, train_held_after_step
 
-TINY = [
-    "--model",
-    "test_vit",
-    "--img-size",
-    "16",
-    "--workers",
-    "0",
-    "--progress",
-    "log",
-    "--log-interval",
-    "1",
-    "--threads",
-    "1",
-    "-b",
-    "4",
-]
+TINY = [*TINY_TRAIN, "--log-interval", "1", "-b", "4"]
 FREE = r"\d+(\.\d)? (B|KiB|MiB|GiB|TiB) free on /"
 
 
@@ -49,52 +31,12 @@ def folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("shapes"), num_classes=3, train_per_class=4, val_per_class=1)
 
 
-def _last_step(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    steps = [0]
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            steps.append(json.loads(line)["global_step"])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    return max(steps)
-
-
 def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(folder, tmp_path, capsys):
     out = tmp_path / "run"
     log = tmp_path / "first.txt"
     # the first run saves every step and, after step 2, waits (holding the run directory)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(log, "w") as sink:
-        first = subprocess.Popen(
-            [
-                sys.executable,
-                SCRIPT,
-                "--wait-for-stop-after-step",
-                "2",
-                "--",
-                "train",
-                "--data",
-                str(folder),
-                *TINY,
-                "--epochs",
-                "2",
-                "--save-every-steps",
-                "1",
-                "--output",
-                str(out),
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while _last_step(out) < 2 or not (out / "last.pt").exists():
-            assert first.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the first run did not reach step 2"
-            time.sleep(0.05)
+    held = ["--data", folder, *TINY, "--epochs", 2, "--save-every-steps", 1]
+    with train_held_after_step(2, held, out, log) as first:
         log_txt = (out / "log.txt").read_text()
         capsys.readouterr()
         # a --resume of the run, and a new run into the same directory, both refuse and name the holder
@@ -105,9 +47,6 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is
         assert f"(pid {first.pid} on " in capsys.readouterr().err
         assert (out / "log.txt").read_text() == log_txt  # the refused runs wrote nothing
         assert first.poll() is None
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
     # the holder died without releasing: its record is left, its lock is not
     assert f"pid {first.pid} on " in (out / ".lock").read_text()
     assert sofa("train", "--resume", out) == 0
@@ -148,7 +87,6 @@ def test_a_real_failed_write_of_the_weights_is_reported_the_same_way(folder, tmp
     """A file-size limit below the size of the weights makes the kernel refuse the first save (EFBIG), which
     torch.save reports as a RuntimeError around the OSError: the run still ends with one line naming the file."""
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
@@ -157,7 +95,7 @@ def test_a_real_failed_write_of_the_weights_is_reported_the_same_way(folder, tmp
         [sys.executable, "-m", "sofa", "train", "--data", str(folder), *TINY, "--epochs", "1", "--output", str(out)],
         capture_output=True,
         text=True,
-        env=env,
+        env=ONE_THREAD,
         timeout=300,
         preexec_fn=limit_file_size,
     )
@@ -171,3 +109,12 @@ def test_a_real_failed_write_of_the_weights_is_reported_the_same_way(folder, tmp
         errors[0],
     ), errors[0]
     assert (out / "log.txt").read_text().splitlines()[-1] == errors[0]
+
+
+def test_resuming_a_run_whose_epochs_are_done_says_so(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert sofa("train", "--data", folder, *TINY, "--epochs", 1, "--output", out) == 0
+    capsys.readouterr()
+    assert sofa("train", "--resume", out) == 0
+    text = capsys.readouterr().out
+    assert f"nothing to train: {out} has run its 1 epoch(s) already (a larger --epochs goes on)" in text, text

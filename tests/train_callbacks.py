@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sofa.train.loop import Callback, Trainer
+from sofa.train.trainer import Callback, Trainer
 
 #: this file, to run as a script
 SCRIPT = Path(__file__).resolve()

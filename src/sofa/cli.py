@@ -45,12 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, callbacks: Sequence[Any] = ()) -> int:
     """Run the command ``argv`` (default: ``sys.argv[1:]``); returns its exit code. ``callbacks``: hooks into the
-    run of ``sofa train`` (:class:`sofa.train.loop.Callback`), for programs and tests that drive it."""
+    run of ``sofa train`` (:class:`sofa.train.trainer.Callback`), for programs and tests that drive it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    from sofa.errors import UserError
     from sofa.runtime import ENV, apply_environment
 
     saved = os.environ.get(ENV)
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Any] = ()) -> int:
     except BrokenPipeError:  # the reader of our output went away (`sofa models | head`): not an error of ours
         _silence_stdout()
         code = 0
+    except UserError as err:  # bad input, any command: one line, no traceback (each rank's under torchrun)
+        rank = f"[rank {os.environ.get('RANK', '0')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"{rank}error: {err}", file=sys.stderr, flush=True)
+        code = err.exit_code
     finally:  # main() may run inside another program (the tests): its environment is left as it was
         if saved is None:
             os.environ.pop(ENV, None)

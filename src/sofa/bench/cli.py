@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import dataclass
 from typing import Dict, List
 
 from sofa.bench import measure, memory
@@ -196,111 +197,138 @@ def _finish(args, payload: Dict, tables: List[str], plot) -> int:
     return 0
 
 
-def run_mixers(args) -> int:
-    from sofa.bench import mixers as mx
-    from sofa.bench import report
+@dataclass(frozen=True)
+class _MixerOptions:
+    """What ``sofa bench mixers``'s arguments resolve to once the --quick and layout defaults are applied."""
 
-    quick = args.quick
-    sequence = args.seq is not None
+    sequence: bool
+    sides: List[int]
+    cases: List[str]
+    repeats: int
+    warmup: int
+    isolate: bool
+
+
+def _mixer_options(args) -> _MixerOptions | str:
+    """The resolved options, or the message for a command line that does not fit together."""
+    from sofa.bench import mixers as mx
+
+    quick, sequence = args.quick, args.seq is not None
     if sequence and args.sizes:
-        print(
-            "sofa bench mixers: --seq takes the lengths itself (--seq 1024,4096); --sizes is for images",
-            file=sys.stderr,
-        )
-        return 2
+        return "--seq takes the lengths itself (--seq 1024,4096); --sizes is for images"
     if sequence:
         sides = args.seq or (list(mx.QUICK_LENGTHS) if quick else list(mx.DEFAULT_LENGTHS))
     else:
         sides = args.sizes or (list(mx.QUICK_SIDES) if quick else list(mx.DEFAULT_SIDES))
-    repeats = args.repeats or (2 if quick else 7)
-    warmup = args.warmup if args.warmup is not None else 1
-    isolate = (not quick) if args.isolate is None else args.isolate
     table = mx.SEQ_CASES if sequence else mx.CASES
     cases = args.mixers or list(mx.DEFAULT_SEQ_CASES if sequence else mx.DEFAULT_CASES)
     unknown = [c for c in cases if c not in table]
     if unknown:
-        print(
-            f"sofa bench mixers: unknown case(s) {', '.join(unknown)}; choose from {', '.join(table)}", file=sys.stderr
-        )
-        return 2
+        return f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(table)}"
+    return _MixerOptions(
+        sequence=sequence,
+        sides=sides,
+        cases=cases,
+        repeats=args.repeats or (2 if quick else 7),
+        warmup=args.warmup if args.warmup is not None else 1,
+        isolate=(not quick) if args.isolate is None else args.isolate,
+    )
+
+
+def _mixer_settings(args, opts: _MixerOptions) -> Dict:
+    """The settings the header prints and the JSON stores."""
+    from sofa.bench import mixers as mx
+
+    sides, sequence = opts.sides, opts.sequence
+    table = mx.SEQ_CASES if sequence else mx.CASES
     shape = (
         f"N = {', '.join(f'{n:,}' for n in sides)} tokens in one sequence (1-D)"
         if sequence
         else f"N = S² for S in {sides}"
     )
-    settings = {
+    return {
         "tokens": f"{shape}; batch 1; C = {mx.DIM}; {mx.HEADS} heads of {mx.DIM // mx.HEADS}",
         "dtype": args.dtype,
         "device": args.device,
         "modes": args.modes,
-        "cases": {c: table[c][2] for c in cases},
+        "cases": {c: table[c][2] for c in opts.cases},
         "note": (
             "the mixers as the LRA models build them (sofa.models.lra); nystrom: "
             + ("the nystrom-attention package" if mx.nystrom_available() else mx.NYSTROM_MISSING + ", skipped")
         )
         if sequence
         else "SOFT uses its stage-1 settings (landmark stride 8, depthwise 9x9 on V)",
-        "timing": f"median of up to {repeats} runs after {warmup} warm-up run(s), at most {args.budget:g} s of runs "
-        f"per case; sizes estimated to take more than {args.max_run:g} s per run are skipped",
-        "memory": memory.MEM_METHOD_CUDA
-        if args.device == "cuda"
-        else (
-            memory.MEM_METHOD_CPU if isolate else memory.MEM_METHOD_CPU.replace("fresh process per case", "in-process")
-        ),
+        "timing": f"median of up to {opts.repeats} runs after {opts.warmup} warm-up run(s), at most "
+        f"{args.budget:g} s of runs per case; sizes estimated to take more than {args.max_run:g} s per run are "
+        "skipped",
+        "memory": _memory_method(args.device, opts.isolate),
         "flush_compare": "every case timed with torch.set_flush_denormal off and on, runs interleaved (at least "
         f"{mx.FLUSH_RUNS} rounds within twice the budget, more where runs are short: up to 400 "
         "rounds or about 4 s; ratio = median of on/off over ABBA blocks); not for cases estimated "
         "above 8 s per run, which also get 3 runs at least instead of 5"
         if args.flush_compare
         else "off",
-        "isolate": isolate,
+        "isolate": opts.isolate,
         "input_scale": args.input_scale,
     }
+
+
+def _memory_method(device: str, isolate: bool) -> str:
+    if device == "cuda":
+        return memory.MEM_METHOD_CUDA
+    return memory.MEM_METHOD_CPU if isolate else memory.MEM_METHOD_CPU.replace("fresh process per case", "in-process")
+
+
+def _mixer_tables(records: List[Dict], modes: List[str], goals: List[Dict]) -> List[str]:
+    """The Markdown tables ``sofa bench mixers`` prints, each under its heading (empty ones left out)."""
+    from sofa.bench import report
+
+    sections = [(f"### {mode}: median time / peak extra memory", report.mixer_table(records, mode)) for mode in modes]
+    sections += [
+        ("### slope of log(time) against log(N), from the medians above", report.slope_table(records)),
+        (
+            "### slope of log(time) against log(N), the two sizes timed in turn in one process "
+            "(median over runs; robust to the machine's changing load)",
+            report.pair_slope_table(records),
+        ),
+        ("### slope of log(peak memory) against log(N)", report.slope_table(records, "peak_mem_bytes")),
+        ("### time with subnormal flushing on / off (median of interleaved pairs)", report.flush_table(records)),
+        ("### goals", report.goals_table(goals)),
+    ]
+    return [f"{heading}\n\n{table}" for heading, table in sections if table]
+
+
+def run_mixers(args) -> int:
+    from sofa.bench import mixers as mx
+    from sofa.bench import report
+
+    opts = _mixer_options(args)
+    if isinstance(opts, str):
+        print(f"sofa bench mixers: {opts}", file=sys.stderr)
+        return 2
+    settings = _mixer_settings(args, opts)
     info = _header(args, settings)
     records = mx.bench_mixers(
-        cases,
-        sides,
+        opts.cases,
+        opts.sides,
         args.modes,
-        repeats=repeats,
-        warmup=warmup,
+        repeats=opts.repeats,
+        warmup=opts.warmup,
         device=args.device,
         dtype=args.dtype,
         threads=args.threads,
-        isolate=isolate,
+        isolate=opts.isolate,
         budget_s=args.budget,
         max_run_s=args.max_run,
         mem_limit=None if args.mem_limit is None else args.mem_limit * 1e9,
         flush_compare=args.flush_compare,
         input_scale=args.input_scale,
         pair_slopes=args.pair_slopes,
-        pair_repeats=6 if quick else max(repeats, 22),
-        flush_fill_s=0.1 if quick else mx.FLUSH_FILL_S,
-        layout="sequence" if sequence else "image",
+        pair_repeats=6 if args.quick else max(opts.repeats, 22),
+        flush_fill_s=0.1 if args.quick else mx.FLUSH_FILL_S,
+        layout="sequence" if opts.sequence else "image",
     )
     goals = report.mixer_goals(records)
-    tables = []
-    for mode in args.modes:
-        t = report.mixer_table(records, mode)
-        if t:
-            tables.append(f"### {mode}: median time / peak extra memory\n\n{t}")
-    st = report.slope_table(records)
-    if st:
-        tables.append(f"### slope of log(time) against log(N), from the medians above\n\n{st}")
-    pt = report.pair_slope_table(records)
-    if pt:
-        tables.append(
-            "### slope of log(time) against log(N), the two sizes timed in turn in one process "
-            f"(median over runs; robust to the machine's changing load)\n\n{pt}"
-        )
-    sm = report.slope_table(records, "peak_mem_bytes")
-    if sm:
-        tables.append(f"### slope of log(peak memory) against log(N)\n\n{sm}")
-    ft = report.flush_table(records)
-    if ft:
-        tables.append(f"### time with subnormal flushing on / off (median of interleaved pairs)\n\n{ft}")
-    gt = report.goals_table(goals)
-    if gt:
-        tables.append(f"### goals\n\n{gt}")
     payload = {
         "bench": "mixers",
         "command": "sofa " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -313,6 +341,7 @@ def run_mixers(args) -> int:
         "goals": goals,
     }
     title = f"sofa bench mixers: {info['host_cpu']}, {info['torch_threads']} threads, {args.dtype}, {info['date'][:10]}"
+    tables = _mixer_tables(records, args.modes, goals)
     return _finish(args, payload, tables, lambda p: report.plot_mixers(records, p, title))
 
 

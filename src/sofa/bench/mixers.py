@@ -20,6 +20,7 @@ import itertools
 import math
 import random
 import statistics
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -304,6 +305,48 @@ def slopes(records: Sequence[Dict], key: str = "median_s") -> List[Dict]:
     return out
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The settings of one :func:`bench_mixers` call that every case shares."""
+
+    layout: str
+    repeats: int
+    warmup: int
+    device: str
+    dtype: str
+    threads: Optional[int]
+    isolate: bool
+    budget_s: float
+    max_run_s: float
+    mem_limit: float
+    flush_compare: bool
+    input_scale: float
+    pair_max_s: float
+    pair_repeats: int
+    flush_fill_s: float
+    log: Callable[[str], None]
+
+    @property
+    def sequence(self) -> bool:
+        return self.layout == "sequence"
+
+    @property
+    def table(self) -> Dict[str, tuple]:
+        return SEQ_CASES if self.sequence else CASES
+
+    def spec(self, name: str, mode: str) -> Dict:
+        """The fields every worker spec of this plan carries."""
+        return {
+            "name": name,
+            "mode": mode,
+            "layout": self.layout,
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+            "input_scale": self.input_scale,
+        }
+
+
 def bench_mixers(
     cases: Sequence[str] = DEFAULT_CASES,
     sides: Sequence[int] = DEFAULT_SIDES,
@@ -331,151 +374,173 @@ def bench_mixers(
     ``layout="image"``: ``sides`` are image sides (N = side²) and ``cases`` come from :data:`CASES`;
     ``layout="sequence"``: ``sides`` are sequence lengths (N = length) and ``cases`` come from :data:`SEQ_CASES`.
     """
-    if layout not in ("image", "sequence"):
-        raise ValueError(f"layout must be 'image' or 'sequence', got {layout!r}")
-    sequence = layout == "sequence"
-    table = SEQ_CASES if sequence else CASES
-    unknown = [c for c in cases if c not in table]
-    if unknown:
-        raise ValueError(f"unknown {layout} mixer case(s) {unknown}; choose from {sorted(table)}")
-    if mem_limit is None:
-        avail = memory.available_memory()
-        mem_limit = 0.8 * avail if avail else 16e9
+    _check_cases(layout, cases)
+    plan = _Plan(
+        layout=layout,
+        repeats=repeats,
+        warmup=warmup,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        isolate=isolate,
+        budget_s=budget_s,
+        max_run_s=max_run_s,
+        mem_limit=_default_mem_limit() if mem_limit is None else mem_limit,
+        flush_compare=flush_compare,
+        input_scale=input_scale,
+        pair_max_s=pair_max_s,
+        pair_repeats=pair_repeats,
+        flush_fill_s=flush_fill_s,
+        log=log,
+    )
     records: List[Dict] = []
     for mode in modes:
         for name in cases:
-            prev: Optional[Dict] = None
-            for side in sorted(sides):
-                N = side if sequence else side * side
-                base = {
-                    "bench": "mixers",
-                    "layout": layout,
-                    "mixer": name,
-                    "description": table[name][2],
-                    "mode": mode,
-                    "side": None if sequence else side,
-                    "N": N,
-                    "C": DIM,
-                    "heads": HEADS,
-                    "head_dim": DIM // HEADS,
-                    "batch": 1,
-                    "dtype": dtype,
-                    "device": device,
-                    "input_scale": input_scale,
-                }
-                if sequence:
-                    base["length"] = N
-                if table[name][0] == "nystrom" and not nystrom_available():
-                    rec = dict(base, status="skipped", reason=NYSTROM_MISSING)
-                    records.append(rec)
-                    log(_line(rec))
-                    continue
-                need = estimate_memory(name, side, mode, length=N if sequence else None)
-                if device == "cpu" and need > mem_limit:
-                    rec = dict(
-                        base,
-                        status="skipped",
-                        reason=f"would need at least {need / 1e9:.1f} GB (limit {mem_limit / 1e9:.1f} GB)",
-                    )
-                    records.append(rec)
-                    log(_line(rec))
-                    continue
-                est = None
-                if prev is not None and prev.get("status") == "ok":
-                    p = QUADRATIC.get(name, 1.0)
-                    est = prev["median_s"] * (N / prev["N"]) ** p
-                    if est > max_run_s:
-                        rec = dict(
-                            base,
-                            status="skipped",
-                            reason=f"estimated {est:.0f} s per run (N^{p:g} from "
-                            f"{_size(prev)}, limit {max_run_s:.0f} s)",
-                        )
-                        records.append(rec)
-                        log(_line(rec))
-                        continue
-                slow = est is not None and est > SLOW_RUN_S
-                spec = {
-                    "name": name,
-                    "side": side,
-                    "layout": layout,
-                    "mode": mode,
-                    "repeats": repeats,
-                    "warmup": warmup,
-                    "device": device,
-                    "dtype": dtype,
-                    "threads": threads,
-                    "budget_s": budget_s,
-                    "min_repeats": min(3 if slow else 5, repeats),
-                    "input_scale": input_scale,
-                    "flush_compare": flush_compare and not slow,
-                    "flush_fill_s": flush_fill_s,
-                }
-                try:
-                    result = run_isolated("mixer", spec) if isolate else run_case(spec)
-                    rec = dict(base, status="ok", **result)
-                except Exception as err:  # a case that fails is reported, not fatal to the run
-                    rec = dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
-                records.append(rec)
-                log(_line(rec))
-                prev = rec
+            records.extend(_measure_sizes(plan, name, mode, sorted(sides)))
     if pair_slopes:
+        linear = LINEAR_SEQ_CASES if plan.sequence else LINEAR_CASES
         for mode in modes:
-            for name in [c for c in cases if c in (LINEAR_SEQ_CASES if sequence else LINEAR_CASES)]:
-                ok = sorted(
-                    (r for r in records if r["mixer"] == name and r["mode"] == mode and r["status"] == "ok"),
-                    key=lambda r: r["N"],
-                )
-                for ra, rb in itertools.pairwise(ok):
-                    if rb["median_s"] > pair_max_s:
-                        continue
-                    sizes = [ra["N"], rb["N"]] if sequence else [ra["side"], rb["side"]]
-                    spec = {
-                        "name": name,
-                        "mode": mode,
-                        "sides": sizes,
-                        "layout": layout,
-                        "device": device,
-                        "dtype": dtype,
-                        "threads": threads,
-                        "input_scale": input_scale,
-                        "warmup": 1,
-                        "repeats": pair_repeats,
-                    }
-                    try:
-                        res = run_isolated("mixer_pair", spec) if isolate else run_pair(spec)
-                        rec = {
-                            "bench": "mixer_pair",
-                            "layout": layout,
-                            "mixer": name,
-                            "mode": mode,
-                            "from_side": ra["side"],
-                            "to_side": rb["side"],
-                            "from_N": ra["N"],
-                            "to_N": rb["N"],
-                            "status": "ok",
-                            **res,
-                        }
-                    except Exception as err:
-                        rec = {
-                            "bench": "mixer_pair",
-                            "layout": layout,
-                            "mixer": name,
-                            "mode": mode,
-                            "from_side": ra["side"],
-                            "to_side": rb["side"],
-                            "from_N": ra["N"],
-                            "to_N": rb["N"],
-                            "status": "failed",
-                            "reason": f"{type(err).__name__}: {err}",
-                        }
-                    records.append(rec)
-                    if rec["status"] == "ok":
-                        log(
-                            f"{mode:9s} {name:21s} slope {_size(ra)}→{_size(rb)} (interleaved, {rec['runs']} "
-                            f"runs): {rec['slope']:.2f}"
-                        )
+            for name in [c for c in cases if c in linear]:
+                records.extend(_measure_pairs(plan, name, mode, records))
     return records
+
+
+def _check_cases(layout: str, cases: Sequence[str]) -> None:
+    if layout not in ("image", "sequence"):
+        raise ValueError(f"layout must be 'image' or 'sequence', got {layout!r}")
+    table = SEQ_CASES if layout == "sequence" else CASES
+    unknown = [c for c in cases if c not in table]
+    if unknown:
+        raise ValueError(f"unknown {layout} mixer case(s) {unknown}; choose from {sorted(table)}")
+
+
+def _default_mem_limit() -> float:
+    """80 % of the available memory (16 GB where that is unknown)."""
+    avail = memory.available_memory()
+    return 0.8 * avail if avail else 16e9
+
+
+def _measure_sizes(plan: _Plan, name: str, mode: str, sides: Sequence[int]) -> List[Dict]:
+    """One record per size of one (case, mode), smallest first; each size's run time is estimated from the
+    previous one to skip what would run too long."""
+    records: List[Dict] = []
+    prev: Optional[Dict] = None
+    for side in sides:
+        base = _base_record(plan, name, mode, side)
+        est = _estimate_s(name, base["N"], prev)
+        reason = _skip_reason(plan, name, mode, side, base["N"], est, prev)
+        if reason is not None:
+            rec = dict(base, status="skipped", reason=reason)
+        else:
+            rec = _run_size(plan, base, name, mode, side, slow=est is not None and est > SLOW_RUN_S)
+            prev = rec
+        records.append(rec)
+        plan.log(_line(rec))
+    return records
+
+
+def _base_record(plan: _Plan, name: str, mode: str, side: int) -> Dict:
+    N = side if plan.sequence else side * side
+    base = {
+        "bench": "mixers",
+        "layout": plan.layout,
+        "mixer": name,
+        "description": plan.table[name][2],
+        "mode": mode,
+        "side": None if plan.sequence else side,
+        "N": N,
+        "C": DIM,
+        "heads": HEADS,
+        "head_dim": DIM // HEADS,
+        "batch": 1,
+        "dtype": plan.dtype,
+        "device": plan.device,
+        "input_scale": plan.input_scale,
+    }
+    if plan.sequence:
+        base["length"] = N
+    return base
+
+
+def _estimate_s(name: str, N: int, prev: Optional[Dict]) -> Optional[float]:
+    """Seconds per run at N, extrapolated from the previous size's median (None where that did not run)."""
+    if prev is None or prev.get("status") != "ok":
+        return None
+    return prev["median_s"] * (N / prev["N"]) ** QUADRATIC.get(name, 1.0)
+
+
+def _skip_reason(
+    plan: _Plan, name: str, mode: str, side: int, N: int, est: Optional[float], prev: Optional[Dict]
+) -> Optional[str]:
+    """Why a size is not run (a missing package, too little memory, too long a run), or None to run it."""
+    if plan.table[name][0] == "nystrom" and not nystrom_available():
+        return NYSTROM_MISSING
+    need = estimate_memory(name, side, mode, length=N if plan.sequence else None)
+    if plan.device == "cpu" and need > plan.mem_limit:
+        return f"would need at least {need / 1e9:.1f} GB (limit {plan.mem_limit / 1e9:.1f} GB)"
+    if est is not None and est > plan.max_run_s:
+        p = QUADRATIC.get(name, 1.0)
+        return f"estimated {est:.0f} s per run (N^{p:g} from {_size(prev)}, limit {plan.max_run_s:.0f} s)"
+    return None
+
+
+def _run_size(plan: _Plan, base: Dict, name: str, mode: str, side: int, slow: bool) -> Dict:
+    """Measure one size (in a fresh process where the plan isolates); a failure becomes a "failed" record."""
+    spec = dict(
+        plan.spec(name, mode),
+        side=side,
+        repeats=plan.repeats,
+        warmup=plan.warmup,
+        budget_s=plan.budget_s,
+        min_repeats=min(3 if slow else 5, plan.repeats),
+        flush_compare=plan.flush_compare and not slow,
+        flush_fill_s=plan.flush_fill_s,
+    )
+    try:
+        result = run_isolated("mixer", spec) if plan.isolate else run_case(spec)
+        return dict(base, status="ok", **result)
+    except Exception as err:  # a case that fails is reported, not fatal to the run
+        return dict(base, status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+
+
+def _measure_pairs(plan: _Plan, name: str, mode: str, records: Sequence[Dict]) -> List[Dict]:
+    """Interleaved slope records between successive measured sizes of one (case, mode) (:func:`run_pair`)."""
+    ok = sorted(
+        (r for r in records if r["mixer"] == name and r["mode"] == mode and r["status"] == "ok"),
+        key=lambda r: r["N"],
+    )
+    out = []
+    for ra, rb in itertools.pairwise(ok):
+        if rb["median_s"] > plan.pair_max_s:
+            continue
+        rec = _run_pair_record(plan, name, mode, ra, rb)
+        out.append(rec)
+        if rec["status"] == "ok":
+            plan.log(
+                f"{mode:9s} {name:21s} slope {_size(ra)}→{_size(rb)} (interleaved, {rec['runs']} "
+                f"runs): {rec['slope']:.2f}"
+            )
+    return out
+
+
+def _run_pair_record(plan: _Plan, name: str, mode: str, ra: Dict, rb: Dict) -> Dict:
+    sizes = [ra["N"], rb["N"]] if plan.sequence else [ra["side"], rb["side"]]
+    spec = dict(plan.spec(name, mode), sides=sizes, warmup=1, repeats=plan.pair_repeats)
+    rec = {
+        "bench": "mixer_pair",
+        "layout": plan.layout,
+        "mixer": name,
+        "mode": mode,
+        "from_side": ra["side"],
+        "to_side": rb["side"],
+        "from_N": ra["N"],
+        "to_N": rb["N"],
+    }
+    try:
+        res = run_isolated("mixer_pair", spec) if plan.isolate else run_pair(spec)
+        return dict(rec, status="ok", **res)
+    except Exception as err:  # a pair that fails is reported, not fatal to the run
+        return dict(rec, status="failed", reason=f"{type(err).__name__}: {err}")
 
 
 def _size(r: Dict) -> str:

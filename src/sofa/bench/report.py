@@ -112,55 +112,60 @@ def flush_table(records: Sequence[Dict]) -> str:
 
 def mixer_goals(records: Sequence[Dict]) -> List[Dict]:
     """Each goal of the issue about mixers: what it asks, the measured value, met or not."""
-    goals = []
-    sl = slopes(records)
     pairs = [r for r in records if r.get("bench") == "mixer_pair" and r.get("status") == "ok"]
+    return [
+        *_image_slope_goals(slopes(records), pairs),
+        *_sequence_slope_goals(pairs),
+        *_speedup_goals(records),
+        *_flush_goals([r for r in _by(records, bench="mixers", status="ok") if r.get("flush_ratio")]),
+    ]
+
+
+def _goal(goal: str, value, met: bool) -> Dict:
+    return {"goal": goal, "value": value, "met": met}
+
+
+def _image_slope_goals(sl: Sequence[Dict], pairs: Sequence[Dict]) -> List[Dict]:
+    """The bounded-cost mixers' slope from 112² to 224² (inference): the interleaved pair where measured, else
+    the separate medians'."""
+
+    def at_112_224(rs, name):
+        return next(
+            (
+                r
+                for r in rs
+                if r["mixer"] == name and r["mode"] == "inference" and r["from_side"] == 112 and r["to_side"] == 224
+            ),
+            None,
+        )
+
+    goals = []
     for name in LINEAR_CASES:
-        p = next(
-            (
-                p
-                for p in pairs
-                if p["mixer"] == name and p["mode"] == "inference" and p["from_side"] == 112 and p["to_side"] == 224
-            ),
-            None,
-        )
-        s = next(
-            (
-                s
-                for s in sl
-                if s["mixer"] == name and s["mode"] == "inference" and s["from_side"] == 112 and s["to_side"] == 224
-            ),
-            None,
-        )
+        p, s = at_112_224(pairs, name), at_112_224(sl, name)
         if p is not None:
             seq = "" if s is None or s["slope"] is None else f" (separate medians: {s['slope']:.2f})"
-            goals.append(
-                {
-                    "goal": f"slope {name} 112²→224² (inference, interleaved runs) ≤ {SLOPE_GOAL}",
-                    "value": f"{p['slope']:.2f}{seq}",
-                    "met": p["slope"] <= SLOPE_GOAL,
-                }
-            )
+            goal = f"slope {name} 112²→224² (inference, interleaved runs) ≤ {SLOPE_GOAL}"
+            goals.append(_goal(goal, f"{p['slope']:.2f}{seq}", p["slope"] <= SLOPE_GOAL))
         elif s is not None and s["slope"] is not None:
-            goals.append(
-                {
-                    "goal": f"slope {name} 112²→224² (inference) ≤ {SLOPE_GOAL}",
-                    "value": round(s["slope"], 3),
-                    "met": s["slope"] <= SLOPE_GOAL,
-                }
-            )
-    for name in LINEAR_SEQ_CASES:  # sequences: the interleaved slope between the two longest lengths measured
+            goal = f"slope {name} 112²→224² (inference) ≤ {SLOPE_GOAL}"
+            goals.append(_goal(goal, round(s["slope"], 3), s["slope"] <= SLOPE_GOAL))
+    return goals
+
+
+def _sequence_slope_goals(pairs: Sequence[Dict]) -> List[Dict]:
+    """Sequences: the interleaved slope between the two longest lengths measured."""
+    goals = []
+    for name in LINEAR_SEQ_CASES:
         seq = [p for p in pairs if p.get("layout") == "sequence" and p["mixer"] == name and p["mode"] == "inference"]
         if seq:
             p = max(seq, key=lambda p: p["to_N"])
-            goals.append(
-                {
-                    "goal": f"slope {name} {p['from_N']:,}→{p['to_N']:,} tokens (inference, interleaved runs) "
-                    f"≤ {SLOPE_GOAL}",
-                    "value": f"{p['slope']:.2f}",
-                    "met": p["slope"] <= SLOPE_GOAL,
-                }
-            )
+            goal = f"slope {name} {p['from_N']:,}→{p['to_N']:,} tokens (inference, interleaved runs) ≤ {SLOPE_GOAL}"
+            goals.append(_goal(goal, f"{p['slope']:.2f}", p["slope"] <= SLOPE_GOAL))
+    return goals
+
+
+def _speedup_goals(records: Sequence[Dict]) -> List[Dict]:
+    goals = []
     for side, want in SPEEDUP_GOALS.items():
         ref = _one(records, bench="mixers", mixer="sdpa", mode="inference", side=side)
         for name in ("soft_bounded", "set"):
@@ -168,34 +173,23 @@ def mixer_goals(records: Sequence[Dict]) -> List[Dict]:
             if ref and r:
                 v = ref["median_s"] / r["median_s"]
                 goals.append(
-                    {
-                        "goal": f"{name} ≥ {want:g}× faster than SDPA at {side}² (inference)",
-                        "value": round(v, 2),
-                        "met": v >= want,
-                    }
+                    _goal(f"{name} ≥ {want:g}× faster than SDPA at {side}² (inference)", round(v, 2), v >= want)
                 )
-    flush = [r for r in _by(records, bench="mixers", status="ok") if r.get("flush_ratio")]
-    if flush:
-        worst = max(flush, key=lambda r: abs(r["flush_ratio"] - 1))
-        goals.append(
-            {
-                "goal": f"flush-denormal on/off changes no mixer's time by more than {FLUSH_GOAL:.0%}",
-                "value": f"worst {worst['flush_ratio']:.2f} ({worst['mixer']}, "
-                f"{_label(worst['N'], worst.get('side'))}, {worst['mode']})",
-                "met": abs(worst["flush_ratio"] - 1) <= FLUSH_GOAL,
-            }
-        )
-        ours = [r for r in flush if r["mixer"] in ("pool", "soft_stride", "soft_bounded", "soft", "soft_norm", "set")]
-        if ours:
-            w = max(ours, key=lambda r: abs(r["flush_ratio"] - 1))
-            goals.append(
-                {
-                    "goal": "... the same for our own mixers (pool, SOFT, SeT)",
-                    "value": f"worst {w['flush_ratio']:.2f} ({w['mixer']}, {_label(w['N'], w.get('side'))}, "
-                    f"{w['mode']})",
-                    "met": abs(w["flush_ratio"] - 1) <= FLUSH_GOAL,
-                }
-            )
+    return goals
+
+
+def _flush_goals(flush: Sequence[Dict]) -> List[Dict]:
+    """The largest change of time with subnormal flushing, over all mixers and over ours."""
+    goals = []
+    ours = [r for r in flush if r["mixer"] in ("pool", "soft_stride", "soft_bounded", "soft", "soft_norm", "set")]
+    for goal, rs in (
+        (f"flush-denormal on/off changes no mixer's time by more than {FLUSH_GOAL:.0%}", flush),
+        ("... the same for our own mixers (pool, SOFT, SeT)", ours),
+    ):
+        if rs:
+            w = max(rs, key=lambda r: abs(r["flush_ratio"] - 1))
+            value = f"worst {w['flush_ratio']:.2f} ({w['mixer']}, {_label(w['N'], w.get('side'))}, {w['mode']})"
+            goals.append(_goal(goal, value, abs(w["flush_ratio"] - 1) <= FLUSH_GOAL))
     return goals
 
 

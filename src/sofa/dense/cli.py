@@ -45,7 +45,6 @@ def _shapes(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sofa.dense.shapes import write_shapes
-    from sofa.errors import UserError
 
     if args.min_size < 32 or args.max_size < args.min_size:
         print(
@@ -57,20 +56,16 @@ def _shapes(args: argparse.Namespace) -> int:
         print("sofa data shapes: --train and --val must be at least 1", file=sys.stderr)
         return 2
     out = Path(args.dir)
-    try:
-        summary = write_shapes(
-            out,
-            num_train=args.train,
-            num_val=args.val,
-            min_size=args.min_size,
-            max_size=args.max_size,
-            max_objects=args.max_objects,
-            seed=args.seed,
-            overwrite=args.overwrite,
-        )
-    except UserError as err:
-        print(f"sofa data shapes: {err}", file=sys.stderr)
-        return err.exit_code
+    summary = write_shapes(  # a UserError (an unusable DIR) is sofa.cli.main's to print
+        out,
+        num_train=args.train,
+        num_val=args.val,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        max_objects=args.max_objects,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     for split in ("training", "validation"):
         s = summary[split]
         print(f"{split}: {s['images']} images, {s['instances']} objects")
@@ -109,7 +104,6 @@ def _listops(args: argparse.Namespace) -> int:
     import sys
 
     from sofa.data.lra.listops import format_summary, write_listops
-    from sofa.errors import UserError
 
     try:
         summary = write_listops(
@@ -124,10 +118,7 @@ def _listops(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             overwrite=args.overwrite,
         )
-    except UserError as err:
-        print(f"sofa data listops: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:  # the partial files are already removed
+    except KeyboardInterrupt:  # the partial files are already removed; a UserError is sofa.cli.main's to print
         print("sofa data listops: interrupted; nothing written", file=sys.stderr)
         return 130
     for line in format_summary(summary):

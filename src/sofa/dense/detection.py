@@ -95,53 +95,61 @@ def build_detector(
             ``box_batch_size_per_image``).
         **backbone_kwargs: passed to the backbone (``drop_path_rate``, SOFT's bounded-landmark option …).
     """
-    from torchvision.models.detection import MaskRCNN, RetinaNet
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
-
+    if kind not in ("retinanet", "maskrcnn", "mask_rcnn"):
+        raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
     kw = {k: v for k, v in backbone_kwargs.items() if v is not None}
     body = create_features(backbone, checkpoint_path=backbone_checkpoint, **kw)
-    extra = dict(detector_kwargs or {})
-    if kind == "retinanet":
-        strides = (8, 16, 32)
-        c5 = body.feature_info.channels()[feature_strides(body).index(32)] if 32 in feature_strides(body) else None
-        fpn = FeaturePyramidBackbone(body, strides, fpn_channels, LastLevelP6P7(c5 or fpn_channels, fpn_channels))
-        sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (anchor_base * 2**i for i in range(5)))
-        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-        model = RetinaNet(
-            fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size, anchor_generator=anchors, **extra
-        )
-    elif kind in ("maskrcnn", "mask_rcnn"):
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-
-        strides = (4, 8, 16, 32)
-        fpn = FeaturePyramidBackbone(body, strides, fpn_channels, LastLevelMaxPool())
-        sizes = tuple((anchor_base * 2**i,) for i in range(5))
-        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-        if fpn_channels != 256 and "box_head" not in extra:
-            # torchvision's heads scaled with the FPN width (at 256: its defaults, a 1024-wide box MLP and
-            # four 256-channel mask convolutions)
-            rep = 4 * fpn_channels
-            extra.update(
-                box_head=TwoMLPHead(fpn_channels * 7 * 7, rep),
-                box_predictor=FastRCNNPredictor(rep, num_classes + 1),
-                mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
-                mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
-            )
-            model = MaskRCNN(
-                fpn, num_classes=None, min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors, **extra
-            )
-        else:
-            model = MaskRCNN(
-                fpn,
-                num_classes=num_classes + 1,
-                min_size=min_size,
-                max_size=max_size,
-                rpn_anchor_generator=anchors,
-                **extra,
-            )
-    else:
-        raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
+    build = _retinanet if kind == "retinanet" else _mask_rcnn
+    model = build(body, num_classes, min_size, max_size, anchor_base, fpn_channels, dict(detector_kwargs or {}))
     model.detector_type = "maskrcnn" if kind.startswith("mask") else kind
     return model
+
+
+def _retinanet(body, num_classes, min_size, max_size, anchor_base, fpn_channels, extra) -> nn.Module:
+    """RetinaNet on P3–P7 (P6/P7 from C5 where the backbone has it), three anchor scales an octave apart."""
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    strides = (8, 16, 32)
+    c5 = body.feature_info.channels()[feature_strides(body).index(32)] if 32 in feature_strides(body) else None
+    fpn = FeaturePyramidBackbone(body, strides, fpn_channels, LastLevelP6P7(c5 or fpn_channels, fpn_channels))
+    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (anchor_base * 2**i for i in range(5)))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    return RetinaNet(
+        fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size, anchor_generator=anchors, **extra
+    )
+
+
+def _mask_rcnn(body, num_classes, min_size, max_size, anchor_base, fpn_channels, extra) -> nn.Module:
+    """Mask R-CNN on P2–P6, its box and mask heads scaled with the FPN width (torchvision's at 256)."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    strides = (4, 8, 16, 32)
+    fpn = FeaturePyramidBackbone(body, strides, fpn_channels, LastLevelMaxPool())
+    sizes = tuple((anchor_base * 2**i,) for i in range(5))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    classes = num_classes + 1
+    if fpn_channels != 256 and "box_head" not in extra:
+        extra.update(_scaled_mask_rcnn_heads(fpn_channels, classes))
+        classes = None  # the predictors given carry the classes
+    return MaskRCNN(
+        fpn, num_classes=classes, min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors, **extra
+    )
+
+
+def _scaled_mask_rcnn_heads(fpn_channels: int, classes: int) -> dict[str, nn.Module]:
+    """torchvision's Mask R-CNN heads scaled with the FPN width (at 256: its defaults, a 1024-wide box MLP and
+    four 256-channel mask convolutions)."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    rep = 4 * fpn_channels
+    return dict(
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, rep),
+        box_predictor=FastRCNNPredictor(rep, classes),
+        mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, classes),
+    )

@@ -191,71 +191,9 @@ class SegmentationTask(_DenseTask):
 
     @classmethod
     def add_args(cls, p) -> None:
-        p.add_argument(
-            "--seg-head",
-            default="auto",
-            choices=("auto", "upernet", "fpn"),
-            help="auto: Semantic FPN for PoolFormer, UperNet otherwise (the papers' choices)",
-        )
-        p.add_argument(
-            "--decoder-channels",
-            type=int,
-            default=None,
-            help="UperNet channels (default 512) / FPN pyramid channels (default 256)",
-        )
-        p.add_argument(
-            "--aux-head",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="mmseg's auxiliary FCN head, loss weight --aux-weight (default: on for UperNet)",
-        )
-        p.add_argument("--aux-weight", type=float, default=0.4)
-        p.add_argument(
-            "--crop-size",
-            type=int,
-            nargs="+",
-            default=None,
-            metavar="N",
-            help="training crop H [W] (default 512; shapes 128)",
-        )
-        p.add_argument(
-            "--seg-scale",
-            type=int,
-            nargs=2,
-            default=None,
-            metavar=("LONG", "SHORT"),
-            help="resize bound LONG SHORT at ratio 1 (default 2048 512; shapes 512 128)",
-        )
-        p.add_argument(
-            "--ratio-range",
-            type=float,
-            nargs=2,
-            default=(0.5, 2.0),
-            metavar=("MIN", "MAX"),
-            help="random rescale range (default 0.5 2.0)",
-        )
-        p.add_argument(
-            "--reduce-zero-label",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="ADE20K's 0 → ignore, l → l-1 (default: on unless the data has classes.json)",
-        )
-        p.add_argument("--ignore-index", type=int, default=255)
-        p.add_argument("--inference", default="whole", choices=("whole", "slide"), help="evaluation mode")
-        p.add_argument(
-            "--slide-stride",
-            type=int,
-            nargs="+",
-            default=None,
-            metavar="N",
-            help="sliding-window stride (default 2/3 of the crop, e.g. 341 for 512)",
-        )
-        p.add_argument(
-            "--per-class-iou",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="report IoU.<class> for every class (default: when there are at most 20 classes)",
-        )
+        _add_segmentation_model_args(p)
+        _add_segmentation_data_args(p)
+        _add_segmentation_eval_args(p)
         _add_common(p)
 
     def __init__(self, cfg, log=None):
@@ -422,6 +360,83 @@ class SegmentationTask(_DenseTask):
             "task": self.name,
             "reduce_zero_label": self.reduce_zero_label,
         }
+
+
+def _add_segmentation_model_args(p) -> None:
+    """The decode head: UperNet or Semantic FPN, its width, the auxiliary FCN head."""
+    p.add_argument(
+        "--seg-head",
+        default="auto",
+        choices=("auto", "upernet", "fpn"),
+        help="auto: Semantic FPN for PoolFormer, UperNet otherwise (the papers' choices)",
+    )
+    p.add_argument(
+        "--decoder-channels",
+        type=int,
+        default=None,
+        help="UperNet channels (default 512) / FPN pyramid channels (default 256)",
+    )
+    p.add_argument(
+        "--aux-head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mmseg's auxiliary FCN head, loss weight --aux-weight (default: on for UperNet)",
+    )
+    p.add_argument("--aux-weight", type=float, default=0.4)
+
+
+def _add_segmentation_data_args(p) -> None:
+    """Crops, resizing and labels of the training data."""
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="training crop H [W] (default 512; shapes 128)",
+    )
+    p.add_argument(
+        "--seg-scale",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LONG", "SHORT"),
+        help="resize bound LONG SHORT at ratio 1 (default 2048 512; shapes 512 128)",
+    )
+    p.add_argument(
+        "--ratio-range",
+        type=float,
+        nargs=2,
+        default=(0.5, 2.0),
+        metavar=("MIN", "MAX"),
+        help="random rescale range (default 0.5 2.0)",
+    )
+    p.add_argument(
+        "--reduce-zero-label",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ADE20K's 0 → ignore, l → l-1 (default: on unless the data has classes.json)",
+    )
+    p.add_argument("--ignore-index", type=int, default=255)
+
+
+def _add_segmentation_eval_args(p) -> None:
+    """How the validation images are run and reported."""
+    p.add_argument("--inference", default="whole", choices=("whole", "slide"), help="evaluation mode")
+    p.add_argument(
+        "--slide-stride",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="sliding-window stride (default 2/3 of the crop, e.g. 341 for 512)",
+    )
+    p.add_argument(
+        "--per-class-iou",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="report IoU.<class> for every class (default: when there are at most 20 classes)",
+    )
 
 
 # ====================================================================================== detection

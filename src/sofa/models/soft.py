@@ -388,7 +388,7 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
-_MIXER_KEYS = {
+MIXER_KEYS = {
     "att.mha.W_q.": "attn.q.",
     "att.mha.W_v.": "attn.v.",
     "att.mha.attn.Qlandmark_op.": "attn.landmark.",
@@ -428,7 +428,7 @@ def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model: Optional[nn.Modu
                 nk = f"stages.{int(m.group(1)) - 1}.pos_embed"
             elif m := re.match(r"block(\d)\.(\d+)\.(.*)", k):
                 s, j, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
-                for a, b in _MIXER_KEYS.items():
+                for a, b in MIXER_KEYS.items():
                     if rest.startswith(a):
                         rest = b + rest[len(a) :]
                         break

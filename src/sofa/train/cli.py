@@ -15,7 +15,7 @@ from sofa.checkpoint import RUN_WEIGHTS
 from sofa.errors import UserError
 
 if TYPE_CHECKING:
-    from sofa.train.loop import Callback
+    from sofa.train.trainer import Callback
 
 TRAIN_EPILOG = """\
 examples:
@@ -38,16 +38,14 @@ def _rank_prefix() -> str:
 
 
 def _guard(fn: Callable[..., int | None]) -> Callable[..., int]:
-    """``fn(args, **kwargs)`` whose user errors and Ctrl-C become one line on stderr and an exit code."""
+    """``fn(args, **kwargs)`` whose Ctrl-C becomes one line on stderr and exit code 130 (user errors are
+    :func:`sofa.cli.main`'s)."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace, **kwargs: Any) -> int:
         try:
             code = fn(args, **kwargs)
             return 0 if code is None else int(code)
-        except UserError as err:
-            print(f"{_rank_prefix()}error: {err}", file=sys.stderr, flush=True)
-            return err.exit_code
         except KeyboardInterrupt:
             print(f"{_rank_prefix()}interrupted", file=sys.stderr, flush=True)
             return 130
@@ -61,16 +59,19 @@ def _add_task_args(p: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
     from sofa.train.task import get_task, list_tasks
 
     per_task: dict[str, dict[str, Any]] = {}
+    registered: dict[str, argparse.Action] = {}
     for name in list_tasks():
         cls = get_task(name)
-        ta = TaskArgs(p, name, f"{name} options")
+        ta = TaskArgs(p, name, f"{name} options", registered)
         cls.add_args(ta)
         per_task[name] = ta.defaults
     return per_task
 
 
-def _known(p: argparse.ArgumentParser) -> set[str]:
-    return {a.dest for a in p._actions if a.dest not in ("help", argparse.SUPPRESS)}
+def _known(p: argparse.ArgumentParser, positionals: Sequence[str] = ()) -> set[str]:
+    """The option names ``p`` fills in: those of a parse of only its required ``positionals`` (every option
+    is registered with a default, ``None`` where not given)."""
+    return set(vars(p.parse_known_args(list(positionals))[0]))
 
 
 def register(subparsers) -> None:
@@ -148,7 +149,9 @@ def _register_eval(subparsers) -> None:
         "read-only folder is normal)",
     )
     eval_task_defaults = _add_task_args(e)
-    e.set_defaults(func=_guard(functools.partial(cmd_eval, known=_known(e), task_defaults=eval_task_defaults)))
+    e.set_defaults(
+        func=_guard(functools.partial(cmd_eval, known=_known(e, ["CHECKPOINT"]), task_defaults=eval_task_defaults))
+    )
 
 
 def _register_predict(subparsers) -> None:
@@ -257,7 +260,7 @@ def cmd_train(
     task_defaults: dict[str, dict[str, Any]],
     callbacks: Sequence[Callback] = (),
 ) -> int:
-    """``sofa train``; ``callbacks`` hook into the run (see :class:`sofa.train.loop.Callback`)."""
+    """``sofa train``; ``callbacks`` hook into the run (see :class:`sofa.train.trainer.Callback`)."""
     from sofa.train.loop import train
     from sofa.train.stopping import exit_code
 
@@ -387,8 +390,8 @@ def _newest_run() -> Path | None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from sofa.checkpoint import atomic_write_text, read_checkpoint, resolve_checkpoint
     from sofa.train.classification import predict_images
+    from sofa.train.distributed import setup_distributed, teardown_distributed
     from sofa.train.factory import checkpoint_num_classes, create_classifier, load_weights
-    from sofa.train.loop import setup_distributed, teardown_distributed
 
     if args.topk < 1:
         raise UserError(f"--topk must be ≥ 1, got {args.topk}")

@@ -71,8 +71,15 @@ LOOP_DEFAULTS: dict[str, Any] = dict(
 
 
 def add_loop_args(p: argparse.ArgumentParser) -> None:
+    """The loop's options, in four groups of ``--help``; each registered with ``default=None``."""
+    _add_run_args(p)
+    _add_schedule_args(p)
+    _add_speed_args(p)
+    _add_output_args(p)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = LOOP_DEFAULTS
-    B = argparse.BooleanOptionalAction
     g = p.add_argument_group("run")
     g.add_argument(
         "--config", default=None, metavar="FILE", help="YAML/JSON file of options (keys = long option names)"
@@ -107,6 +114,11 @@ def add_loop_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; digits 1)"
     )
+
+
+def _add_schedule_args(p: argparse.ArgumentParser) -> None:
+    d = LOOP_DEFAULTS
+    B = argparse.BooleanOptionalAction
     g = p.add_argument_group("schedule and optimiser")
     g.add_argument("--epochs", type=int, default=None, help=f"(default {d['epochs']}; digits 15)")
     g.add_argument(
@@ -135,6 +147,11 @@ def add_loop_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--ema", action=B, default=None, help="keep an EMA of the weights (evaluated too)")
     g.add_argument("--ema-decay", type=float, default=None, help=f"(default {d['ema_decay']})")
+
+
+def _add_speed_args(p: argparse.ArgumentParser) -> None:
+    d = LOOP_DEFAULTS
+    B = argparse.BooleanOptionalAction
     g = p.add_argument_group("speed and memory")
     g.add_argument(
         "--img-size", type=int, default=None, help=f"training/eval image size (default {d['img_size']}; digits 32)"
@@ -148,6 +165,10 @@ def add_loop_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", action=B, default=None, help="channels-last memory format")
     g.add_argument("--compile", action=B, default=None, help="torch.compile the model")
     g.add_argument("--grad-checkpointing", action=B, default=None, help="recompute activations in backward")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    d = LOOP_DEFAULTS
     g = p.add_argument_group("output")
     g.add_argument("--eval-every", type=int, default=None, help="evaluate every N epochs (default 1; the last always)")
     g.add_argument(
@@ -168,13 +189,24 @@ def add_loop_args(p: argparse.ArgumentParser) -> None:
 
 
 class TaskArgs:
-    """Adds a task's options to a parser, recording their defaults (per task) and registering ``None``."""
+    """Adds a task's options to a parser, recording their defaults (per task) and registering ``None``.
 
-    def __init__(self, parser: argparse.ArgumentParser, task_name: str, title: str):
+    Tasks may share an option (the LRA tasks all take ``--steps``): the TaskArgs of one parser share
+    ``registered`` (option string → action), and a flag already there is recorded, not added again.
+    """
+
+    def __init__(
+        self,
+        parser: argparse.ArgumentParser,
+        task_name: str,
+        title: str,
+        registered: dict[str, argparse.Action] | None = None,
+    ):
         self.parser = parser
         self.group = parser.add_argument_group(title)
         self.task_name = task_name
         self.defaults: dict[str, Any] = {}
+        self.registered = {} if registered is None else registered
 
     def add_argument(self, *flags, **kw):
         default = kw.pop("default", None)
@@ -182,11 +214,12 @@ class TaskArgs:
             default = bool(default)
         elif kw.get("action") in ("store_false",):
             default = True if default is None else default
-        existing = [f for f in flags if f in self.parser._option_string_actions]
+        existing = [f for f in flags if f in self.registered]
         if existing:
-            action = self.parser._option_string_actions[existing[0]]
+            action = self.registered[existing[0]]
         else:
             action = self.group.add_argument(*flags, default=None, **kw)
+            self.registered.update(dict.fromkeys(action.option_strings or flags, action))
         self.defaults[action.dest] = default
         return action
 

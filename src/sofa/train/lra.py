@@ -37,6 +37,7 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,6 +63,8 @@ WARMUP_START_DIVISOR = 25.0
 #: pixels of the LRA images (32×32, read whole): the positions of an image task's model
 IMAGE_TOKENS = 1024
 IMAGE_TASKS = ("image", "pathfinder")
+#: the options ``results.json`` repeats under "settings"
+RESULT_SETTINGS = ("batch_size", "lr", "warmup_steps", "steps", "eval_interval", "max_len", "vocab_size", "seed", "amp")
 LRA_MODELS = ("lra_softmax", "lra_soft", "lra_soft_norm", "lra_set", "lra_pool")
 
 
@@ -321,23 +324,44 @@ class LRATask(Task):
     def after_training(self, model: nn.Module, run: FinishedRun) -> dict[str, str]:
         """Score the best validation checkpoint on the test split; write ``results.json``."""
         seconds = self.training_seconds()
-        test = self.dataset("test")
-        best_file = run.run_dir / "best.safetensors"
-        scored = "the best validation checkpoint"
-        if best_file.is_file():
-            from safetensors.torch import load_file
-
-            unwrap(model).load_state_dict(load_file(str(best_file)))
-        else:
-            scored = "the final weights (no validation result was recorded)"
+        scored = self._load_best(model, run.run_dir / "best.safetensors")
         t0 = time.perf_counter()
-        test_metrics = self.evaluate(model, run.loader(test, "val"), run.ctx)
+        test_metrics = self.evaluate(model, run.loader(self.dataset("test"), "val"), run.ctx)
         test_seconds = time.perf_counter() - t0
-        peak, method = _peak_memory(run.ctx.device)
-        peak = max(run.ctx.all_gather_object(peak))
+        results = self._results(model, run, test_metrics, scored)
+        results.update(wall_time_s=round(seconds, 3), test_time_s=round(test_seconds, 3))
+        results.update(self._gathered_peak_memory(run))
+        results["device"], results["processes"] = str(run.ctx.device), run.ctx.world_size
+        results["params"] = sum(p.numel() for p in model.parameters())
+        results["settings"] = {k: getattr(self.cfg, k, None) for k in RESULT_SETTINGS}
+        if run.ctx.rank == 0:
+            from sofa.checkpoint import atomic_write_text
+
+            atomic_write_text(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        best = run.best
+        dev = "-" if best.get("value") is None else f"{best['value']:.2f}"
+        self.log(
+            f"test accuracy {test_metrics['acc']:.2f} ({scored}: validation accuracy {dev}"
+            + (f" after {results['best_step']} steps" if results["best_step"] else "")
+            + ")"
+        )
+        return {"results.json": "validation and test accuracy, steps, wall time, peak memory"}
+
+    @staticmethod
+    def _load_best(model: nn.Module, best_file: Path) -> str:
+        """Load the best validation weights where they were written; returns what the test score is of."""
+        if not best_file.is_file():
+            return "the final weights (no validation result was recorded)"
+        from safetensors.torch import load_file
+
+        unwrap(model).load_state_dict(load_file(str(best_file)))
+        return "the best validation checkpoint"
+
+    def _results(self, model: nn.Module, run: FinishedRun, test_metrics: dict, scored: str) -> dict[str, Any]:
+        """The accuracy fields of ``results.json``, in the file's order."""
         best = run.best
         interval = int(self.cfg.eval_interval)
-        results = {
+        return {
             "task": f"lra-{self.lra_task}",
             "model": self.cfg.model,
             "data": str(self.cfg.data),
@@ -349,39 +373,13 @@ class LRATask(Task):
             "best_epoch": best.get("epoch"),
             "best_step": None if best.get("epoch") is None else int(best["epoch"]) * interval,
             "steps": run.global_step,
-            "wall_time_s": round(seconds, 3),
-            "test_time_s": round(test_seconds, 3),
-            "peak_memory_bytes": peak,
-            "peak_memory_method": method,
-            "device": str(run.ctx.device),
-            "processes": run.ctx.world_size,
-            "params": sum(p.numel() for p in model.parameters()),
-            "settings": {
-                k: getattr(self.cfg, k, None)
-                for k in (
-                    "batch_size",
-                    "lr",
-                    "warmup_steps",
-                    "steps",
-                    "eval_interval",
-                    "max_len",
-                    "vocab_size",
-                    "seed",
-                    "amp",
-                )
-            },
         }
-        if run.ctx.rank == 0:
-            from sofa.checkpoint import atomic_write_text
 
-            atomic_write_text(run.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        dev = "-" if best.get("value") is None else f"{best['value']:.2f}"
-        self.log(
-            f"test accuracy {test_metrics['acc']:.2f} ({scored}: validation accuracy {dev}"
-            + (f" after {results['best_step']} steps" if results["best_step"] else "")
-            + ")"
-        )
-        return {"results.json": "validation and test accuracy, steps, wall time, peak memory"}
+    @staticmethod
+    def _gathered_peak_memory(run: FinishedRun) -> dict[str, Any]:
+        """The peak memory over the processes, and how it was measured."""
+        peak, method = _peak_memory(run.ctx.device)
+        return {"peak_memory_bytes": max(run.ctx.all_gather_object(peak)), "peak_memory_method": method}
 
 
 def _task_class(name: str) -> type[LRATask]:

@@ -117,3 +117,28 @@ class DataLoader(torch.utils.data.DataLoader):
             return super().__iter__()
         with stop_signals_blocked():
             return super().__iter__()
+
+
+def make_loader(
+    dataset,
+    batch_size: int,
+    sampler=None,
+    workers: int = 0,
+    collate_fn=None,
+    drop_last=False,
+    device: torch.device | None = None,
+):
+    """A data loader whose workers leave stop signals to this process (see ``sofa.train.stopping``)."""
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw.update(persistent_workers=False, prefetch_factor=2)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        drop_last=drop_last,
+        pin_memory=bool(device is not None and device.type == "cuda"),
+        **kw,
+    )

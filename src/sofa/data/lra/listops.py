@@ -315,32 +315,30 @@ def write_listops(
     """
     from tqdm import tqdm
 
-    for name, count in (("train", num_train), ("val", num_val), ("test", num_test)):
+    counts = {"train": num_train, "val": num_val, "test": num_test}
+    for name, count in counts.items():
         if count < 0:
             raise UserError(f"the number of {name} samples must be >= 0, got {count}")
     _check_parameters(max_depth, max_args, min_length, max_length)
     out = Path(out_dir)
     _prepare_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"train": num_train, "val": num_val, "test": num_test}
-    total = sum(counts.values())
     summary: dict = {}
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become the folder's mode
-        with tqdm(
-            total=total,
+        _plain_mode(tmp)
+        bar = tqdm(
+            total=sum(counts.values()),
             desc="ListOps",
             unit=" samples",
             disable=_tqdm_disable(show_progress),
             file=sys.stderr,
             mininterval=1.0,
-        ) as bar:
+        )
+        with bar:
             samples = generate_listops(
-                total,
+                sum(counts.values()),
                 seed=seed,
                 max_depth=max_depth,
                 max_args=max_args,
@@ -349,33 +347,51 @@ def write_listops(
                 progress=bar.update,
             )
             for split, count in counts.items():
-                labels: Counter = Counter()
-                lengths: list[int] = []
-                with open(tmp / SPLIT_FILES[split], "w", newline="", encoding="ascii") as f:
-                    writer = csv.writer(f, delimiter="\t")
-                    writer.writerow(HEADER)
-                    for _ in range(count):
-                        source, value, length = next(samples)
-                        writer.writerow((source, value))
-                        labels[value] += 1
-                        lengths.append(length)
-                summary[split] = {
-                    "file": str(out / SPLIT_FILES[split]),
-                    "samples": count,
-                    "labels": labels,
-                    "min_length": min(lengths, default=0),
-                    "max_length": max(lengths, default=0),
-                    "mean_length": sum(lengths) / len(lengths) if lengths else 0.0,
-                }
-        if out.is_dir():
-            for name in SPLIT_FILES.values():
-                os.replace(tmp / name, out / name)
-        else:
-            os.rename(tmp, out)
+                summary[split] = _write_split(tmp / SPLIT_FILES[split], out / SPLIT_FILES[split], samples, count)
+        _move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summary["seconds"] = time.perf_counter() - start
     return summary
+
+
+def _plain_mode(folder: Path) -> None:
+    """Give ``folder`` the mode a plain mkdir would (mkdtemp's 0700 would become the output folder's)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+
+
+def _write_split(path: Path, final: Path, samples: Iterator, count: int) -> dict:
+    """The next ``count`` samples into ``path`` (LRA's TSV); returns the split's summary, which names the file
+    at ``final``, where it is moved."""
+    labels: Counter = Counter()
+    lengths: list[int] = []
+    with open(path, "w", newline="", encoding="ascii") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(HEADER)
+        for _ in range(count):
+            source, value, length = next(samples)
+            writer.writerow((source, value))
+            labels[value] += 1
+            lengths.append(length)
+    return {
+        "file": str(final),
+        "samples": count,
+        "labels": labels,
+        "min_length": min(lengths, default=0),
+        "max_length": max(lengths, default=0),
+        "mean_length": sum(lengths) / len(lengths) if lengths else 0.0,
+    }
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """The three files into an existing ``out`` one rename each; else the whole folder in one rename."""
+    if out.is_dir():
+        for name in SPLIT_FILES.values():
+            os.replace(tmp / name, out / name)
+    else:
+        os.rename(tmp, out)
 
 
 def format_summary(summary: dict) -> list[str]:

@@ -681,59 +681,90 @@ def open_lra_dataset(
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if path.is_file():
-        if path.suffix.lower() == ".pickle":
-            return HarnessPickle(path, task, split, max_len)
-        if path.suffix.lower() in TABLE_SUFFIXES:
-            if task == "listops" and path.name.startswith("basic_") and path.suffix == ".tsv":
-                return ListOpsTSV(path, split, max_len)
-            return TextTable(path, task, split, max_len)
-        raise UserError(f"{path}: expected a folder, a .pickle or a {'/'.join(TABLE_SUFFIXES)} file")
+        return _open_file(path, task, split, max_len)
     folder_name = PATHFINDER_DIFFICULTIES.get(difficulty, difficulty)
-    harness_split = {"train": "train", "val": "dev", "test": "test"}[split]
     looked_for = []
     for base in _bases(path):
-        if task == "listops":
-            for candidate in (base / f"basic_{split}.tsv", base / "listops-1000" / f"basic_{split}.tsv"):
-                if candidate.is_file():
-                    return ListOpsTSV(candidate, split, max_len)
-            looked_for.append(f"listops-1000/basic_{split}.tsv")
-        elif task == "retrieval":
-            name = f"new_aan_pairs.{'eval' if split == 'val' else split}.tsv"
-            for candidate in (base / name, base / "tsv_data" / name):
-                if candidate.is_file():
-                    return AANPairsTSV(candidate, split, max_len)
-            looked_for.append(f"tsv_data/{name}")
-        elif task == "pathfinder":
-            for candidate in (base, base / folder_name, base / "pathfinder32" / folder_name):
-                if (candidate / "metadata").is_dir() and (candidate.name == folder_name or candidate == base):
-                    return PathfinderFolder(candidate, split, max_len)
-            looked_for.append(f"pathfinder32/{folder_name}/metadata/*.npy")
-        elif task == "text":
-            for candidate in (base, base / "aclImdb"):
-                if (candidate / "train" / "pos").is_dir() or (candidate / "test" / "pos").is_dir():
-                    return IMDBFolder(candidate, split, max_len)
-            looked_for.append("aclImdb/{train,test}/{neg,pos}/*.txt")
-        elif task == "image":
-            for candidate in (base, base / "cifar-10-batches-py"):
-                if (candidate / "data_batch_1").is_file() or (candidate / "test_batch").is_file():
-                    return CIFAR10Gray(candidate, split, max_len)
-            looked_for.append("cifar-10-batches-py/{data_batch_1..5,test_batch}")
-        for name in _pickle_names(task, folder_name):
-            candidate = base / f"{name}.{harness_split}.pickle"
-            if candidate.is_file():
-                return HarnessPickle(candidate, task, split, max_len)
-        looked_for.append(f"{_pickle_names(task, folder_name)[0]}.{harness_split}.pickle")
-        if task in ("listops", "text", "retrieval"):
-            for alias in [a for a, s in _SPLIT_ALIASES.items() if s == split]:
-                for suffix in TABLE_SUFFIXES:
-                    if (base / f"{alias}{suffix}").is_file():
-                        return TextTable(base / f"{alias}{suffix}", task, split, max_len)
-            looked_for.append(f"{split}.tsv|csv|jsonl")
+        for find in (_native_layout, _harness_pickle, _split_table):
+            found, wanted = find(base, task, split, max_len, folder_name)
+            if found is not None:
+                return found
+            if wanted:
+                looked_for.append(wanted)
     unique = list(dict.fromkeys(looked_for))
     raise UserError(
         f"{path}: found no {task} data for split {split!r}; looked for {', '.join(unique)} "
         f"(in the folder and in lra_release/ below it)"
     )
+
+
+def _open_file(path: Path, task: str, split: str, max_len: int | None) -> LRADataset:
+    """A split from one file: the harness's pickle, LRA's ListOps TSV, or a table."""
+    if path.suffix.lower() == ".pickle":
+        return HarnessPickle(path, task, split, max_len)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        if task == "listops" and path.name.startswith("basic_") and path.suffix == ".tsv":
+            return ListOpsTSV(path, split, max_len)
+        return TextTable(path, task, split, max_len)
+    raise UserError(f"{path}: expected a folder, a .pickle or a {'/'.join(TABLE_SUFFIXES)} file")
+
+
+def _native_layout(
+    base: Path, task: str, split: str, max_len: int | None, folder_name: str
+) -> tuple[LRADataset | None, str | None]:
+    """The task's data as LRA's release (or its source) lays it out, in ``base`` or the usual folder below;
+    returns the dataset found (or None) and what was looked for (as each finder does)."""
+    if task == "listops":
+        for candidate in (base / f"basic_{split}.tsv", base / "listops-1000" / f"basic_{split}.tsv"):
+            if candidate.is_file():
+                return ListOpsTSV(candidate, split, max_len), None
+        return None, f"listops-1000/basic_{split}.tsv"
+    if task == "retrieval":
+        name = f"new_aan_pairs.{'eval' if split == 'val' else split}.tsv"
+        for candidate in (base / name, base / "tsv_data" / name):
+            if candidate.is_file():
+                return AANPairsTSV(candidate, split, max_len), None
+        return None, f"tsv_data/{name}"
+    if task == "pathfinder":
+        for candidate in (base, base / folder_name, base / "pathfinder32" / folder_name):
+            if (candidate / "metadata").is_dir() and (candidate.name == folder_name or candidate == base):
+                return PathfinderFolder(candidate, split, max_len), None
+        return None, f"pathfinder32/{folder_name}/metadata/*.npy"
+    if task == "text":
+        for candidate in (base, base / "aclImdb"):
+            if (candidate / "train" / "pos").is_dir() or (candidate / "test" / "pos").is_dir():
+                return IMDBFolder(candidate, split, max_len), None
+        return None, "aclImdb/{train,test}/{neg,pos}/*.txt"
+    for candidate in (base, base / "cifar-10-batches-py"):  # image
+        if (candidate / "data_batch_1").is_file() or (candidate / "test_batch").is_file():
+            return CIFAR10Gray(candidate, split, max_len), None
+    return None, "cifar-10-batches-py/{data_batch_1..5,test_batch}"
+
+
+def _harness_pickle(
+    base: Path, task: str, split: str, max_len: int | None, folder_name: str
+) -> tuple[LRADataset | None, str | None]:
+    """The split as the LRA harness's input pipeline pickles it."""
+    harness_split = {"train": "train", "val": "dev", "test": "test"}[split]
+    names = _pickle_names(task, folder_name)
+    for name in names:
+        candidate = base / f"{name}.{harness_split}.pickle"
+        if candidate.is_file():
+            return HarnessPickle(candidate, task, split, max_len), None
+    return None, f"{names[0]}.{harness_split}.pickle"
+
+
+def _split_table(
+    base: Path, task: str, split: str, max_len: int | None, folder_name: str
+) -> tuple[LRADataset | None, str | None]:
+    """A text task's split as a table named after the split (``train.tsv``, ``dev.csv``, ``test.jsonl`` …)."""
+    if task not in ("listops", "text", "retrieval"):
+        return None, None
+    for alias in [a for a, s in _SPLIT_ALIASES.items() if s == split]:
+        for suffix in TABLE_SUFFIXES:
+            if (base / f"{alias}{suffix}").is_file():
+                return TextTable(base / f"{alias}{suffix}", task, split, max_len), None
+    return None, f"{split}.tsv|csv|jsonl"
 
 
 def collate_lra(batch):
