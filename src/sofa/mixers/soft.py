@@ -16,7 +16,7 @@ from torch import nn
 
 from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
-from sofa.ops.common import is_tracing, no_autocast
+from sofa.ops.common import fp32, is_tracing, no_autocast
 from sofa.ops.soft import soft_kernel_attention, streams_in_place
 from sofa.ops.soft.attention import soft_kernel_attention_graph
 
@@ -56,8 +56,34 @@ def strided_landmarks(
     return L.reshape(B, heads, d, -1).transpose(-1, -2) / d**0.25
 
 
+def kernel_attention_graph(
+    q: torch.Tensor,
+    landmarks: torch.Tensor,
+    v: torch.Tensor,
+    iters: int,
+    normalized: bool,
+    batch_alpha: bool,
+    token_mask: Optional[torch.Tensor],
+    landmark_mask: Optional[torch.Tensor],
+    q_scale: float,
+) -> torch.Tensor:
+    """:func:`sofa.ops.soft.attention.soft_kernel_attention_graph` in float32 with autocast off, so that the
+    kernels and the Newton iterations stay in float32 as in eager (TorchScript holds no autocast context: there
+    it runs as is)."""
+    if torch.jit.is_scripting():
+        return soft_kernel_attention_graph(
+            q, landmarks, v, iters, normalized, batch_alpha, token_mask, landmark_mask, q_scale
+        )
+    with no_autocast(q):
+        q, landmarks, v = fp32(q), fp32(landmarks), fp32(v)
+        return soft_kernel_attention_graph(
+            q, landmarks, v, iters, normalized, batch_alpha, token_mask, landmark_mask, q_scale
+        )
+
+
+# both depend on sizes, dtypes or devices in Python: torch.fx keeps each one call, run as is
 torch.fx.wrap("strided_landmarks")
-torch.fx.wrap("soft_kernel_attention_graph")
+torch.fx.wrap("kernel_attention_graph")
 
 
 class SoftAttention(TokenMixer):
@@ -218,15 +244,14 @@ class SoftAttention(TokenMixer):
         self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None, mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """:meth:`forward` in the plain form captured graphs and TorchScript hold, with the same numbers: the
-        one-pass kernel (:func:`sofa.ops.soft.attention.soft_kernel_attention_graph`), no buffer written in
-        place, no residual recorded, and no autocast context of its own."""
+        one-pass kernel (:func:`kernel_attention_graph`), no buffer written in place, no residual recorded."""
         self.check_input(x, hw, mask)
         torch._assert(hw is None or not self.sequence_only, "SoftAttention: sequence_only mixes sequences only")
         q_tokens = self.q(x)  # q before v: torch.fx lists the parameters in the order they are used
         v_tokens = self.v(x)
         q, L, q_scale, token_mask, landmark_mask = self.landmarks(q_tokens, hw, mask)
         v = split_heads(v_tokens, self.num_heads).float()
-        out = soft_kernel_attention_graph(
+        out = kernel_attention_graph(
             q, L, v, self.newton_iters, self.normalized, self.batch_alpha, token_mask, landmark_mask, q_scale
         )
         out = merge_heads(out).to(v_tokens.dtype)
