@@ -8,6 +8,7 @@ BLAS (the ``SOFA_CPU_LINEAR`` switch, docs/switches.md); anything else is plain 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sofa.ops.linear import linear, rows_as_map
@@ -19,4 +20,6 @@ class Linear(nn.Linear):
     """``nn.Linear`` whose forward is :func:`sofa.ops.linear.linear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return F.linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias)

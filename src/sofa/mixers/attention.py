@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,19 +41,20 @@ class SoftmaxAttention(TokenMixer):
         self.sr_ratio, self.impl = sr_ratio, impl
         self.q = Linear(dim, dim, bias=qkv_bias)
         self.kv = Linear(dim, 2 * dim, bias=qkv_bias)
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(dim)
+        self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio) if sr_ratio > 1 else None
+        self.norm = nn.LayerNorm(dim) if sr_ratio > 1 else None
         self.attn_drop = attn_drop
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         self.check_input(x, hw, mask)
         B, N, C = x.shape
         q = split_heads(self.q(x), self.num_heads)
         kv_in = x
-        if self.sr_ratio > 1:
+        if self.sr is not None and self.norm is not None:
             if hw is None:
                 raise ValueError("SoftmaxAttention: spatial reduction (sr_ratio > 1) needs images: pass hw=(H, W)")
             H, W = hw
@@ -60,7 +63,7 @@ class SoftmaxAttention(TokenMixer):
             kv_in = self.norm(self.sr(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2))
         k, v = self.kv(kv_in).chunk(2, dim=-1)
         k, v = split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-        key_mask = None if mask is None else mask[:, None, None, :].bool()
+        key_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
         drop = self.attn_drop if self.training else 0.0
         if self.impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=drop)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from torch import nn
+
+from sofa.ops.common import is_tracing
 
 
 class TokenMixer(nn.Module):
@@ -15,8 +19,17 @@ class TokenMixer(nn.Module):
 
     #: whether the mixer can mix a sequence (hw=None); image-only mixers set it False
     supports_sequences = True
+    __constants__ = ["supports_sequences"]
 
-    def check_input(self, x: torch.Tensor, hw, mask):
+    def check_input(self, x: torch.Tensor, hw: Optional[Tuple[int, int]], mask: Optional[torch.Tensor]):
+        """Raise ValueError on inputs of the wrong layout; under a graph capture the same checks are graph
+        assertions (:meth:`assert_input`)."""
+        if torch.jit.is_scripting():
+            self.assert_input(x, hw, mask)
+            return
+        if is_tracing():
+            self.assert_input(x, hw, mask)
+            return
         if x.dim() != 3:
             raise ValueError(f"{type(self).__name__}: expected tokens (B, N, C), got shape {tuple(x.shape)}")
         B, N, _ = x.shape
@@ -33,6 +46,17 @@ class TokenMixer(nn.Module):
         if mask is not None and tuple(mask.shape) != (B, N):
             raise ValueError(f"{type(self).__name__}: mask must have shape {(B, N)}, got {tuple(mask.shape)}")
 
+    def assert_input(self, x: torch.Tensor, hw: Optional[Tuple[int, int]], mask: Optional[torch.Tensor]):
+        """:meth:`check_input`'s checks as ``torch._assert`` (they hold symbolic shapes and stay in the graph)."""
+        torch._assert(x.dim() == 3, "token mixer: expected tokens (B, N, C)")
+        if hw is not None:
+            torch._assert(hw[0] * hw[1] == x.shape[1], "token mixer: H·W differs from the number of tokens N")
+            torch._assert(mask is None, "token mixer: pass either hw (images) or mask (sequences), not both")
+        else:
+            torch._assert(self.supports_sequences, "token mixer: this mixer mixes images only, pass hw=(H, W)")
+        if mask is not None:
+            torch._assert(mask.shape == x.shape[:2], "token mixer: mask must have shape (B, N)")
+
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, N, h·d) → (B, h, N, d)."""
@@ -46,5 +70,5 @@ def merge_heads(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(B, N, h * d)
 
 
-def zero_padded(out: torch.Tensor, mask) -> torch.Tensor:
+def zero_padded(out: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     return out if mask is None else out * mask.unsqueeze(-1).to(out.dtype)

@@ -8,6 +8,7 @@ association on the right costs O(N·m·d). Kernels, landmarks and iterations run
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,19 +16,74 @@ from torch import nn
 
 from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
-from sofa.ops.common import no_autocast
+from sofa.ops.common import fp32, is_tracing, no_autocast
 from sofa.ops.soft import soft_kernel_attention, streams_in_place
+from sofa.ops.soft.attention import soft_kernel_attention_graph
 
 
-def bounded_grid(gh: int, gw: int, max_landmarks: int | None) -> tuple[int, int]:
+def bounded_grid(gh: int, gw: int, max_landmarks: Optional[int]) -> Tuple[int, int]:
     """The landmark grid size after bounding: (gh, gw) itself when gh·gw ≤ max_landmarks, else the largest
     grid of about the same aspect ratio with at most max_landmarks cells."""
     if max_landmarks is None or gh * gw <= max_landmarks:
         return gh, gw
     scale = math.sqrt(max_landmarks / (gh * gw))
-    mh = max(1, min(gh, round(gh * scale)))
+    mh = max(1, min(gh, int(round(gh * scale))))
     mw = max(1, min(gw, max_landmarks // mh))
     return mh, mw
+
+
+def strided_landmarks(
+    q_tokens: torch.Tensor, weight: torch.Tensor, H: int, W: int, heads: int, max_landmarks: Optional[int]
+) -> torch.Tensor:
+    """(B, N, h·d) query tokens (unscaled) of an H×W image and the (d, d, r, r) landmark filter → (B, h, m, d)
+    landmarks (before LayerNorm and GELU), scaled by d^{−1/4} as the queries are.
+
+    The released layout convolves each head's queries as a d-channel H×W image with one shared r×r stride-r
+    filter. Here the tokens are read, without a copy, as one channels-last (B, h·d, H, W) image and convolved
+    with the filter repeated per head as a grouped convolution (groups = h): the same sums. Its sizes depend on
+    H and W, so torch.fx keeps it one call (``torch.fx.wrap``).
+    """
+    B, N, C = q_tokens.shape
+    d, r = weight.shape[0], weight.shape[-1]
+    img = q_tokens.reshape(B, H, W, C).permute(0, 3, 1, 2)
+    if H < r or W < r:
+        img = F.pad(img, [0, max(0, r - W), 0, max(0, r - H)])
+    weight = weight.to(img.dtype)
+    L = F.conv2d(img, weight.repeat(heads, 1, 1, 1) if heads > 1 else weight, stride=r, groups=heads)
+    grid = bounded_grid(L.shape[-2], L.shape[-1], max_landmarks)
+    if grid != (L.shape[-2], L.shape[-1]):
+        L = F.adaptive_avg_pool2d(L, grid)
+    return L.reshape(B, heads, d, -1).transpose(-1, -2) / d**0.25
+
+
+def kernel_attention_graph(
+    q: torch.Tensor,
+    landmarks: torch.Tensor,
+    v: torch.Tensor,
+    iters: int,
+    normalized: bool,
+    batch_alpha: bool,
+    token_mask: Optional[torch.Tensor],
+    landmark_mask: Optional[torch.Tensor],
+    q_scale: float,
+) -> torch.Tensor:
+    """:func:`sofa.ops.soft.attention.soft_kernel_attention_graph` in float32 with autocast off, so that the
+    kernels and the Newton iterations stay in float32 as in eager (TorchScript holds no autocast context: there
+    it runs as is)."""
+    if torch.jit.is_scripting():
+        return soft_kernel_attention_graph(
+            q, landmarks, v, iters, normalized, batch_alpha, token_mask, landmark_mask, q_scale
+        )
+    with no_autocast(q):
+        q, landmarks, v = fp32(q), fp32(landmarks), fp32(v)
+        return soft_kernel_attention_graph(
+            q, landmarks, v, iters, normalized, batch_alpha, token_mask, landmark_mask, q_scale
+        )
+
+
+# both depend on sizes, dtypes or devices in Python: torch.fx keeps each one call, run as is
+torch.fx.wrap("strided_landmarks")
+torch.fx.wrap("kernel_attention_graph")
 
 
 class SoftAttention(TokenMixer):
@@ -111,26 +167,11 @@ class SoftAttention(TokenMixer):
 
     # landmarks ------------------------------------------------------------------------------------------------
     def image_landmarks(self, q_tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """(B, N, h·d) query tokens (unscaled) → (B, h, m, d) landmarks (before LayerNorm and GELU), scaled by
-        d^{−1/4} as the queries are.
+        """(B, N, h·d) query tokens (unscaled) → (B, h, m, d) landmarks (:func:`strided_landmarks`)."""
+        weight = self.landmark.weight if self.landmark is not None else q_tokens.new_zeros(0)
+        return strided_landmarks(q_tokens, weight, H, W, self.num_heads, self.max_landmarks)
 
-        The released layout convolves each head's queries as a d-channel H×W image with one shared r×r
-        stride-r filter. Here the tokens are read, without a copy, as one channels-last (B, h·d, H, W) image and
-        convolved with the filter repeated per head as a grouped convolution (groups = h): the same sums.
-        """
-        B, N, C = q_tokens.shape
-        h, d, r = self.num_heads, self.head_dim, self.landmark_stride
-        img = q_tokens.reshape(B, H, W, C).permute(0, 3, 1, 2)
-        if H < r or W < r:
-            img = F.pad(img, (0, max(0, r - W), 0, max(0, r - H)))
-        weight = self.landmark.weight.to(img.dtype)
-        L = F.conv2d(img, weight.repeat(h, 1, 1, 1) if h > 1 else weight, stride=r, groups=h)
-        grid = bounded_grid(L.shape[-2], L.shape[-1], self.max_landmarks)
-        if grid != tuple(L.shape[-2:]):
-            L = F.adaptive_avg_pool2d(L, grid)
-        return L.reshape(B, h, d, -1).transpose(-1, -2) / d**0.25
-
-    def sequence_landmarks(self, q: torch.Tensor, mask: torch.Tensor | None):
+    def sequence_landmarks(self, q: torch.Tensor, mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, h, N, d) → landmarks (B, h, m, d) as segment means over the real tokens, and (B, m) validity.
 
         Each sequence gets ⌈n_valid/r⌉ landmarks (at most ``max_landmarks``) from its own real tokens, so a
@@ -151,7 +192,9 @@ class SoftAttention(TokenMixer):
         return L, counts > 0
 
     # forward ---------------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Images and sequences alike: queries, values and landmarks (:meth:`landmarks`), then
         :func:`sofa.ops.soft.soft_kernel_attention`, then for images the depthwise convolution on V.
 
@@ -160,7 +203,11 @@ class SoftAttention(TokenMixer):
         the kernel is streamed over blocks of tokens with the result written straight into the queries'
         token-major buffer (each block after its kernel block is built from them), to which the convolution is
         added in place: no temporary of N·m or N·C floats (on the CPU every large fresh tensor also costs its
-        page faults)."""
+        page faults). Under a graph capture and in TorchScript it is :meth:`forward_graph`."""
+        if torch.jit.is_scripting():
+            return self.forward_graph(x, hw, mask)
+        if is_tracing():
+            return self.forward_graph(x, hw, mask)
         self.check_input(x, hw, mask)
         if hw is not None and self.sequence_only:
             raise ValueError(
@@ -193,7 +240,28 @@ class SoftAttention(TokenMixer):
             out = out.add_(dw) if inplace else out + dw
         return zero_padded(self.proj(out), mask)
 
-    def landmarks(self, q_tokens: torch.Tensor, hw, mask):
+    def forward_graph(
+        self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """:meth:`forward` in the plain form captured graphs and TorchScript hold, with the same numbers: the
+        one-pass kernel (:func:`kernel_attention_graph`), no buffer written in place, no residual recorded."""
+        self.check_input(x, hw, mask)
+        torch._assert(hw is None or not self.sequence_only, "SoftAttention: sequence_only mixes sequences only")
+        q_tokens = self.q(x)  # q before v: torch.fx lists the parameters in the order they are used
+        v_tokens = self.v(x)
+        q, L, q_scale, token_mask, landmark_mask = self.landmarks(q_tokens, hw, mask)
+        v = split_heads(v_tokens, self.num_heads).float()
+        out = kernel_attention_graph(
+            q, L, v, self.newton_iters, self.normalized, self.batch_alpha, token_mask, landmark_mask, q_scale
+        )
+        out = merge_heads(out).to(v_tokens.dtype)
+        if hw is not None and self.dwconv is not None:
+            out = out + self._dwconv(v_tokens, hw[0], hw[1])
+        return zero_padded(self.proj(out), mask)
+
+    def landmarks(
+        self, q_tokens: torch.Tensor, hw: Optional[Tuple[int, int]], mask: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor, float, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """The queries as (B, h, N, d) float32 heads, the landmarks (B, h, m, d) after LayerNorm and GELU, the
         query scale left to the kernel, and the token and landmark masks ((B, h, N), (B, h, m) or None).
 
@@ -202,7 +270,7 @@ class SoftAttention(TokenMixer):
         segment means over the real tokens (:meth:`sequence_landmarks`)."""
         h, d = self.num_heads, self.head_dim
         if hw is not None:
-            L = self._landmark_act(self.image_landmarks(q_tokens.float(), *hw))
+            L = self._landmark_act(self.image_landmarks(q_tokens.float(), hw[0], hw[1]))
             return split_heads(q_tokens, h).float(), L, d**-0.25, None, None
         q = split_heads(q_tokens, h).float() / d**0.25
         L, l_valid = self.sequence_landmarks(q, mask)
@@ -213,7 +281,7 @@ class SoftAttention(TokenMixer):
         d = self.head_dim
         return F.gelu(
             F.layer_norm(
-                L, (d,), self.landmark_norm.weight.float(), self.landmark_norm.bias.float(), self.landmark_norm.eps
+                L, [d], self.landmark_norm.weight.float(), self.landmark_norm.bias.float(), self.landmark_norm.eps
             )
         )
 

@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from sofa.models._builder import build_model_with_checkpoint
 from sofa.models.metaformer import ClassifierMixin, Mlp
 from sofa.models.registry import register_model
+from sofa.ops.common import is_tracing
 
 __all__ = ["SoftVisionTransformer", "VARIANTS", "checkpoint_filter_fn", "from_original_config"]
 
@@ -148,7 +149,9 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> List[nn.Module]:
 
 
 class SoftStage(nn.Module):
-    """Downsampling (or the stem's output), the stage's position embedding, and its blocks, on tokens."""
+    """Downsampling (or the stem's output), the stage's position embedding, and its blocks, on tokens; the output
+    tokens (cls token dropped) laid out as a (B, C, H, W) map pass through ``feature_map``, the module that
+    ``feature_info`` names (forward hooks and the FX feature extractors take the map from it)."""
 
     def __init__(
         self,
@@ -166,32 +169,39 @@ class SoftStage(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1] + int(cls_token), dim))
         self.pos_drop = nn.Dropout(drop)
         self.blocks = nn.ModuleList(blocks)
+        self.feature_map = nn.Identity()
         self.grad_checkpointing = False
 
     def pos_for(self, hw: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        """The position embedding resized to an H×W grid (bilinear, align_corners=False), cls entry first."""
+        """The position embedding resized to an H×W grid (bilinear, align_corners=False), cls entry first.
+        Under a graph capture it is always resampled (to its own grid that is an exact copy)."""
         pos = self.pos_embed
-        cls, grid = (pos[:, :1], pos[:, 1:]) if self.has_cls else (None, pos)
-        if tuple(hw) != self.grid:
-            gh, gw = self.grid
-            g = grid.reshape(1, gh, gw, -1).permute(0, 3, 1, 2).float()
-            g = F.interpolate(g, size=tuple(hw), mode="bilinear", align_corners=False)
+        n_cls = 1 if self.has_cls else 0
+        grid = pos[:, n_cls:]
+        if is_tracing() or hw != self.grid:
+            g = grid.reshape(1, self.grid[0], self.grid[1], -1).permute(0, 3, 1, 2).float()
+            g = F.interpolate(g, size=hw, mode="bilinear", align_corners=False)
             grid = g.flatten(2).transpose(1, 2).to(pos.dtype)
-        out = grid if cls is None else torch.cat([cls, grid], dim=1)
+        out = torch.cat([pos[:, :n_cls], grid], dim=1) if self.has_cls else grid
         return out.to(dtype)
 
-    def forward(self, x: torch.Tensor, cls_token: Optional[torch.Tensor] = None):
-        """(B, C_in, H', W') → tokens (B, [1 +] H·W, C) after the stage (cls token first), and (H, W)."""
+    def forward(self, x: torch.Tensor, cls_token: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, C_in, H', W') → tokens (B, [1 +] H·W, C) after the stage (cls token first), and the stage's
+        (B, C, H, W) map (without the cls token)."""
         x = self.downsample(x)
         B, C, H, W = x.shape
         t = x.flatten(2).transpose(1, 2)
-        if self.has_cls:
+        if cls_token is not None:
             t = torch.cat([cls_token.expand(B, -1, -1).to(t.dtype), t], dim=1)
         t = self.pos_drop(t + self.pos_for((H, W), t.dtype))
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
-            t = checkpoint(blk, t, (H, W), use_reentrant=False) if use_ckpt else blk(t, (H, W))
-        return t, (H, W)
+            if torch.jit.is_scripting():
+                t = blk(t, (H, W))
+            else:
+                t = checkpoint(blk, t, (H, W), use_reentrant=False) if use_ckpt else blk(t, (H, W))
+        grid = t[:, 1:] if cls_token is not None else t
+        return t, self.feature_map(grid.transpose(1, 2).reshape(B, C, H, W))
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -283,12 +293,12 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
             down = nn.Identity() if i == 0 else nn.Sequential(*_conv_bn_relu(embed_dims[i - 1], embed_dims[i], 2))
             stages.append(SoftStage(down, embed_dims[i], grid, blocks, cls_token=i == 3, drop=drop_rate))
             cur += depths[i]
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=stride, module=f"stages.{i}"))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=stride, module=f"stages.{i}.feature_map"))
         self.stages = nn.ModuleList(stages)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[3]))
         self.norm = nn.LayerNorm(embed_dims[3], eps=1e-6)
         self.head_drop = nn.Dropout(0.0)
-        self.head = nn.Linear(embed_dims[3], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Identity()  # made after the other weights: they come out the same with or without a head
 
         for s in self.stages:
             trunc_normal_(s.pos_embed, std=0.02)
@@ -301,6 +311,7 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        self._new_head(num_classes)
 
     # ------------------------------------------------------------------ timm conventions
     @torch.jit.ignore
@@ -322,25 +333,30 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
         self._new_head(num_classes)
 
     def _check_input(self, x: torch.Tensor):
-        if x.dim() != 4:
+        if torch.jit.is_scripting():
+            torch._assert(x.dim() == 4, "SoftVisionTransformer: expected images (B, C, H, W)")
+            return
+        if is_tracing():
+            torch._assert(x.dim() == 4, "SoftVisionTransformer: expected images (B, C, H, W)")
+        elif x.dim() != 4:
             raise ValueError(f"{type(self).__name__}: expected images (B, C, H, W), got shape {tuple(x.shape)}")
 
-    def _run(self, x: torch.Tensor, take=(), stop: int = 3):
+    def _run(self, x: torch.Tensor, take: List[int], stop: int = 3) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Stages 0..stop → (last tokens, stage maps in ``take`` as (B, C, H, W))."""
         self._check_input(x)
         x = self.stem(x)
-        feats, t = [], None
-        for i, s in enumerate(self.stages[: stop + 1]):
-            t, (H, W) = s(x, self.cls_token if s.has_cls else None)
-            grid = t[:, 1:] if s.has_cls else t
-            x = grid.transpose(1, 2).reshape(t.shape[0], t.shape[2], H, W)
-            if i in take:
-                feats.append(x)
+        feats: List[torch.Tensor] = []
+        t = x
+        for i, s in enumerate(self.stages):
+            if i <= stop:
+                t, x = s(x, self.cls_token if s.has_cls else None)
+                if i in take:
+                    feats.append(x)
         return t, feats
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) → the final tokens (B, 1 + H/32·W/32, C) after the last LayerNorm, cls token first."""
-        t, _ = self._run(x)
+        t, _ = self._run(x, [])
         return self.norm(t)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -356,17 +372,15 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ):
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Stage outputs as (B, C_i, H_i, W_i) maps at strides 4, 8, 16, 32 (stage 4 without its cls token;
         through the final LayerNorm with ``norm=True``)."""
-        from timm.models._features import feature_take_indices
-
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt {output_fmt!r} not supported: stage outputs are NCHW")
-        take, max_index = feature_take_indices(len(self.stages), indices)
+            raise ValueError("output_fmt " + output_fmt + " not supported: stage outputs are NCHW")
+        take, max_index = take_indices(len(self.stages), indices)
         stop = max_index if (stop_early or intermediates_only) else len(self.stages) - 1
         t, feats = self._run(x, take, stop)
-        if norm and 3 in take and not isinstance(self.norm, nn.Identity):
+        if norm and 3 in take:
             last = feats[-1]
             feats[-1] = self.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if intermediates_only:
@@ -376,15 +390,32 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
     ):
-        from timm.models._features import feature_take_indices
-
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        take, max_index = take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0)
         return take
+
+
+def take_indices(n: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
+    """timm's feature indices: None → all n stages, an int k → the last k, a list → those (negative ones from
+    the end); returned as absolute indices, with the largest."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"last-n ({indices}) is out of range (1 to {n})")
+        take = [n - indices + i for i in range(indices)]
+    else:
+        take: List[int] = []
+        for i in indices:
+            idx = n + i if i < 0 else i
+            if not 0 <= idx < n:
+                raise ValueError(f"feature index {idx} is out of range (0 to {n - 1})")
+            take.append(idx)
+    return take, max(take)
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints

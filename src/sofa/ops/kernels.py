@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sofa.ops.common import fp32, needs_graph, no_autocast
+from sofa.ops.common import fp32, is_tracing, needs_graph, no_autocast
 from sofa.ops.numerics import UNDERFLOW_EXPONENT, keep_threshold
 
 
@@ -36,9 +36,10 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return d.clamp_min(0.0)
 
 
-def underflow_to_zero(exponent: torch.Tensor) -> torch.Tensor:
-    """``exp(exponent)``, with entries whose exponent is below ``UNDERFLOW_EXPONENT`` set to exact zero."""
-    return torch.exp(exponent.clamp_min(UNDERFLOW_EXPONENT)) * (exponent >= UNDERFLOW_EXPONENT)
+def underflow_to_zero(exponent: torch.Tensor, floor: float = UNDERFLOW_EXPONENT) -> torch.Tensor:
+    """``exp(exponent)``, with entries whose exponent is below ``floor`` (``UNDERFLOW_EXPONENT``; an argument so
+    that TorchScript reads it as a constant) set to exact zero."""
+    return torch.exp(exponent.clamp_min(floor)) * (exponent >= floor)
 
 
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -46,11 +47,24 @@ def gaussian_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Entries too small to matter (below exp(−40)) are exact zeros: see ``sofa.ops.numerics``.
     Without autograd (inference) the same values come from one buffer updated in place (no temporaries the
-    size of the kernel: on the CPU each fresh large tensor also costs its page faults).
+    size of the kernel: on the CPU each fresh large tensor also costs its page faults). Under a graph capture
+    (and in TorchScript) it is :func:`gaussian_kernel_graph`, whose inputs the caller has put in float32.
     """
+    if torch.jit.is_scripting():
+        return gaussian_kernel_graph(a, b)
+    if is_tracing():
+        return gaussian_kernel_graph(a, b)
     if not needs_graph(a, b) and a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-1]:
         return _gaussian_kernel_inplace(a, b)
     return underflow_to_zero(-0.5 * squared_distances(a, b))
+
+
+def gaussian_kernel_graph(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``gaussian_kernel`` of inputs of one dtype in plain tensor operations (no shape branches, no autocast
+    context, no in-place writes): the form captured graphs and TorchScript hold."""
+    a2 = a.pow(2).sum(-1, keepdim=True)
+    b2 = b.pow(2).sum(-1).unsqueeze(-2)
+    return underflow_to_zero(-0.5 * (a2 + b2 - 2.0 * a @ b.transpose(-1, -2)).clamp_min(0.0))
 
 
 def _gaussian_kernel_inplace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

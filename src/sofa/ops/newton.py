@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from sofa.ops.common import fp32, no_autocast
+from sofa.ops.common import fp32, is_tracing, no_autocast
 
 RULES = ("soft", "soft_norm")
 SOFT_SHIFT = 0.01
@@ -52,8 +52,9 @@ class _SoftNewtonInverse(torch.autograd.Function):
         return -(Vt @ grad @ Vt), None
 
 
-def _soft_norm_alpha(A: torch.Tensor, batch_alpha: bool) -> torch.Tensor:
-    """α of the SOFT-Norm rule, shape (..., 1, 1) (one value broadcast when ``batch_alpha``)."""
+def _soft_norm_alpha(A: torch.Tensor, batch_alpha: bool, halvings: int = MAX_HALVINGS) -> torch.Tensor:
+    """α of the SOFT-Norm rule, shape (..., 1, 1) (one value broadcast when ``batch_alpha``), at most
+    ``halvings`` times halved."""
     row_max = A.sum(-1).amax(-1)  # (...)
     if batch_alpha:
         row_max = row_max.max().expand_as(row_max)
@@ -62,12 +63,13 @@ def _soft_norm_alpha(A: torch.Tensor, batch_alpha: bool) -> torch.Tensor:
     with torch.no_grad():  # which power of 1/2 to use is a discrete choice: no gradient flows through it
         scale = torch.ones_like(alpha)
         AA = A @ A
-        for _ in range(MAX_HALVINGS):
+        for _ in range(halvings):
             norm = (eye - (alpha * scale)[..., None, None] * AA).abs().sum(-2).amax(-1)  # (...)
             if batch_alpha:
                 norm = norm.max().expand_as(norm)
             too_big = norm > 1.01
-            if not bool(too_big.any()):
+            # the early exit only saves work: a matrix within the bound keeps its α in every later try
+            if not is_tracing() and not bool(too_big.any()):
                 break
             scale = torch.where(too_big, scale * 0.5, scale)
     return (alpha * scale)[..., None, None]
@@ -103,6 +105,23 @@ def newton_pinv(
         if return_residual:
             return V, pinv_residual(P, V)
         return V
+
+
+def newton_pinv_graph(
+    A: torch.Tensor, iters: int, normalized: bool, batch_alpha: bool, shift: float = SOFT_SHIFT
+) -> torch.Tensor:
+    """:func:`newton_pinv` (rule "soft_norm" if ``normalized``, else "soft") of float32 A in plain tensor
+    operations, the form captured graphs and TorchScript hold. The plain rule's backward as an exact inverse
+    comes from V − V·(P − P̄)·V with P̄ = P detached and V iterated on P̄: the value is V, the gradient
+    −Vᵀ·G·Vᵀ. ``shift`` is the plain rule's ``SOFT_SHIFT`` (an argument so that TorchScript reads it as a
+    constant)."""
+    if normalized:
+        return _iterate(_soft_norm_alpha(A, batch_alpha) * A, A, iters)
+    P = A + shift * _eye_like(A)
+    fixed = P.detach()
+    alpha = 0.9 * 2 / A.detach().sum(-1).amax(-1) ** 2
+    V = _iterate(alpha[..., None, None] * fixed, fixed, iters)
+    return V - V @ (P - fixed) @ V
 
 
 @torch.no_grad()

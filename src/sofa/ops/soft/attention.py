@@ -12,20 +12,24 @@ The plain form to test them against is :func:`sofa.ops.soft.reference.soft_kerne
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from sofa import switches
 from sofa.ops import numerics
-from sofa.ops.common import check_impl, fp32, needs_graph, no_autocast
-from sofa.ops.kernels import gaussian_kernel
-from sofa.ops.newton import SOFT_SHIFT, newton_pinv, pinv_residual
+from sofa.ops.common import check_impl, fp32, is_tracing, needs_graph, no_autocast
+from sofa.ops.kernels import gaussian_kernel, gaussian_kernel_graph
+from sofa.ops.newton import SOFT_SHIFT, newton_pinv, newton_pinv_graph, pinv_residual
 
 IMPLS = ("streamed", "one_pass", "reference")
 
 
 def choose_impl(q: torch.Tensor, landmarks: torch.Tensor, v: torch.Tensor) -> str:
-    """The ``impl="auto"`` rule: "one_pass" where autograd records a graph or the ``SOFA_ONE_PASS`` switch is on,
-    "streamed" otherwise."""
+    """The ``impl="auto"`` rule: "one_pass" under a graph capture, where autograd records a graph or where the
+    ``SOFA_ONE_PASS`` switch is on, "streamed" otherwise."""
+    if is_tracing():
+        return "one_pass"
     if needs_graph(q, landmarks, v) or switches.ONE_PASS.get():
         return "one_pass"
     return "streamed"
@@ -33,7 +37,9 @@ def choose_impl(q: torch.Tensor, landmarks: torch.Tensor, v: torch.Tensor) -> st
 
 def streams_in_place(q: torch.Tensor) -> bool:
     """Whether a caller may pass ``out=`` (e.g. the query buffer itself) to :func:`soft_kernel_attention`: no
-    autograd is recording and the buffer is float32."""
+    graph capture runs, no autograd is recording and the buffer is float32."""
+    if is_tracing():
+        return False
     return not torch.is_grad_enabled() and q.dtype == torch.float32
 
 
@@ -81,7 +87,7 @@ def soft_kernel_attention(
         (..., N, dv) float32 (float64 for float64 inputs), and with ``return_residual`` the residual (...).
     """
     check_impl("soft_kernel_attention", impl, IMPLS)
-    graph = needs_graph(q, landmarks, v)
+    graph = is_tracing() or needs_graph(q, landmarks, v)
     if out is not None and graph:
         raise ValueError("soft_kernel_attention: out= is for inference only (no autograd)")
     if impl == "auto":
@@ -156,6 +162,39 @@ def _landmark_inverse(landmarks, landmark_mask, iters, normalized, batch_alpha, 
         P = A if normalized else A + SOFT_SHIFT * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
         residual = pinv_residual(P.detach(), A_inv.detach())
     if normalized:
-        D = A.sum(-1).clamp_min(1e-12).rsqrt()
-        A_inv = D.unsqueeze(-1) * A_inv * D.unsqueeze(-2)
+        A_inv = degree_scaled(A, A_inv)
     return A_inv, residual, lm
+
+
+def degree_scaled(A: torch.Tensor, A_inv: torch.Tensor) -> torch.Tensor:
+    """SOFT-Norm's D·A⁺·D with D = diag(Σ_j A_ij)^{−½}."""
+    D = A.sum(-1).clamp_min(1e-12).rsqrt()
+    return D.unsqueeze(-1) * A_inv * D.unsqueeze(-2)
+
+
+def soft_kernel_attention_graph(
+    q: torch.Tensor,
+    landmarks: torch.Tensor,
+    v: torch.Tensor,
+    iters: int,
+    normalized: bool,
+    batch_alpha: bool,
+    token_mask: Optional[torch.Tensor],
+    landmark_mask: Optional[torch.Tensor],
+    q_scale: float,
+) -> torch.Tensor:
+    """The ``"one_pass"`` form of :func:`soft_kernel_attention` (same arguments) on float32 (or float64) inputs
+    in plain tensor operations: no blocks, no in-place writes, no value-dependent branch, no autocast context
+    (the caller's). The form captured graphs and TorchScript hold; the same numbers to float rounding."""
+    A = gaussian_kernel_graph(landmarks, landmarks)
+    K1 = gaussian_kernel_graph(q * q_scale, landmarks)
+    if landmark_mask is not None:
+        lm = landmark_mask.unsqueeze(-2).to(A.dtype)
+        A = A * lm * lm.transpose(-1, -2)
+        K1 = K1 * lm
+    if token_mask is not None:
+        K1 = K1 * token_mask.unsqueeze(-1).to(K1.dtype)
+    A_inv = newton_pinv_graph(A, iters, normalized, batch_alpha)
+    if normalized:
+        A_inv = degree_scaled(A, A_inv)
+    return K1 @ (A_inv @ (K1.transpose(-1, -2) @ v))
