@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -46,5 +48,5 @@ def merge_heads(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(B, N, h * d)
 
 
-def zero_padded(out: torch.Tensor, mask) -> torch.Tensor:
+def zero_padded(out: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     return out if mask is None else out * mask.unsqueeze(-1).to(out.dtype)

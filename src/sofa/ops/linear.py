@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sofa import switches
-from sofa.ops.common import check_impl
+from sofa.ops.common import check_impl, is_tracing
 from sofa.ops.numerics import LINEAR_MIN_ROWS
 
 __all__ = ["linear", "rows_as_map", "choose_impl", "IMPLS"]
@@ -30,7 +30,10 @@ def rows_as_map(rows: torch.Tensor) -> torch.Tensor:
 
 def choose_impl(x: torch.Tensor, weight: torch.Tensor) -> str:
     """The ``impl="auto"`` rule: "onednn" for float32 CPU inputs of at least ``LINEAR_MIN_ROWS`` rows outside
-    autocast and compilation, where oneDNN exists and the ``SOFA_CPU_LINEAR`` switch allows it; else "blas"."""
+    autocast and graph captures (:func:`sofa.ops.common.is_tracing`), where oneDNN exists and the
+    ``SOFA_CPU_LINEAR`` switch allows it; else "blas"."""
+    if is_tracing():
+        return "blas"
     K = x.shape[-1]
     M = x.numel() // K if K else 0
     if (
@@ -41,7 +44,6 @@ def choose_impl(x: torch.Tensor, weight: torch.Tensor) -> str:
         and weight.dtype == torch.float32
         and M >= LINEAR_MIN_ROWS
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
     ):
         return "onednn"
     return "blas"
