@@ -1,8 +1,9 @@
 """Layers shared by the mixers and the models.
 
 :class:`Linear` is ``nn.Linear`` (same parameters, state-dict keys, initialisation and ``isinstance``) whose
-forward is :func:`sofa.ops.linear.linear` (``F.linear`` under TorchScript): float32 CPU inputs of many rows run through oneDNN instead of the
-BLAS (the ``SOFA_CPU_LINEAR`` switch, docs/switches.md); anything else is plain ``F.linear``.
+forward is :func:`sofa.ops.linear.linear`: float32 CPU inputs of many rows run through oneDNN instead of the
+BLAS (the ``SOFA_CPU_LINEAR`` switch, docs/switches.md); anything else, and anything under TorchScript, is plain
+``F.linear``.
 """
 
 from __future__ import annotations

@@ -206,12 +206,10 @@ def present(t: Optional[torch.Tensor]) -> torch.Tensor:
 class MetaFormerBlock(nn.Module):
     """(B, C, H, W) block with GroupNorm(1): ``x + dp(ls1·mixer(norm1(x)))``, ``x + dp(ls2·mlp(norm2(x)))``.
 
-    The forward is one op, :func:`sofa.ops.pool.metaformer_block`: with pooling or identity as the mixer it
+    With pooling or identity as the mixer the forward is one op, :func:`sofa.ops.pool.metaformer_block`, which
     chooses among the fused CPU inference form, the folded form and the textbook form (same results to float
-    rounding); with a token mixer it runs the textbook form, the mixer seeing the map as (B, H·W, C) tokens.
-
-    Under TorchScript the block runs the folded form with pooling or identity, and the textbook form on its
-    modules (:meth:`forward_plain`) otherwise.
+    rounding; under TorchScript the folded form). With a token mixer the block runs the textbook form on its
+    modules (:meth:`forward_plain`), the mixer seeing the map as (B, H·W, C) tokens.
 
     Args:
         impl: the op's ``impl`` ("auto", "fused_cpu", "folded" or "reference"); an attribute, so it can be set on
@@ -294,8 +292,10 @@ class MetaFormerBlock(nn.Module):
         return choose_block_impl(x, args["mixer"], args["drop"], args["drop_path"], args["training"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mixer_takes_tokens:  # the op's reference form, on the modules (in their order under torch.fx)
+            return self.forward_plain(x)
         if torch.jit.is_scripting():
-            if self.mixer_takes_tokens or self.impl == "reference" or (self.training and self.mlp.drop.p > 0.0):
+            if self.impl == "reference" or (self.training and self.mlp.drop.p > 0.0):
                 return self.forward_plain(x)
             w = self.weights()
             return metaformer_block_folded(x, w, self.map_mixer, self.pool_size, self.drop_path_rate, self.training)

@@ -11,8 +11,8 @@ compute the same numbers to float rounding (docs/methods/poolformer.md):
   folded on every call (cheap: they are C×4C), so training sees the same gradients.
 * ``"fused_cpu"`` (inference on the CPU: no autograd, float32, channels-last): the mixer half from GroupNorm's
   statistics alone, the MLP half as one fused, chunked, in-place operator
-  (:func:`sofa.ops.fused_mlp.metaformer_mlp_`). Under ``torch.compile`` that operator stays one kernel and
-  inductor fuses the rest.
+  (:func:`sofa.ops.fused_mlp.metaformer_mlp_`). Under ``torch.compile`` with ``impl="fused_cpu"`` that operator
+  stays one kernel and inductor fuses the rest ("auto" takes the plain forms under any graph capture).
 
 :func:`choose_impl` writes the ``"auto"`` rule.
 """
