@@ -208,8 +208,8 @@ class MetaFormerBlock(nn.Module):
 
     With pooling or identity as the mixer the forward is one op, :func:`sofa.ops.pool.metaformer_block`, which
     chooses among the fused CPU inference form, the folded form and the textbook form (same results to float
-    rounding; under TorchScript the folded form). With a token mixer the block runs the textbook form on its
-    modules (:meth:`forward_plain`), the mixer seeing the map as (B, H·W, C) tokens.
+    rounding; under TorchScript the folded form in eval mode). With a token mixer the block runs the textbook
+    form on its modules (:meth:`forward_plain`), the mixer seeing the map as (B, H·W, C) tokens.
 
     Args:
         impl: the op's ``impl`` ("auto", "fused_cpu", "folded" or "reference"); an attribute, so it can be set on
@@ -241,7 +241,6 @@ class MetaFormerBlock(nn.Module):
         self.impl = impl
         self.map_mixer = "pool" if isinstance(self.token_mixer, Pooling) else "identity"
         self.pool_size: int = getattr(self.token_mixer, "pool_size", 3)
-        self.drop_path_rate = float(drop_path)
 
     def mix_tokens(self, y: torch.Tensor) -> torch.Tensor:
         """The token mixer on a (B, C, H, W) map, seen as (B, H·W, C) tokens with ``hw=(H, W)``."""
@@ -280,7 +279,7 @@ class MetaFormerBlock(nn.Module):
             mixer=self.mix_tokens if self.mixer_takes_tokens else self.map_mixer,
             pool_size=self.pool_size,
             drop=self.mlp.drop.p,
-            drop_path=self.drop_path_rate,
+            drop_path=getattr(self.drop_path, "drop_prob", 0.0),
             training=self.training,
         )
 
@@ -295,10 +294,9 @@ class MetaFormerBlock(nn.Module):
         if self.mixer_takes_tokens:  # the op's reference form, on the modules (in their order under torch.fx)
             return self.forward_plain(x)
         if torch.jit.is_scripting():
-            if self.impl == "reference" or (self.training and self.mlp.drop.p > 0.0):
+            if self.impl == "reference" or self.training:  # dropout and stochastic depth by the modules
                 return self.forward_plain(x)
-            w = self.weights()
-            return metaformer_block_folded(x, w, self.map_mixer, self.pool_size, self.drop_path_rate, self.training)
+            return metaformer_block_folded(x, self.weights(), self.map_mixer, self.pool_size)
         else:
             return self.forward_op(x)
 
