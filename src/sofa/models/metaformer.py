@@ -540,10 +540,11 @@ class MetaFormer(ClassifierMixin, nn.Module):
             self.out_norms = None
         self.norm = norm2d(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         for name, m in self.named_modules():
             if ".token_mixer" not in name:  # mixers initialise themselves
                 self._init_weights(m)
+        # the head last: the body's initial weights for a seed do not depend on the number of classes
+        self._new_head(num_classes)
 
     @staticmethod
     def _init_weights(m: nn.Module):
