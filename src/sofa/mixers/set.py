@@ -23,7 +23,7 @@ from torch import nn
 
 from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
-from sofa.ops.common import no_autocast
+from sofa.ops.common import fp32, is_tracing, no_autocast
 from sofa.ops.position import GridFilter, position_filter_sequence
 from sofa.ops.set import ProjectedFeatures, set_attention, set_log_plan, streams_in_place
 
@@ -33,6 +33,41 @@ def reference_grid(m: int) -> tuple[int, int]:
     if side * side != m:
         raise ValueError(f"SeTAttention: images need a square reference grid, so num_refs must be a square; got {m}")
     return side, side
+
+
+@torch.fx.wrap
+def mix_set(mixer: SeTAttention, x: torch.Tensor, u_tokens: torch.Tensor, lepe, hw, mask) -> torch.Tensor:
+    """SeT's attention of ``mixer`` on tokens x with values ``u_tokens`` = u(x), plus the local term ``lepe``
+    (None: none), before the output projection: (B, N, C). A leaf under torch.fx (it chooses its path from the
+    tensors' dtypes and grad mode)."""
+    h = mixer.num_heads
+    log_m = mixer.position_filter(x, hw, mask)
+    inplace = streams_in_place(u_tokens)
+    if inplace:
+        # without autograd the features are projected block by block inside set_attention (never a whole map)
+        # and the result overwrites the values: set_attention reads all of them before it writes its first
+        # block. Two buffers of the token map's size fewer are allocated.
+        f = ProjectedFeatures(x, mixer.f.weight, mixer.f.bias, h)
+    else:
+        f = split_heads(mixer.f(x), h)
+    with no_autocast(x):
+        values = fp32(split_heads(u_tokens, h))
+        out = set_attention(
+            f,
+            mixer.anchors,
+            mixer.reference,
+            values,
+            mixer.sigma,
+            mixer.eps,
+            mixer.sinkhorn_iters,
+            log_m,
+            mask,
+            out=values if inplace else None,
+        )
+    out = (u_tokens if inplace else merge_heads(out)).to(u_tokens.dtype)
+    if lepe is not None:
+        out = out.add_(lepe) if inplace else out + lepe
+    return out
 
 
 class SeTAttention(TokenMixer):
@@ -109,42 +144,18 @@ class SeTAttention(TokenMixer):
         """The same arithmetic as ``log_plan`` followed by the two normalisations (see ``attention``), streamed
         over blocks of tokens by :func:`sofa.ops.set_attention`: time linear in n, one n×m matrix per head
         (K̃ without autograd, log K with it) and no other n×m temporary."""
-        self.check_input(x, hw, mask)
-        h = self.num_heads
+        if not is_tracing():
+            self.check_input(x, hw, mask)
         if hw is not None:
             reference_grid(self.num_refs)  # images need a square reference grid
-        log_m = self.position_filter(x, hw, mask)
         u_tokens = self.u(x)
-        B, N, C = u_tokens.shape
         lepe = None
         if hw is not None and self.lepe is not None:
             # the tokens (B, N, C) read as a channels-last image, the result back in the token layout: no copies
-            lepe = self.lepe(u_tokens.reshape(B, *hw, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
-        inplace = streams_in_place(u_tokens)
-        if inplace:
-            # without autograd the features are projected block by block inside set_attention (never a whole map)
-            # and the result overwrites the values: set_attention reads all of them before it writes its first
-            # block. Two buffers of the token map's size fewer are allocated.
-            f = ProjectedFeatures(x, self.f.weight, self.f.bias, h)
-        else:
-            f = split_heads(self.f(x), h)
-        with no_autocast(x):
-            values = split_heads(u_tokens, h).float()
-            out = set_attention(
-                f,
-                self.anchors,
-                self.reference,
-                values,
-                self.sigma,
-                self.eps,
-                self.sinkhorn_iters,
-                log_m,
-                mask,
-                out=values if inplace else None,
-            )
-        out = (u_tokens if inplace else merge_heads(out)).to(u_tokens.dtype)
-        if lepe is not None:
-            out = out.add_(lepe) if inplace else out + lepe
+            B, N, C = u_tokens.shape
+            lepe = self.lepe(u_tokens.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            lepe = lepe.reshape(B, N, C)
+        out = mix_set(self, x, u_tokens, lepe, hw, mask)
         return zero_padded(self.proj(out), mask)
 
     def extra_repr(self) -> str:

@@ -30,10 +30,19 @@ from torch.utils.checkpoint import checkpoint
 from sofa import switches
 from sofa.layers import Linear
 from sofa.mixers.simple import Pooling
-from sofa.ops.pool import BlockWeights, metaformer_block
+from sofa.ops.common import is_tracing
+from sofa.ops.pool import BlockWeights, metaformer_block, metaformer_block_folded
 from sofa.ops.pool import choose_impl as choose_block_impl
 
-__all__ = ["MetaFormer", "MetaFormerBlock", "TokenBlock", "MixerSpec", "resize_pos_embed_2d"]
+__all__ = [
+    "MetaFormer",
+    "MetaFormerBlock",
+    "TokenBlock",
+    "MixerSpec",
+    "resize_pos_embed_2d",
+    "check_image_input",
+    "take_indices",
+]
 
 MixerSpec = Union[str, Dict[str, Any]]
 #: mixers that work on (B, C, H, W) maps as they are (the rest take (B, N, C) tokens)
@@ -111,11 +120,59 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-def resize_pos_embed_2d(pos: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-    """(1, C, h, w) → (1, C, H, W) bilinear, align_corners=False; returned unchanged when the size matches."""
-    if tuple(pos.shape[-2:]) == tuple(hw):
-        return pos
-    return F.interpolate(pos.float(), size=hw, mode="bilinear", align_corners=False).to(pos.dtype)
+@torch.fx.wrap
+def resize_pos_embed_2d(pos: torch.Tensor, hw: List[int]) -> torch.Tensor:
+    """(1, C, h, w) → (1, C, H, W) bilinear, align_corners=False; returned unchanged when the size matches (in
+    eager mode; a captured graph always resamples, which at the same size gives the same values). A leaf under
+    torch.fx, called with the traced sizes."""
+    if not torch.jit.is_scripting():
+        if not is_tracing() and tuple(pos.shape[-2:]) == tuple(hw):
+            return pos
+    return F.interpolate(pos.float(), size=(hw[0], hw[1]), mode="bilinear", align_corners=False).to(pos.dtype)
+
+
+@torch.fx.wrap
+def check_image_input(x: torch.Tensor, min_size: int, model: str) -> None:
+    """Raise ValueError unless ``x`` is a batch of images (B, C, H, W) of at least ``min_size``² pixels (a leaf
+    under torch.fx, so a traced model checks its input too)."""
+    if x.dim() != 4:
+        raise ValueError(f"{model}: expected images (B, C, H, W), got shape {list(x.shape)}")
+    if x.shape[-2] < min_size or x.shape[-1] < min_size:
+        raise ValueError(
+            f"{model}: input {x.shape[-2]}x{x.shape[-1]} is too small; it needs at least {min_size}x{min_size} pixels"
+        )
+
+
+@torch.fx.wrap
+def cpu_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last layout if it is a CPU map and the ``SOFA_CPU_CHANNELS_LAST`` switch is on (always on
+    under TorchScript, which cannot read the switch); a leaf under torch.fx, so a traced model keeps the layout
+    (and the strides of its outputs) of the eager one."""
+    enabled = True
+    if not torch.jit.is_scripting():
+        enabled = switches.CPU_CHANNELS_LAST.get()
+    if enabled and x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def take_indices(num_features: int, indices: Optional[Union[int, List[int]]] = None) -> Tuple[List[int], int]:
+    """timm's ``indices`` convention: None takes every feature, an int n the last n, a list those (negative
+    ones counted from the end). Returns the absolute indices and the largest."""
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"last-n ({indices}) is out of range (1 to {num_features})")
+        take = [num_features - indices + i for i in range(indices)]
+    else:
+        take: List[int] = []
+        for i in indices:
+            j = num_features + i if i < 0 else i
+            if not 0 <= j < num_features:
+                raise ValueError(f"feature index {i} is out of range (0 to {num_features - 1})")
+            take.append(j)
+    return take, max(take)
 
 
 def build_token_mixer(spec: MixerSpec, dim: int) -> Tuple[nn.Module, bool]:
@@ -139,17 +196,27 @@ def _mixer_kind(spec: MixerSpec) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- blocks
+def present(t: Optional[torch.Tensor]) -> torch.Tensor:
+    """``t``, which the block's layers always have (affine norms, convolutions with bias); typed for
+    TorchScript."""
+    assert t is not None
+    return t
+
+
 class MetaFormerBlock(nn.Module):
     """(B, C, H, W) block with GroupNorm(1): ``x + dp(ls1·mixer(norm1(x)))``, ``x + dp(ls2·mlp(norm2(x)))``.
 
-    The forward is one op, :func:`sofa.ops.pool.metaformer_block`: with pooling or identity as the mixer it
+    With pooling or identity as the mixer the forward is one op, :func:`sofa.ops.pool.metaformer_block`, which
     chooses among the fused CPU inference form, the folded form and the textbook form (same results to float
-    rounding); with a token mixer it runs the textbook form, the mixer seeing the map as (B, H·W, C) tokens.
+    rounding; under TorchScript the folded form in eval mode). With a token mixer the block runs the textbook
+    form on its modules (:meth:`forward_plain`), the mixer seeing the map as (B, H·W, C) tokens.
 
     Args:
         impl: the op's ``impl`` ("auto", "fused_cpu", "folded" or "reference"); an attribute, so it can be set on
             a built model.
     """
+
+    __constants__ = ["mixer_takes_tokens"]
 
     def __init__(
         self,
@@ -172,6 +239,8 @@ class MetaFormerBlock(nn.Module):
         self.layer_scale1 = nn.Parameter(torch.full((dim,), float(init)))
         self.layer_scale2 = nn.Parameter(torch.full((dim,), float(init)))
         self.impl = impl
+        self.map_mixer = "pool" if isinstance(self.token_mixer, Pooling) else "identity"
+        self.pool_size: int = getattr(self.token_mixer, "pool_size", 3)
 
     def mix_tokens(self, y: torch.Tensor) -> torch.Tensor:
         """The token mixer on a (B, C, H, W) map, seen as (B, H·W, C) tokens with ``hw=(H, W)``."""
@@ -179,31 +248,36 @@ class MetaFormerBlock(nn.Module):
         t = self.token_mixer(y.flatten(2).transpose(1, 2), hw=(H, W))
         return t.transpose(1, 2).reshape(B, C, H, W)
 
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The textbook block on the block's modules (what ``impl="reference"`` computes)."""
+        y = self.norm1(x)
+        if self.mixer_takes_tokens:
+            y = self.mix_tokens(y)
+        else:
+            y = self.token_mixer(y)
+        x = x + self.drop_path(self.layer_scale1.view(-1, 1, 1) * y)
+        return x + self.drop_path(self.layer_scale2.view(-1, 1, 1) * self.mlp(self.norm2(x)))
+
     def weights(self) -> BlockWeights:
-        n1, n2, fc1, fc2 = self.norm1, self.norm2, self.mlp.fc1, self.mlp.fc2
         return BlockWeights(
-            n1.weight,
-            n1.bias,
-            n1.eps,
+            present(self.norm1.weight),
+            present(self.norm1.bias),
+            self.norm1.eps,
             self.layer_scale1,
-            n2.weight,
-            n2.bias,
-            n2.eps,
+            present(self.norm2.weight),
+            present(self.norm2.bias),
+            self.norm2.eps,
             self.layer_scale2,
-            fc1.weight,
-            fc1.bias,
-            fc2.weight,
-            fc2.bias,
+            self.mlp.fc1.weight,
+            present(self.mlp.fc1.bias),
+            self.mlp.fc2.weight,
+            present(self.mlp.fc2.bias),
         )
 
     def _op_arguments(self) -> Dict[str, Any]:
-        if self.mixer_takes_tokens:
-            mixer = self.mix_tokens
-        else:
-            mixer = "pool" if isinstance(self.token_mixer, Pooling) else "identity"
         return dict(
-            mixer=mixer,
-            pool_size=getattr(self.token_mixer, "pool_size", 3),
+            mixer=self.mix_tokens if self.mixer_takes_tokens else self.map_mixer,
+            pool_size=self.pool_size,
             drop=self.mlp.drop.p,
             drop_path=getattr(self.drop_path, "drop_prob", 0.0),
             training=self.training,
@@ -217,6 +291,18 @@ class MetaFormerBlock(nn.Module):
         return choose_block_impl(x, args["mixer"], args["drop"], args["drop_path"], args["training"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mixer_takes_tokens:  # the op's reference form, on the modules (in their order under torch.fx)
+            return self.forward_plain(x)
+        if torch.jit.is_scripting():
+            if self.impl == "reference" or self.training:  # dropout and stochastic depth by the modules
+                return self.forward_plain(x)
+            return metaformer_block_folded(x, self.weights(), self.map_mixer, self.pool_size)
+        else:
+            return self.forward_op(x)
+
+    @torch.jit.unused
+    def forward_op(self, x: torch.Tensor) -> torch.Tensor:
+        """The block as :func:`sofa.ops.pool.metaformer_block` (eager, torch.fx, TorchDynamo)."""
         return metaformer_block(x, self.weights(), **self._op_arguments(), impl=self.impl)
 
 
@@ -292,6 +378,8 @@ class Downsample(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- stage
 class MetaFormerStage(nn.Module):
+    __constants__ = ["token_blocks"]
+
     def __init__(
         self,
         in_dim: int,
@@ -324,15 +412,30 @@ class MetaFormerStage(nn.Module):
         x = self.downsample(x)
         if self.pos_embed is not None:
             x = x + resize_pos_embed_2d(self.pos_embed, x.shape[-2:]).to(x.dtype)
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                return self.forward_checkpointed(x)
         B, C, H, W = x.shape
-        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         if self.token_blocks:
             t = x.flatten(2).transpose(1, 2)
             for blk in self.blocks:
-                t = checkpoint(blk, t, (H, W), use_reentrant=False) if use_ckpt else blk(t, (H, W))
+                t = blk(t, (H, W))
             return t.transpose(1, 2).reshape(B, C, H, W)
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if use_ckpt else blk(x)
+            x = blk(x)
+        return x
+
+    @torch.jit.unused
+    def forward_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks under activation checkpointing (the downsampling and position embedding done)."""
+        B, C, H, W = x.shape
+        if self.token_blocks:
+            t = x.flatten(2).transpose(1, 2)
+            for blk in self.blocks:
+                t = checkpoint(blk, t, (H, W), use_reentrant=False)
+            return t.transpose(1, 2).reshape(B, C, H, W)
+        for blk in self.blocks:
+            x = checkpoint(blk, x, use_reentrant=False)
         return x
 
 
@@ -395,6 +498,8 @@ class MetaFormer(ClassifierMixin, nn.Module):
 
         self.stem = ConvStem(in_chans, dims[0]) if stem == "poolformer" else Conv2Stem(in_chans, dims[0])
         self.stem_kind = stem
+        self.min_input_size = 3 if stem == "poolformer" else 1  # pixels the stem needs
+        self.arch_name = type(self).__name__  # for error messages
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, cur = [], 0
         self.feature_info = []
@@ -435,10 +540,11 @@ class MetaFormer(ClassifierMixin, nn.Module):
             self.out_norms = None
         self.norm = norm2d(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         for name, m in self.named_modules():
             if ".token_mixer" not in name:  # mixers initialise themselves
                 self._init_weights(m)
+        # the head last: the body's initial weights for a seed do not depend on the number of classes
+        self._new_head(num_classes)
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -472,14 +578,7 @@ class MetaFormer(ClassifierMixin, nn.Module):
         self._new_head(num_classes)
 
     def _check_input(self, x: torch.Tensor):
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__}: expected images (B, C, H, W), got shape {tuple(x.shape)}")
-        k = 3 if self.stem_kind == "poolformer" else 1
-        if x.shape[-2] < k or x.shape[-1] < k:
-            raise ValueError(
-                f"{type(self).__name__}: input {x.shape[-2]}x{x.shape[-1]} is too small; it needs at "
-                f"least {k}x{k} pixels"
-            )
+        check_image_input(x, self.min_input_size, self.arch_name)
 
     def _to_internal(self, x: torch.Tensor) -> torch.Tensor:
         """The layout the stages run in: channels-last on the CPU (the ``SOFA_CPU_CHANNELS_LAST`` switch), the
@@ -490,9 +589,7 @@ class MetaFormer(ClassifierMixin, nn.Module):
         per-channel products all have channels-last CPU kernels, and a channels-last map is already (B, H·W, C)
         tokens for the token mixers. Outputs are the same maps (only their strides differ).
         """
-        if switches.CPU_CHANNELS_LAST.get() and x.device.type == "cpu" and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return cpu_channels_last(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) → normalised final map (B, C, ⌈H/32⌉-ish, ...)."""
@@ -516,33 +613,38 @@ class MetaFormer(ClassifierMixin, nn.Module):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ):
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Stage outputs (B, C_i, H_i, W_i) at strides 4, 8, 16, 32 (through the dense output norms if present)."""
-        from timm.models._features import feature_take_indices
-
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt {output_fmt!r} not supported: stage outputs are NCHW")
-        take, max_index = feature_take_indices(len(self.stages), indices)
+            raise ValueError(f"output_fmt {output_fmt} not supported: stage outputs are NCHW")
+        take, max_index = take_indices(len(self.stages), indices)
+        last = max_index if stop_early else len(self.stages) - 1
         self._check_input(x)
         x = self.stem(self._to_internal(x))
-        feats = []
-        stages = self.stages if not stop_early else self.stages[: max_index + 1]
-        for i, s in enumerate(stages):
-            x = s(x)
-            if i in take:
-                feats.append(self.out_norms[i](x) if self.out_norms is not None else x)
+        outs: List[torch.Tensor] = []
+        for i, s in enumerate(self.stages):
+            if i <= last:
+                x = s(x)
+                outs.append(x)
+        feats: List[torch.Tensor] = []
+        if self.out_norms is not None:
+            for i, out_norm in enumerate(self.out_norms):
+                if i in take:
+                    feats.append(out_norm(outs[i]))
+        else:
+            for i in range(len(outs)):
+                if i in take:
+                    feats.append(outs[i])
         if intermediates_only:
             return feats
-        if stop_early and max_index < len(self.stages) - 1:
+        if last < len(self.stages) - 1:
             return x, feats
         return self.norm(x), feats
 
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
     ):
-        from timm.models._features import feature_take_indices
-
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        take, max_index = take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
         if self.out_norms is not None:
             self.out_norms = self.out_norms[: max_index + 1]

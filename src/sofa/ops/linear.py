@@ -30,7 +30,8 @@ def rows_as_map(rows: torch.Tensor) -> torch.Tensor:
 
 def choose_impl(x: torch.Tensor, weight: torch.Tensor) -> str:
     """The ``impl="auto"`` rule: "onednn" for float32 CPU inputs of at least ``LINEAR_MIN_ROWS`` rows outside
-    autocast and graph captures, where oneDNN exists and the ``SOFA_CPU_LINEAR`` switch allows it; else "blas"."""
+    autocast and graph captures (:func:`sofa.ops.common.is_tracing`), where oneDNN exists and the
+    ``SOFA_CPU_LINEAR`` switch allows it; else "blas"."""
     if is_tracing():
         return "blas"
     K = x.shape[-1]
@@ -43,7 +44,6 @@ def choose_impl(x: torch.Tensor, weight: torch.Tensor) -> str:
         and weight.dtype == torch.float32
         and M >= LINEAR_MIN_ROWS
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
     ):
         return "onednn"
     return "blas"

@@ -6,8 +6,16 @@ import math
 
 import torch
 
-from sofa.ops.common import fp32, no_autocast
+from sofa.ops.common import fp32, is_tracing, no_autocast
 from sofa.ops.numerics import MASKED_LOG
+
+
+def uniform_log_marginal(shape, n, like: torch.Tensor) -> torch.Tensor:
+    """log(1/n) in every entry of ``shape``, in ``like``'s dtype and device; under a graph capture, where n may be
+    a symbolic size, computed by tensor operations."""
+    if is_tracing():
+        return torch.full(shape, n, dtype=like.dtype, device=like.device).log().neg()
+    return torch.full(shape, -math.log(n), dtype=like.dtype, device=like.device)
 
 
 def sinkhorn_log(scores: torch.Tensor, eps: float, iters: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -30,7 +38,7 @@ def sinkhorn_log(scores: torch.Tensor, eps: float, iters: int, mask: torch.Tenso
         logK = fp32(scores) / eps
         log_b = -math.log(m)
         if mask is None:
-            log_a = torch.full(logK.shape[:-1], -math.log(n), dtype=logK.dtype, device=logK.device)
+            log_a = uniform_log_marginal(logK.shape[:-1], n, logK)
             valid = None
         else:
             if mask.shape != scores.shape[:-1]:

@@ -11,22 +11,22 @@ compute the same numbers to float rounding (docs/methods/poolformer.md):
   folded on every call (cheap: they are C×4C), so training sees the same gradients.
 * ``"fused_cpu"`` (inference on the CPU: no autograd, float32, channels-last): the mixer half from GroupNorm's
   statistics alone, the MLP half as one fused, chunked, in-place operator
-  (:func:`sofa.ops.fused_mlp.metaformer_mlp_`). Under ``torch.compile`` that operator stays one kernel and
-  inductor fuses the rest.
+  (:func:`sofa.ops.fused_mlp.metaformer_mlp_`). Under ``torch.compile`` with ``impl="fused_cpu"`` that operator
+  stays one kernel and inductor fuses the rest ("auto" takes the plain forms under any graph capture).
 
 :func:`choose_impl` writes the ``"auto"`` rule.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from timm.layers import drop_path as _drop_path
 
 from sofa import switches
-from sofa.ops.common import check_impl
+from sofa.ops.common import check_impl, is_tracing
 from sofa.ops.fused_mlp import fold_mlp_weights, metaformer_mlp_, mlp_chunk_bytes, sample_moments
 from sofa.ops.pool.pooling import pool_minus_input
 from sofa.ops.pool.reference import metaformer_block_reference
@@ -59,14 +59,16 @@ def choose_impl(
     """The ``impl="auto"`` rule.
 
     "reference" for a mixer other than pooling or identity. "fused_cpu" without autograd for a channels-last
-    float32 CPU map with no active dropout, unless the ``SOFA_ONE_PASS`` switch is on (the FLOP counter, which
-    must see the MLP's products) or autocast runs under ``torch.compile``. Otherwise "folded", except under
-    ``torch.compile`` (inductor fuses the textbook form itself, and the folded form compiled to slower code) or
-    with active MLP dropout: then "reference"."""
+    float32 CPU map with no active dropout, outside graph captures (:func:`sofa.ops.common.is_tracing`), unless
+    the ``SOFA_ONE_PASS`` switch is on (the FLOP counter, which must see the MLP's products). Otherwise "folded",
+    except under ``torch.compile`` (inductor fuses the textbook form itself, and the folded form compiled to
+    slower code) or with active MLP dropout: then "reference"."""
     if not isinstance(mixer, str):
         return "reference"
+    plain = "folded" if (drop == 0.0 or not training) and not torch.compiler.is_compiling() else "reference"
+    if is_tracing():
+        return plain
     active_drop = training and (drop > 0.0 or drop_path > 0.0)
-    compiling = torch.compiler.is_compiling()
     if (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
@@ -75,12 +77,9 @@ def choose_impl(
         and x.is_contiguous(memory_format=torch.channels_last)
         and not active_drop
         and not switches.ONE_PASS.get()
-        and not (compiling and torch.is_autocast_enabled("cpu"))
     ):
         return "fused_cpu"
-    if (drop == 0.0 or not training) and not compiling:
-        return "folded"
-    return "reference"
+    return plain
 
 
 def metaformer_block(
@@ -117,17 +116,21 @@ def metaformer_block(
             raise ValueError("metaformer_block: impl='fused_cpu' is for inference only (no autograd)")
         return _fused_cpu(x, w, mixer, pool_size)
     if impl == "folded":
-        return _folded(x, w, mixer, pool_size, drop_path, training)
+        return metaformer_block_folded(x, w, mixer, pool_size, drop_path, training)
     return metaformer_block_reference(x, w, mixer, pool_size, drop, drop_path, training)
 
 
-def _folded(x, w: BlockWeights, mixer: str, pool_size: int, drop_path: float, training: bool) -> torch.Tensor:
-    """GroupNorm without affine, the affines and LayerScales folded into per-channel factors and into the MLP
-    weights (autograd runs through it; the MLP's dropout must be inactive)."""
+def metaformer_block_folded(
+    x: torch.Tensor, w: BlockWeights, mixer: str, pool_size: int = 3, drop_path: float = 0.0, training: bool = False
+) -> torch.Tensor:
+    """The ``"folded"`` form (mixer "pool" or "identity"): GroupNorm without affine, the affines and LayerScales
+    folded into per-channel factors and into the MLP weights (autograd runs through it; the MLP's dropout must be
+    inactive). TorchScript compiles it."""
     n = F.group_norm(x, 1, None, None, w.norm1_eps)
     s1 = (w.layer_scale1 * w.norm1_weight).to(x.dtype).view(-1, 1, 1)
+    shift: Optional[torch.Tensor] = None
     if mixer == "pool":
-        branch, shift = pool_minus_input(n, pool_size), None
+        branch = pool_minus_input(n, pool_size)
     else:  # identity: ls1·(γ1·n + β1)
         branch, shift = n, (w.layer_scale1 * w.norm1_bias).to(x.dtype).view(-1, 1, 1)
     if drop_path == 0.0:

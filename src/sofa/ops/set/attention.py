@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from sofa import switches
 from sofa.ops import numerics
-from sofa.ops.common import check_impl, fp32, needs_graph, no_autocast
+from sofa.ops.common import check_impl, fp32, is_tracing, needs_graph, no_autocast
 from sofa.ops.linear import linear
 from sofa.ops.numerics import MASKED_LOG as _MASKED_LOG
 from sofa.ops.numerics import SCALING_HEADROOM as _HEADROOM
@@ -404,14 +404,19 @@ class ProjectedFeatures:
 
 
 def choose_impl(f, anchors: torch.Tensor, reference: torch.Tensor, values: torch.Tensor) -> str:
-    """The ``impl="auto"`` rule: "log_domain" where autograd records a graph through any input, "scaling"
-    otherwise."""
+    """The ``impl="auto"`` rule: "reference" under a graph capture (:func:`sofa.ops.common.is_tracing`: plain
+    tensor operations, no blocks or value-dependent fallbacks), "log_domain" where autograd records a graph
+    through any input, "scaling" otherwise."""
+    if is_tracing():
+        return "reference"
     return "log_domain" if needs_graph(f, anchors, reference, values) else "scaling"
 
 
 def streams_in_place(x: torch.Tensor) -> bool:
     """Whether a caller may hand :func:`set_attention` its features as :class:`ProjectedFeatures` and its value
-    buffer as ``out=``: no autograd is recording and the tokens are float32."""
+    buffer as ``out=``: no autograd is recording, the tokens are float32 and no graph capture is running."""
+    if is_tracing():
+        return False
     return not torch.is_grad_enabled() and x.dtype == torch.float32
 
 
