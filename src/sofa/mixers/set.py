@@ -16,6 +16,7 @@ added after merging heads, before the output projection, as in CSWin; images onl
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
 from sofa.ops.common import fp32, is_tracing, no_autocast
 from sofa.ops.position import GridFilter, position_filter_sequence
 from sofa.ops.set import ProjectedFeatures, set_attention, set_log_plan, streams_in_place
+from sofa.ops.set.graph import grid_log_filter, set_attention_graph
 
 
 def reference_grid(m: int) -> tuple[int, int]:
@@ -109,10 +111,13 @@ class SeTAttention(TokenMixer):
         self.proj = Linear(dim, dim)
 
     def position_filter(self, x: torch.Tensor, hw=None, mask=None):
-        """The log position filter: a :class:`~sofa.ops.position.GridFilter` for images, (B, 1, n, m) for
+        """The log position filter: a :class:`~sofa.ops.position.GridFilter` for images ((n, m) dense under a
+        graph capture, whose symbolic sizes the filter's index arithmetic would not export), (B, 1, n, m) for
         sequences, None without one (``tau`` None or 0)."""
         if not self.tau:
             return None
+        if hw is not None and is_tracing():
+            return grid_log_filter(hw, reference_grid(self.num_refs), self.tau, x.device)  # dense (n, m)
         if hw is not None:
             return GridFilter(hw, reference_grid(self.num_refs), self.tau, x.device)  # the (n, m) filter's factors
         valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
@@ -140,10 +145,58 @@ class SeTAttention(TokenMixer):
         log_t = self.log_plan(x, hw, mask)
         return torch.softmax(log_t, -1) @ torch.softmax(log_t, -2).transpose(-1, -2)
 
-    def forward(self, x: torch.Tensor, hw=None, mask=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The same arithmetic as ``log_plan`` followed by the two normalisations (see ``attention``), streamed
         over blocks of tokens by :func:`sofa.ops.set_attention`: time linear in n, one n×m matrix per head
-        (K̃ without autograd, log K with it) and no other n×m temporary."""
+        (K̃ without autograd, log K with it) and no other n×m temporary. TorchScript compiles
+        :meth:`forward_graph` instead."""
+        if torch.jit.is_scripting():
+            return self.forward_graph(x, hw, mask)
+        else:
+            return self.forward_streamed(x, hw, mask)
+
+    def forward_graph(
+        self, x: torch.Tensor, hw: Optional[Tuple[int, int]], mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The whole (n, m) plan in plain tensor operations (:func:`sofa.ops.set.set_attention_graph`)."""
+        self.assert_input(x, hw, mask)
+        h = self.num_heads
+        u_tokens = self.u(x)
+        log_m: Optional[torch.Tensor] = None
+        tau = self.tau
+        if tau is not None and tau > 0:
+            if hw is not None:
+                side = int(math.sqrt(self.num_refs))
+                log_m = grid_log_filter(hw, (side, side), tau, x.device)
+            else:
+                valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
+                log_m = position_filter_sequence(valid, self.num_refs, tau, log=True)[:, None]
+        values = split_heads(u_tokens, h)
+        out = set_attention_graph(
+            split_heads(self.f(x), h),
+            self.anchors,
+            self.reference,
+            values,
+            self.sigma,
+            self.eps,
+            self.sinkhorn_iters,
+            log_m,
+            mask,
+        )
+        out = merge_heads(out).to(u_tokens.dtype)
+        if hw is not None and self.lepe is not None:
+            B, N, C = u_tokens.shape
+            lepe = self.lepe(u_tokens.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            out = out + lepe.reshape(B, N, C)
+        return zero_padded(self.proj(out), mask)
+
+    @torch.jit.unused
+    def forward_streamed(
+        self, x: torch.Tensor, hw: Optional[Tuple[int, int]], mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The streamed form (:func:`mix_set`)."""
         if not is_tracing():
             self.check_input(x, hw, mask)
         if hw is not None:

@@ -38,4 +38,4 @@ def is_tracing() -> bool:
     a captured graph cannot hold."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return True
-    return torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_tracing()
+    return torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()

@@ -16,10 +16,15 @@ from sofa.ops.common import fp32, no_autocast
 def spherical_gaussian_kernel(a: torch.Tensor, z: torch.Tensor, sigma: float) -> torch.Tensor:
     """κ(a, z) for a (..., n, d) and unit-norm z (..., k, d) → (..., n, k), float32."""
     with no_autocast(a):
-        a, z = fp32(a), fp32(z)
-        norm = a.norm(dim=-1, keepdim=True)
-        cos = (a / norm.clamp_min(1e-6)) @ z.transpose(-1, -2)
-        return norm * torch.exp((cos - 1.0) / sigma**2)
+        return spherical_gaussian_kernel_plain(fp32(a), fp32(z), sigma)
+
+
+def spherical_gaussian_kernel_plain(a: torch.Tensor, z: torch.Tensor, sigma: float) -> torch.Tensor:
+    """κ(a, z) in the inputs' dtype, with no autocast handling: the arithmetic of
+    :func:`spherical_gaussian_kernel`, written so that TorchScript compiles it."""
+    norm = torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+    cos = (a / norm.clamp_min(1e-6)) @ z.transpose(-1, -2)
+    return norm * torch.exp((cos - 1.0) / sigma**2)
 
 
 def inverse_sqrt_psd(K: torch.Tensor, ridge: float = 1e-3, iters: int = 20) -> torch.Tensor:
@@ -32,16 +37,21 @@ def inverse_sqrt_psd(K: torch.Tensor, ridge: float = 1e-3, iters: int = 20) -> t
     condition number, and so the iterations needed.
     """
     with no_autocast(K):
-        K = fp32(K)
-        k = K.shape[-1]
-        eye = torch.eye(k, dtype=K.dtype, device=K.device)
-        K = 0.5 * (K + K.transpose(-1, -2)) + ridge * eye
-        c = K.flatten(-2).norm(dim=-1)[..., None, None]
-        Y, Z = K / c, eye.expand_as(K)
-        for _ in range(iters):
-            T = 1.5 * eye - 0.5 * (Z @ Y)
-            Y, Z = Y @ T, T @ Z
-        return Z / c.sqrt()
+        return inverse_sqrt_psd_plain(fp32(K), ridge, iters)
+
+
+def inverse_sqrt_psd_plain(K: torch.Tensor, ridge: float, iters: int) -> torch.Tensor:
+    """(K + ridge·I)^{−1/2} in K's dtype, with no autocast handling: the iteration of :func:`inverse_sqrt_psd`,
+    written so that TorchScript compiles it."""
+    k = K.shape[-1]
+    eye = torch.eye(k, dtype=K.dtype, device=K.device)
+    K = 0.5 * (K + K.transpose(-1, -2)) + ridge * eye
+    c = torch.linalg.vector_norm(K.flatten(-2), dim=-1).unsqueeze(-1).unsqueeze(-1)
+    Y, Z = K / c, eye.expand_as(K)
+    for _ in range(iters):
+        T = 1.5 * eye - 0.5 * (Z @ Y)
+        Y, Z = Y @ T, T @ Z
+    return Z / c.sqrt()
 
 
 def nystrom_embedding(

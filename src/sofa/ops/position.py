@@ -7,10 +7,12 @@ ends. Results are float32.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
-def _centres(n: int, device=None) -> torch.Tensor:
+def _centres(n: int, device: Optional[torch.device] = None) -> torch.Tensor:
     return (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
 
 

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
-from sofa.ops.common import fp32, is_tracing, no_autocast
+from sofa.ops.common import fp32, no_autocast
 from sofa.ops.numerics import MASKED_LOG
-
-
-def uniform_log_marginal(shape, n, like: torch.Tensor) -> torch.Tensor:
-    """log(1/n) in every entry of ``shape``, in ``like``'s dtype and device; under a graph capture, where n may be
-    a symbolic size, computed by tensor operations."""
-    if is_tracing():
-        return torch.full(shape, n, dtype=like.dtype, device=like.device).log().neg()
-    return torch.full(shape, -math.log(n), dtype=like.dtype, device=like.device)
 
 
 def sinkhorn_log(scores: torch.Tensor, eps: float, iters: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -33,32 +26,41 @@ def sinkhorn_log(scores: torch.Tensor, eps: float, iters: int, mask: torch.Tenso
         raise ValueError(f"sinkhorn: iters must be at least 1, got {iters}")
     if scores.dim() < 2:
         raise ValueError(f"sinkhorn: expected scores of shape (..., n, m), got {tuple(scores.shape)}")
-    n, m = scores.shape[-2:]
+    if mask is not None and mask.shape != scores.shape[:-1]:
+        mask = mask.expand(scores.shape[:-1]) if mask.dim() <= scores.dim() - 1 else mask
+        if mask.shape != scores.shape[:-1]:
+            raise ValueError(
+                f"sinkhorn: mask must have shape {tuple(scores.shape[:-1])} (the scores without the last "
+                f"dimension), got {tuple(mask.shape)}"
+            )
     with no_autocast(scores):
-        logK = fp32(scores) / eps
-        log_b = -math.log(m)
-        if mask is None:
-            log_a = uniform_log_marginal(logK.shape[:-1], n, logK)
-            valid = None
-        else:
-            if mask.shape != scores.shape[:-1]:
-                mask = mask.expand(scores.shape[:-1]) if mask.dim() <= scores.dim() - 1 else mask
-            if mask.shape != scores.shape[:-1]:
-                raise ValueError(
-                    f"sinkhorn: mask must have shape {tuple(scores.shape[:-1])} (the scores without the last "
-                    f"dimension), got {tuple(mask.shape)}"
-                )
-            valid = mask.bool()
-            n_valid = valid.sum(-1, keepdim=True).clamp_min(1).to(logK.dtype)
-            log_a = torch.where(valid, -torch.log(n_valid), torch.full_like(logK[..., 0], MASKED_LOG))
-            logK = logK.masked_fill(~valid.unsqueeze(-1), 0.0)
-        v = torch.zeros_like(logK[..., 0, :])  # (..., m)
-        for _ in range(iters):
-            u = log_a - torch.logsumexp(logK + v.unsqueeze(-2), dim=-1)
-            if valid is not None:
-                u = torch.where(valid, u, torch.full_like(u, MASKED_LOG))
-            v = log_b - torch.logsumexp(logK + u.unsqueeze(-1), dim=-2)
-        return logK + u.unsqueeze(-1) + v.unsqueeze(-2)
+        return sinkhorn_log_plain(fp32(scores) / eps, iters, mask)
+
+
+def sinkhorn_log_plain(
+    log_kernel: torch.Tensor, iters: int, mask: Optional[torch.Tensor] = None, masked_log: float = MASKED_LOG
+) -> torch.Tensor:
+    """The iterations of :func:`sinkhorn_log` on log K = scores/ε (..., n, m), in its dtype, with ``mask`` of shape
+    (..., n) or None (padded rows get log-mass ``masked_log``), and no argument checks or autocast handling:
+    written so that TorchScript compiles it and graph captures keep n symbolic (log(1/n) is a tensor operation)."""
+    n, m = log_kernel.shape[-2], log_kernel.shape[-1]
+    log_b = -math.log(m)
+    if mask is None:
+        valid: Optional[torch.Tensor] = None
+        log_a = torch.full(log_kernel.shape[:-1], n, dtype=log_kernel.dtype, device=log_kernel.device).log().neg()
+    else:
+        valid = mask.to(torch.bool)
+        n_valid = valid.sum(-1, keepdim=True).clamp_min(1).to(log_kernel.dtype)
+        log_a = torch.where(valid, -torch.log(n_valid), torch.full_like(log_kernel[..., 0], masked_log))
+        log_kernel = log_kernel.masked_fill(~valid.unsqueeze(-1), 0.0)
+    v = torch.zeros_like(log_kernel[..., 0, :])  # (..., m)
+    u = torch.zeros_like(log_kernel[..., 0])  # (..., n)
+    for _ in range(iters):
+        u = log_a - torch.logsumexp(log_kernel + v.unsqueeze(-2), dim=-1)
+        if valid is not None:
+            u = torch.where(valid, u, torch.full_like(u, masked_log))
+        v = log_b - torch.logsumexp(log_kernel + u.unsqueeze(-1), dim=-2)
+    return log_kernel + u.unsqueeze(-1) + v.unsqueeze(-2)
 
 
 def sinkhorn(scores: torch.Tensor, eps: float, iters: int, mask: torch.Tensor | None = None) -> torch.Tensor:
