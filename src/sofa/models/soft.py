@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sofa.models._builder import build_model_with_checkpoint
-from sofa.models.metaformer import ClassifierMixin, Mlp
+from sofa.models.metaformer import ClassifierMixin, Mlp, take_indices
 from sofa.models.registry import register_model
 from sofa.ops.common import is_tracing
 
@@ -397,25 +397,6 @@ class SoftVisionTransformer(ClassifierMixin, nn.Module):
         if prune_head:
             self.reset_classifier(0)
         return take
-
-
-def take_indices(n: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
-    """timm's feature indices: None → all n stages, an int k → the last k, a list → those (negative ones from
-    the end); returned as absolute indices, with the largest."""
-    if indices is None:
-        indices = n
-    if isinstance(indices, int):
-        if not 0 < indices <= n:
-            raise ValueError(f"last-n ({indices}) is out of range (1 to {n})")
-        take = [n - indices + i for i in range(indices)]
-    else:
-        take: List[int] = []
-        for i in indices:
-            idx = n + i if i < 0 else i
-            if not 0 <= idx < n:
-                raise ValueError(f"feature index {idx} is out of range (0 to {n - 1})")
-            take.append(idx)
-    return take, max(take)
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
