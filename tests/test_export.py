@@ -143,7 +143,14 @@ def test_torch_export_dynamic(name, features_only):
             assert_close(exported(x), model(x), 1e-6)
 
 
-@pytest.mark.parametrize("name", CASES)
+#: poolformer_mini's dynamic ONNX file is checked in ONNX Runtime at two sizes by tests/test_export_cli.py
+ONNX_CASES = [
+    pytest.param(*c.values, id=c.id, marks=[*c.marks, pytest.mark.slow] if c.id == "poolformer_mini" else c.marks)
+    for c in CASES
+]
+
+
+@pytest.mark.parametrize("name", ONNX_CASES)
 def test_onnx_runtime_matches_pytorch(name, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="the export extra (pip install 'sofa[export]') is not installed")
     from sofa.export import export_onnx
@@ -162,14 +169,12 @@ def test_onnx_runtime_matches_pytorch(name, tmp_path):
 @pytest.mark.parametrize("features_only", [False, True], ids=["classifier", "features"])
 @pytest.mark.parametrize("name", CASES)
 def test_compile_fullgraph(name, features_only):
-    """No graph break (``fullgraph=True`` raises on one); the eager backend keeps the test fast, the graph capture
-    is the same as inductor's."""
+    """No graph break at inference (``fullgraph=True`` raises on one); the eager backend keeps the test fast, the
+    graph capture is the same as inductor's. Gradients through captured graphs are checked by the fx and TorchScript
+    tests."""
     model = build(name, full=name in FULL, features_only=features_only, dtype=torch.float32)
     torch.compiler.reset()
     compiled = torch.compile(model, fullgraph=True, backend="eager", dynamic=False)
     x = sample(dtype=torch.float32)
     with torch.no_grad():
         assert_close(compiled(x), model(x), 1e-4)
-    want = forward_and_grads(model, x)
-    got = forward_and_grads(compiled, x)
-    assert_close(got[0], want[0], 1e-4)
