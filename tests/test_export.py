@@ -16,7 +16,7 @@ from torch import nn
 
 from sofa.models import create_model, get_entry, list_models
 
-IMAGE_MODELS = [n for n in list_models() if get_entry(n).family != "lra"]
+IMAGE_MODELS = [n for n in list_models() if get_entry(n).family not in ("lra", "text")]
 HYBRIDS = ("poolformer_s12_attn", "poolformer_s12_soft", "poolformer_s12_set", "poolformer_s12_identity")
 FAST = [n for n in IMAGE_MODELS if n.endswith("_mini")]
 FULL = [n for n in IMAGE_MODELS if not n.endswith("_mini") and n not in HYBRIDS]

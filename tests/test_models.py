@@ -16,7 +16,7 @@ from sofa.models import create_model, get_entry, list_models
 from sofa.models.flops import count_macs, count_params
 
 #: the image models (the LRA sequence classifiers, family "lra", are tested in test_lra_models.py)
-ALL = [n for n in list_models() if get_entry(n).family != "lra"]
+ALL = [n for n in list_models() if get_entry(n).family not in ("lra", "text")]
 SMALL = (
     "soft_mini",
     "soft_norm_mini",

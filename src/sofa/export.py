@@ -188,8 +188,9 @@ def build_model(name: str, checkpoint: Optional[str] = None, features: bool = Fa
         entry = get_entry(name)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if entry.family == "lra":
-        raise UserError(f"{name} is a sequence model of the LRA benchmark; sofa export takes the image models")
+    if entry.family in ("lra", "text"):
+        what = "of the LRA benchmark" if entry.family == "lra" else "(a text encoder)"
+        raise UserError(f"{name} is a sequence model {what}; sofa export takes the image models")
     kwargs = {"features_only": True} if features else {}
     return create_model(name, checkpoint_path=checkpoint, **kwargs).eval()
 

@@ -1,4 +1,5 @@
-"""The model zoo: SOFT, SeTformer and PoolFormer (with hybrids), and the LRA sequence classifiers, by name.
+"""The model zoo: SOFT, SeTformer and PoolFormer (with hybrids), the LRA sequence classifiers and the
+text encoders, by name.
 
     >>> import sofa
     >>> model = sofa.create_model("soft_tiny", num_classes=10)
@@ -8,7 +9,7 @@ Importing this package registers every model in sofa's registry and in timm's (`
 too; names timm already owns get a ``sofa_`` prefix there).
 """
 
-from sofa.models import lra, poolformer, setformer, soft  # noqa: F401  (register their variants)
+from sofa.models import lra, poolformer, setformer, soft, text  # noqa: F401  (register their variants)
 from sofa.models.registry import create_model, get_entry, list_models, map_checkpoint, register_in_timm, timm_name
 
 register_in_timm()

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         "included); that runs each model once on the CPU, about a minute for all of them.",
     )
     p.add_argument("pattern", nargs="?", default="*", help="glob over model names (default: all)")
-    p.add_argument("--family", choices=["soft", "setformer", "poolformer"], help="only this family")
+    p.add_argument("--family", choices=["soft", "setformer", "poolformer", "lra", "text"], help="only this family")
     p.add_argument(
         "--macs",
         action=argparse.BooleanOptionalAction,
