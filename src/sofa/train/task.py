@@ -319,7 +319,7 @@ def register_task(name: str, cls: type[Task]) -> type[Task]:
 
 
 # Modules that register tasks when imported; a missing one (area not installed) is skipped.
-_TASK_MODULES = ("sofa.train.classification", "sofa.dense.tasks", "sofa.train.lra")
+_TASK_MODULES = ("sofa.train.classification", "sofa.dense.tasks", "sofa.train.lra", "sofa.train.pretrain")
 
 
 def _load_builtin_tasks() -> None:
