@@ -104,9 +104,7 @@ class TextTokenizer:
     def special_ids(self) -> Tuple[int, ...]:
         return tuple(i for i in (self.pad_id, self.cls_id, self.sep_id, self.mask_id, self.unk_id) if i is not None)
 
-    def encode_pair(
-        self, text_a: str, text_b: Optional[str] = None, max_len: int = 128
-    ) -> Tuple[List[int], List[int]]:
+    def encode_pair(self, text_a: str, text_b: Optional[str] = None, max_len: int = 128) -> Tuple[List[int], List[int]]:
         """``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` of at most ``max_len`` ids, and the token type ids
         (0 for the first segment with its ``[CLS]`` and ``[SEP]``, 1 for the second). Too long a pair loses
         tokens from the end of its longer side first (BERT's ``longest_first``)."""
@@ -145,7 +143,7 @@ def _bytes_to_unicode() -> List[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    table = dict(zip(bs, cs))
+    table = dict(zip(bs, cs, strict=True))
     return [chr(table[b]) for b in range(256)]
 
 
@@ -183,7 +181,12 @@ class ByteTokenizer(TextTokenizer):
             "padding": None,
             "added_tokens": added,
             "normalizer": None,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            "pre_tokenizer": {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": False,
+                "use_regex": False,
+            },
             "post_processor": _bert_post_processor(1, 2),
             "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
             "model": {
@@ -210,7 +213,11 @@ class ByteTokenizer(TextTokenizer):
     def matches(cls, doc: dict) -> bool:
         """Whether a ``tokenizer.json`` document is this tokenizer (as :meth:`to_json` writes it)."""
         model = doc.get("model") or {}
-        return model.get("type") == "BPE" and not model.get("merges") and model.get("vocab") == cls().to_json()["model"]["vocab"]
+        return (
+            model.get("type") == "BPE"
+            and not model.get("merges")
+            and model.get("vocab") == cls().to_json()["model"]["vocab"]
+        )
 
 
 def _bert_post_processor(cls_id: int, sep_id: int) -> dict:

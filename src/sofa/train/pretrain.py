@@ -159,7 +159,9 @@ class MLMTask(Task):
             return
         out = Path(str(self.cfg.output))
         if out.is_dir():
-            save_tokenizer_copy(self.tokenizer, str(getattr(self.cfg, "tokenizer", None) or "bytes"), out / TOKENIZER_FILE)
+            save_tokenizer_copy(
+                self.tokenizer, str(getattr(self.cfg, "tokenizer", None) or "bytes"), out / TOKENIZER_FILE
+            )
 
     def build_datasets(self):
         from sofa.data.text import MLMDataset
@@ -237,7 +239,12 @@ class MLMTask(Task):
         if n == 0:
             return {"loss": float("nan"), "acc": 0.0, "ppl": float("nan"), "count": 0}
         loss = float(sums["loss_sum"]) / n
-        return {"loss": loss, "acc": float(sums["correct"]) * 100.0 / n, "ppl": math.exp(min(loss, 50.0)), "count": int(n)}
+        return {
+            "loss": loss,
+            "acc": float(sums["correct"]) * 100.0 / n,
+            "ppl": math.exp(min(loss, 50.0)),
+            "count": int(n),
+        }
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         tok = self.tokenizer
