@@ -308,3 +308,17 @@ def test_pretraining_with_a_trained_tokenizer_keeps_it_in_the_run(wordpiece, tmp
 def test_pretrain_refuses_an_image_model(capsys, tmp_path):
     assert main(["pretrain", "--model", "soft_mini", "--steps", "1", "--output", str(tmp_path / "r"), *QUIET]) != 0
     assert "text encoder" in capsys.readouterr().err
+
+
+def test_bench_text_measures_a_training_step_and_skips_what_would_not_fit(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "text", "--seq", "16,32", "--size", "tiny", "--mixers", "pool,softmax", "--no-isolate"]
+    argv += ["--repeats", "1", "--budget", "0.1", "--threads", "1", "--mem-limit", "0.0001", "--json", str(out)]
+    assert main(argv) == 0
+    records = json.loads(out.read_text())["records"]
+    pool = [r for r in records if r["mixer"] == "pool"]
+    assert [r["seq"] for r in pool] == [16, 32] and all(r["median_s"] > 0 and r["runs"] >= 1 for r in pool)
+    assert all(r["model"] == "text_tiny_pool" and "peak_mem_bytes" in r for r in pool)
+    softmax = [r for r in records if r["mixer"] == "softmax"]
+    assert len(softmax) == 2 and all("over --mem-limit" in r["skipped"] for r in softmax)
+    assert "| pool |" in capsys.readouterr().out

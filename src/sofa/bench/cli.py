@@ -4,6 +4,7 @@ sofa bench mixers --json docs/bench_mixers_cpu.json --plot docs/bench_mixers_cpu
 sofa bench models --json docs/bench_models_cpu.json
 sofa bench mixers --quick            # tiny sizes, in-process: checks the harness in seconds
 sofa bench mixers --seq 1024,4096,16384,65536   # 1-D sequences, the LRA models' mixers
+sofa bench text --seq 512,2048,8192 --threads 2   # one MLM training step of text_mini_* per length
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def register(subparsers) -> None:
         help="skip re-timing successive sizes of the linear mixers in turn for robust slopes",
     )
     m.set_defaults(func=run_mixers)
+
+    _register_text(sub)
 
     d = sub.add_parser("models", help="images/s and peak memory of our models and timm's alternatives")
     _common(d)
@@ -271,6 +274,38 @@ def _mixer_settings(args, opts: _MixerOptions) -> Dict:
         "isolate": opts.isolate,
         "input_scale": args.input_scale,
     }
+
+
+def _register_text(sub) -> None:
+    from sofa.bench.text import DEFAULT_SEQ, DEFAULT_VOCAB, run_text
+
+    t = sub.add_parser(
+        "text",
+        help="time and peak memory of one MLM training step (fwd+bwd+AdamW) of the text encoders against N",
+    )
+    t.add_argument("--seq", type=_ints, metavar="N,N,...", help=f"tokens per sequence (default {DEFAULT_SEQ})")
+    t.add_argument("--mixers", type=_names, help="softmax,soft,soft_norm,set,pool (default all)")
+    t.add_argument("--size", default="mini", choices=("tiny", "mini", "small", "medium"), help="(default mini)")
+    t.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
+    t.add_argument("--vocab", type=int, default=DEFAULT_VOCAB, help=f"MLM vocabulary (default {DEFAULT_VOCAB})")
+    t.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    t.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    t.add_argument("--repeats", type=int, default=5, help="timed steps per case after warm-up (default 5)")
+    t.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    t.add_argument("--budget", type=float, default=30.0, help="seconds of timed steps per case (at least 2 steps)")
+    t.add_argument(
+        "--mem-limit", type=float, help="GB; skip softmax cases estimated to need more (default 80%% of free)"
+    )
+    t.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        default=True,
+        help="measure in this process instead of a fresh process per case (memory less exact)",
+    )
+    t.add_argument("--json", metavar="PATH", help="write every measurement and the machine to PATH")
+    t.add_argument("--markdown", metavar="PATH", help="write the table as Markdown to PATH")
+    t.set_defaults(func=run_text)
 
 
 def _memory_method(device: str, isolate: bool) -> str:

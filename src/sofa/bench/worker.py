@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from sofa.bench import measure, mixers, models
+from sofa.bench import measure, mixers, models, text
 from sofa.bench.isolation import RESULT_MARK
 
 
@@ -31,6 +31,7 @@ CASE_RUNNERS = {
     "model": models.run_case,
     "model_pair": models.run_pair,
     "gemm": run_gemm,
+    "text": text.run_case,
 }
 
 
