@@ -313,7 +313,7 @@ def test_pretrain_refuses_an_image_model(capsys, tmp_path):
 def test_bench_text_measures_a_training_step_and_skips_what_would_not_fit(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "text", "--seq", "16,32", "--size", "tiny", "--mixers", "pool,softmax", "--no-isolate"]
-    argv += ["--repeats", "1", "--budget", "0.1", "--threads", "1", "--mem-limit", "0.0001", "--json", str(out)]
+    argv += ["--repeats", "1", "--budget", "0.1", "--threads", "1", "--mem-limit", "1e-6", "--json", str(out)]
     assert main(argv) == 0
     records = json.loads(out.read_text())["records"]
     pool = [r for r in records if r["mixer"] == "pool"]
