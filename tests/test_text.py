@@ -163,6 +163,20 @@ def test_pack_corpus_frames_sequences_and_splits_deterministically():
     assert len(val) > 0 and len(train) > 15 * len(val)
 
 
+@pytest.mark.parametrize("n", [0, 1, 5, 6, 7, 13, 60])
+def test_packing_matches_a_plain_reference(n):
+    from array import array
+
+    from sofa.data.text import _pack
+
+    tok = ByteTokenizer()
+    stream = torch.randint(5, 261, (n,)).tolist()
+    packed = _pack(array("q", stream), 8, tok)
+    rows = [[tok.cls_id, *stream[i : i + 6], tok.sep_id] for i in range(0, n, 6)]
+    assert packed.lengths.tolist() == [len(r) for r in rows]
+    assert packed.ids.tolist() == [r + [tok.pad_id] * (8 - len(r)) for r in rows]
+
+
 def test_corpus_files_with_bad_bytes_are_read(tmp_path):
     f = tmp_path / "a.txt"
     f.write_bytes(b"first paragraph \xff here\n\nsecond one\n")

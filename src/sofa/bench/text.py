@@ -78,7 +78,7 @@ def run_case(spec: Dict) -> Dict:
             warmup=int(spec.get("warmup", 1)),
             device=device,
             budget_s=spec.get("budget_s"),
-            min_repeats=int(spec.get("min_repeats", 2)),
+            min_repeats=min(int(spec.get("min_repeats", 2)), int(spec.get("repeats", 5))),
         )
     )
     rec.update(memory.peak_memory(step, device))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -486,16 +487,28 @@ class PackedCorpus:
         return torch.arange(self.ids.shape[1]) < self.lengths[:, None]
 
 
-def _pack(stream: List[int], seq_len: int, tok: TextTokenizer) -> PackedCorpus:
+def _pack(stream: "array", seq_len: int, tok: TextTokenizer) -> PackedCorpus:
+    """Cut ``stream`` into pieces of ``seq_len - 2`` ids framed ``[CLS] … [SEP]``, the last one padded."""
     body = seq_len - 2
-    chunks = [stream[i : i + body] for i in range(0, len(stream), body)]
-    ids = torch.full((len(chunks), seq_len), tok.pad_id, dtype=torch.long)
-    lengths = torch.zeros(len(chunks), dtype=torch.long)
-    for s, chunk in enumerate(chunks):
-        row = [tok.cls_id, *chunk, tok.sep_id]
-        ids[s, : len(row)] = torch.tensor(row, dtype=torch.long)
-        lengths[s] = len(row)
+    n = len(stream)
+    S = -(-n // body)
+    ids = torch.full((S, seq_len), tok.pad_id, dtype=torch.long)
+    lengths = torch.full((S,), seq_len, dtype=torch.long)
+    if S == 0:
+        return PackedCorpus(ids, lengths)
+    flat = torch.full((S * body,), tok.pad_id, dtype=torch.long)
+    flat[:n] = torch.frombuffer(stream, dtype=torch.int64) if n else flat[:0]
+    ids[:, 0] = tok.cls_id
+    ids[:, 1 : 1 + body] = flat.view(S, body)
+    ids[:-1, -1] = tok.sep_id
+    last = n - (S - 1) * body  # real tokens in the last piece
+    ids[-1, 1 + last] = tok.sep_id
+    lengths[-1] = last + 2
     return PackedCorpus(ids, lengths)
+
+
+#: paragraphs tokenized per call of ``encode_batch`` while packing
+ENCODE_CHUNK = 1024
 
 
 def pack_corpus(
@@ -507,25 +520,36 @@ def pack_corpus(
     """(train, validation) sequences of ``seq_len`` ids: paragraph ``i`` goes to validation when ``i % k == k
     - 1`` with ``k = round(1 / val_fraction)`` (none when ``val_fraction`` is 0); each split's paragraphs are
     tokenized, concatenated and cut into pieces of ``seq_len - 2`` tokens, each framed ``[CLS] … [SEP]`` (the
-    last one padded). A corpus of a single paragraph is split by sequences instead, the same way."""
+    last one padded). A corpus of fewer than ``k`` paragraphs is split by sequences instead, the same way.
+    The corpus is read and tokenized as a stream (ids kept as 8-byte integers, nothing per paragraph)."""
     if seq_len < 3:
         raise UserError(f"--seq-len {seq_len}: a sequence needs room for [CLS], a token and [SEP]")
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    paragraphs = list(corpus_paragraphs(files))
-    if not paragraphs:
-        raise UserError(f"corpus {files}: no text")
     k = round(1 / val_fraction) if val_fraction > 0 else 0
-    encoded = tokenizer.encode_batch(paragraphs)
-    train_stream: List[int] = []
-    val_stream: List[int] = []
-    for i, ids in enumerate(encoded):
-        (val_stream if k and len(encoded) >= k and i % k == k - 1 else train_stream).extend(ids)
-    train = _pack(train_stream, seq_len, tokenizer)
-    val = _pack(val_stream, seq_len, tokenizer)
+    streams = {"train": array("q"), "val": array("q")}
+    count = 0
+    chunk: List[str] = []
+
+    def flush():
+        nonlocal count
+        for ids in tokenizer.encode_batch(chunk):
+            streams["val" if k and count % k == k - 1 else "train"].extend(ids)
+            count += 1
+        chunk.clear()
+
+    for para in corpus_paragraphs(files):
+        chunk.append(para)
+        if len(chunk) >= ENCODE_CHUNK:
+            flush()
+    flush()
+    if count == 0:
+        raise UserError(f"corpus {files}: no text")
+    train = _pack(streams["train"], seq_len, tokenizer)
+    val = _pack(streams["val"], seq_len, tokenizer)
     if k and len(val) == 0 and len(train) > 1:  # too few paragraphs: every k-th sequence (at least one)
         pick = torch.zeros(len(train), dtype=torch.bool)
-        pick[min(k, len(train)) - 1 :: max(k, 1)] = True
+        pick[min(k, len(train)) - 1 :: k] = True
         val = PackedCorpus(train.ids[pick], train.lengths[pick])
         train = PackedCorpus(train.ids[~pick], train.lengths[~pick])
     if len(train) == 0:
