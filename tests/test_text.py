@@ -112,6 +112,21 @@ def test_trained_wordpiece_round_trip(wordpiece):
     assert tok.tok.encode("the assert", "x").ids[0] == tok.cls_id  # the saved post-processor frames as BERT
 
 
+def test_trained_bpe_round_trip(tmp_path, capsys):
+    pytest.importorskip("tokenizers", reason="tokenizers not installed (pip install 'sofa[text]')")
+    text = python_docs_sample(100)
+    (tmp_path / "sample.txt").write_text(text, encoding="utf-8")
+    out = tmp_path / "bpe.json"
+    argv = ["tokenizer", "train", str(tmp_path / "sample.txt"), "--vocab", "400", "--kind", "bpe", "--out", str(out)]
+    assert main(argv) == 0
+    assert "bpe, 400 ids" in capsys.readouterr().out
+    tok = load_tokenizer(out)
+    for para in text.split("\n\n")[:30]:
+        ids = tok.encode(para)
+        assert tok.unk_id not in ids
+        assert "".join(tok.decode(ids).split()) == "".join(para.lower().split())
+
+
 # ------------------------------------------------------------------------------------------------ masking
 def test_mask_tokens_statistics_match_bert():
     V, n = 1000, 400_000

@@ -198,7 +198,6 @@ class ByteTokenizer(TextTokenizer):
                 "end_of_word_suffix": None,
                 "fuse_unk": False,
                 "byte_fallback": False,
-                "ignore_merges": False,
                 "vocab": vocab,
                 "merges": [],
             },
