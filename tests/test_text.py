@@ -334,6 +334,24 @@ def test_pretraining_with_a_trained_tokenizer_keeps_it_in_the_run(wordpiece, tmp
     assert state["encoder.embeddings.word_embeddings.weight"].shape[0] == 600
 
 
+@pytest.mark.slow
+def test_pretraining_under_ddp_keeps_the_ranks_in_step(tmp_path):
+    """Two CPU processes (torchrun, gloo): each draws its own shard, the weights stay equal on both ranks."""
+    from safetensors.torch import load_file
+
+    from helpers import torchrun_two_cpu_processes
+
+    out, dump = tmp_path / "ddp", tmp_path / "ranks"
+    train = ["pretrain", "--model", "text_tiny_set", "--steps", "4", "--eval-interval", "2", "--seq-len", "32"]
+    train += ["-b", "2", "--output", out, "--workers", "0", "--threads", "1", "--progress", "log"]
+    torchrun_two_cpu_processes(["--save-rank-weights", dump, "--", *train], tmp_path)
+    a, b = load_file(dump / "rank0.safetensors"), load_file(dump / "rank1.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in rows if r.get("type") == "epoch"] == [2, 4]
+    assert (out / "tokenizer.json").is_file()
+
+
 def test_pretrain_refuses_an_image_model(capsys, tmp_path):
     assert main(["pretrain", "--model", "soft_mini", "--steps", "1", "--output", str(tmp_path / "r"), *QUIET]) != 0
     assert "text encoder" in capsys.readouterr().err
