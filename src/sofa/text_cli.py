@@ -41,6 +41,14 @@ def _register_pretrain(subparsers) -> None:
     ta = TaskArgs(p, "mlm", "pretraining (mlm) options")
     MLMTask.add_args(ta)
     add_loop_args(p)
+    helps = {
+        "model": "text model (default text_mini_set; `sofa models --family text` lists them)",
+        "data": "one text file or python-docs (default python-docs; --corpus takes several)",
+        "task": argparse.SUPPRESS,  # always mlm
+    }
+    for action in p._actions:  # the loop's options, described for pretraining
+        if action.dest in helps:
+            action.help = helps[action.dest]
     known = _known(p)
     p.set_defaults(func=_guard(functools.partial(cmd_pretrain, known=known, task_defaults={"mlm": ta.defaults})))
 

@@ -74,7 +74,9 @@ class MLMTask(Task):
             default="bytes",
             help="mlm: 'bytes' (built in, 261 ids) or a tokenizer.json (`sofa tokenizer train`); default bytes",
         )
-        p.add_argument("--seq-len", type=int, default=128, help="mlm: ids per sequence, [CLS] and [SEP] included")
+        p.add_argument(
+            "--seq-len", type=int, default=128, help="mlm: ids per sequence, [CLS] and [SEP] included (default 128)"
+        )
         p.add_argument("--steps", type=int, default=None, help="mlm: optimiser steps (default 10000); sets --epochs")
         p.add_argument(
             "--eval-interval", type=int, default=None, help="mlm: steps between evaluations, one epoch (default 500)"
