@@ -99,7 +99,7 @@ def _records(path: Path, skipped: Counter) -> tuple[list[dict[str, Any]], list[s
             if len(row) != len(header):
                 skipped[f"with {len(row)} columns instead of {len(header)}"] += 1
                 continue
-            out.append(dict(zip(header, row)))
+            out.append(dict(zip(header, row, strict=True)))
         return out, header
     if suffix == ".jsonl":
         out, columns = [], {}
