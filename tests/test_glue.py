@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from types import SimpleNamespace
 
@@ -220,6 +221,44 @@ def test_labelled_text_files_and_split(tmp_path):
         open_labelled_text(folder)
 
 
+def _sentiment_tgz(path, n=10):
+    """A tarball in the layout of the npm package ``sentiment`` (``npm pack``), ``n`` sentences a site."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for site in ("amazon", "imdb", "yelp"):
+            rows = [{"text": f"{site} sentence {i} ", "class": i % 2} for i in range(n)]
+            rows += [{"text": f"{site} sentence 0 ", "class": 0}, {"text": "", "class": None}]  # a repeat, an empty one
+            data = json.dumps(rows).encode()
+            info = tarfile.TarInfo(f"package/test/fixtures/{site}.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_sentiment_package_reader(tmp_path):
+    d = open_labelled_text(_sentiment_tgz(tmp_path / "sentiment-5.0.2.tgz"))
+    assert {k: len(v) for k, v in d.splits.items()} == {"train": 24, "val": 3, "test": 3}
+    assert sum(d.skipped["train"].values()) == 6 and d.labels == ["0", "1"]
+    texts = [a for v in d.splits.values() for a, _, _ in v]
+    assert len(set(texts)) == 30 and all(t.startswith(("amazon", "imdb", "yelp")) for t in texts)
+    assert sorted(t.split()[0] for t, _, _ in d.splits["test"]) == ["amazon", "imdb", "yelp"]  # one per site
+    assert open_labelled_text(tmp_path / "sentiment-5.0.2.tgz").splits == d.splits  # seeded
+    assert open_labelled_text(tmp_path / "sentiment-5.0.2.tgz", seed=1).splits != d.splits
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SOFA_SENTIMENT_TGZ"), reason="set SOFA_SENTIMENT_TGZ to `npm pack sentiment@5.0.2`'s tarball"
+)
+def test_the_real_sentiment_package():
+    d = open_labelled_text(os.environ["SOFA_SENTIMENT_TGZ"])
+    assert {k: len(v) for k, v in d.splits.items()} == {"train": 2385, "val": 299, "test": 299}
+    for split in d.splits.values():
+        share = sum(y for *_, y in split) / len(split)
+        assert 0.4 < share < 0.6
+
+
 def test_pad_collate():
     ds = TextPairDataset([("ab", None, 1), ("c", "de", 0)], ByteTokenizer(), max_len=5, groups=[0, 1])
     b = PadCollate(0)([ds[0], ds[1]])
@@ -331,9 +370,16 @@ def test_text_classification_on_a_json_list(tmp_path, standins, capsys):
     assert r["labels"] == ["0", "1"] and r["train_examples"] + r["dev_examples"] == 30
     assert r["skipped_rows"]["train"] == 1 and {"acc", "macro_f1"} <= set(r["metrics"])
     assert standins["models"][0][1]["num_labels"] == 2 and standins["tokenizers"] == ["bytes"]
+    # the sentiment package's tarball as it is: train / val / test, the test split scored at the end
+    tgz = _sentiment_tgz(tmp_path / "sentiment-5.0.2.tgz")
+    run = tmp_path / "run2"
+    assert _train("--task", "text-classification", "--data", tgz, "--model", "text_tiny_soft", "-o", run) == 0
+    r = json.loads((run / "results.json").read_text())
+    assert r["test_examples"] == 3 and r["test_metrics"]["count"] == 3 and r["train_examples"] == 24
 
 
-def test_user_errors(tmp_path, standins, capsys):
+def test_user_errors(tmp_path, standins, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     write_glue(tmp_path / "glue", ("rte",))
     assert _train("--task", "glue", "--data", tmp_path / "glue", "-o", tmp_path / "a") == 2
     assert "--glue-task" in capsys.readouterr().err
@@ -341,6 +387,11 @@ def test_user_errors(tmp_path, standins, capsys):
     assert "CoLA/train.tsv" in capsys.readouterr().err
     code = _train("--task", "glue", "--glue-task", "rte", "--data", tmp_path / "glue", "--model", "soft_tiny")
     assert code == 2 and "text model" in capsys.readouterr().err
+    assert _train("--task", "glue", "--glue-task", "xnli", "--data", tmp_path / "glue") == 2
+    assert "unknown GLUE task 'xnli'" in capsys.readouterr().err
+    assert _train("--task", "glue", "--glue-task", "rte", "--data", tmp_path / "glue", "--init", tmp_path / "no") == 2
+    assert "--init" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "a").exists()  # refused before any run directory
 
 
 def test_find_run_tokenizer(tmp_path):

@@ -21,6 +21,12 @@ count, a line that is not JSON, a development label the training split never had
 :class:`TextPairDataset` turns ``(text_a, text_b, label)`` examples into token ids with a tokenizer of the
 ``sofa.data.text`` interface (``encode_pair(a, b, max_len) -> (ids, token_type_ids)``, ``pad_id``), tokenized
 when an item is read; :class:`PadCollate` pads a batch to its longest sequence.
+
+A real labelled set that a registry package ships: the npm package ``sentiment`` (5.0.2, MIT, a 141 kB tarball)
+holds the UCI "Sentiment Labelled Sentences" (Kotzias et al. 2015; 3 × 1,000 review sentences from Amazon, IMDB
+and Yelp, half positive) as its benchmark fixtures. ``npm pack sentiment@5.0.2`` fetches the tarball;
+``--data sentiment-5.0.2.tgz`` (or the extracted ``package/`` folder, or ``node_modules/sentiment``) reads it
+without unpacking: :func:`read_sentiment_sentences` splits it, seeded, into train / val / test.
 """
 
 from __future__ import annotations
@@ -205,6 +211,76 @@ def _class_order(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
+#: the npm package ``sentiment`` (MIT) ships, as the fixtures of its accuracy benchmark, the UCI "Sentiment
+#: Labelled Sentences" (Kotzias et al., KDD 2015, CC BY 4.0): 1,000 sentences from each of three sites, half
+#: negative (0), half positive (1), in ``package/test/fixtures/{amazon,imdb,yelp}.json`` (version 5.0.2; each file
+#: also has one empty entry with class null, which is skipped)
+SENTIMENT_SOURCES = ("amazon", "imdb", "yelp")
+SENTIMENT_PACKAGE = "sentiment@5.0.2"
+
+
+def _sentiment_files(path: Path) -> dict[str, bytes] | None:
+    """The three fixture files of the npm package ``sentiment``: from its tarball (``npm pack sentiment``), its
+    extracted ``package/`` folder, or an installed ``node_modules/sentiment``; None if ``path`` is none of those."""
+    import tarfile
+
+    if path.is_file() and path.name.endswith((".tgz", ".tar.gz")):
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                out = {}
+                for name in SENTIMENT_SOURCES:
+                    try:
+                        member = tar.getmember(f"package/test/fixtures/{name}.json")
+                    except KeyError:
+                        return None
+                    f = tar.extractfile(member)
+                    if f is None:
+                        return None
+                    out[name] = f.read()
+                return out
+        except (tarfile.TarError, OSError) as err:
+            raise UserError(f"{path} is not a readable .tgz ({err})") from None
+    if path.is_dir():
+        for base in (path, path / "package", path / "node_modules" / "sentiment"):
+            files = [base / "test" / "fixtures" / f"{n}.json" for n in SENTIMENT_SOURCES]
+            if all(f.is_file() for f in files):
+                return {n: f.read_bytes() for n, f in zip(SENTIMENT_SOURCES, files, strict=True)}
+    return None
+
+
+def read_sentiment_sentences(files: dict[str, bytes], seed: int = 0, fraction: float = 0.1) -> LabelledText:
+    """The 3,000 labelled sentences of the npm package ``sentiment`` as train / val / test: each site's
+    sentences (empty ones and repeats of a sentence skipped) shuffled with ``numpy.random.default_rng(seed)``
+    and cut ``1 - 2·fraction`` / ``fraction`` / ``fraction``, so that every split holds the three sites alike."""
+    splits: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+    skipped: dict[str, Counter] = {"train": Counter(), "val": Counter(), "test": Counter()}
+    for k, name in enumerate(SENTIMENT_SOURCES):
+        try:
+            rows = json.loads(files[name].decode("utf-8", errors="replace"))
+        except json.JSONDecodeError as err:
+            raise UserError(f"the {name}.json of the sentiment package is not JSON ({err})") from None
+        seen, kept = set(), []
+        for r in rows:
+            text = r.get("text") if isinstance(r, dict) else None
+            label = r.get("class") if isinstance(r, dict) else None
+            if label not in (0, 1) or not isinstance(text, str) or not text.strip():
+                skipped["train"][f"without a text or a 0/1 class ({name})"] += 1
+                continue
+            text = text.strip()
+            if text in seen:
+                skipped["train"][f"repeating a sentence ({name})"] += 1
+                continue
+            seen.add(text)
+            kept.append((text, None, int(label)))
+        order = np.random.default_rng([seed, k]).permutation(len(kept))
+        n_eval = int(round(len(kept) * fraction))
+        splits["test"] += [kept[i] for i in order[:n_eval]]
+        splits["val"] += [kept[i] for i in order[n_eval : 2 * n_eval]]
+        splits["train"] += [kept[i] for i in order[2 * n_eval :]]
+    sources = {s: f"{SENTIMENT_PACKAGE} test/fixtures ({s}, seed {seed})" for s in splits}
+    return LabelledText(["0", "1"], splits, skipped, sources, "text", "class", None)
+
+
 def open_labelled_text(
     data: str | Path,
     text_column: str | None = None,
@@ -217,6 +293,9 @@ def open_labelled_text(
     data = Path(data)
     if not data.exists():
         raise UserError(f"--data {data} does not exist: expected a labelled text file or a folder with train.*")
+    package = _sentiment_files(data)
+    if package is not None:
+        return read_sentiment_sentences(package, seed, val_fraction)
     files: dict[str, Path] = {}
     if data.is_dir():
         train = _find(data, ("train",))

@@ -81,6 +81,7 @@ PROTOCOL: dict[str, Any] = dict(
     clip_grad=None,
     max_len=128,
     val_fraction=0.1,
+    split_seed=0,
 )
 #: the options results.json repeats under "settings"
 RESULT_SETTINGS = ("epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "max_len", "seed", "amp")
@@ -233,6 +234,12 @@ class TextTask(Task):
         p.add_argument("--text-pair-column", default=None, help="text-classification: column of a second text")
         p.add_argument("--label-column", default=None, help="text-classification: column of the label")
         p.add_argument(
+            "--split-seed",
+            type=int,
+            default=None,
+            help="text-classification: seed of the development split of a single file (default 0, whatever --seed)",
+        )
+        p.add_argument(
             "--val-fraction",
             type=float,
             default=None,
@@ -291,13 +298,28 @@ class TextTask(Task):
     def _seq_len(self) -> int:
         return min(int(self.cfg.max_len or PROTOCOL["max_len"]), self._positions())
 
+    @classmethod
+    def check_options(cls, cfg: argparse.Namespace) -> None:
+        """Refuse options that cannot work before anything is written (a run directory, a suite)."""
+        name = str(cfg.model)
+        if not name.startswith("text_"):
+            raise UserError(
+                f"--task {cls.name} fine-tunes a text model (text_{{tiny,mini,small,medium}}_"
+                f"{{softmax,soft,soft_norm,set,pool}}); got --model {name}"
+            )
+        init = getattr(cfg, "init", None)
+        if init and not Path(init).exists():
+            raise UserError(f"--init {init} does not exist: expected a pretraining run directory or checkpoint")
+
+    @classmethod
+    def run_instead(cls, cfg: argparse.Namespace, callbacks=()) -> int | None:
+        cls.check_options(cfg)
+        return None
+
     def build_model(self) -> nn.Module:
         name = str(self.cfg.model)
         if not name.startswith("text_"):
-            raise UserError(
-                f"--task {self.name} fine-tunes a text model (text_{{tiny,mini,small,medium}}_"
-                f"{{softmax,soft,soft_norm,set,pool}}); got --model {name}"
-            )
+            raise UserError(f"--task {self.name} fine-tunes a text model; got --model {name}")
         tok = self.tokenizer
         model = create_text_model(
             name,
@@ -310,8 +332,6 @@ class TextTask(Task):
         init = getattr(self.cfg, "init", None)
         evaluating = hasattr(self.cfg, "split")  # sofa eval: the evaluated weights replace everything
         if init and not evaluating:
-            if not Path(init).exists():
-                raise UserError(f"--init {init} does not exist: expected a pretraining run directory or checkpoint")
             load_encoder(model, str(init))
             self.log(f"encoder weights from {init}; new {'regression' if self.regression else 'classification'} head")
         elif not init and not evaluating:
@@ -444,7 +464,16 @@ class GlueTask(TextTask):
     @classmethod
     def run_instead(cls, cfg: argparse.Namespace, callbacks=()) -> int | None:
         """``--glue-task all``: every task in turn, then the table. None for a single task (the loop runs it)."""
-        if str(getattr(cfg, "glue_task", None) or "").lower() != "all":
+        cls.check_options(cfg)
+        name = str(getattr(cfg, "glue_task", None) or "").lower()
+        if not name:
+            raise UserError(
+                "--task glue needs --glue-task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (or all)"
+            )
+        if name != "all":
+            from sofa.data.glue import glue_spec
+
+            glue_spec(name)  # an unknown name is refused here
             return None
         return run_glue_suite(cfg, callbacks)
 
@@ -612,7 +641,7 @@ class TextClassificationTask(TextTask):
                 getattr(self.cfg, "label_column", None),
                 getattr(self.cfg, "text_pair_column", None),
                 float(getattr(self.cfg, "val_fraction", None) or PROTOCOL["val_fraction"]),
-                int(self.cfg.seed or 0),
+                int(getattr(self.cfg, "split_seed", None) or 0),
             )
             for line in d.describe_skipped():
                 self.log(f"warning: {line}")
