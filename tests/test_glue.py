@@ -376,6 +376,8 @@ def test_text_classification_on_a_json_list(tmp_path, standins, capsys):
     assert _train("--task", "text-classification", "--data", tgz, "--model", "text_tiny_soft", "-o", run) == 0
     r = json.loads((run / "results.json").read_text())
     assert r["test_examples"] == 3 and r["test_metrics"]["count"] == 3 and r["train_examples"] == 24
+    assert main(["eval", str(run), "--workers", "0", "--progress", "none", "-o", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["metrics"]["count"] == 3  # the development split
 
 
 def test_user_errors(tmp_path, standins, capsys, monkeypatch):
@@ -402,3 +404,35 @@ def test_find_run_tokenizer(tmp_path):
     assert glue_train.find_run_tokenizer(tmp_path / "best.safetensors") == str(tmp_path / "tok" / "vocab.json")
     (tmp_path / "tokenizer.json").write_text("{}")
     assert glue_train.find_run_tokenizer(tmp_path) == str(tmp_path / "tokenizer.json")
+
+
+def test_mnli_metrics_keep_matched_and_mismatched_apart():
+    task = glue_train.GlueTask(SimpleNamespace(glue_task="mnli"), log=lambda m: None)
+    preds, labels = [0, 1, 2, 0, 1, 2, 2], [0, 1, 0, 0, 2, 2, 2]
+    groups = [0, 0, 0, 1, 1, 1, 1]
+    m = task.compute_metrics(preds, labels, groups)
+    assert m["acc_m"] == pytest.approx(100 * 2 / 3) and m["acc_mm"] == pytest.approx(100 * 3 / 4)
+    cola = glue_train.GlueTask(SimpleNamespace(glue_task="CoLA"), log=lambda m: None)
+    assert cola.primary_metric == "mcc" and cola.compute_metrics([1, 0], [1, 0], [0, 0]) == {"mcc": 100.0}
+
+
+def test_fine_tuning_learns_a_separable_task(tmp_path, standins, capsys):
+    """Inputs, labels and the loss line up: the stand-in learns SST-2-like data whose label is a word's presence."""
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+
+    def lines(n):
+        out = ["sentence\tlabel"]
+        for _ in range(n):
+            y = int(rng.integers(2))
+            filler = " ".join(rng.choice(["the", "film", "plot", "was", "quite"], size=2))
+            out.append(f"{filler} {'great' if y else 'awful'}\t{y}")
+        return "\n".join(out) + "\n"
+
+    (folder / "train.tsv").write_text(lines(64))
+    (folder / "dev.tsv").write_text(lines(32))
+    run = tmp_path / "run"
+    argv = ["--task", "glue", "--glue-task", "sst2", "--data", tmp_path, "--lr", "0.1", "-o", run]
+    assert main(["train", *map(str, argv), "--epochs", "4", "-b", "8", *QUIET]) == 0, capsys.readouterr().err
+    assert json.loads((run / "results.json").read_text())["metrics"]["acc"] >= 90.0
