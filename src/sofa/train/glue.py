@@ -608,10 +608,11 @@ def run_glue_suite(cfg: argparse.Namespace, callbacks=()) -> int:
             result = train(c, callbacks)
             if result.stopped_by:
                 return exit_code(result.stopped_by)
-        results[name] = json.loads((sub / "results.json").read_text())
-    table, record = glue_table(results)
-    record.update(model=cfg.model, init=getattr(cfg, "init", None), data=data)
+        if main:  # rank 0 wrote it; the other ranks need not wait for it
+            results[name] = json.loads((sub / "results.json").read_text())
     if main:
+        table, record = glue_table(results)
+        record.update(model=cfg.model, init=getattr(cfg, "init", None), data=data)
         atomic_write_text(root / "glue_results.md", table)
         atomic_write_text(root / "glue_results.json", json.dumps(record, indent=2) + "\n")
         print(table, flush=True)
