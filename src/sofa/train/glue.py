@@ -224,7 +224,13 @@ class TextTask(Task):
             default=None,
             help="text: a tokenizer file or 'bytes' (default: the --init run's, else bytes)",
         )
-        p.add_argument("--max-len", type=int, default=None, help="text: tokens per example (default 128)")
+        p.add_argument(
+            "--max-len",
+            type=int,
+            default=None,
+            help="tokens per example, longer ones are cut: glue and text-classification 128 (both texts of a "
+            "pair); LRA text tasks LRA's own (2000 ListOps, 4000 text and retrieval, per document)",
+        )
         p.add_argument(
             "--glue-task",
             default=None,
