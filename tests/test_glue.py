@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import subprocess
 import zlib
 from types import SimpleNamespace
 
@@ -248,11 +250,29 @@ def test_sentiment_package_reader(tmp_path):
     assert open_labelled_text(tmp_path / "sentiment-5.0.2.tgz", seed=1).splits != d.splits
 
 
-@pytest.mark.skipif(
-    not os.environ.get("SOFA_SENTIMENT_TGZ"), reason="set SOFA_SENTIMENT_TGZ to `npm pack sentiment@5.0.2`'s tarball"
-)
-def test_the_real_sentiment_package():
-    d = open_labelled_text(os.environ["SOFA_SENTIMENT_TGZ"])
+@pytest.fixture(scope="module")
+def sentiment_tarball(tmp_path_factory):
+    """The npm package ``sentiment@5.0.2`` as npm ships it: ``SOFA_SENTIMENT_TGZ`` if set, else fetched here
+    by ``npm pack`` from the registry (skipped, saying why, where npm or the registry is not reachable)."""
+    if os.environ.get("SOFA_SENTIMENT_TGZ"):
+        return os.environ["SOFA_SENTIMENT_TGZ"]
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed: set SOFA_SENTIMENT_TGZ to `npm pack sentiment@5.0.2`'s tarball")
+    dest = tmp_path_factory.mktemp("npm")
+    try:
+        subprocess.run(
+            ["npm", "pack", "sentiment@5.0.2", "--pack-destination", str(dest)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    except (subprocess.SubprocessError, OSError) as err:
+        pytest.skip(f"npm pack sentiment@5.0.2 failed ({type(err).__name__}); set SOFA_SENTIMENT_TGZ instead")
+    return str(dest / "sentiment-5.0.2.tgz")
+
+
+def test_the_real_sentiment_package(sentiment_tarball):
+    d = open_labelled_text(sentiment_tarball)
     assert {k: len(v) for k, v in d.splits.items()} == {"train": 2385, "val": 299, "test": 299}
     for split in d.splits.values():
         share = sum(y for *_, y in split) / len(split)
