@@ -186,10 +186,9 @@ class SeTAttention(TokenMixer):
             mask,
         )
         out = merge_heads(out).to(u_tokens.dtype)
-        if hw is not None and self.lepe is not None:
-            B, N, C = u_tokens.shape
-            lepe = self.lepe(u_tokens.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-            out = out + lepe.reshape(B, N, C)
+        lepe = self.local_term(u_tokens, hw)
+        if lepe is not None:
+            out = out + lepe
         return zero_padded(self.proj(out), mask)
 
     @torch.jit.unused
@@ -202,14 +201,18 @@ class SeTAttention(TokenMixer):
         if hw is not None:
             reference_grid(self.num_refs)  # images need a square reference grid
         u_tokens = self.u(x)
-        lepe = None
-        if hw is not None and self.lepe is not None:
-            # the tokens (B, N, C) read as a channels-last image, the result back in the token layout: no copies
-            B, N, C = u_tokens.shape
-            lepe = self.lepe(u_tokens.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-            lepe = lepe.reshape(B, N, C)
-        out = mix_set(self, x, u_tokens, lepe, hw, mask)
+        out = mix_set(self, x, u_tokens, self.local_term(u_tokens, hw), hw, mask)
         return zero_padded(self.proj(out), mask)
+
+    def local_term(self, u_tokens: torch.Tensor, hw: Optional[Tuple[int, int]]) -> Optional[torch.Tensor]:
+        """The depthwise 3×3 convolution of the values on the image grid, (B, N, C); None for sequences or
+        without ``lepe``. The tokens are read as a channels-last image and the result goes back to the token
+        layout without copies."""
+        if hw is None or self.lepe is None:
+            return None
+        B, N, C = u_tokens.shape
+        lepe = self.lepe(u_tokens.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return lepe.reshape(B, N, C)
 
     def extra_repr(self) -> str:
         return (

@@ -178,7 +178,7 @@ class SoftAttention(TokenMixer):
         sequence gives the same output whatever it is padded to.
         """
         B, h, N, d = q.shape
-        valid = torch.ones(B, N, device=q.device) if mask is None else mask.float()
+        valid = q.new_ones(B, N) if mask is None else mask.to(q.dtype)
         n_valid = valid.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1)
         m_each = torch.ceil(n_valid / self.landmark_stride)
         if self.max_landmarks is not None:
@@ -186,7 +186,7 @@ class SoftAttention(TokenMixer):
         m = int(m_each.max().item())
         rank = valid.cumsum(-1) - valid
         segment = torch.floor(rank * m_each / n_valid).clamp_max(m - 1).long()
-        S = F.one_hot(segment, m).float() * valid.unsqueeze(-1)  # (B, N, m)
+        S = F.one_hot(segment, m).to(q.dtype) * valid.unsqueeze(-1)  # (B, N, m)
         counts = S.sum(1)  # (B, m)
         L = torch.einsum("bnm,bhnd->bhmd", S, q) / counts.clamp_min(1.0)[:, None, :, None]
         return L, counts > 0
@@ -219,7 +219,7 @@ class SoftAttention(TokenMixer):
         inplace = hw is not None and streams_in_place(q_tokens)
         with no_autocast(x):
             q, L, q_scale, token_mask, landmark_mask = self.landmarks(q_tokens, hw, mask)
-            v = split_heads(v_tokens, self.num_heads).float()
+            v = fp32(split_heads(v_tokens, self.num_heads))
             result = soft_kernel_attention(
                 q,
                 L,
@@ -250,7 +250,7 @@ class SoftAttention(TokenMixer):
         q_tokens = self.q(x)  # q before v: torch.fx lists the parameters in the order they are used
         v_tokens = self.v(x)
         q, L, q_scale, token_mask, landmark_mask = self.landmarks(q_tokens, hw, mask)
-        v = split_heads(v_tokens, self.num_heads).float()
+        v = fp32(split_heads(v_tokens, self.num_heads))
         out = kernel_attention_graph(
             q, L, v, self.newton_iters, self.normalized, self.batch_alpha, token_mask, landmark_mask, q_scale
         )
@@ -262,17 +262,18 @@ class SoftAttention(TokenMixer):
     def landmarks(
         self, q_tokens: torch.Tensor, hw: Optional[Tuple[int, int]], mask: Optional[torch.Tensor]
     ) -> Tuple[torch.Tensor, torch.Tensor, float, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """The queries as (B, h, N, d) float32 heads, the landmarks (B, h, m, d) after LayerNorm and GELU, the
-        query scale left to the kernel, and the token and landmark masks ((B, h, N), (B, h, m) or None).
+        """The queries as (B, h, N, d) heads in float32 (float64 kept), the landmarks (B, h, m, d) after LayerNorm
+        and GELU, the query scale left to the kernel, and the token and landmark masks ((B, h, N), (B, h, m) or
+        None).
 
         Images: landmarks from the strided convolution of the unscaled query tokens (:meth:`image_landmarks`),
         the queries' d^{−1/4} applied inside the kernel. Sequences: the queries scaled first, landmarks as
         segment means over the real tokens (:meth:`sequence_landmarks`)."""
         h, d = self.num_heads, self.head_dim
         if hw is not None:
-            L = self._landmark_act(self.image_landmarks(q_tokens.float(), hw[0], hw[1]))
-            return split_heads(q_tokens, h).float(), L, d**-0.25, None, None
-        q = split_heads(q_tokens, h).float() / d**0.25
+            L = self._landmark_act(self.image_landmarks(fp32(q_tokens), hw[0], hw[1]))
+            return fp32(split_heads(q_tokens, h)), L, d**-0.25, None, None
+        q = fp32(split_heads(q_tokens, h)) / d**0.25
         L, l_valid = self.sequence_landmarks(q, mask)
         token_mask = None if mask is None else mask[:, None, :].expand(-1, h, -1)
         return q, self._landmark_act(L), 1.0, token_mask, l_valid[:, None, :].expand(-1, h, -1)
@@ -281,7 +282,11 @@ class SoftAttention(TokenMixer):
         d = self.head_dim
         return F.gelu(
             F.layer_norm(
-                L, [d], self.landmark_norm.weight.float(), self.landmark_norm.bias.float(), self.landmark_norm.eps
+                L,
+                [d],
+                self.landmark_norm.weight.to(L.dtype),
+                self.landmark_norm.bias.to(L.dtype),
+                self.landmark_norm.eps,
             )
         )
 

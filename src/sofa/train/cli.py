@@ -268,6 +268,11 @@ def cmd_train(
     for k in ("func",):
         if hasattr(cfg, k):
             delattr(cfg, k)
+    from sofa.train.task import get_task
+
+    code = get_task(cfg.task).run_instead(cfg, callbacks)  # e.g. a suite of runs (--task glue --glue-task all)
+    if code is not None:
+        return code
     result = train(cfg, callbacks)
     return exit_code(result.stopped_by) if result.stopped_by else 0
 

@@ -214,6 +214,12 @@ class Task:
         """A line for the user (printed by rank 0 only, and written to the run's log)."""
         self._log(msg)
 
+    @classmethod
+    def run_instead(cls, cfg: argparse.Namespace, callbacks: Iterable[Any] = ()) -> int | None:
+        """A task that runs several trainings for one command (``--task glue --glue-task all``) runs them here
+        and returns the exit code; None (the default) lets ``sofa train`` run ``cfg`` as one run."""
+        return None
+
     # ---------------------------------------------------------------- command line
     @classmethod
     def add_args(cls, parser: argparse._ActionsContainer) -> None:
@@ -319,7 +325,13 @@ def register_task(name: str, cls: type[Task]) -> type[Task]:
 
 
 # Modules that register tasks when imported; a missing one (area not installed) is skipped.
-_TASK_MODULES = ("sofa.train.classification", "sofa.dense.tasks", "sofa.train.lra", "sofa.train.pretrain")
+_TASK_MODULES = (
+    "sofa.train.classification",
+    "sofa.dense.tasks",
+    "sofa.train.lra",
+    "sofa.train.pretrain",
+    "sofa.train.glue",
+)
 
 
 def _load_builtin_tasks() -> None:
