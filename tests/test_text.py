@@ -321,6 +321,23 @@ def test_load_pretrained_encoder_into_a_classifier(pretrained_run):
         load_pretrained_encoder(wider, pretrained_run)
 
 
+def test_glue_fine_tunes_the_pretrained_encoder_with_its_tokenizer(pretrained_run, tmp_path, capsys):
+    """The real pieces together: ``--task glue --init RUN`` takes the run's model, positions and tokenizer."""
+    from sofa.checkpoint import read_checkpoint
+    from test_glue import write_glue
+
+    write_glue(tmp_path / "glue", ("sst2",))
+    run = tmp_path / "ft"
+    argv = ["train", "--task", "glue", "--glue-task", "sst2", "--data", tmp_path / "glue", "--init", pretrained_run]
+    argv += ["--epochs", "1", "-b", "4", "--lr", "1e-12", "--warmup-epochs", "0", "--output", run, *QUIET]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert "encoder weights from" in (run / "log.txt").read_text()
+    state, _ = read_checkpoint(run / "model.safetensors")
+    pre, _ = read_checkpoint(pretrained_run / "best.safetensors")
+    assert state["encoder.embeddings.position_embeddings.weight"].shape[0] == 32  # the run's --seq-len
+    torch.testing.assert_close(state["encoder.blocks.0.mlp.0.weight"], pre["encoder.blocks.0.mlp.0.weight"])
+
+
 def test_pretraining_with_a_trained_tokenizer_keeps_it_in_the_run(wordpiece, tmp_path):
     path, _ = wordpiece
     run = tmp_path / "run"

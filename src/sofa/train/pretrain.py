@@ -119,6 +119,8 @@ class MLMTask(Task):
 
     def __init__(self, cfg, log=None):
         super().__init__(cfg, log)
+        # the position table's size, under the name fine-tuning reads from the run's config (--task glue)
+        cfg.max_len = int(getattr(cfg, "seq_len", None) or 128)
         self._tokenizer = None
         self._splits = None
 
