@@ -78,6 +78,17 @@ def test_encode_pair_frames_and_truncates_the_longer_side_first():
     assert ids == [tok.cls_id, *tok.encode("abc"), tok.sep_id] and types == [0] * 5
 
 
+def test_without_tokenizers_the_byte_file_still_loads_and_others_say_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    ByteTokenizer().save(tmp_path / "bytes.json")
+    (tmp_path / "other.json").write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {"a": 0}}}))
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # import tokenizers now fails
+    assert isinstance(load_tokenizer(tmp_path / "bytes.json"), ByteTokenizer)
+    with pytest.raises(UserError, match=r"pip install 'sofa\[text\]'"):
+        load_tokenizer(tmp_path / "other.json")
+
+
 def test_unknown_tokenizer_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_tokenizer(tmp_path / "missing.json")
@@ -225,6 +236,19 @@ def test_padded_batch_equals_unpadded_sequences(mixer):
                 alone = model(s, token_type_ids=t).logits[0]
                 real = batch[i, : s.shape[1]] if head == "mlm" else batch[i]
                 torch.testing.assert_close(real, alone, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_bf16_autocast_gives_a_finite_fp32_loss_and_gradients(mixer):
+    model = sofa.create_model(f"text_tiny_{mixer}", vocab_size=300, max_len=64)
+    ids = torch.randint(5, 300, (2, 64))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 40:] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, attention_mask=mask, labels=ids)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_mlm_loss_ignores_unlabelled_positions_and_heads():
