@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install -c constraints.txt -e '.[test,dense,export]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[test,dense,export,text,hf]'
 	touch $(STAMP)
 
 install: $(STAMP)
