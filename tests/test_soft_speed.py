@@ -1,12 +1,15 @@
 """The fast forms behind SOFT's speed (issue 19) against their plain references, forward and backward:
-the batched Newton–Schulz iteration."""
+the batched Newton–Schulz iteration and the fused linear + GELU of the MLPs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from sofa.ops.kernels import gaussian_kernel
+from sofa.ops.linear import choose_gelu_impl, fused_gelu_ready, linear_gelu
 from sofa.ops.newton import _iterate, iterate, newton_pinv
 
 
@@ -66,3 +69,61 @@ def test_newton_pinv_runs_the_batched_iteration_with_the_same_numbers(rule, monk
     monkeypatch.setattr(newton, "_iterate_batched", lambda V, P, iters: calls.append(1) or _iterate(V, P, iters))
     newton_pinv(A.detach(), 20, rule)
     assert calls  # the eager path goes through the batched form
+
+
+needs_fused = pytest.mark.skipif(not fused_gelu_ready(), reason="no oneDNN fused GELU kernel in this build")
+
+
+@needs_fused
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape,K,N", [((300,), 16, 40), ((2, 257), 64, 256), ((1, 3, 129), 33, 7)])
+def test_fused_linear_gelu_matches_linear_then_gelu(approximate, shape, K, N):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, K, generator=g)
+    w, b = torch.randn(N, K, generator=g) / K**0.5, torch.randn(N, generator=g)
+    want = F.gelu(F.linear(x, w, b), approximate=approximate)
+    with torch.inference_mode():
+        got = linear_gelu(x, w, b, approximate, impl="onednn_fused")
+        auto = linear_gelu(x, w, b, approximate)
+    assert got.shape == want.shape and rel(got, want) < 1e-5 and rel(auto, want) < 1e-5
+    assert (
+        rel(linear_gelu(x, w, None, approximate, impl="onednn_fused"), F.gelu(F.linear(x, w), approximate=approximate))
+        < 1e-5
+    )
+
+
+def test_linear_gelu_backward_takes_the_plain_form():
+    x = torch.randn(300, 16, requires_grad=True)
+    lin = nn.Linear(16, 24)
+    assert choose_gelu_impl(x, lin.weight, lin.bias) == "plain"
+    got = linear_gelu(x, lin.weight, lin.bias, "tanh")
+    ga = torch.autograd.grad(got.square().sum(), [x, lin.weight, lin.bias])
+    want = F.gelu(lin(x), approximate="tanh")
+    gb = torch.autograd.grad(want.square().sum(), [x, lin.weight, lin.bias])
+    assert rel(got, want) < 1e-6 and all(rel(a, b) < 1e-5 for a, b in zip(ga, gb, strict=True))
+    with pytest.raises(ValueError, match="inference only"):
+        linear_gelu(x, lin.weight, lin.bias, impl="onednn_fused")
+    with pytest.raises(ValueError, match="approximate"):
+        linear_gelu(x, lin.weight, lin.bias, "erf")
+
+
+@needs_fused
+def test_mlp_fuses_fc1_and_gelu_at_inference_and_counters_and_hooks_still_see_fc1():
+    from sofa.models.flops import flop_counter
+    from sofa.models.metaformer import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(32, 128, act_layer=lambda: nn.GELU(approximate="tanh")).eval()
+    x = torch.randn(2, 300, 32)
+    want = mlp.fc2(F.gelu(F.linear(x, mlp.fc1.weight, mlp.fc1.bias), approximate="tanh"))
+    with torch.inference_mode():
+        assert choose_gelu_impl(x, mlp.fc1.weight, mlp.fc1.bias) == "onednn_fused"
+        assert rel(mlp(x), want) < 1e-5
+        with flop_counter() as c:  # the counter sees fc1's GEMM
+            mlp(x)
+    assert c.get_total_flops() == 2 * 600 * 32 * 128 * 2
+    seen = []
+    mlp.fc1.register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    with torch.inference_mode():
+        assert rel(mlp(x), want) < 1e-5
+    assert seen == [torch.Size([2, 300, 128])]  # a hooked fc1 is called as a module
