@@ -127,3 +127,32 @@ def test_mlp_fuses_fc1_and_gelu_at_inference_and_counters_and_hooks_still_see_fc
     with torch.inference_mode():
         assert rel(mlp(x), want) < 1e-5
     assert seen == [torch.Size([2, 300, 128])]  # a hooked fc1 is called as a module
+
+
+@needs_fused
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onednn_linear_runs_onednn_at_any_thread_count(threads):
+    """``linear(impl="onednn")`` without autograd calls oneDNN itself: F.conv2d would send this 1×1 convolution to
+    the im2col path when torch runs one thread. Same numbers as F.linear; with autograd the differentiable
+    convolution, same numbers and gradients."""
+    from torch.profiler import profile
+
+    from sofa.ops.linear import linear
+
+    g = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(2, 300, 48, generator=g), torch.randn(40, 48, generator=g), torch.randn(40, generator=g)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode(), profile() as prof:
+            got = linear(x, w, b, impl="onednn")
+    finally:
+        torch.set_num_threads(old)
+    assert rel(got, F.linear(x, w, b)) < 1e-5
+    names = {e.key for e in prof.key_averages()}
+    assert not any("slow_conv2d" in n for n in names) and any("convolution_pointwise" in n for n in names)
+    xg = x.clone().requires_grad_()
+    y = linear(xg, w, b, impl="onednn")
+    (gx,) = torch.autograd.grad(y.square().sum(), xg)
+    (gx_ref,) = torch.autograd.grad(F.linear(xg, w, b).square().sum(), xg)
+    assert rel(y, F.linear(x, w, b)) < 1e-5 and rel(gx, gx_ref) < 1e-5

@@ -66,6 +66,11 @@ def linear(
         impl = choose_impl(x, weight)
     if impl == "blas":
         return F.linear(x, weight, bias)
+    if not needs_graph(x, weight, bias) and not switches.ONE_PASS.get() and fused_gelu_ready():
+        # oneDNN's own entry point: F.conv2d sends a 1×1 convolution of a one-image batch to oneDNN only when torch
+        # runs more than one thread (with one thread it takes the im2col path, ~3× slower here); FLOP counters
+        # (which turn SOFA_ONE_PASS on) see the convolution instead
+        return _fused(x, weight, bias, "", "none")
     K = x.shape[-1]
     M = x.numel() // K if K else 0
     y = F.conv2d(rows_as_map(x.reshape(M, K)), weight.view(weight.shape[0], K, 1, 1), bias)  # (1, N, M, 1)
@@ -74,8 +79,8 @@ def linear(
 
 @functools.lru_cache(maxsize=None)
 def fused_gelu_ready() -> bool:
-    """Whether oneDNN's 1×1 convolution with a GELU post-op exists in this build and agrees with ``F.gelu`` of
-    ``F.linear`` on a small case, for both GELU forms (checked once per process)."""
+    """Whether oneDNN's 1×1 convolution entry point with post-ops exists in this build and agrees with ``F.linear``
+    and with ``F.gelu`` of it, for both GELU forms, on a small case (checked once per process)."""
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
         return False
     try:
@@ -86,12 +91,18 @@ def fused_gelu_ready() -> bool:
                 want = F.gelu(F.linear(x, w, b), approximate=approximate)
                 if not torch.allclose(_fused(x, w, b, approximate), want, rtol=1e-5, atol=1e-5):
                     return False
+            if not torch.allclose(_fused(x, w, b, "", "none"), F.linear(x, w, b), rtol=1e-5, atol=1e-5):
+                return False
         return True
     except Exception:  # no such kernel in this build, or it refuses these shapes
         return False
 
 
-def _fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str) -> torch.Tensor:
+def _fused(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str, attr: str = "gelu"
+) -> torch.Tensor:
+    """``x·Wᵀ + b`` as one oneDNN 1×1 convolution of the rows, with the post-op ``attr`` ("gelu" of the form
+    ``approximate``, or "none"), whatever torch's thread count."""
     K = x.shape[-1]
     M = x.numel() // K if K else 0
     y = torch.ops.mkldnn._convolution_pointwise.default(
@@ -102,7 +113,7 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, app
         [1, 1],
         [1, 1],
         1,
-        "gelu",
+        attr,
         [],
         approximate,
     )  # (1, N, M, 1), channels-last: the rows (M, N) contiguous
