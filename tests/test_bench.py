@@ -425,3 +425,65 @@ def test_nystrom_case_builds_the_package_module_at_128_landmarks(monkeypatch):
     )
     assert built == dict(dim=64, dim_head=32, heads=2, num_landmarks=128)
     assert all(r["status"] == "ok" and r["landmarks"] == 64 for r in recs), recs
+
+
+def test_train_mode_times_a_whole_training_step():
+    """``sofa bench models --mode train``: the step updates the weights, its FLOPs are forward + backward (about
+    3× the forward's: the backward computes two products per forward product, but not the input's gradient of the
+    first layer), and the records say they are training steps."""
+    from sofa.bench.models import bench_models, count_flops, count_train_flops, create, train_step
+
+    torch.manual_seed(0)
+    model = create("sofa", "soft_mini", 32).train()
+    x = torch.randn(2, 3, 32, 32)
+    before = [p.detach().clone() for p in model.parameters()]
+    step = train_step(model, x, torch.device("cpu"), torch.float32)
+    loss = step()
+    assert torch.isfinite(loss) and model.training
+    changed = sum(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert changed > 0.9 * len(before)
+    fwd = count_flops(model.eval(), x)
+    both = count_train_flops(model.train(), x, torch.float32)
+    assert 2.5 * fwd < both < 3.05 * fwd
+    assert all(p.grad is None for p in model.parameters())  # the count leaves no gradients behind
+
+    recs = bench_models(
+        ["poolformer_mini"],
+        [32],
+        ["fp32"],
+        batch=2,
+        repeats=1,
+        warmup=1,
+        isolate=False,
+        gemm_size=64,
+        mode="train",
+        log=lambda s: None,
+    )
+    (r,) = [r for r in recs if r["bench"] == "models"]
+    assert r["status"] == "ok" and r["mode"] == "train" and r["images_per_s"] > 0 and r["flops"] > 0
+    with pytest.raises(ValueError, match="mode"):
+        bench_models(["poolformer_mini"], [32], mode="training", isolate=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_flop_counter_counts_a_grouped_convolutions_backward_by_hand(groups):
+    """A convolution's backward is two products as large as its forward (the input's gradient and the weight's):
+    counted by hand from the shapes, for dense, grouped and depthwise filters (torch's stock formula counts the
+    weight's gradient ``groups`` times over)."""
+    from sofa.models.flops import flop_counter
+
+    B, C, H, W, k, cout = 2, 16, 10, 12, 3, 16
+    conv = torch.nn.Conv2d(C, cout, k, padding=1, groups=groups, bias=False)
+    x = torch.randn(B, C, H, W, requires_grad=True)
+    fwd = 2 * B * H * W * cout * (C // groups) * k * k  # 2 × MACs, by hand
+    with flop_counter() as c:
+        y = conv(x)
+    assert c.get_total_flops() == fwd
+    with flop_counter() as c:
+        y.sum().backward()
+    assert c.get_total_flops() == 2 * fwd
+    x2 = torch.randn(B, C, H, W)  # no input gradient: the weight's alone
+    y = conv(x2)
+    with flop_counter() as c:
+        y.sum().backward()
+    assert c.get_total_flops() == fwd

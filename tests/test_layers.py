@@ -13,10 +13,19 @@ from sofa.ops.numerics import LINEAR_MIN_ROWS as MIN_ROWS
 
 
 def _routes(monkeypatch):
-    """Count the calls that take the oneDNN route (a 1×1 convolution)."""
+    """Count the calls that take the oneDNN route (a 1×1 convolution: F.conv2d with autograd, oneDNN's own entry
+    point without), each as the (1, K, M, 1) map of its rows."""
+    import sofa.ops.linear as ol
+
     calls = []
-    real = F.conv2d
+    real, real_fused = F.conv2d, ol._fused
     monkeypatch.setattr(F, "conv2d", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+
+    def fused(x, *a, **k):
+        calls.append((1, x.shape[-1], x.numel() // x.shape[-1], 1))
+        return real_fused(x, *a, **k)
+
+    monkeypatch.setattr(ol, "_fused", fused)
     return calls
 
 

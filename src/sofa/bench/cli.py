@@ -125,7 +125,14 @@ def register(subparsers) -> None:
         help="models to run; 'timm:NAME' for timm's, 'NAME[key=value;...]' for constructor "
         "arguments, e.g. 'soft_tiny[max_landmarks=49]' (default: ours and timm's alternatives)",
     )
-    d.add_argument("--batch", type=int, default=8)
+    d.add_argument(
+        "--mode",
+        choices=("inference", "train"),
+        default="inference",
+        help="inference: one forward in eval mode; train: a whole training step (forward, cross-entropy, backward, "
+        "AdamW), FLOPs of forward and backward (default inference)",
+    )
+    d.add_argument("--batch", type=int, help="images per batch (default 8 for inference, 32 for train)")
     d.add_argument(
         "--compile",
         nargs="?",
@@ -401,9 +408,11 @@ def run_models(args) -> int:
         budget_s=args.budget,
         profile=args.profile,
         runtime=args.runtime,
+        mode=args.mode,
     )
     goals = report.model_goals(records)
-    tables = [f"### models (batch {batch})\n\n{report.model_table(records)}"]
+    what = "training step" if args.mode == "train" else "inference"
+    tables = [f"### models ({what}, batch {batch})\n\n{report.model_table(records)}"]
     pt = report.profile_table(records)
     if pt:
         tables.append(f"### what bounds each model (torch.profiler, one step: share of its wall time)\n\n{pt}")
@@ -428,6 +437,8 @@ def _runtime_refusal(args) -> str | None:
     """Why ``--runtime`` cannot run here (the export extra missing, a device other than the CPU), or None."""
     if args.runtime != "onnxruntime":
         return None
+    if args.mode == "train":
+        return "--runtime onnxruntime times inference only: drop it or use --mode inference"
     from sofa.errors import UserError
     from sofa.export import require_export_extra
 
@@ -447,6 +458,7 @@ def _model_plan(args) -> Dict:
     from sofa.bench import models as md
 
     quick = args.quick
+    batch = args.batch or (32 if args.mode == "train" else 8)
     if args.models:
         models = args.models
     elif quick:
@@ -457,7 +469,7 @@ def _model_plan(args) -> Dict:
         "models": models,
         "sides": args.sizes or ([32] if quick else list(md.DEFAULT_SIDES)),
         "dtypes": _names(args.dtype),
-        "batch": 2 if quick and args.batch == 8 else args.batch,
+        "batch": 2 if quick and args.batch is None else batch,
         "repeats": args.repeats or (2 if quick else 5),
         "warmup": args.warmup if args.warmup is not None else (1 if quick else 2),
         "isolate": (not quick) if args.isolate is None else args.isolate,
@@ -480,8 +492,15 @@ def _model_settings(args, plan: Dict) -> Dict:
         "fills in the warm-up)"
         if args.runtime == "onnxruntime"
         else "PyTorch",
-        "timing": f"inference, median of up to {plan['repeats']} runs after {plan['warmup']} warm-up run(s)",
+        "mode": args.mode,
+        "timing": (
+            "training step (train mode; forward, cross-entropy on random labels, backward, AdamW step)"
+            if args.mode == "train"
+            else "inference"
+        )
+        + f", median of up to {plan['repeats']} runs after {plan['warmup']} warm-up run(s)",
         "memory": memory.MEM_METHOD_CUDA if args.device == "cuda" else memory.MEM_METHOD_CPU,
-        "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC",
+        "flops": "sofa.models.flops counter (FlopCounterMode: every matmul/conv/SDPA), 2 FLOPs per MAC"
+        + ("; forward and backward, not the optimizer" if args.mode == "train" else ""),
         "isolate": plan["isolate"],
     }

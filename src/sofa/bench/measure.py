@@ -17,8 +17,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from sofa.layers import rows_as_map
-
 #: the ``--dtype`` names of the benchmarks → torch dtypes (float32 runs as is, the others under autocast)
 DTYPES = {
     "fp32": torch.float32,
@@ -148,8 +146,9 @@ def matmul_peak(
     the libraries PyTorch can send it to.
 
     ``torch.mm`` goes to the BLAS (MKL in x86 wheels, which on AMD CPUs runs AVX2 code: about half the vector
-    width of AVX-512); on the CPU the same GEMM is also timed through oneDNN (a 1×1 convolution of a
-    channels-last (1, size, size, 1) map: the path every 1×1 convolution of the models takes). ``flops_per_s``
+    width of AVX-512); on the CPU the same GEMM is also timed through oneDNN (:func:`sofa.ops.linear.linear`'s
+    oneDNN route: a 1×1 convolution of a channels-last (1, size, size, 1) map, the path of the models' linear
+    layers, through oneDNN's own entry point at any thread count). ``flops_per_s``
     is the faster of the two, and each is reported.
     """
     device = torch.device(device)
@@ -158,9 +157,10 @@ def matmul_peak(
     flops = 2.0 * size**3
     candidates = {"blas": lambda: a @ b}
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        img = rows_as_map(a)  # (1, K, M, 1): a channels-last view of a, no copy
-        w = b.t().reshape(size, size, 1, 1).contiguous()  # (N, K, 1, 1)
-        candidates["onednn"] = lambda: torch.nn.functional.conv2d(img, w)
+        from sofa.ops.linear import linear
+
+        bt = b.t().contiguous()  # (N, K): a·b = linear(a, bᵀ), a 1×1 convolution of a's rows through oneDNN
+        candidates["onednn"] = lambda: linear(a, bt, impl="onednn")
     out: Dict[str, object] = {"size": size, "dtype": str(dtype).replace("torch.", "")}
     for name, fn in candidates.items():
         t = time_call(fn, repeats=repeats, warmup=2, device=device)

@@ -1,7 +1,10 @@
 """``sofa bench models``: images per second and peak memory of whole networks, ours beside timm's alternatives.
 
 Settings: batch 8, 224² and 448² inputs, inference (eval mode, ``torch.inference_mode``), float32 on the CPU, and
-bfloat16 (CPU autocast) where asked for. Each (model, size, dtype) runs in a fresh process. The "fraction of
+bfloat16 (CPU autocast) where asked for. ``mode="train"`` times the training step instead (:func:`train_step`:
+train mode, forward, cross-entropy on random labels, backward and one AdamW step; batch 32 by default), its FLOPs
+those of the forward and the backward (the optimizer's element-wise update is not counted).
+Each (model, size, dtype) runs in a fresh process. The "fraction of
 matmul peak" column is the model's achieved FLOP rate (2 × multiply–accumulates of one forward, counted by
 ``sofa.models.flops``, a dispatcher-level counter that sees every matmul and convolution, Newton iterations
 included, divided by the median time) over the rate of a large fp32 GEMM (2048³) timed in the same process just
@@ -93,16 +96,21 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
         return None
 
 
+#: what ``spec["mode"]`` may be: an inference forward, or a whole training step
+MODES = ("inference", "train")
+
+
 def _prepare(spec: Dict, tokens: Sequence[str]):
-    """The models for ``tokens`` and one input batch, with the spec's device, threads, seed and layout:
-    (models, x, device, dtype)."""
+    """The models for ``tokens`` (eval mode; train mode where ``spec["mode"]`` is "train") and one input batch,
+    with the spec's device, threads, seed and layout: (models, x, device, dtype)."""
     device = torch.device(spec.get("device", "cpu"))
     dtype = DTYPES[spec.get("dtype", "fp32")]
     side, batch = int(spec["side"]), int(spec.get("batch", 8))
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(0)
-    models = [create(*parse_model(tok), side).to(device).eval() for tok in tokens]
+    train = spec.get("mode", "inference") == "train"
+    models = [create(*parse_model(tok), side).to(device).train(train) for tok in tokens]
     x = torch.randn(batch, 3, side, side, device=device)
     if spec.get("channels_last"):
         models = [m.to(memory_format=torch.channels_last) for m in models]
@@ -122,10 +130,16 @@ def run_case(spec: Dict) -> Dict:
     (model,), x, device, dtype = _prepare(spec, [f"{spec['source']}:{spec['name']}"])
     batch = x.shape[0]
     onnx = spec.get("runtime", "pytorch") == "onnxruntime"
+    train = spec.get("mode", "inference") == "train"
     rec: Dict = {"params": sum(p.numel() for p in model.parameters())}
-    rec["flops"] = count_flops(model, x[:1])
-    rec["flops"] = None if rec["flops"] is None else rec["flops"] * batch
-    step = onnx_step(model, x) if onnx else _step(_compiled(model, spec), x, device, dtype)
+    if train:  # two images (batch norms in train mode need more than one value per channel), scaled up
+        rec["flops"] = count_train_flops(model, x[:2], dtype)
+        rec["flops"] = None if rec["flops"] is None else rec["flops"] * batch // 2
+        step = train_step(_compiled(model, spec), x, device, dtype)
+    else:
+        rec["flops"] = count_flops(model, x[:1])
+        rec["flops"] = None if rec["flops"] is None else rec["flops"] * batch
+        step = onnx_step(model, x) if onnx else _step(_compiled(model, spec), x, device, dtype)
 
     # the machine's matmul rate, in this process just before the model: the fraction-of-peak column compares
     # like with like even when the machine's load changes during a long run
@@ -149,6 +163,51 @@ def run_case(spec: Dict) -> Dict:
     if not onnx:  # ONNX Runtime's memory arena is filled in the warm-up runs: one more call adds nothing to see
         rec.update(memory.peak_memory(step, device))
     return rec
+
+
+def count_train_flops(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Optional[int]:
+    """FLOPs of one forward and backward of ``x`` (2 × MACs) with the loss of :func:`train_step`, by sofa's
+    counter; the gradients it leaves are cleared."""
+    from sofa.models.flops import flop_counter
+
+    try:
+        with flop_counter() as counter:
+            _loss(model, x, x.device, dtype).backward()
+        return int(counter.get_total_flops())
+    except Exception:  # a model the counter cannot trace: the column stays empty
+        return None
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def _loss(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Cross-entropy of the model's logits for ``x`` against fixed random labels (autocast to ``dtype`` unless
+    float32)."""
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    with ctx:
+        logits = model(x)
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, logits.shape[-1], (logits.shape[0],), generator=g).to(logits.device)
+    return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype):
+    """A step of training on ``x``: gradients cleared (set to None), forward and cross-entropy on random labels
+    (under autocast to ``dtype`` unless float32), backward, one AdamW update (PyTorch's default implementation
+    for the device). The model must be in train mode."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = _loss(model, x, device, dtype)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
 
 
 def onnx_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -318,6 +377,7 @@ def bench_models(
     device: str = "cpu",
     threads: Optional[int] = None,
     isolate: bool = True,
+    mode: str = "inference",
     compile: bool | str = False,
     channels_last: bool = False,
     budget_s: float = 60.0,
@@ -328,7 +388,12 @@ def bench_models(
 ) -> List[Dict]:
     """Measure every (model, size, dtype); the first record is the GEMM peak of the same run. With ``runtime=
     "onnxruntime"`` every float32 case is also measured as an ONNX Runtime CPU session, a record of its own
-    (``"runtime": "onnxruntime"``) after PyTorch's."""
+    (``"runtime": "onnxruntime"``) after PyTorch's. ``mode="train"`` times training steps (:func:`train_step`),
+    PyTorch only, no pairs."""
+    if mode not in MODES:
+        raise ValueError(f"bench_models: mode must be one of {MODES}, got {mode!r}")
+    if mode == "train":
+        runtime = "pytorch"
     g = _gemm(device, threads, gemm_size, isolate, log)
     records: List[Dict] = [{"bench": "gemm", "dtype": "fp32", "device": device, "status": "ok", **g}]
     common = dict(
@@ -342,6 +407,7 @@ def bench_models(
         budget_s=budget_s,
         profile=profile,
         gemm_size=gemm_size,
+        mode=mode,
     )
     for side in sides:
         for dt in dtypes:
@@ -350,7 +416,7 @@ def bench_models(
                     rec = _model_record(token, dict(common, side=side, dtype=dt, runtime=rt), isolate, g)
                     records.append(rec)
                     log(_line(rec))
-    for a, b in PAIRS:
+    for a, b in PAIRS if mode == "inference" else ():
         if a in models and b in models:
             records += [_pair_record(a, b, dict(common, side=s, dtype=d), isolate, log) for s in sides for d in dtypes]
     return records
@@ -375,6 +441,7 @@ def _model_record(token: str, case: Dict, isolate: bool, gemm: Dict) -> Dict:
     base = {"bench": "models", "source": source, "model": name}
     base.update({k: spec[k] for k in ("side", "batch", "dtype", "device")})
     base.update(compile=spec["compile"] or False, channels_last=spec["channels_last"], runtime=spec["runtime"])
+    base.update(mode=spec.get("mode", "inference"))
     try:
         rec = dict(base, status="ok", **(run_isolated("model", spec) if isolate else run_case(spec)))
     except Exception as err:
@@ -411,6 +478,7 @@ def _pair_record(a: str, b: str, case: Dict, isolate: bool, log: Callable[[str],
 
 def _line(r: Dict) -> str:
     rt = "  onnxruntime" if r.get("runtime") == "onnxruntime" else ""
+    rt += "  train" if r.get("mode") == "train" else ""
     head = f"{r['source']}:{r['model']:24s} {r['side']}² {r['dtype']:4s}{rt}"
     if r["status"] != "ok":
         return f"{head}  {r['status']}: {r.get('reason', '')}"

@@ -207,6 +207,7 @@ def model_table(records: Sequence[Dict]) -> str:
             + (", compiled" if r.get("compile") else "")
             + (", channels-last" if r.get("channels_last") else "")
             + (", onnxruntime" if r.get("runtime") == "onnxruntime" else "")
+            + (", train step" if r.get("mode") == "train" else "")
         )
         if r["status"] != "ok":
             lines.append(
@@ -277,6 +278,8 @@ def model_goals(records: Sequence[Dict]) -> List[Dict]:
     if goals:
         return goals
     for r in _by(records, bench="models", source="sofa", model="poolformer_s12", status="ok"):
+        if r.get("mode", "inference") != "inference":  # the goal is about inference
+            continue
         t = next(
             (
                 t

@@ -74,7 +74,41 @@ def _extra_formulas() -> Dict:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
 
     ops = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
-    return {getattr(aten, n): sdpa for n in ops if hasattr(aten, n)}
+    formulas = {getattr(aten, n): sdpa for n in ops if hasattr(aten, n)}
+    formulas[aten.convolution_backward] = conv_backward_flops
+    return formulas
+
+
+def conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    groups,
+    output_mask,
+    out_shape=None,
+) -> int:
+    """FLOPs of a convolution's backward: the input's gradient (a transposed convolution of the output's gradient,
+    as many FLOPs as the forward) and the weight's (a correlation of input and output gradient, again as many).
+    The stock formula (torch 2.x ``conv_backward_flop``) counts the weight's gradient of a grouped convolution as
+    if every output channel read every input channel: ``groups`` times too much (a 64-channel depthwise filter's
+    backward 64× its forward); here it is divided by ``groups``."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    def t(shape):
+        return [shape[1], shape[0]] + list(shape[2:])
+
+    flops = 0
+    if output_mask[0]:
+        flops += conv_flop_count(grad_out_shape, w_shape, list(x_shape), not transposed)
+    if output_mask[1]:
+        flops += conv_flop_count(t(x_shape), t(grad_out_shape), t(w_shape), transposed) // groups
+    return flops
 
 
 def flop_counter(**kwargs):

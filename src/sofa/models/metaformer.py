@@ -31,6 +31,7 @@ from sofa import switches
 from sofa.layers import Linear
 from sofa.mixers.simple import Pooling
 from sofa.ops.common import is_tracing
+from sofa.ops.linear import linear_gelu
 from sofa.ops.pool import BlockWeights, metaformer_block, metaformer_block_folded
 from sofa.ops.pool import choose_impl as choose_block_impl
 
@@ -106,6 +107,12 @@ class ConvMlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether any of ``modules`` has a forward hook or pre-hook (a fused path that skips calling them must not
+    run then)."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 class Mlp(nn.Module):
     """Linear → GELU → Linear on (B, N, C)."""
 
@@ -117,6 +124,12 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
+        if torch.jit.is_scripting():
+            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        if type(self.act) is nn.GELU and not is_tracing() and not _hooked(self.fc1, self.act):
+            # fc1 and its GELU as one GEMM where that runs (sofa.ops.linear.linear_gelu): the same numbers
+            h = linear_gelu(x, self.fc1.weight, self.fc1.bias, self.act.approximate)
+            return self.drop(self.fc2(self.drop(h)))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 

@@ -17,17 +17,43 @@ from __future__ import annotations
 
 import torch
 
-from sofa.ops.common import fp32, is_tracing, no_autocast
+from sofa.ops.common import check_impl, fp32, is_tracing, no_autocast
 
 RULES = ("soft", "soft_norm")
+ITERATE_IMPLS = ("batched", "plain")
 SOFT_SHIFT = 0.01
 MAX_HALVINGS = 10
 
 
 def _iterate(V: torch.Tensor, P: torch.Tensor, iters: int) -> torch.Tensor:
+    """``iters`` Newton–Schulz steps V ← 2V − V·P·V, written plainly (the reference, and the form captured
+    graphs and TorchScript hold)."""
     for _ in range(iters):
         V = 2 * V - V @ P @ V
     return V
+
+
+def _iterate_batched(V: torch.Tensor, P: torch.Tensor, iters: int) -> torch.Tensor:
+    """:func:`_iterate` with all the matrices of V and P (..., m, m) (same batch shape) as one batch, each step two
+    batched GEMMs: T = V·P, then V ← 2V − T·V as one ``baddbmm`` (the scaling and the subtraction done by the
+    GEMM as it writes its result: no separate element-wise passes, no 4-D ``matmul`` reshapes). The same numbers
+    to float rounding, which the iteration itself corrects; autograd runs through it as through the plain form."""
+    shape, m = V.shape, V.shape[-1]
+    V3, P3 = V.reshape(-1, m, m), P.expand(shape).reshape(-1, m, m)
+    for _ in range(iters):
+        V3 = torch.baddbmm(V3, torch.bmm(V3, P3), V3, beta=2.0, alpha=-1.0)
+    return V3.reshape(shape)
+
+
+def iterate(V: torch.Tensor, P: torch.Tensor, iters: int, *, impl: str = "auto") -> torch.Tensor:
+    """``iters`` Newton–Schulz steps V ← 2V − V·P·V from V (..., m, m) on P (..., m, m).
+
+    ``impl``: "batched" (:func:`_iterate_batched`), "plain" (:func:`_iterate`, the reference) or "auto":
+    "plain" under a graph capture (:func:`sofa.ops.common.is_tracing`), else "batched"."""
+    check_impl("newton iterate", impl, ITERATE_IMPLS)
+    if impl == "auto":
+        impl = "plain" if is_tracing() or V.shape != P.shape else "batched"
+    return _iterate(V, P, iters) if impl == "plain" else _iterate_batched(V, P, iters)
 
 
 def _eye_like(A: torch.Tensor) -> torch.Tensor:
@@ -41,7 +67,7 @@ class _SoftNewtonInverse(torch.autograd.Function):
     def forward(ctx, A: torch.Tensor, iters: int):
         P = A + SOFT_SHIFT * _eye_like(A)
         alpha = 0.9 * 2 / A.sum(-1).amax(-1) ** 2
-        V = _iterate(alpha[..., None, None] * P, P, iters)
+        V = iterate(alpha[..., None, None] * P, P, iters)
         ctx.save_for_backward(V)
         return V
 
@@ -100,7 +126,7 @@ def newton_pinv(
             V = _SoftNewtonInverse.apply(A, iters)
             P = A + SOFT_SHIFT * _eye_like(A)
         else:
-            V = _iterate(_soft_norm_alpha(A, batch_alpha) * A, A, iters)
+            V = iterate(_soft_norm_alpha(A, batch_alpha) * A, A, iters)
             P = A
         if return_residual:
             return V, pinv_residual(P, V)
