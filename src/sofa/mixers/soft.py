@@ -84,6 +84,7 @@ def kernel_attention_graph(
 # both depend on sizes, dtypes or devices in Python: torch.fx keeps each one call, run as is
 torch.fx.wrap("strided_landmarks")
 torch.fx.wrap("kernel_attention_graph")
+torch.fx.wrap("fp32")  # reads the dtype: float32 for half precision, float64 kept
 
 
 class SoftAttention(TokenMixer):
