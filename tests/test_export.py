@@ -2,7 +2,8 @@
 torchvision), TorchScript, torch.export with dynamic batch and size, ONNX with ONNX Runtime, and
 ``torch.compile(fullgraph=True)``, each as a classifier and as a ``features_only`` backbone.
 
-The default run takes the ``*_mini`` models; the hybrids (with one block per stage) and the full-size models run
+The default run takes the ``*_mini`` models (soft_norm_mini's torch.export and ONNX checks, on soft_mini's path,
+under ``-m slow``); the hybrids (with one block per stage) and the full-size models run
 the same checks under ``-m slow``. Exactness checks (fx, TorchScript, torch.export) run in float64, where eager and the
 captured graph take the same plain operations, so they agree to 1e-6 relative; ONNX Runtime and the compiled model
 run in float32 against eager's float32 outputs (its CPU fast paths included), to 1e-4 relative.
@@ -124,6 +125,20 @@ def test_torchscript(name, features_only):
     assert_close(got[1], want[1], 1e-6)
 
 
+def slow_for(*names: str) -> list:
+    """:data:`CASES` with ``names`` also marked slow: the default run keeps one model of each code path."""
+    return [
+        pytest.param(*c.values, id=c.id, marks=[*c.marks, pytest.mark.slow] if c.id in names else c.marks)
+        for c in CASES
+    ]
+
+
+#: soft_norm_mini takes soft_mini's graph path (normalisation aside, which fx, TorchScript and compile check by default)
+EXPORT_CASES = slow_for("soft_norm_mini")
+#: poolformer_mini's dynamic ONNX file is checked in ONNX Runtime at two sizes by tests/test_export_cli.py
+ONNX_CASES = slow_for("poolformer_mini", "soft_norm_mini")
+
+
 def dynamic_shapes():
     batch = torch.export.Dim("batch", min=1, max=64)
     height = STRIDE * torch.export.Dim("height_blocks", min=1, max=64)
@@ -132,7 +147,7 @@ def dynamic_shapes():
 
 
 @pytest.mark.parametrize("features_only", [False, True], ids=["classifier", "features"])
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", EXPORT_CASES)
 def test_torch_export_dynamic(name, features_only):
     model = build(name, full=name in FULL, features_only=features_only)
     program = torch.export.export(model, (sample(),), dynamic_shapes=dynamic_shapes())
@@ -141,13 +156,6 @@ def test_torch_export_dynamic(name, features_only):
         x = sample(size)
         with torch.no_grad():
             assert_close(exported(x), model(x), 1e-6)
-
-
-#: poolformer_mini's dynamic ONNX file is checked in ONNX Runtime at two sizes by tests/test_export_cli.py
-ONNX_CASES = [
-    pytest.param(*c.values, id=c.id, marks=[*c.marks, pytest.mark.slow] if c.id == "poolformer_mini" else c.marks)
-    for c in CASES
-]
 
 
 @pytest.mark.parametrize("name", ONNX_CASES)
