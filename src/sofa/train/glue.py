@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sofa.errors import UserError
-from sofa.train.task import FinishedRun, StepOutput, Task, register_task
+from sofa.train.task import FinishedRun, StepOutput, Task, TrainingClock, register_task
 
 __all__ = [
     "GlueTask",
@@ -262,8 +261,7 @@ class TextTask(Task):
         super().__init__(cfg, log)
         self._tokenizer = None
         self._data: dict[str, Any] = {}
-        self._started = time.perf_counter()
-        self._seconds_before = 0.0
+        self.clock = TrainingClock()
 
     # ---------------------------------------------------------------- to override
     @property
@@ -406,15 +404,11 @@ class TextTask(Task):
         return out
 
     # ---------------------------------------------------------------- bookkeeping
-    def training_seconds(self) -> float:
-        return self._seconds_before + time.perf_counter() - self._started
-
     def state_dict(self) -> dict[str, Any]:
-        return {"training_seconds": self.training_seconds()}
+        return self.clock.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._seconds_before = float(state.get("training_seconds", 0.0))
-        self._started = time.perf_counter()
+        self.clock.load_state_dict(state)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {
@@ -439,7 +433,7 @@ class TextTask(Task):
             "data": str(self.cfg.data),
             "best": run.best,
             "steps": run.global_step,
-            "wall_time_s": round(self.training_seconds(), 3),
+            "wall_time_s": round(self.clock.seconds(), 3),
             "params": sum(p.numel() for p in model.parameters()),
             "device": str(run.ctx.device),
             "processes": run.ctx.world_size,

@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sofa.errors import UserError
-from sofa.train.task import FinishedRun, StepOutput, Task, register_task, unwrap
+from sofa.train.task import FinishedRun, StepOutput, Task, TrainingClock, register_task, unwrap
 
 __all__ = ["LRATask", "HARNESS", "IntervalDraws", "LRA_TASKS"]
 
@@ -182,8 +182,7 @@ class LRATask(Task):
     def __init__(self, cfg, log=None):
         super().__init__(cfg, log)
         self._splits: dict[str, Dataset] = {}
-        self._started = time.perf_counter()
-        self._seconds_before = 0.0  # training time of the sessions before a --resume
+        self.clock = TrainingClock()
 
     # ---------------------------------------------------------------- data
     @property
@@ -301,15 +300,11 @@ class LRATask(Task):
         return {"acc": float(sums["correct"]) * 100.0 / n, "loss": float(sums["loss_sum"]) / n, "count": int(n)}
 
     # ---------------------------------------------------------------- bookkeeping
-    def training_seconds(self) -> float:
-        return self._seconds_before + time.perf_counter() - self._started
-
     def state_dict(self) -> dict[str, Any]:
-        return {"training_seconds": self.training_seconds()}
+        return self.clock.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._seconds_before = float(state.get("training_seconds", 0.0))
-        self._started = time.perf_counter()
+        self.clock.load_state_dict(state)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         from sofa.data.lra.readers import NUM_CLASSES
@@ -323,7 +318,7 @@ class LRATask(Task):
 
     def after_training(self, model: nn.Module, run: FinishedRun) -> dict[str, str]:
         """Score the best validation checkpoint on the test split; write ``results.json``."""
-        seconds = self.training_seconds()
+        seconds = self.clock.seconds()
         scored = self._load_best(model, run.run_dir / "best.safetensors")
         t0 = time.perf_counter()
         test_metrics = self.evaluate(model, run.loader(self.dataset("test"), "val"), run.ctx)

@@ -83,6 +83,7 @@ This interface is stable: new hooks get defaults here so existing tasks keep wor
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -308,6 +309,25 @@ class Task:
     def checkpoint_metadata(self) -> dict[str, str]:
         """Strings stored with the weights (safetensors metadata)."""
         return {}
+
+
+class TrainingClock:
+    """Seconds of training summed over the sessions of one run: a task keeps one, saves it in its
+    :meth:`Task.state_dict` and restores it on ``--resume``, so a resumed run reports its whole training time."""
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+        self._seconds_before = 0.0  # the sessions before a --resume
+
+    def seconds(self) -> float:
+        return self._seconds_before + time.perf_counter() - self._started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"training_seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._seconds_before = float(state.get("training_seconds", 0.0))
+        self._started = time.perf_counter()
 
 
 _TASKS: dict[str, type[Task]] = {}
