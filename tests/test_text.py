@@ -328,6 +328,9 @@ def test_pretraining_beats_the_unigram_entropy_of_its_corpus(pretrained_run):
     assert len(val) == 2 and val[-1] < val[0] and val[-1] < entropy - 0.03, (val, entropy)
     assert isinstance(load_tokenizer(pretrained_run / "tokenizer.json"), ByteTokenizer)
     assert (pretrained_run / "best.safetensors").is_file()
+    header = (pretrained_run / "log.txt").read_text().splitlines()
+    assert any("2560 sequences drawn per epoch" in line and "32 ids each" in line for line in header), header[:3]
+    assert not any("px" in line for line in header[:3])
 
 
 def test_load_pretrained_encoder_into_a_classifier(pretrained_run):

@@ -525,3 +525,23 @@ def test_curves_png_axes_show_the_selected_curves(tmp_path, monkeypatch):
     assert [line.get_label() for line in ax_acc.get_lines()] == ["val mIoU"]
     assert list(ax_lr.get_lines()[0].get_xdata()) == [1, 2, 3]
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "sched, halfway",
+    [("poly", 0.5), ("cosine", 0.5)],  # poly is linear (power 1), not timm's default power 0.1 (0.5 ** 0.1 = 0.93)
+)
+def test_schedules_reach_the_expected_rate_halfway(sched, halfway):
+    import argparse
+
+    from sofa.train.trainer import build_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = argparse.Namespace(sched=sched, epochs=4, warmup_epochs=0, warmup_lr=0.0, min_lr=0.0)
+    scheduler = build_scheduler(opt, cfg, steps_per_epoch=10)
+    scheduler.step_update(10)
+    quarter = opt.param_groups[0]["lr"]
+    scheduler.step_update(20)
+    assert opt.param_groups[0]["lr"] == pytest.approx(halfway, abs=1e-6)
+    if sched == "poly":
+        assert quarter == pytest.approx(0.75, abs=1e-6)

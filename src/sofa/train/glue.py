@@ -294,6 +294,9 @@ class TextTask(Task):
             self._tokenizer = load_text_tokenizer(str(spec))
         return self._tokenizer
 
+    def data_summary(self, n_train: int, n_val: int) -> str:
+        return f"{n_train} train / {n_val} val texts, at most {self._seq_len()} tokens"
+
     def _positions(self) -> int:
         """Positions of the model: the pretraining run's (its encoder's position table must fit), else --max-len."""
         pre = run_config(getattr(self.cfg, "init", None)).get("max_len")

@@ -221,6 +221,9 @@ class LRATask(Task):
         )
         return IntervalDraws(train, interval * batch * _world_size()), val
 
+    def data_summary(self, n_train: int, n_val: int) -> str:
+        return f"{n_train} sequences drawn per epoch / {n_val} val, {self._positions()} positions"
+
     def build_eval_dataset(self):
         return self.dataset(getattr(self.cfg, "eval_split", None) or "val")
 

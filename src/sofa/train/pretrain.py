@@ -217,6 +217,10 @@ class MLMTask(Task):
             pad_id=tok.pad_id,
         )
 
+    def data_summary(self, n_train: int, n_val: int) -> str:
+        seq_len = int(getattr(self.cfg, "seq_len", None) or 128)
+        return f"{n_train} sequences drawn per epoch / {n_val} val, {seq_len} ids each"
+
     # ---------------------------------------------------------------- steps
     def train_step(self, model, batch) -> StepOutput:
         out = model(**batch)

@@ -247,6 +247,11 @@ class Task:
     def to_device(self, batch: Any, device: torch.device) -> Any:
         return to_device(batch, device, bool(getattr(self.cfg, "channels_last", False)))
 
+    def data_summary(self, n_train: int, n_val: int) -> str:
+        """How the run's header names the data's size: images and their side by default; sequence tasks name
+        their samples and length instead."""
+        return f"{n_train} train / {n_val} val images, {self.cfg.img_size}px"
+
     # ---------------------------------------------------------------- model
     def build_model(self) -> nn.Module:
         """The model, on the CPU, in fp32; the loop moves, wraps and compiles it."""

@@ -54,6 +54,26 @@ RUN_FILES = {
 }
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int):
+    """timm's schedule ``cfg.sched`` over ``cfg.epochs`` epochs, stepped every update."""
+    from timm.scheduler import create_scheduler_v2
+
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=int(cfg.epochs),
+        warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        # timm's one decay_rate is step's factor and poly's power; poly here is the linear decay (power 1)
+        # that BERT's pretraining and segmentation recipes mean, not timm's default power of 0.1
+        decay_rate=1.0 if cfg.sched == "poly" else 0.1,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
+    return scheduler
+
+
 class Trainer:
     """One run of ``sofa train`` on this rank: :meth:`setup` builds the task, model, data, optimiser, schedule,
     scaler and EMA (and restores a resumed run's state); :meth:`fit` runs the epochs (:meth:`train_epoch`,
@@ -150,7 +170,6 @@ class Trainer:
     def _build_optimisation(self) -> None:
         """timm's optimiser and schedule, a gradient scaler for fp16, the EMA of the weights."""
         from timm.optim import create_optimizer_v2
-        from timm.scheduler import create_scheduler_v2
         from timm.utils import ModelEmaV3
 
         cfg = self.cfg
@@ -160,16 +179,7 @@ class Trainer:
         self.optimizer = create_optimizer_v2(
             self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kw
         )
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer,
-            sched=cfg.sched,
-            num_epochs=int(cfg.epochs),
-            warmup_epochs=cfg.warmup_epochs,
-            warmup_lr=cfg.warmup_lr,
-            min_lr=cfg.min_lr,
-            step_on_epochs=False,
-            updates_per_epoch=self.steps_per_epoch,
-        )
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         device = self.dist.device
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
@@ -243,7 +253,7 @@ class Trainer:
             amp = f", {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
             rep.log(
                 f"sofa train: task {self.task.name}, model {cfg.model} ({n_params / 1e6:.2f}M parameters), "
-                f"data {data_name}: {len(self.train_ds)} train / {n_val} val images, {cfg.img_size}px, "
+                f"data {data_name}: {self.task.data_summary(len(self.train_ds), n_val)}, "
                 f"{d.world_size} process(es) on {d.device}{amp}"
             )
             rep.log(
