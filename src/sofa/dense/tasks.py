@@ -627,23 +627,14 @@ class DetectionTask(_DenseTask):
     def evaluate(self, model, loader, ctx: EvalContext) -> dict[str, float]:
         from sofa.dense.metrics import CocoEvaluator, flat_coco_metrics
 
-        model.eval()
         if self._coco_eval_gt is None:
             self.build_eval_dataset()
         iou_types = ("bbox", "segm") if self.with_masks else ("bbox",)
         label_map = self._meta["label_to_cat_id"]
         ev = CocoEvaluator(self._coco_eval_gt, iou_types, label_to_cat_id=label_map)
-        it = ctx.progress(loader, "eval") if ctx.progress else loader
-        with torch.no_grad():
-            for images, targets in it:
-                images = [im.to(ctx.device) for im in images]
-                if ctx.autocast is not None:
-                    with ctx.autocast():
-                        outputs = model(images)
-                else:
-                    outputs = model(images)
-                outputs = [{k: v.float().cpu() for k, v in o.items()} for o in outputs]
-                ev.update([t["image_id"] for t in targets], outputs)
+        for (_, targets), outputs in self.eval_outputs(model, loader, ctx, lambda m, batch: m(batch[0])):
+            outputs = [{k: v.float().cpu() for k, v in o.items()} for o in outputs]
+            ev.update([t["image_id"] for t in targets], outputs)
         gathered = ctx.all_gather_object((ev.results, ev.image_ids))
         res: dict[str, float] | None = None
         if ctx.rank == 0:

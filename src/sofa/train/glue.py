@@ -374,26 +374,17 @@ class TextTask(Task):
     def evaluate(self, model, loader, ctx) -> dict[str, float]:
         """Every prediction of every rank, then the task's metrics over all of them (MCC, F1 and Spearman are
         no sums of per-batch parts)."""
-        model.eval()
         preds: list = []
         labels: list = []
         groups: list = []
         loss_sum = 0.0
-        it = ctx.progress(loader, "eval") if ctx.progress else loader
-        with torch.no_grad():
-            for batch in it:
-                batch = self.to_device(batch, ctx.device)
-                if ctx.autocast is not None:
-                    with ctx.autocast():
-                        logits = self._logits(model, batch)
-                else:
-                    logits = self._logits(model, batch)
-                logits = logits.float()
-                loss_sum += float(self._loss(logits, batch["labels"], reduction="sum"))
-                p = logits.reshape(-1) if self.regression else logits.argmax(-1)
-                preds += p.cpu().tolist()
-                labels += batch["labels"].cpu().tolist()
-                groups += batch["groups"].cpu().tolist()
+        for batch, logits in self.eval_outputs(model, loader, ctx, self._logits):
+            logits = logits.float()
+            loss_sum += float(self._loss(logits, batch["labels"], reduction="sum"))
+            p = logits.reshape(-1) if self.regression else logits.argmax(-1)
+            preds += p.cpu().tolist()
+            labels += batch["labels"].cpu().tolist()
+            groups += batch["groups"].cpu().tolist()
         parts = ctx.all_gather_object((preds, labels, groups, loss_sum))
         preds = [x for p in parts for x in p[0]]
         labels = [x for p in parts for x in p[1]]

@@ -83,10 +83,11 @@ This interface is stable: new hooks get defaults here so existing tasks keep wor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -270,22 +271,26 @@ class Task:
         """Turn the summed ``eval_step`` outputs (over all batches and ranks) into metrics."""
         raise NotImplementedError
 
+    def eval_outputs(
+        self, model: nn.Module, loader: Iterable, ctx: EvalContext, step: Callable[[nn.Module, Any], Any]
+    ) -> Iterator[tuple[Any, Any]]:
+        """``(batch, step(model, batch))`` for each batch of ``loader`` moved to the device, ``step`` run in eval
+        mode without gradients and under the run's autocast, with the progress bar."""
+        model.eval()
+        it = ctx.progress(loader, "eval") if ctx.progress else loader
+        for batch in it:
+            batch = self.to_device(batch, ctx.device)
+            with torch.no_grad(), ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext():
+                out = step(model, batch)
+            yield batch, out
+
     def evaluate(self, model: nn.Module, loader: Iterable, ctx: EvalContext) -> dict[str, float]:
         """Metrics of ``model`` on ``loader`` (this rank's shard); the same dict on every rank."""
-        model.eval()
         sums: dict[str, torch.Tensor] = {}
-        it = ctx.progress(loader, "eval") if ctx.progress else loader
-        with torch.no_grad():
-            for batch in it:
-                batch = self.to_device(batch, ctx.device)
-                if ctx.autocast is not None:
-                    with ctx.autocast():
-                        out = self.eval_step(model, batch)
-                else:
-                    out = self.eval_step(model, batch)
-                for k, v in out.items():
-                    v = torch.as_tensor(v, dtype=torch.float64).detach().to("cpu", torch.float64)
-                    sums[k] = sums[k] + v if k in sums else v.clone()
+        for _, out in self.eval_outputs(model, loader, ctx, self.eval_step):
+            for k, v in out.items():
+                v = torch.as_tensor(v, dtype=torch.float64).detach().to("cpu", torch.float64)
+                sums[k] = sums[k] + v if k in sums else v.clone()
         keys = sorted(sums)
         if keys:
             flat = torch.cat([sums[k].reshape(-1) for k in keys]).to(ctx.device)
