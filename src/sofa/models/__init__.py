@@ -10,8 +10,16 @@ too; names timm already owns get a ``sofa_`` prefix there).
 """
 
 from sofa.models import lra, poolformer, setformer, soft, text  # noqa: F401  (register their variants)
-from sofa.models.registry import create_model, get_entry, list_models, map_checkpoint, register_in_timm, timm_name
+from sofa.models.registry import (
+    create_model,
+    family_of,
+    get_entry,
+    list_models,
+    map_checkpoint,
+    register_in_timm,
+    timm_name,
+)
 
 register_in_timm()
 
-__all__ = ["create_model", "list_models", "get_entry", "timm_name", "register_in_timm", "map_checkpoint"]
+__all__ = ["create_model", "list_models", "get_entry", "family_of", "timm_name", "register_in_timm", "map_checkpoint"]

@@ -32,6 +32,7 @@ __all__ = [
     "create_model",
     "list_models",
     "get_entry",
+    "family_of",
     "register_in_timm",
     "timm_name",
     "map_checkpoint",
@@ -95,6 +96,14 @@ def get_entry(name: str) -> ModelEntry:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; sofa.list_models() lists all {len(_REGISTRY)} models")
     return _REGISTRY[name]
+
+
+def family_of(name: str) -> Optional[str]:
+    """The family of registered model ``name`` (``"soft"``, ``"lra"``, ``"text"``, ...), None if there is none."""
+    try:
+        return get_entry(name).family
+    except ValueError:
+        return None
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **kwargs) -> nn.Module:

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sofa.errors import UserError
+from sofa.models import family_of
 from sofa.train.task import FinishedRun, StepOutput, Task, TrainingClock, register_task
 
 __all__ = [
@@ -309,7 +310,7 @@ class TextTask(Task):
     def check_options(cls, cfg: argparse.Namespace) -> None:
         """Refuse options that cannot work before anything is written (a run directory, a suite)."""
         name = str(cfg.model)
-        if not name.startswith("text_"):
+        if family_of(name) != "text":
             raise UserError(
                 f"--task {cls.name} fine-tunes a text model (text_{{tiny,mini,small,medium}}_"
                 f"{{softmax,soft,soft_norm,set,pool}}); got --model {name}"
@@ -325,7 +326,7 @@ class TextTask(Task):
 
     def build_model(self) -> nn.Module:
         name = str(self.cfg.model)
-        if not name.startswith("text_"):
+        if family_of(name) != "text":
             raise UserError(f"--task {self.name} fine-tunes a text model; got --model {name}")
         tok = self.tokenizer
         model = create_text_model(

@@ -258,14 +258,10 @@ class LRATask(Task):
     def build_model(self) -> nn.Module:
         import sofa
         from sofa.data.lra.readers import NUM_CLASSES
-        from sofa.models import get_entry
+        from sofa.models import family_of
 
         name = self.cfg.model
-        try:
-            family = get_entry(name).family
-        except ValueError:
-            family = None
-        if family != "lra":
+        if family_of(name) != "lra":
             raise UserError(
                 f"--task lra-{self.lra_task} trains a sequence model: {', '.join(LRA_MODELS)}; got --model {name}"
             )

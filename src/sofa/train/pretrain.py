@@ -199,14 +199,10 @@ class MLMTask(Task):
     # ---------------------------------------------------------------- model
     def build_model(self) -> nn.Module:
         import sofa
-        from sofa.models import get_entry
+        from sofa.models import family_of
 
         name = self.cfg.model
-        try:
-            family = get_entry(name).family
-        except ValueError:
-            family = None
-        if family != "text":
+        if family_of(name) != "text":
             raise UserError(f"--task mlm pretrains a text encoder (sofa models --family text); got --model {name}")
         tok = self.tokenizer
         return sofa.create_model(
