@@ -71,6 +71,22 @@ def time_call(
     }
 
 
+def time_case(
+    fn: Callable[[], object], spec: Dict, device: torch.device | str, warmup: int = 1, min_repeats: int = 1
+) -> Dict[str, object]:
+    """:func:`time_call` with a benchmark case's settings: ``spec``'s ``repeats`` (default 5), ``warmup``,
+    ``budget_s`` and ``min_repeats`` where it has them, else the given defaults; never more than ``repeats``."""
+    repeats = int(spec.get("repeats", 5))
+    return time_call(
+        fn,
+        repeats=repeats,
+        warmup=int(spec.get("warmup", warmup)),
+        device=device,
+        budget_s=spec.get("budget_s"),
+        min_repeats=min(int(spec.get("min_repeats", min_repeats)), repeats),
+    )
+
+
 def time_interleaved(
     fns: Dict[str, Callable[[], object]],
     repeats: int = 5,

@@ -258,16 +258,7 @@ def run_case(spec: Dict) -> Dict:
         # the median of the ABBA-paired ratios: a change of load hits both settings of a pair alike
         rec["flush_ratio"] = statistics.median(measure.paired_ratios(t["off"]["times_s"], t["on"]["times_s"]))
     else:
-        rec.update(
-            measure.time_call(
-                step,
-                repeats=spec["repeats"],
-                warmup=spec.get("warmup", 1),
-                device=device,
-                budget_s=budget,
-                min_repeats=min_rep,
-            )
-        )
+        rec.update(measure.time_case(step, spec, device))
     rec.update(memory.peak_memory(step, device))
     return rec
 

@@ -145,16 +145,7 @@ def run_case(spec: Dict) -> Dict:
     # like with like even when the machine's load changes during a long run
     gemm = measure.matmul_peak(device, size=int(spec.get("gemm_size", 1024)), repeats=5)
     rec["gemm_flops_per_s"] = gemm["flops_per_s"]
-    rec.update(
-        measure.time_call(
-            step,
-            repeats=int(spec.get("repeats", 5)),
-            warmup=int(spec.get("warmup", 2)),
-            device=device,
-            budget_s=spec.get("budget_s"),
-            min_repeats=min(5, spec["repeats"]),
-        )
-    )
+    rec.update(measure.time_case(step, spec, device, warmup=2, min_repeats=5))
     if spec.get("profile") and not onnx:
         from sofa.bench.profile import bound_by, profile_step
 

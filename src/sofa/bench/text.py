@@ -71,16 +71,7 @@ def run_case(spec: Dict) -> Dict:
         "params": sum(p.numel() for p in model.parameters()),
         "threads": torch.get_num_threads(),
     }
-    rec.update(
-        measure.time_call(
-            step,
-            repeats=int(spec.get("repeats", 5)),
-            warmup=int(spec.get("warmup", 1)),
-            device=device,
-            budget_s=spec.get("budget_s"),
-            min_repeats=min(int(spec.get("min_repeats", 2)), int(spec.get("repeats", 5))),
-        )
-    )
+    rec.update(measure.time_case(step, spec, device, warmup=1, min_repeats=2))
     rec.update(memory.peak_memory(step, device))
     return rec
 
