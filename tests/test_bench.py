@@ -53,6 +53,26 @@ def test_goals_on_synthetic_records():
     assert not flush["met"]
 
 
+def _seq(mixer, n, t, mode="inference"):
+    return dict(bench="mixers", layout="sequence", mixer=mixer, mode=mode, side=None, N=n, status="ok", median_s=t)
+
+
+def test_sequence_goals_on_synthetic_records():
+    recs = [_seq("sdpa", 65536, 50.0), _seq("soft", 65536, 0.4), _seq("set", 65536, 0.6)]
+    recs += [_seq("soft", 1024, 0.01), _seq("nystrom", 1024, 0.02), _seq("nystrom", 65536, 0.3)]
+    recs += [dict(bench="mixer_pair", status="ok", layout="sequence", mixer="soft", mode="inference",
+                  from_N=16384, to_N=65536, slope=1.12)]  # fmt: skip
+    goals = {g["goal"]: g for g in report.mixer_goals(recs)}
+    soft, set_ = goals["soft ≥ 100× faster than SDPA at 65,536 tokens (inference)"], None
+    set_ = goals["set ≥ 100× faster than SDPA at 65,536 tokens (inference)"]
+    assert soft["value"] == pytest.approx(125.0) and soft["met"]
+    assert set_["value"] == pytest.approx(83.3) and not set_["met"]
+    peer = goals["soft faster than nystrom-attention at every length (inference)"]
+    assert not peer["met"] and peer["value"].startswith("0.75× at 65,536")  # 2× faster at 1,024 does not count
+    assert not goals["slope soft 16,384→65,536 tokens (inference, interleaved runs) ≤ 1.1"]["met"]
+    assert not any("(train)" in g for g in goals)  # nothing measured in training mode: no training goal
+
+
 def test_peak_memory_sees_a_temporary_allocation():
     if not memory.reset_peak_rss():
         pytest.skip("/proc/self/clear_refs is not writable here")
