@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -21,6 +22,7 @@ from sofa.ops import (
     spherical_gaussian_kernel,
     squared_distances,
 )
+from sofa.ops.newton import GRAD_ITERS
 
 SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
 
@@ -104,7 +106,38 @@ def test_newton_soft_backward_is_the_exact_inverse_gradient():
 
 def test_newton_soft_norm_gradient_flows_through_iterations():
     A = kernel_matrix_with_condition(5.0, m=6, d=3).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a: newton_pinv(a, 20, "soft_norm"), (A,), eps=1e-6, atol=1e-5)
+    for backward in ("auto", "full"):
+        fn = functools.partial(newton_pinv, iters=20, rule="soft_norm", backward=backward)
+        assert torch.autograd.gradcheck(fn, (A,), eps=1e-6, atol=1e-5)
+
+
+def _newton_steps_in_graph(V: torch.Tensor) -> int:
+    """How many batched GEMMs of Newton steps autograd's graph of V holds (two per step)."""
+    seen, todo, count = set(), [V.grad_fn], 0
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        count += type(fn).__name__ in ("BmmBackward0", "BaddbmmBackward0")
+        todo += [f for f, _ in fn.next_functions]
+    return count // 2
+
+
+@pytest.mark.parametrize("cond, truncated", [(3.0, True), (1e5, False)])
+def test_newton_soft_norm_backward_through_the_last_steps_equals_the_whole_graph(cond, truncated):
+    """Converged (κ = 3), the graph holds the last GRAD_ITERS steps and the gradient is autograd's through all
+    20 to float rounding; not converged after 20 steps (κ = 1e5), the whole graph is kept."""
+    A = kernel_matrix_with_condition(cond, m=32, d=8).float()
+    A = torch.stack([A, A.flip(0, 1)]).requires_grad_(True)
+    G = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(0))
+    V_auto, V_full = (newton_pinv(A, 20, "soft_norm", backward=b) for b in ("auto", "full"))
+    assert _newton_steps_in_graph(V_full) == 20
+    assert _newton_steps_in_graph(V_auto) == (GRAD_ITERS if truncated else 20)
+    torch.testing.assert_close(V_auto, V_full, rtol=1e-5, atol=1e-6)
+    (g_auto,) = torch.autograd.grad((V_auto * G).sum(), A)
+    (g_full,) = torch.autograd.grad((V_full * G).sum(), A)
+    assert rel_err(g_auto, g_full) < 1e-5
 
 
 def test_newton_batch_alpha_couples_the_batch_and_per_matrix_alpha_does_not():
@@ -141,15 +174,13 @@ def test_soft_low_rank_form_with_all_tokens_as_landmarks_is_exact_kernel_attenti
     v = torch.randn(2, 3, 40, 8)
     exact = torch.exp(-0.5 * torch.cdist(q.double(), q.double()).pow(2)) @ v.double()
     # exact inverse (SOFT-Norm rule: no shift), enough iterations, no normalisation → A·A⁺·A·V = A·V
-    from sofa.ops import newton
-
     with torch.no_grad():
         out = soft_kernel_attention(q.double(), q.double(), v.double(), iters=60, normalized=False)
         shift_error = rel_err(out, exact)
         # the released plain rule inverts A + 0.01·I: its result differs from exact attention by about 1%
         assert 1e-3 < shift_error < 5e-2
         A = gaussian_kernel(q.double(), q.double())
-        low_rank = A @ (newton.newton_pinv(A, 60, "soft_norm") @ (A.transpose(-1, -2) @ v.double()))
+        low_rank = A @ (newton_pinv(A, 60, "soft_norm") @ (A.transpose(-1, -2) @ v.double()))
     assert (low_rank - exact).abs().max().item() < 1e-4 * exact.abs().max().item()
 
 

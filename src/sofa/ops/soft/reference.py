@@ -33,7 +33,7 @@ def soft_kernel_attention_reference(
         K1, A = K1 * lm, A * lm * lm.transpose(-1, -2)
     if token_mask is not None:
         K1 = K1 * token_mask.unsqueeze(-1).to(dtype)
-    A_inv = newton_pinv(A, iters, "soft_norm" if normalized else "soft", batch_alpha)
+    A_inv = newton_pinv(A, iters, "soft_norm" if normalized else "soft", batch_alpha, backward="full")
     if normalized:
         D = A.sum(-1).clamp_min(1e-12).rsqrt()
         A_inv = D.unsqueeze(-1) * A_inv * D.unsqueeze(-2)
