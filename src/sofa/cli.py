@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 # Modules that contribute sub-commands, in the order they appear in ``sofa --help``.
 COMMAND_MODULES = (
-    "sofa.train.cli",  # train, eval, predict
+    "sofa.train.cli",  # train, eval, predict, compare
     "sofa.text_cli",  # pretrain, tokenizer
     "sofa.models.cli",  # models, convert
     "sofa.bench.cli",  # bench

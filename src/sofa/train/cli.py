@@ -78,6 +78,9 @@ def register(subparsers) -> None:
     _register_train(subparsers)
     _register_eval(subparsers)
     _register_predict(subparsers)
+    from sofa.train.compare import register as register_compare
+
+    register_compare(subparsers)
 
 
 def _register_train(subparsers) -> None:
