@@ -76,7 +76,26 @@ def _extra_formulas() -> Dict:
     ops = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
     formulas = {getattr(aten, n): sdpa for n in ops if hasattr(aten, n)}
     formulas[aten.convolution_backward] = conv_backward_flops
+    mkldnn = torch.ops.mkldnn
+    for name in ("_convolution_pointwise", "_convolution_pointwise_"):
+        if hasattr(mkldnn, name):
+            formulas[getattr(mkldnn, name)] = onednn_conv_flops
     return formulas
+
+
+def onednn_conv_flops(*args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's fused convolution (``mkldnn::_convolution_pointwise``, its ``.binary`` form and the
+    in-place ``_convolution_pointwise_.binary``): the convolution's own, as for ``aten.convolution``; the post-op
+    (an activation, or the sum into ``other``) is element-wise and not counted. sofa's fast CPU paths run their
+    GEMMs through it (``sofa.ops.linear``: a Linear as a 1×1 convolution, with GELU fused into the MLP's first);
+    the stock counter has no formula for it and would count them as nothing. The forms differ in where the weight
+    is: (X, W, B, padding, stride, dilation, groups, ...) or, with a second operand, (X|other, other|X, W, B,
+    padding, stride, dilation, groups, ...): in the first, position 6 holds the groups (an int)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    binary = not isinstance(args[6], int)
+    x_shape, w_shape = (args[1], args[2]) if binary else (args[0], args[1])
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), False)
 
 
 def conv_backward_flops(
