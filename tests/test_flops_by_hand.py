@@ -279,3 +279,51 @@ def test_soft_streamed_path_builds_the_kernel_twice(threads):
         with switches.ONE_PASS.override(False):
             model(x)
     assert counter.get_total_flops() == sum(soft_by_hand().values()) + extra
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, "_convolution_pointwise"), reason="no oneDNN fused convolution")
+def test_onednn_fused_convolution_is_counted_by_hand():
+    """oneDNN's fused convolution, its unary form (a Linear as a 1×1 convolution, GELU fused) and its in-place
+    binary form (the result added into a buffer), counts 2 · outputs · (kernel × input channels per group)."""
+    mk = torch.ops.mkldnn
+    x = torch.randn(1, 24, 10, 1).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(40, 24, 1, 1), torch.randn(40)
+    want = conv(40, 10, 1, 24, 1, 1)
+    with torch.no_grad(), flop_counter() as counter:
+        y = mk._convolution_pointwise.default(x, w, b, [0, 0], [1, 1], [1, 1], 1, "gelu", [], "none")
+    assert counter.get_total_flops() == want
+    other = torch.zeros_like(y)
+    with torch.no_grad(), flop_counter() as counter:
+        mk._convolution_pointwise_.binary(other, x, w, b, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], None)
+    assert counter.get_total_flops() == want and torch.allclose(other, torch.nn.functional.conv2d(x, w, b), atol=1e-4)
+    xg = torch.randn(1, 24, 8, 8).contiguous(memory_format=torch.channels_last)
+    wg = torch.randn(24, 3, 3, 3)  # 8 groups of 3 channels
+    with torch.no_grad(), flop_counter() as counter:
+        mk._convolution_pointwise.default(xg, wg, None, [1, 1], [1, 1], [1, 1], 8, "none", [], "")
+    assert counter.get_total_flops() == conv(24, 8, 8, 3, 3, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- the table
+def table(parts: Dict[Tuple[str, str], int]) -> str:
+    """The hand count as a Markdown table in GFLOP: one row per part, one column per place (stem, stages 1–4,
+    head) and the total."""
+    places = ["stem", "stage0", "stage1", "stage2", "stage3", "head"]
+    names = ["stem", "stage 1", "stage 2", "stage 3", "stage 4", "head"]
+    rows = list(dict.fromkeys(part for _, part in parts))
+    lines = ["| part | " + " | ".join(names) + " | total |", "|---" * (len(names) + 2) + "|"]
+    for part in rows:
+        cells = [parts.get((p, part)) for p in places]
+        total = sum(c or 0 for c in cells)
+        lines.append(
+            f"| {part} | "
+            + " | ".join("" if c is None else f"{c / 1e9:.3f}" for c in cells)
+            + f" | {total / 1e9:.3f} |"
+        )
+    cols = [sum(v for (p, _), v in parts.items() if p == place) for place in places]
+    lines.append("| **all** | " + " | ".join(f"{c / 1e9:.3f}" for c in cols) + f" | **{sum(cols) / 1e9:.3f}** |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # PYTHONPATH=src python tests/test_flops_by_hand.py: the tables of docs/benchmarks.md
+    print("setformer_mini, 224², batch 1 (GFLOP)\n\n" + table(setformer_by_hand()) + "\n")
+    print("soft_tiny, 224², batch 1 (GFLOP)\n\n" + table(soft_by_hand()))

@@ -99,7 +99,7 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
 def batch_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
     """FLOPs of the forward of the whole batch ``x``, the one that is timed: not ``x.shape[0]`` × one image's,
     which would count work done once per call as done once per image (SeT's Nyström root, a function of the
-    parameters alone, is 8.5% of setformer_mini's count at batch 1: ×8 would overstate a batch of 8 by 7.4%)."""
+    parameters alone, is 8.5% of setformer_mini's count at batch 1: × 8 would overstate a batch of 8 by 8%)."""
     return count_flops(model, x)
 
 

@@ -4,8 +4,13 @@ The counter is :class:`torch.utils.flop_counter.FlopCounterMode`, a dispatcher-l
 multiplication and convolution that actually runs (``mm``, ``bmm``, ``addmm``, ``baddbmm``, convolutions,
 scaled-dot-product attention), wherever it is written: inside ``torch.no_grad``, autograd Functions, einsum, the
 ``@`` operator. So SOFT's landmark kernels and all 20 Newton–Schulz iterations (2 m×m×m products each), SeT's
-Nyström embedding and Sinkhorn-weighted aggregations, are counted. Element-wise work (norms, activations,
-exponentials, pooling) is not, as in fvcore and the papers' tables. MACs = FLOPs / 2.
+Nyström embedding and root, the row and column sums of its streamed Sinkhorn (matrix–vector products) and its
+plan-weighted aggregations, are counted. Element-wise work (norms, activations, exponentials, pooling) is not, as
+in fvcore and the papers' tables. MACs = FLOPs / 2. tests/test_flops_by_hand.py holds the counts of
+``setformer_mini`` and ``soft_tiny`` to sums written out by hand from their shapes.
+
+Work done once per call, not per image (SeT's Nyström root depends on the parameters alone) makes a batch's
+FLOPs less than batch × one image's: count the batch that runs (``sofa.bench.models.batch_flops``).
 
 Parameters need no forward pass: :func:`create_on_meta` builds a model's structure on the meta device, without
 memory and without running its weight initialisation.
@@ -133,8 +138,10 @@ def conv_backward_flops(
 def flop_counter(**kwargs):
     """A :class:`~torch.utils.flop_counter.FlopCounterMode` that also counts CPU fused attention, and counts the
     algorithms' own products: inside it the ``SOFA_ONE_PASS`` switch is on, so every op runs its one-pass form
-    (SOFT's kernel once, not the streamed inference path that builds it twice to stay in the cache; the
-    PoolFormer block's MLP as convolutions the counter sees, not the fused operator)."""
+    (SOFT's kernel once, not the streamed inference path that builds it twice to stay in the cache: 1.4% more
+    in soft_tiny; the PoolFormer block's MLP as convolutions the counter sees, not the fused custom operator,
+    whose inside no dispatch mode sees). oneDNN's fused convolution, which sofa's fast linears run through with
+    the switch off, has a formula (:func:`onednn_conv_flops`) so that it is counted either way."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from sofa import switches
