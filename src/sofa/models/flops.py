@@ -177,7 +177,8 @@ def count_macs(
     device: Optional[Union[str, torch.device]] = None,
     x: Optional[torch.Tensor] = None,
 ) -> int:
-    """Multiply–accumulates of one forward pass per image (eval mode), at ``input_size`` ((C,) H, W or an int)."""
+    """Multiply–accumulates of one forward pass per image (eval mode), at ``input_size`` ((C,) H, W or an int).
+    Work done once per call (SeT's Nyström root) is shared among the ``batch`` images."""
     was_training = model.training
     model.eval()
     p = next(model.parameters(), None)
