@@ -4,8 +4,13 @@ The counter is :class:`torch.utils.flop_counter.FlopCounterMode`, a dispatcher-l
 multiplication and convolution that actually runs (``mm``, ``bmm``, ``addmm``, ``baddbmm``, convolutions,
 scaled-dot-product attention), wherever it is written: inside ``torch.no_grad``, autograd Functions, einsum, the
 ``@`` operator. So SOFT's landmark kernels and all 20 Newton–Schulz iterations (2 m×m×m products each), SeT's
-Nyström embedding and Sinkhorn-weighted aggregations, are counted. Element-wise work (norms, activations,
-exponentials, pooling) is not, as in fvcore and the papers' tables. MACs = FLOPs / 2.
+Nyström embedding and root, the row and column sums of its streamed Sinkhorn (matrix–vector products) and its
+plan-weighted aggregations, are counted. Element-wise work (norms, activations, exponentials, pooling) is not, as
+in fvcore and the papers' tables. MACs = FLOPs / 2. tests/test_flops_by_hand.py holds the counts of
+``setformer_mini`` and ``soft_tiny`` to sums written out by hand from their shapes.
+
+Work done once per call, not per image (SeT's Nyström root depends on the parameters alone) makes a batch's
+FLOPs less than batch × one image's: count the batch that runs (``sofa.bench.models.batch_flops``).
 
 Parameters need no forward pass: :func:`create_on_meta` builds a model's structure on the meta device, without
 memory and without running its weight initialisation.
@@ -76,7 +81,26 @@ def _extra_formulas() -> Dict:
     ops = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
     formulas = {getattr(aten, n): sdpa for n in ops if hasattr(aten, n)}
     formulas[aten.convolution_backward] = conv_backward_flops
+    mkldnn = torch.ops.mkldnn
+    for name in ("_convolution_pointwise", "_convolution_pointwise_"):
+        if hasattr(mkldnn, name):
+            formulas[getattr(mkldnn, name)] = onednn_conv_flops
     return formulas
+
+
+def onednn_conv_flops(*args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's fused convolution (``mkldnn::_convolution_pointwise``, its ``.binary`` form and the
+    in-place ``_convolution_pointwise_.binary``): the convolution's own, as for ``aten.convolution``; the post-op
+    (an activation, or the sum into ``other``) is element-wise and not counted. sofa's fast CPU paths run their
+    GEMMs through it (``sofa.ops.linear``: a Linear as a 1×1 convolution, with GELU fused into the MLP's first);
+    the stock counter has no formula for it and would count them as nothing. The forms differ in where the weight
+    is: (X, W, B, padding, stride, dilation, groups, ...) or, with a second operand, (X|other, other|X, W, B,
+    padding, stride, dilation, groups, ...): in the first, position 6 holds the groups (an int)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    binary = not isinstance(args[6], int)
+    x_shape, w_shape = (args[1], args[2]) if binary else (args[0], args[1])
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), False)
 
 
 def conv_backward_flops(
@@ -114,8 +138,10 @@ def conv_backward_flops(
 def flop_counter(**kwargs):
     """A :class:`~torch.utils.flop_counter.FlopCounterMode` that also counts CPU fused attention, and counts the
     algorithms' own products: inside it the ``SOFA_ONE_PASS`` switch is on, so every op runs its one-pass form
-    (SOFT's kernel once, not the streamed inference path that builds it twice to stay in the cache; the
-    PoolFormer block's MLP as convolutions the counter sees, not the fused operator)."""
+    (SOFT's kernel once, not the streamed inference path that builds it twice to stay in the cache: 1.4% more
+    in soft_tiny; the PoolFormer block's MLP as convolutions the counter sees, not the fused custom operator,
+    whose inside no dispatch mode sees). oneDNN's fused convolution, which sofa's fast linears run through with
+    the switch off, has a formula (:func:`onednn_conv_flops`) so that it is counted either way."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from sofa import switches
@@ -151,7 +177,8 @@ def count_macs(
     device: Optional[Union[str, torch.device]] = None,
     x: Optional[torch.Tensor] = None,
 ) -> int:
-    """Multiply–accumulates of one forward pass per image (eval mode), at ``input_size`` ((C,) H, W or an int)."""
+    """Multiply–accumulates of one forward pass per image (eval mode), at ``input_size`` ((C,) H, W or an int).
+    Work done once per call (SeT's Nyström root) is shared among the ``batch`` images."""
     was_training = model.training
     model.eval()
     p = next(model.parameters(), None)

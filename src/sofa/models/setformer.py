@@ -13,8 +13,8 @@ builder (:mod:`sofa.models.metaformer`):
 * Head: LayerNorm → global average pool → Linear.
 
 Sizes: widths and depths chosen to land within 10% of the targets in docs/methods/setformer.md (parameters and
-MACs at 224², measured by :func:`sofa.models.flops.count_macs`): Mini 15.9M / 3.01G (MLP ratio 4), Tiny 24.2M / 4.25G,
-Small 35.1M / 6.65G, Base 49.7M / 8.83G (MLP ratio 3).
+MACs at 224², measured by :func:`sofa.models.flops.count_macs`): Mini 15.9M / 3.00G (MLP ratio 4), Tiny 24.2M / 4.24G,
+Small 35.1M / 6.64G, Base 49.7M / 8.81G (MLP ratio 3); checked by hand for Mini (tests/test_flops_by_hand.py).
 Any input size works: every stage is global over its tokens with a fixed reference set (linear cost).
 """
 
