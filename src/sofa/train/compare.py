@@ -131,14 +131,12 @@ def plot_compare(
 ) -> Path:
     """``metric`` against optimiser steps, one line per run, one colour per model when ``group``; ``lines``:
     horizontal reference lines (value, label), e.g. a corpus's unigram entropy under MLM losses."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from sofa.checkpoint import atomic_write
+    from sofa.train.plot import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours: dict[str, Any] = {}
@@ -158,11 +156,7 @@ def plot_compare(
         ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return save_figure(fig, path)
 
 
 def _reference_line(text: str) -> tuple[float, str]:

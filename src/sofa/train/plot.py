@@ -61,8 +61,6 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str = "
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from sofa.checkpoint import atomic_write
-
     curves = select_curves(records)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax_loss, ax_acc, ax_lr = axes
@@ -90,10 +88,19 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str = "
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically (a reader never sees half a file) and close it."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    from sofa.checkpoint import atomic_write
+
+    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
