@@ -13,7 +13,8 @@ import yaml
 
 from sofa.cli import main
 from sofa.data.lra import open_lra_dataset
-from sofa.train.lra import HARNESS, LRA_TASKS, IntervalDraws
+from sofa.data.sampling import IntervalDraws
+from sofa.train.lra import HARNESS, LRA_TASKS
 
 from helpers import torchrun_two_cpu_processes
 from lra_fixtures import WRITERS

@@ -9,6 +9,7 @@ sample's augmentation does not depend on the worker that loads it, on the number
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Iterator
 
@@ -127,3 +128,32 @@ class SeededDataset(Dataset):
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class IntervalDraws(Dataset):
+    """``length`` samples drawn uniformly, with replacement, from ``data``: one evaluation interval of training
+    (the step-based schedules of the LRA and masked-LM tasks, whose loop epoch is one interval).
+
+    Item ``i`` is ``data[j]`` with ``j`` drawn from torch's global generator, which the training loop seeds from
+    ``(seed, epoch, i)`` before every item (:class:`SeededDataset`): draws differ between epochs and positions,
+    and repeat exactly on a resumed run, in any worker and on any rank.
+    """
+
+    def __init__(self, data: Dataset, length: int):
+        if len(data) == 0:
+            from sofa.errors import UserError
+
+            raise UserError("the training split is empty")
+        self.data, self.length = data, int(length)
+
+    @classmethod
+    def for_interval(cls, data: Dataset, steps: int, batch_size: int) -> IntervalDraws:
+        """The draws of ``steps`` optimiser steps of ``batch_size`` per process, over all processes of the run
+        (``WORLD_SIZE``; each rank's sampler then takes its share)."""
+        return cls(data, int(steps) * int(batch_size) * int(os.environ.get("WORLD_SIZE", "1")))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.data[int(torch.randint(len(self.data), ()))]

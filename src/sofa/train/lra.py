@@ -45,10 +45,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from sofa.data.sampling import IntervalDraws
 from sofa.errors import UserError
 from sofa.train.task import FinishedRun, StepOutput, Task, TrainingClock, register_task, unwrap
 
-__all__ = ["LRATask", "HARNESS", "IntervalDraws", "LRA_TASKS"]
+__all__ = ["LRATask", "HARNESS", "LRA_TASKS"]
 
 #: the Nyströmformer harness's training settings (lra_config.py), per LRA task
 HARNESS: dict[str, dict[str, Any]] = {
@@ -66,30 +67,6 @@ IMAGE_TASKS = ("image", "pathfinder")
 #: the options ``results.json`` repeats under "settings"
 RESULT_SETTINGS = ("batch_size", "lr", "warmup_steps", "steps", "eval_interval", "max_len", "vocab_size", "seed", "amp")
 LRA_MODELS = ("lra_softmax", "lra_soft", "lra_soft_norm", "lra_set", "lra_pool")
-
-
-class IntervalDraws(Dataset):
-    """``length`` samples drawn uniformly, with replacement, from ``data``: one evaluation interval of training.
-
-    Item ``i`` is ``data[j]`` with ``j`` drawn from torch's global generator, which the training loop seeds from
-    ``(seed, epoch, i)`` before every item (``sofa.data.sampling.SeededDataset``): draws differ between epochs
-    and positions, and repeat exactly on a resumed run, in any worker and on any rank.
-    """
-
-    def __init__(self, data: Dataset, length: int):
-        if len(data) == 0:
-            raise UserError("the training split is empty")
-        self.data, self.length = data, int(length)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int):
-        return self.data[int(torch.randint(len(self.data), ()))]
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
@@ -219,7 +196,7 @@ class LRATask(Task):
             f"an epoch is one evaluation interval of {interval} steps, {interval * batch} sequences per "
             f"process drawn from the training split"
         )
-        return IntervalDraws(train, interval * batch * _world_size()), val
+        return IntervalDraws.for_interval(train, interval, batch), val
 
     def data_summary(self, n_train: int, n_val: int) -> str:
         return f"{n_train} sequences drawn per epoch / {n_val} val, {self._positions()} positions"

@@ -168,8 +168,8 @@ class MLMTask(Task):
             )
 
     def build_datasets(self):
+        from sofa.data.sampling import IntervalDraws
         from sofa.data.text import MLMDataset
-        from sofa.train.lra import IntervalDraws, _world_size
 
         train, val = self.splits()
         self._save_tokenizer()
@@ -184,7 +184,7 @@ class MLMTask(Task):
             f"evaluation interval of {interval} steps; unigram entropy of the training tokens {h:.3f} nats "
             f"(the loss of a model that ignores the context)"
         )
-        train_ds = IntervalDraws(MLMDataset(train, tok, prob), interval * batch * _world_size())
+        train_ds = IntervalDraws.for_interval(MLMDataset(train, tok, prob), interval, batch)
         val_ds = MLMDataset(val, tok, prob, seed=int(self.cfg.seed)) if len(val) else None
         return train_ds, val_ds
 
