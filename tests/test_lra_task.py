@@ -153,6 +153,10 @@ def test_listops_run_beats_the_majority_class(tmp_path, capsys):
     majority = 100.0 * Counter(labels).most_common(1)[0][1] / len(labels)
     assert results["model"] == "lra_soft" and results["steps"] == 400
     assert results["test_acc"] > majority + 8.0, (results["test_acc"], majority)
+    # the harness's schedule: linear warm-up to the peak at step 40, then linear decay to 0 at step 400
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lr_at = {r["global_step"]: r["lr"] for r in rows if r.get("type") == "epoch"}
+    assert [lr_at[s] for s in (50, 250, 400)] == pytest.approx([2e-3 * 350 / 360, 2e-3 * 150 / 360, 0.0], abs=1e-9)
 
 
 def test_stopped_and_resumed_run_ends_like_the_uninterrupted_one(tmp_path, capsys):

@@ -527,21 +527,25 @@ def test_curves_png_axes_show_the_selected_curves(tmp_path, monkeypatch):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize(
-    "sched, halfway",
-    [("poly", 0.5), ("cosine", 0.5)],  # poly is linear (power 1), not timm's default power 0.1 (0.5 ** 0.1 = 0.93)
-)
-def test_schedules_reach_the_expected_rate_halfway(sched, halfway):
+def _rates(sched, epochs, warmup_epochs, updates):
     import argparse
 
     from sofa.train.trainer import build_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    cfg = argparse.Namespace(sched=sched, epochs=4, warmup_epochs=0, warmup_lr=0.0, min_lr=0.0)
+    cfg = argparse.Namespace(sched=sched, epochs=epochs, warmup_epochs=warmup_epochs, warmup_lr=0.0, min_lr=0.0)
     scheduler = build_scheduler(opt, cfg, steps_per_epoch=10)
-    scheduler.step_update(10)
-    quarter = opt.param_groups[0]["lr"]
-    scheduler.step_update(20)
-    assert opt.param_groups[0]["lr"] == pytest.approx(halfway, abs=1e-6)
-    if sched == "poly":
-        assert quarter == pytest.approx(0.75, abs=1e-6)
+    rates = []
+    for u in updates:
+        scheduler.step_update(u)
+        rates.append(opt.param_groups[0]["lr"])
+    return rates
+
+
+def test_poly_schedule_is_linear_warmup_then_linear_decay_to_zero():
+    """BERT's and the LRA harness's schedule (timm's default poly would be power 0.1, decaying from step 0)."""
+    # 100 steps, 20 of warm-up: the peak at step 20, half of it half-way through the decay, 0 at the end
+    rates = _rates("poly", 10, 2.0, [0, 10, 20, 60, 90, 100])
+    assert rates == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.125, 0.0], abs=1e-6)
+    assert _rates("poly", 10, 0.0, [0, 25, 50])[1:] == pytest.approx([0.75, 0.5], abs=1e-6)
+    assert _rates("cosine", 4, 0.0, [20]) == pytest.approx([0.5], abs=1e-6)  # the others as timm has them

@@ -23,8 +23,9 @@ is evaluated on the whole validation split; the loop keeps the best one (``best.
 training ends, that best checkpoint is scored on the test split and ``results.json`` records validation and test
 accuracy, steps, wall time and peak memory.
 
-What differs from the harness, on purpose or by the loop's design: the learning rate falls along a cosine after
-the linear warm-up (the harness decays linearly, ``OneCycleLR``); the harness evaluates on the first ~2,000 (or
+The learning rate rises linearly from lr/25 over the warm-up and then falls linearly to 0 at the last step, as
+the harness's ``OneCycleLR(anneal_strategy="linear")`` does (the loop's ``--sched poly``). What differs from the
+harness, on purpose or by the loop's design: the harness evaluates on the first ~2,000 (or
 25,000) validation samples of an endless iterator, here the whole split; ``--batch-size`` is per process.
 """
 
@@ -148,7 +149,7 @@ class LRATask(Task):
             warmup_lr=lr / WARMUP_START_DIVISOR,
             min_lr=0.0,
             weight_decay=0.0,
-            sched="cosine",
+            sched="poly",
             opt="adamw",
             drop_path=0.0,
             clip_grad=None,

@@ -55,19 +55,23 @@ RUN_FILES = {
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int):
-    """timm's schedule ``cfg.sched`` over ``cfg.epochs`` epochs, stepped every update."""
+    """timm's schedule ``cfg.sched`` over ``cfg.epochs`` epochs (the warm-up included), stepped every update.
+
+    ``poly`` is the linear schedule of BERT and of the LRA harness: a linear warm-up to the peak, then a linear
+    decay to ``min_lr`` over the remaining steps (timm's polynomial schedule with power 1, the warm-up as a
+    prefix); timm's own default would be power 0.1, decaying from step 0."""
     from timm.scheduler import create_scheduler_v2
 
+    poly = cfg.sched == "poly"
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.sched,
-        num_epochs=int(cfg.epochs),
+        num_epochs=cfg.epochs - cfg.warmup_epochs if poly else int(cfg.epochs),
         warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr,
         min_lr=cfg.min_lr,
-        # timm's one decay_rate is step's factor and poly's power; poly here is the linear decay (power 1)
-        # that BERT's pretraining and segmentation recipes mean, not timm's default power of 0.1
-        decay_rate=1.0 if cfg.sched == "poly" else 0.1,
+        decay_rate=1.0 if poly else 0.1,  # timm's one decay_rate: step's factor, poly's power
+        warmup_prefix=poly,
         step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,
     )
