@@ -333,6 +333,18 @@ def test_pretraining_beats_the_unigram_entropy_of_its_corpus(pretrained_run):
     assert not any("px" in line for line in header[:3])
 
 
+def test_mlm_validation_reports_the_standard_error_of_its_loss(pretrained_run):
+    from sofa.train.pretrain import MLMTask
+
+    losses = torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=torch.float64)
+    sums = {"loss_sum": losses.sum(), "loss_sq_sum": losses.square().sum(), "correct": 1, "count": torch.tensor(4.0)}
+    got = MLMTask.finalize_eval(None, sums)
+    assert got["loss"] == pytest.approx(3.0) and got["loss_se"] == pytest.approx(float(losses.std() / 2.0))
+    rows = [json.loads(line) for line in (pretrained_run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r.get("type") == "epoch"][-1]
+    assert 0.0 < last["val_loss_se"] < 0.2 * last["val_loss"]
+
+
 def test_load_pretrained_encoder_into_a_classifier(pretrained_run):
     from sofa.checkpoint import read_checkpoint
 

@@ -13,11 +13,12 @@ The loop counts in epochs; as for the LRA tasks (:mod:`sofa.train.lra`), one epo
 interval: ``--eval-interval`` steps (default 500, at most ``--steps``) of samples drawn uniformly with
 replacement from the training sequences, ``--epochs`` = ``--steps`` / ``--eval-interval``. The schedule is the
 loop's: linear warm-up from 0 over ``--warmup-steps`` (default 10% of the steps, at most 10,000), then a cosine
-decay to 0 (BERT decays linearly; the loop's schedulers are timm's, whose cosine is used here). AdamW, lr 5e-4,
+decay to 0 (BERT decays linearly: ``--sched poly``). AdamW, lr 5e-4,
 weight decay 0.01, batch 32, gradient clipping at 1.0.
 
 Metrics (``metrics.jsonl``, the curves): ``loss`` is the mean cross-entropy (nats) over the predicted tokens of
-the validation split, ``acc`` the share of them predicted right, ``ppl`` = exp(loss); the best checkpoint is the
+the validation split with ``loss_se`` its standard error over those tokens, ``acc`` the share of them predicted
+right, ``ppl`` = exp(loss); the best checkpoint is the
 one of lowest validation loss. The run directory keeps the tokenizer (``tokenizer.json``, a copy of the one
 used) beside the weights, so that fine-tuning (:func:`sofa.models.text.load_pretrained_encoder`) finds both.
 At start the log shows the unigram entropy of the training tokens: the loss of a model that ignores the
@@ -232,8 +233,10 @@ class MLMTask(Task):
         chosen = labels != -100
         picked = logits[chosen]
         target = labels[chosen]
+        losses = torch.nn.functional.cross_entropy(picked, target, reduction="none").double()
         return {
-            "loss_sum": torch.nn.functional.cross_entropy(picked, target, reduction="sum"),
+            "loss_sum": losses.sum(),
+            "loss_sq_sum": losses.square().sum(),
             "correct": (picked.argmax(-1) == target).sum(),
             "count": chosen.sum().double(),
         }
@@ -241,10 +244,13 @@ class MLMTask(Task):
     def finalize_eval(self, sums) -> dict[str, float]:
         n = float(sums.get("count", torch.tensor(0.0)))
         if n == 0:
-            return {"loss": float("nan"), "acc": 0.0, "ppl": float("nan"), "count": 0}
+            return {"loss": float("nan"), "loss_se": float("nan"), "acc": 0.0, "ppl": float("nan"), "count": 0}
         loss = float(sums["loss_sum"]) / n
+        spread = max(float(sums.get("loss_sq_sum", torch.tensor(0.0))) / n - loss * loss, 0.0)
         return {
             "loss": loss,
+            # standard error of the loss over the masked tokens: how far two runs' losses may differ by chance
+            "loss_se": math.sqrt(spread / max(n - 1.0, 1.0)),
             "acc": float(sums["correct"]) * 100.0 / n,
             "ppl": math.exp(min(loss, 50.0)),
             "count": int(n),
