@@ -10,7 +10,7 @@ import pytest
 from sofa.cli import main
 
 
-def write_run(path, model, seed, val_losses, results=None):
+def write_run(path, model, seed, val_losses, results=None, **options):
     """A run directory as sofa train writes it: step and epoch records, config.yaml, optional results.json."""
     path.mkdir(parents=True)
     lines = []
@@ -19,7 +19,8 @@ def write_run(path, model, seed, val_losses, results=None):
         lines.append({"type": "epoch", "epoch": i, "global_step": 10 * i, "train_loss": v + 0.5, "val_loss": v})
     text = "\n".join(json.dumps(r) for r in lines) + '\n{"type": "epoch", "glob'  # a line cut by a killed run
     (path / "metrics.jsonl").write_text(text)
-    (path / "config.yaml").write_text(f"model: {model}\nseed: {seed}\n")
+    extra = "".join(f"{k}: {v}\n" for k, v in options.items())
+    (path / "config.yaml").write_text(f"model: {model}\nseed: {seed}\noutput: {path}\n{extra}")
     if results is not None:
         (path / "results.json").write_text(json.dumps(results))
     return path
@@ -45,6 +46,19 @@ def test_compare_groups_seeds_and_draws_every_run(tmp_path, capsys):
     payload = json.loads(js.read_text())
     assert [r["curve"] for r in payload["runs"]][0] == [[10.0, 20.0, 30.0], [3.0, 2.5, 2.2]]
     assert {r["model"] for r in payload["runs"]} == {"m_soft", "m_set"}
+
+
+def test_runs_that_differ_in_more_than_the_seed_are_told_apart(tmp_path, capsys):
+    runs = [
+        write_run(tmp_path / "p0", "m", 0, [1.0], init="runs/pre_m"),
+        write_run(tmp_path / "p1", "m", 1, [2.0], init="runs/pre_m"),
+        write_run(tmp_path / "s0", "m", 0, [4.0], init="null"),
+        write_run(tmp_path / "o0", "other", 0, [3.0], init="null"),
+    ]
+    assert main(["compare", *map(str, runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| m (init=pre_m) | 2 | 10 | 1.5 ± 0.71 |" in out and "| m (init=None) | 1 | 10 | 4 |" in out
+    assert "| other | 1 | 10 | 3 |" in out  # alone with its model: no qualifier
 
 
 def test_compare_per_run_and_another_metric(tmp_path, capsys):

@@ -74,6 +74,27 @@ def load_run(path: str | Path) -> Run:
     return Run(path, config, epochs, results)
 
 
+#: options that differ between repeats of one experiment, or change nothing about its result
+NOT_THE_EXPERIMENT = {"seed", "output", "resume", "config", "progress", "workers", "threads", "device", "log_interval"}
+
+
+def group_labels(runs: Sequence[Run]) -> list[str]:
+    """Each run's group: its model, and the options in which it differs from other runs of that model (e.g.
+    ``init``), so that runs differing only in their seed (or in where they were written) share a group."""
+
+    def setting(run: Run) -> dict[str, str]:
+        return {k: str(v) for k, v in run.config.items() if k not in NOT_THE_EXPERIMENT}
+
+    settings = [setting(r) for r in runs]
+    labels = []
+    for run, mine in zip(runs, settings, strict=True):
+        peers = [s for r, s in zip(runs, settings, strict=True) if r.model == run.model]
+        differ = sorted(k for k in mine if any(p.get(k) != mine[k] for p in peers))
+        shown = ", ".join(f"{k}={Path(mine[k]).name if k == 'init' else mine[k]}" for k in differ)
+        labels.append(f"{run.model} ({shown})" if shown else run.model)
+    return labels
+
+
 def _best(values: list[float], metric: str) -> float:
     lower_is_better = "loss" in metric or "ppl" in metric or metric.endswith("error")
     return min(values) if lower_is_better else max(values)
@@ -91,8 +112,8 @@ def compare_table(runs: Sequence[Run], metric: str, results: Sequence[str], grou
     """The Markdown table and its rows: one row per model when ``group`` (mean ± sample standard deviation over
     its runs), else one per run."""
     groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.model if group else str(run.path), []).append(run)
+    for run, label in zip(runs, group_labels(runs) if group else [str(r.path) for r in runs], strict=True):
+        groups.setdefault(label, []).append(run)
     rows = []
     for name, members in groups.items():
         finals, bests, steps = [], [], []
@@ -140,8 +161,7 @@ def plot_compare(
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours: dict[str, Any] = {}
-    for run in runs:
-        key = run.model if group else str(run.path)
+    for run, key in zip(runs, group_labels(runs) if group else [str(r.path) for r in runs], strict=True):
         first = key not in colours
         if first:
             colours[key] = f"C{len(colours) % 10}"
