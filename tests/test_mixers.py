@@ -112,6 +112,28 @@ def test_soft_landmarks_are_strided_convolution_of_queries():
         torch.testing.assert_close(L[0, k, 1], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("stride, max_landmarks", [(3, None), (1, 4)])
+def test_soft_sequence_landmarks_are_segment_means_of_the_real_tokens(stride, max_landmarks):
+    """Each sequence's n real tokens, in order, split into min(⌈n/r⌉, max) segments (token k in segment
+    ⌊k·m/n⌋); a landmark is its segment's mean query; padding takes no part, and missing landmarks are invalid."""
+    m = SoftAttention(DIM, HEADS, landmark_stride=stride, max_landmarks=max_landmarks, sequence_only=True)
+    q = torch.randn(3, HEADS, 11, 32)
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[1, 7:] = False  # 7 real tokens
+    mask[2, ::2] = False  # 5 real tokens, interleaved with padding
+    L, valid = m.sequence_landmarks(q, mask)
+    for b in range(3):
+        real = mask[b].nonzero().flatten()
+        n = len(real)
+        m_b = min(-(-n // stride), max_landmarks or n)
+        segment = torch.arange(n) * m_b // n
+        for j in range(L.shape[2]):
+            if j < m_b:
+                expected = q[b][:, real[segment == j]].mean(1)
+                torch.testing.assert_close(L[b, :, j], expected, atol=1e-6, rtol=1e-6)
+            assert bool(valid[b, j]) == (j < m_b)
+
+
 def test_soft_residual_is_reported():
     m = SoftAttention(DIM, HEADS, landmark_stride=2)
     m.record_residual = True

@@ -65,6 +65,30 @@ def test_gaussian_kernel_values_and_no_subnormals():
     assert gaussian_kernel(torch.randn(4, 8).half(), torch.randn(3, 8).half()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("shape", [(), (2, 3)])
+def test_gaussian_kernel_backward_equals_autograd_through_the_plain_form(shape):
+    """The written-out backward (training) against autograd through exp(−½·dist²) op by op, float64, with
+    near points, far points whose entries underflow to zero, and a landmark equal to a token."""
+    from sofa.ops.kernels import gaussian_kernel_graph
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(*shape, 40, 8, dtype=torch.float64, generator=g)
+    b = torch.randn(*shape, 6, 8, dtype=torch.float64, generator=g)
+    a[..., :5, :] *= 6.0  # far from every b: some entries are exact zeros
+    b[..., 0, :] = a[..., 7, :]  # distance zero: the clamp's corner
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    G = torch.randn(*shape, 40, 6, dtype=torch.float64, generator=g)
+    K = gaussian_kernel(a, b)
+    assert type(K.grad_fn).__name__ == "_GaussianKernelBackward" and (K == 0).any()
+    torch.testing.assert_close(K, gaussian_kernel_graph(a, b))
+    got = torch.autograd.grad((K * G).sum(), (a, b))
+    want = torch.autograd.grad((gaussian_kernel_graph(a, b) * G).sum(), (a, b))
+    for x, y in zip(got, want, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(gaussian_kernel, (a[..., 5:, :].detach().requires_grad_(), b), eps=1e-6)
+
+
 # --- Newton–Schulz ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cond", [10.0, 100.0, 300.0])
 def test_newton_soft_rule_matches_pinv_of_shifted_matrix_in_20_iterations(cond):

@@ -186,10 +186,14 @@ class SoftAttention(TokenMixer):
             m_each = m_each.clamp_max(self.max_landmarks)
         m = int(m_each.max().item())
         rank = valid.cumsum(-1) - valid
-        segment = torch.floor(rank * m_each / n_valid).clamp_max(m - 1).long()
-        S = F.one_hot(segment, m).to(q.dtype) * valid.unsqueeze(-1)  # (B, N, m)
-        counts = S.sum(1)  # (B, m)
-        L = torch.einsum("bnm,bhnd->bhmd", S, q) / counts.clamp_min(1.0)[:, None, :, None]
+        segment = torch.floor(rank * m_each / n_valid).clamp_max(m - 1).long()  # (B, N)
+        # segment sums by index_add over the tokens of all sequences at once (sequence b's segments are rows
+        # b·m ... b·m + m − 1): O(N·h·d), where a one-hot (N, m) matrix product costs N·m·h·d and N·m memory
+        rows = (segment + torch.arange(B, device=q.device)[:, None] * m).reshape(-1)
+        tokens = (q * valid[:, None, :, None]).transpose(1, 2).reshape(B * N, h * d)
+        sums = q.new_zeros(B * m, h * d).index_add_(0, rows, tokens)
+        counts = q.new_zeros(B * m).index_add_(0, rows, valid.reshape(-1)).reshape(B, m)
+        L = sums.reshape(B, m, h, d).transpose(1, 2) / counts.clamp_min(1.0)[:, None, :, None]
         return L, counts > 0
 
     # forward ---------------------------------------------------------------------------------------------------
