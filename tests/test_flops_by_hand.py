@@ -239,8 +239,8 @@ def test_setformer_mini_counted_flops_equal_the_hand_count(threads):
 def test_setformer_nystrom_root_runs_once_per_call_not_per_image(threads):
     """The Nyström root depends on the parameters only: a batch of two costs twice the per-image work plus the
     root once. So the FLOPs of a batch are not batch × those of one image; the benchmark counts the batch it
-    times (``sofa.bench.models.batch_flops``)."""
-    from sofa.bench.models import batch_flops, count_flops
+    times (``sofa.bench.models.run_case``)."""
+    from sofa.bench.models import count_flops, run_case
 
     model = _model("setformer_mini")
     x = _x(2)
@@ -249,7 +249,8 @@ def test_setformer_nystrom_root_runs_once_per_call_not_per_image(threads):
     assert per_call == 508_157_952  # 8.5% of the batch-1 count
     assert sum(two.values()) == 2 * sum(one.values()) - per_call
     assert count_flops(model, x) == sum(two.values())
-    assert batch_flops(model, x) == sum(two.values())
+    spec = dict(source="sofa", name="setformer_mini", side=224, batch=2, repeats=1, warmup=0, gemm_size=256)
+    assert run_case(spec)["flops"] == sum(two.values())
 
 
 def test_setformer_mini_graph_form_counted_flops_equal_the_hand_count(threads, monkeypatch):

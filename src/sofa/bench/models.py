@@ -96,13 +96,6 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
         return None
 
 
-def batch_flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
-    """FLOPs of the forward of the whole batch ``x``, the one that is timed: not ``x.shape[0]`` × one image's,
-    which would count work done once per call as done once per image (SeT's Nyström root, a function of the
-    parameters alone, is 8.5% of setformer_mini's count at batch 1: × 8 would overstate a batch of 8 by 8%)."""
-    return count_flops(model, x)
-
-
 #: what ``spec["mode"]`` may be: an inference forward, or a whole training step
 MODES = ("inference", "train")
 
@@ -138,11 +131,13 @@ def run_case(spec: Dict) -> Dict:
     onnx = spec.get("runtime", "pytorch") == "onnxruntime"
     train = spec.get("mode", "inference") == "train"
     rec: Dict = {"params": sum(p.numel() for p in model.parameters())}
-    if train:  # the whole batch, as for inference (batch_flops): per-call work is not per-image work
+    # FLOPs of the whole batch that is timed, not batch × one image's: work done once per call (SeT's Nyström
+    # root, a function of the parameters alone) would be counted once per image
+    if train:
         rec["flops"] = count_train_flops(model, x, dtype)
         step = train_step(_compiled(model, spec), x, device, dtype)
     else:
-        rec["flops"] = batch_flops(model, x)
+        rec["flops"] = count_flops(model, x)
         step = onnx_step(model, x) if onnx else _step(_compiled(model, spec), x, device, dtype)
 
     # the machine's matmul rate, in this process just before the model: the fraction-of-peak column compares

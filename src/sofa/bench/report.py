@@ -172,7 +172,7 @@ def _sequence_slope_goals(pairs: Sequence[Dict]) -> List[Dict]:
 def _sequence_speedup_goals(records: Sequence[Dict]) -> List[Dict]:
     """Sequences: SOFT and SeT against SDPA at 65,536 tokens, and SOFT against the nystrom-attention package at
     every length both ran, per mode."""
-    seq = [r for r in _by(records, bench="mixers", layout="sequence", status="ok")]
+    seq = _by(records, bench="mixers", layout="sequence", status="ok")
     goals = []
     n_goal, want = SEQ_SPEEDUP_GOAL
     for mode in ("inference", "train"):

@@ -10,7 +10,7 @@ in fvcore and the papers' tables. MACs = FLOPs / 2. tests/test_flops_by_hand.py 
 ``setformer_mini`` and ``soft_tiny`` to sums written out by hand from their shapes.
 
 Work done once per call, not per image (SeT's Nyström root depends on the parameters alone) makes a batch's
-FLOPs less than batch × one image's: count the batch that runs (``sofa.bench.models.batch_flops``).
+FLOPs less than batch × one image's: ``sofa bench models`` counts the whole batch it times.
 
 Parameters need no forward pass: :func:`create_on_meta` builds a model's structure on the meta device, without
 memory and without running its weight initialisation.

@@ -95,6 +95,11 @@ def group_labels(runs: Sequence[Run]) -> list[str]:
     return labels
 
 
+def _labels(runs: Sequence[Run], group: bool) -> list[str]:
+    """What each run is shown as: its group (:func:`group_labels`), or its path when runs are not grouped."""
+    return group_labels(runs) if group else [str(r.path) for r in runs]
+
+
 def _best(values: list[float], metric: str) -> float:
     lower_is_better = "loss" in metric or "ppl" in metric or metric.endswith("error")
     return min(values) if lower_is_better else max(values)
@@ -112,7 +117,7 @@ def compare_table(runs: Sequence[Run], metric: str, results: Sequence[str], grou
     """The Markdown table and its rows: one row per model when ``group`` (mean ± sample standard deviation over
     its runs), else one per run."""
     groups: dict[str, list[Run]] = {}
-    for run, label in zip(runs, group_labels(runs) if group else [str(r.path) for r in runs], strict=True):
+    for run, label in zip(runs, _labels(runs, group), strict=True):
         groups.setdefault(label, []).append(run)
     rows = []
     for name, members in groups.items():
@@ -161,7 +166,7 @@ def plot_compare(
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours: dict[str, Any] = {}
-    for run, key in zip(runs, group_labels(runs) if group else [str(r.path) for r in runs], strict=True):
+    for run, key in zip(runs, _labels(runs, group), strict=True):
         first = key not in colours
         if first:
             colours[key] = f"C{len(colours) % 10}"
