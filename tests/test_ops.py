@@ -338,6 +338,47 @@ def test_position_filters():
     torch.testing.assert_close(position_filter_1d(7, 3, 0.3, log=True).exp(), position_filter_1d(7, 3, 0.3))
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_sequence_filter_blocks_equal_the_dense_filter(masked):
+    """SequenceFilter builds the sequence filter block by block: its blocks are the rows of the dense
+    position_filter_sequence (padded or not), and top() is the dense filter's largest entry."""
+    from sofa.ops import position_filter_sequence
+    from sofa.ops.position import SequenceFilter
+
+    B, n, m = 3, 53, 7
+    mask = torch.ones(B, n, dtype=torch.bool)
+    if masked:
+        mask[1, 31:] = False
+        mask[2, :] = False  # an all-padding sequence
+    dense = position_filter_sequence(mask, m, 0.15, log=True)[:, None]  # (B, 1, n, m)
+    blocks = SequenceFilter(mask if masked else None, m, 0.15, n=n)
+    want = dense if masked else dense[:1]
+    for i, j in ((0, 10), (10, 37), (37, n)):
+        torch.testing.assert_close(blocks.log_block(i, j), want[..., i:j, :], rtol=1e-6, atol=0)
+    torch.testing.assert_close(blocks.top(), want.amax(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="length"):
+        SequenceFilter(None, m, 0.15)
+
+
+def test_spherical_gaussian_kernel_equals_its_plain_form():
+    """The fused κ (one GEMM, one multiply-add, one exp) equals the formula as written, values and gradients in
+    float64, a zero row included (its gradient finite)."""
+    from sofa.ops.nystrom import spherical_gaussian_kernel_plain
+
+    torch.manual_seed(0)
+    a = torch.randn(2, 40, 16, dtype=torch.float64) * 3
+    a[0, 3] = 0.0
+    z = torch.nn.functional.normalize(torch.randn(2, 8, 16, dtype=torch.float64), dim=-1)
+    leaves = [a.clone().requires_grad_() for _ in range(2)]
+    fused, plain = spherical_gaussian_kernel(leaves[0], z, 0.6), spherical_gaussian_kernel_plain(leaves[1], z, 0.6)
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-25)
+    g = torch.randn_like(plain)
+    (fused * g).sum().backward()
+    (plain * g).sum().backward()
+    assert torch.isfinite(leaves[0].grad).all()
+    torch.testing.assert_close(leaves[0].grad, leaves[1].grad, rtol=1e-10, atol=1e-12)
+
+
 def _set_dense_reference(f, anchors, ref, vals, sigma, eps, iters, log_m=None, mask=None):
     """SeT's attention from the whole n×m plan (sinkhorn_log), its filter and two softmaxes: quadratic memory,
     independent of set_attention's blocks, scaling domain and fallbacks (the op package's reference)."""
@@ -378,9 +419,10 @@ def test_set_attention_streamed_path_and_its_exact_fallbacks(eps, scale):
 
 
 def test_set_attention_streamed_path_with_padding_and_sequence_filter():
-    """Padded sequences (mask) with the dense (B, 1, n, m) sequence filter, many blocks: the valid rows equal
-    the dense reference computed on the plan with zero-mass padded rows."""
+    """Padded sequences (mask) with the sequence filter, dense (B, 1, n, m) or a SequenceFilter, many blocks, both
+    impls: the valid rows equal the dense reference computed on the plan with zero-mass padded rows."""
     from sofa.ops import position_filter_sequence
+    from sofa.ops.position import SequenceFilter
     from sofa.ops.set import set_attention
 
     torch.manual_seed(1)
@@ -390,11 +432,13 @@ def test_set_attention_streamed_path_with_padding_and_sequence_filter():
     mask = torch.ones(B, n, dtype=torch.bool)
     mask[1, 97:] = False
     lm = position_filter_sequence(mask, m, 0.2, log=True)[:, None]
-    with torch.no_grad():
-        fast = set_attention(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask, block_rows=14)  # 11 blocks
     dense = _set_dense_reference(f, anchors, ref, vals, 0.5, 0.1, 5, lm, mask)
-    torch.testing.assert_close(fast[0], dense[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(fast[1, :, :97], dense[1, :, :97], rtol=1e-4, atol=1e-5)
+    for filt in (lm, SequenceFilter(mask, m, 0.2)):  # the dense filter, and the same built block by block
+        for impl in ("scaling", "log_domain"):
+            with torch.no_grad():
+                fast = set_attention(f, anchors, ref, vals, 0.5, 0.1, 5, filt, mask, block_rows=14, impl=impl)
+            torch.testing.assert_close(fast[0], dense[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(fast[1, :, :97], dense[1, :, :97], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("eps,scale", [(0.1, 0.35), (0.01, 3.0)])

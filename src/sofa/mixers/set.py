@@ -25,7 +25,7 @@ from torch import nn
 from sofa.layers import Linear
 from sofa.mixers.base import TokenMixer, merge_heads, split_heads, zero_padded
 from sofa.ops.common import fp32, is_tracing, no_autocast
-from sofa.ops.position import GridFilter, position_filter_sequence
+from sofa.ops.position import GridFilter, SequenceFilter, position_filter_sequence
 from sofa.ops.set import ProjectedFeatures, set_attention, set_log_plan, streams_in_place
 from sofa.ops.set.graph import grid_log_filter, set_attention_graph
 
@@ -111,15 +111,18 @@ class SeTAttention(TokenMixer):
         self.proj = Linear(dim, dim)
 
     def position_filter(self, x: torch.Tensor, hw=None, mask=None):
-        """The log position filter: a :class:`~sofa.ops.position.GridFilter` for images ((n, m) dense under a
-        graph capture, whose symbolic sizes the filter's index arithmetic would not export), (B, 1, n, m) for
-        sequences, None without one (``tau`` None or 0)."""
+        """The log position filter: a :class:`~sofa.ops.position.GridFilter` for images, a
+        :class:`~sofa.ops.position.SequenceFilter` for sequences (both built block by block, never whole; under a
+        graph capture, whose symbolic sizes their index arithmetic would not export, dense: (n, m) for images,
+        (B, 1, n, m) for sequences), None without one (``tau`` None or 0)."""
         if not self.tau:
             return None
         if hw is not None and is_tracing():
             return grid_log_filter(hw, reference_grid(self.num_refs), self.tau, x.device)  # dense (n, m)
         if hw is not None:
             return GridFilter(hw, reference_grid(self.num_refs), self.tau, x.device)  # the (n, m) filter's factors
+        if not is_tracing():
+            return SequenceFilter(mask, self.num_refs, self.tau, n=x.shape[1], device=x.device)
         valid = torch.ones(x.shape[:2], device=x.device) if mask is None else mask
         return position_filter_sequence(valid, self.num_refs, self.tau, log=True)[:, None]
 

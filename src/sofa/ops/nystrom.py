@@ -14,9 +14,18 @@ from sofa.ops.common import fp32, no_autocast
 
 
 def spherical_gaussian_kernel(a: torch.Tensor, z: torch.Tensor, sigma: float) -> torch.Tensor:
-    """κ(a, z) for a (..., n, d) and unit-norm z (..., k, d) → (..., n, k), float32."""
+    """κ(a, z) for a (..., n, d) and unit-norm z (..., k, d) → (..., n, k), float32, written as
+    exp(⟨a, z⟩/(|a|·σ²) + log|a| − 1/σ²): one GEMM, one fused multiply-add and one exponential over the (n, k)
+    result, and nothing over a but its norms (the same value as :func:`spherical_gaussian_kernel_plain`, which
+    takes five passes; SeT's streamed attention computes it for every block of tokens)."""
     with no_autocast(a):
-        return spherical_gaussian_kernel_plain(fp32(a), fp32(z), sigma)
+        a, z = fp32(a), fp32(z)
+        norm = torch.linalg.vector_norm(a, dim=-1, keepdim=True)  # (..., n, 1)
+        inv_sigma2 = 1.0 / sigma**2
+        scores = a @ z.transpose(-1, -2)  # |a|·cos
+        # a zero row gives 1e-30·exp(…) for 0·exp(…), with a finite gradient (log 0 would make it NaN)
+        shift = norm.clamp_min(1e-30).log() - inv_sigma2
+        return torch.addcmul(shift, scores, inv_sigma2 / norm.clamp_min(1e-6)).exp_()
 
 
 def spherical_gaussian_kernel_plain(a: torch.Tensor, z: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -61,7 +70,8 @@ def nystrom_embedding(
 
     The k×k inverse square root is computed once per call, never per token; cost O(n·k·d).
     """
-    z = F.normalize(fp32(anchors), dim=-1)
-    kzz = spherical_gaussian_kernel(z, z, sigma)  # |z| = 1
-    root = inverse_sqrt_psd(kzz, ridge, iters)  # (..., k, k), symmetric
-    return spherical_gaussian_kernel(x, z, sigma) @ root
+    with no_autocast(x):
+        z = F.normalize(fp32(anchors), dim=-1)
+        kzz = spherical_gaussian_kernel_plain(z, z, sigma)  # |z| = 1
+        root = inverse_sqrt_psd(kzz, ridge, iters)  # (..., k, k), symmetric
+        return spherical_gaussian_kernel_plain(fp32(x), z, sigma) @ root

@@ -60,6 +60,36 @@ def position_filter_sequence(mask: torch.Tensor, m: int, tau: float, log: bool =
     return log_m if log else log_m.exp()
 
 
+class SequenceFilter:
+    """The sequence filter of ``position_filter_sequence(mask, m, tau, log=True)[:, None]`` by blocks of tokens,
+    never as the whole (B, 1, n, m) tensor (at 65,536 tokens building it took longer than SeT's Sinkhorn sweeps):
+    ``log_block(i, j)`` is its rows i … j−1, (B, 1, j − i, m). ``mask`` (B, n), True for real tokens, or None
+    for unpadded sequences of ``n`` tokens (then B is 1 and broadcasts)."""
+
+    def __init__(self, mask: Optional[torch.Tensor], m: int, tau: float, n: Optional[int] = None, device=None):
+        _check_tau(tau)
+        if mask is None:
+            if n is None:
+                raise ValueError("SequenceFilter: give a mask or the sequence length n")
+            self.positions = _centres(n, device)[None]  # (1, n)
+        else:
+            self.positions = sequence_positions(mask)  # (B, n)
+        self.centres = _centres(m, self.positions.device)
+        self.tau = tau
+
+    def log_block(self, i: int, j: int) -> torch.Tensor:
+        diff = self.positions[:, i:j, None] - self.centres  # (B, c, m)
+        return diff.square_().div_(-(self.tau**2))[:, None]
+
+    def top(self) -> torch.Tensor:
+        """The filter's largest entry: the token closest to a reference's centre, O(n) (the nearest centre to a
+        position p in [0, 1] is that of the cell of width 1/m holding p)."""
+        m = self.centres.numel()
+        nearest = (self.positions * m).floor().clamp_(0, m - 1)
+        gap = (self.positions - (nearest + 0.5) / m).abs().amin()
+        return -(gap * gap) / self.tau**2
+
+
 class GridFilter:
     """The 2-D position filter of ``position_filter_2d`` by blocks of tokens, never as the whole (H·W)×m matrix:
     log M[t, (a, b)] = rows[t // W, a] + cols[t % W, b] for token t of the row-major H×W grid and reference

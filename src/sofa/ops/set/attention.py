@@ -48,7 +48,7 @@ from sofa.ops.numerics import SCALING_HEADROOM as _HEADROOM
 from sofa.ops.numerics import TRUST as _TRUST
 from sofa.ops.numerics import UNDERFLOW_EXPONENT as _WEIGHT_FLOOR
 from sofa.ops.nystrom import inverse_sqrt_psd, spherical_gaussian_kernel
-from sofa.ops.position import GridFilter
+from sofa.ops.position import GridFilter, SequenceFilter
 
 IMPLS = ("scaling", "log_domain", "reference")
 # the softmax weights and the terms of the log-sum-exps keep entries ≥ exp(−40) of their largest (numerics)
@@ -196,6 +196,13 @@ class _LogDomainAttention(torch.autograd.Function):
 _scaled = _exp_terms
 
 
+def _times_column(K: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """K·x for a batch of columns x (..., m, 1): the product ``K @ x``, taken as (xᵀ·Kᵀ)ᵀ, a batched row times
+    matrix, which the CPU's BLAS runs about twice as fast as a batched matrix times column (docs/benchmarks.md,
+    "SeT on long sequences")."""
+    return (x.transpose(-1, -2) @ K.transpose(-1, -2)).transpose(-1, -2)
+
+
 def _keep_large_(t: torch.Tensor) -> torch.Tensor:
     """Entries below exp(−40) of ``t`` (a product of factors in [0, 1]) set to exact zero, in place."""
     return F.threshold_(t, _keep_threshold(), 0.0)
@@ -205,26 +212,32 @@ class _Filter:
     """The position filter of one call, block by block of tokens: ``log(i, j)`` is log M for the log-domain
     paths; ``scaled(i, j)`` is (M̃, s) with M̃ = exp(log M − row max) (entries below exp(−40) exact zeros) and
     s = row max − the filter's largest entry (≤ 0), so that M = M̃·exp(s + top). ``log_m`` is None, a tensor
-    broadcastable to (B, h, n, m), or a :class:`~sofa.ops.position.GridFilter` (built from its two factors, never
-    as the whole n×m matrix)."""
+    broadcastable to (B, h, n, m), a :class:`~sofa.ops.position.GridFilter` (built from its two factors) or a
+    :class:`~sofa.ops.position.SequenceFilter` (built from the positions): the last two never as the whole
+    n×m matrix."""
 
     def __init__(self, log_m):
         self.grid = log_m if isinstance(log_m, GridFilter) else None
-        self.dense = None if self.grid is not None else log_m
+        self.blocks = log_m if isinstance(log_m, SequenceFilter) else None
+        self.dense = log_m if isinstance(log_m, torch.Tensor) else None
         if self.grid is not None:
             g = self.grid
             self._rmax, self._cmax = g.rows.amax(-1, keepdim=True), g.cols.amax(-1, keepdim=True)
             self._er, self._ec = _scaled(g.rows - self._rmax), _scaled(g.cols - self._cmax)
             self._top = self._rmax.amax() + self._cmax.amax()
-        elif log_m is not None:
-            self._top = log_m.amax()  # once per call, not per block
+        elif self.blocks is not None:
+            self._top = self.blocks.top()
+        elif self.dense is not None:
+            self._top = self.dense.amax()  # once per call, not per block
 
     def __bool__(self) -> bool:
-        return self.grid is not None or self.dense is not None
+        return self.grid is not None or self.blocks is not None or self.dense is not None
 
     def log(self, i: int, j: int):
         if self.grid is not None:
             return self.grid.log_block(i, j)
+        if self.blocks is not None:
+            return self.blocks.log_block(i, j)
         return None if self.dense is None else self.dense[..., i:j, :]
 
     def scaled(self, i: int, j: int):
@@ -232,9 +245,9 @@ class _Filter:
             r, c = self.grid.index(i, j)
             Mt = _keep_large_((self._er[r][:, :, None] * self._ec[c][:, None, :]).reshape(j - i, -1))
             return Mt, self._rmax[r] + self._cmax[c] - self._top
-        lm = self.dense[..., i:j, :]
+        lm = self.log(i, j)
         mx = lm.amax(-1, keepdim=True)
-        return _exp_weights(lm - mx), mx - self._top
+        return _exp_weights(lm.sub_(mx) if self.blocks is not None else lm - mx), mx - self._top
 
 
 def _row_lse_exact(lk, v):
@@ -324,7 +337,7 @@ def _streamed_scaled(log_kernel, nb, spans, log_a, log_b, filt, values, iters, e
         tsum = gmax = coll = qmax = den = None
         exact_rows = False
         for b, (i, j) in enumerate(spans):
-            ssum = Kt[b] @ ev  # (B, h, c, 1)
+            ssum = _times_column(Kt[b], ev)  # (B, h, c, 1)
             g = la[b] - vmax - ssum.log()  # rmax + u: log a − log Σ_j K_ij e^(v_j)
             bad = ssum < _TRUST
             if bool(bad.any()):
@@ -446,8 +459,9 @@ def set_attention(
         values: (B, h, n, dv).
         sigma, eps, iters, ridge, nystrom_iters: the kernel's bandwidth, Sinkhorn's ε and iterations, the
             Nyström root's ridge and iterations.
-        log_m: the log position filter, broadcastable to (B, h, n, m), or a :class:`~sofa.ops.position.GridFilter`
-            (the 2-D filter from its two factors); None: no filter. A constant (no gradient).
+        log_m: the log position filter, broadcastable to (B, h, n, m), a :class:`~sofa.ops.position.GridFilter`
+            or a :class:`~sofa.ops.position.SequenceFilter` (either built block by block); None: no filter. A
+            constant (no gradient).
         mask: (B, n) or (B, h, n), True for real tokens (padded ones get no mass and read nothing that matters;
             their outputs are not defined).
         out: (B, h, n, dv) float32, any strides (e.g. the heads of a token-major buffer), without autograd only:

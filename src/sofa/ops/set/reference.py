@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from sofa.ops.nystrom import nystrom_embedding
-from sofa.ops.position import GridFilter
+from sofa.ops.position import GridFilter, SequenceFilter
 from sofa.ops.sinkhorn import sinkhorn_log
 
 
@@ -29,7 +29,8 @@ def set_log_plan(
 
     Args:
         f: (B, h, n, d) features; anchors: (h, k, d); reference: (h, m, k).
-        log_m: log M broadcastable to (B, h, n, m), a :class:`~sofa.ops.position.GridFilter`, or None.
+        log_m: log M broadcastable to (B, h, n, m), a :class:`~sofa.ops.position.GridFilter` or
+            :class:`~sofa.ops.position.SequenceFilter`, or None.
         mask: (B, n) or (B, h, n), True for real tokens.
 
     Returns:
@@ -42,7 +43,7 @@ def set_log_plan(
     if mask is not None:
         mask = (mask[:, None, :] if mask.dim() == 2 else mask).expand(B, h, n)
     log_t = sinkhorn_log(scores, eps, iters, mask)
-    if isinstance(log_m, GridFilter):
+    if isinstance(log_m, (GridFilter, SequenceFilter)):
         log_m = log_m.log_block(0, n)
     return log_t if log_m is None else log_t + log_m
 
