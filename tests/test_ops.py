@@ -600,14 +600,16 @@ def test_soft_attention_every_impl_equals_the_reference(impl, dtype, shape, mask
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("normalized", [False, True])
 def test_soft_attention_gradients_equal_the_reference(masked, normalized):
-    """The one-pass form (the one autograd runs) against autograd through the reference, float64."""
+    """The one-pass form (the one autograd runs, with its backward written out) against autograd through the
+    reference, float64, with a query scale; and torch.autograd.gradcheck on the written-out backward alone."""
     from sofa.ops.soft import soft_kernel_attention_reference
+    from sofa.ops.soft.attention import _OnePassAttention
 
     q, L, v, tm, lm = _soft_inputs((2, 2, 40, 5, 4), torch.float64, masked)
     grads = []
     for fn in (
-        lambda *t: soft_kernel_attention(*t, 20, normalized, token_mask=tm, landmark_mask=lm, impl="auto"),
-        lambda *t: soft_kernel_attention_reference(*t, 20, normalized, token_mask=tm, landmark_mask=lm),
+        lambda *t: soft_kernel_attention(*t, 20, normalized, token_mask=tm, landmark_mask=lm, q_scale=0.7),
+        lambda *t: soft_kernel_attention_reference(*t, 20, normalized, token_mask=tm, landmark_mask=lm, q_scale=0.7),
     ):
         leaves = [t.clone().requires_grad_() for t in (q, L, v)]
         y = fn(*leaves)
@@ -615,6 +617,14 @@ def test_soft_attention_gradients_equal_the_reference(masked, normalized):
     for a, b in zip(*grads, strict=True):
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    A_inv = torch.randn(2, 2, L.shape[-2], L.shape[-2], dtype=torch.float64)
+    lm_f = None if lm is None else lm.unsqueeze(-2).double()
+    tm_f = None if tm is None else tm.unsqueeze(-1).double()
+    small = [t[:, :, :9].clone() if t.shape[-2] == 40 else t.clone() for t in (q, L, v, A_inv)]
+    tm_small = None if tm_f is None else tm_f[:, :, :9]
+    assert torch.autograd.gradcheck(
+        lambda *t: _OnePassAttention.apply(*t, 0.7, lm_f, tm_small), [t.requires_grad_() for t in small]
+    )
     with pytest.raises(ValueError, match="inference only"):
         soft_kernel_attention(q.requires_grad_(), L, v, impl="streamed")
 

@@ -56,7 +56,7 @@ def gaussian_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return gaussian_kernel_graph(a, b)
     if a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-1]:
         if not needs_graph(a, b):
-            return _gaussian_kernel_inplace(a, b)
+            return gaussian_kernel_inplace(a, b)
         if a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64):
             return _GaussianKernel.apply(a, b)
     return underflow_to_zero(-0.5 * squared_distances(a, b))
@@ -70,7 +70,7 @@ def gaussian_kernel_graph(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return underflow_to_zero(-0.5 * (a2 + b2 - 2.0 * a @ b.transpose(-1, -2)).clamp_min(0.0))
 
 
-def _gaussian_kernel_inplace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def gaussian_kernel_inplace(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``gaussian_kernel`` for equal batch shapes without autograd: bit-for-bit the same values for every kept
     entry, in four in-place passes over one buffer."""
     with no_autocast(a):
@@ -103,7 +103,7 @@ class _GaussianKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        K = _gaussian_kernel_inplace(a, b)
+        K = gaussian_kernel_inplace(a, b)
         ctx.save_for_backward(a, b, K)
         return K
 

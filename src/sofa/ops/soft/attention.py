@@ -1,7 +1,8 @@
 """SOFT's low-rank Gaussian-kernel attention on given queries, landmarks and values (no parameters), in two
 forms that compute the same numbers to float rounding:
 
-* ``"one_pass"``: the N×m kernel K1 whole, each product once (autograd runs through it; FLOP counts report it);
+* ``"one_pass"``: the N×m kernel K1 whole, each product once (FLOP counts report it); with autograd a backward
+  written out (:class:`_OnePassAttention`) rather than autograd's through each product;
 * ``"streamed"`` (inference only): K1 built for one block of tokens at a time in two passes, Σ K1_bᵀ·V_b over
   the blocks, then K1_b·(A⁺·that) block by block, each block rebuilt. One more kernel evaluation (N·m·d), but
   every temporary stays in the cache and no fresh allocation of tens of MB (each page-faulted anew on the CPU)
@@ -19,7 +20,7 @@ import torch
 from sofa import switches
 from sofa.ops import numerics
 from sofa.ops.common import check_impl, fp32, is_tracing, needs_graph, no_autocast
-from sofa.ops.kernels import gaussian_kernel, gaussian_kernel_graph
+from sofa.ops.kernels import gaussian_kernel, gaussian_kernel_graph, gaussian_kernel_inplace
 from sofa.ops.newton import SOFT_SHIFT, newton_pinv, newton_pinv_graph, pinv_residual
 
 IMPLS = ("streamed", "one_pass", "reference")
@@ -122,7 +123,9 @@ def soft_kernel_attention(
             return K
 
         N, m = q.shape[-2], landmarks.shape[-2]
-        if impl == "one_pass":
+        if impl == "one_pass" and graph and not is_tracing() and _OnePassAttention.takes(q, landmarks, v, A_inv):
+            result = _OnePassAttention.apply(q, landmarks, v, A_inv, q_scale, lm, tm)
+        elif impl == "one_pass":
             K1 = kernel(0, N)
             result = K1 @ (A_inv @ (K1.transpose(-1, -2) @ v))
             if out is not None:
@@ -146,6 +149,74 @@ def soft_kernel_attention(
                 out[..., i:j, :] = kernel(i, j) @ W
             result = out
     return (result, residual) if return_residual else result
+
+
+def _bmm_shape(t: torch.Tensor) -> torch.Tensor:
+    """(..., r, c) → (batch, r, c), the layout ``bmm`` and ``baddbmm`` take."""
+    return t.reshape(-1, *t.shape[-2:])
+
+
+class _OnePassAttention(torch.autograd.Function):
+    """out = K1·W with W = A⁺·(K1ᵀ·v), K1 = exp(−½ dist²(s·q, L)) ⊙ (landmark mask) ⊙ (token mask), for autograd,
+    with the backward written out. Autograd through the plain products forms the N×m gradient of K1 twice (once
+    per product, then their sum), transposes it, and takes the Gaussian kernel's backward from it; here it is
+    one GEMM into one buffer and two more reading it:
+
+        ∂W = K1ᵀ·∂out, ∂(K1ᵀv) = A⁺ᵀ·∂W, ∂A⁺ = ∂W·(K1ᵀv)ᵀ, ∂v = K1·∂(K1ᵀv),
+        ∂K1 = ∂out·Wᵀ + v·∂(K1ᵀv)ᵀ (the second GEMM accumulates into the first's result),
+        P = ∂K1 ⊙ K1, ∂(s·q) = P·L − s·q ⊙ Σ_j P, ∂L = Pᵀ·(s·q) − L ⊙ Σ_i P
+
+    (the masks are 0/1, so P is also ∂K ⊙ K for the unmasked kernel K, whose backward this is: see
+    :class:`sofa.ops.kernels._GaussianKernel`). Saved: K1 (N×m) and the small W, K1ᵀv and A⁺, where autograd
+    keeps K1 and two N×m temporaries of the kernel. At 65,536 tokens this halved the N×m passes of SOFT's
+    training step (docs/benchmarks.md)."""
+
+    @staticmethod
+    def takes(q, landmarks, v, A_inv) -> bool:
+        """Equal batch shapes and one float dtype (what the in-place kernel takes); else the plain products."""
+        return (
+            q.shape[:-2] == landmarks.shape[:-2] == v.shape[:-2] == A_inv.shape[:-2]
+            and q.dtype == landmarks.dtype == v.dtype == A_inv.dtype
+            and q.dtype in (torch.float32, torch.float64)
+        )
+
+    @staticmethod
+    def forward(ctx, q, landmarks, v, A_inv, q_scale, lm, tm):
+        qs = q * q_scale if q_scale != 1.0 else q
+        K1 = gaussian_kernel_inplace(qs, landmarks)
+        if lm is not None:
+            K1.mul_(lm)
+        if tm is not None:
+            K1.mul_(tm)
+        KtV = K1.transpose(-1, -2) @ v  # (..., m, dv)
+        W = A_inv @ KtV
+        out = K1 @ W
+        ctx.q_scale = q_scale
+        ctx.save_for_backward(q, landmarks, v, A_inv, K1, KtV, W)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        q, landmarks, v, A_inv, K1, KtV, W = ctx.saved_tensors
+        s = ctx.q_scale
+        g_out = g_out.to(K1.dtype)
+        gW = K1.transpose(-1, -2) @ g_out  # (..., m, dv)
+        gKtV = A_inv.transpose(-1, -2) @ gW
+        gA = gW @ KtV.transpose(-1, -2) if ctx.needs_input_grad[3] else None
+        gv = K1 @ gKtV if ctx.needs_input_grad[2] else None
+        P = torch.bmm(_bmm_shape(g_out), _bmm_shape(W).transpose(1, 2))  # ∂K1, then ⊙ K1 in place
+        P.baddbmm_(_bmm_shape(v), _bmm_shape(gKtV).transpose(1, 2)).mul_(_bmm_shape(K1))
+        gq = gL = None
+        qs = _bmm_shape(q * s if s != 1.0 else q)
+        L = _bmm_shape(landmarks)
+        if ctx.needs_input_grad[0]:
+            gq = torch.baddbmm(-qs * P.sum(-1, keepdim=True), P, L).reshape(q.shape)
+            if s != 1.0:
+                gq = gq.mul_(s)
+        if ctx.needs_input_grad[1]:
+            gL = torch.baddbmm(-L * P.sum(-2).unsqueeze(-1), P.transpose(1, 2), qs).reshape(landmarks.shape)
+        return gq, gL, gv, gA, None, None, None
 
 
 def _landmark_inverse(landmarks, landmark_mask, iters, normalized, batch_alpha, return_residual):
