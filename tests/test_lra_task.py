@@ -67,6 +67,7 @@ def test_each_task_trains_and_scores_the_best_checkpoint_on_test(task, tmp_path,
     assert results["scored"] == "the best validation checkpoint"
     log = (run / "log.txt").read_text()
     assert f"evaluate: sofa eval {run}" in log and "sofa predict" not in log  # predict classifies images only
+    assert " seq/s" in log and "img/s" not in log  # the epoch lines count sequences
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["epochs"] == 2 and cfg["vocab_size"] == test.vocab_size
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -209,6 +209,7 @@ class TextTask(Task):
     """What GLUE and text classification share: tokenizer, model, steps, evaluation over all predictions."""
 
     higher_is_better = True
+    sample_unit = "seq"
     defaults: dict[str, Any] = dict(PROTOCOL)
 
     @classmethod

@@ -86,6 +86,7 @@ class LRATask(Task):
 
     lra_task = ""
     primary_metric = "acc"
+    sample_unit = "seq"
     higher_is_better = True
     defaults: dict[str, Any] = {"model": "lra_soft"}
 

@@ -57,6 +57,7 @@ class MLMTask(Task):
     """Masked-language-model pretraining of a ``text_*`` model; see the module docstring."""
 
     primary_metric = "loss"
+    sample_unit = "seq"
     higher_is_better = False
     defaults: dict[str, Any] = {"model": "text_mini_set", "data": "python-docs"}
 

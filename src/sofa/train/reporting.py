@@ -125,7 +125,7 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
-def epoch_line(rec: dict[str, Any], epochs: int, primary: str) -> str:
+def epoch_line(rec: dict[str, Any], epochs: int, primary: str, unit: str = "img") -> str:
     parts = [f"epoch {rec['epoch']}/{epochs}"]
     tr = [f"{k[6:]} {fmt_value(v)}" for k, v in rec.items() if k.startswith("train_")]
     if tr:
@@ -137,7 +137,7 @@ def epoch_line(rec: dict[str, Any], epochs: int, primary: str) -> str:
     if em:
         parts.append("ema " + " ".join(em))
     parts.append(f"lr {rec['lr']:.3g}")
-    parts.append(f"{rec['images_per_s']:.0f} img/s")
+    parts.append(f"{rec['images_per_s']:.0f} {unit}/s")
     parts.append(f"{rec['epoch_time_s']:.1f}s")
     return "  ".join(parts)
 

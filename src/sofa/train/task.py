@@ -198,6 +198,9 @@ class Task:
     #: key of ``evaluate``'s dict that selects the best checkpoint and is printed at the end
     primary_metric: str = "loss"
     higher_is_better: bool = False
+    #: what the progress lines count per second ("img" for images, "seq" for sequence tasks); the metrics
+    #: files keep the key ``images_per_s`` whatever the unit
+    sample_unit: str = "img"
     #: default values for the loop's options when this task runs (e.g. ``{"img_size": 512, "epochs": 160}``);
     #: command line and config file still win
     defaults: dict[str, Any] = {}

@@ -364,7 +364,12 @@ class Trainer:
         avg = self.meters.averages()
         if self.bar is not None:
             self.bar.set_postfix(
-                {**{k: fmt_value(v) for k, v in avg.items()}, "lr": f"{lr:.2e}", "img/s": f"{ips:.0f}"}, refresh=False
+                {
+                    **{k: fmt_value(v) for k, v in avg.items()},
+                    "lr": f"{lr:.2e}",
+                    f"{self.task.sample_unit}/s": f"{ips:.0f}",
+                },
+                refresh=False,
             )
             self.bar.update(1)
         interval = int(cfg.log_interval or 0)
@@ -384,7 +389,7 @@ class Trainer:
                 self.rep.log(
                     f"epoch {p.epoch + 1}/{cfg.epochs} step {p.step_in_epoch}/{self.steps_per_epoch}  "
                     + "  ".join(f"{k} {fmt_value(v)}" for k, v in avg.items())
-                    + f"  lr {lr:.3g}  {ips:.0f} img/s"
+                    + f"  lr {lr:.3g}  {ips:.0f} {self.task.sample_unit}/s"
                 )
 
     def answer(self, requests: StepRequests) -> Stopped | None:
@@ -446,7 +451,7 @@ class Trainer:
         self.metrics.write(rec)
         self.last_metrics = rec
         improved = self.best.consider(candidates, epoch, self.task.higher_is_better)
-        self.rep.log(epoch_line(rec, int(cfg.epochs), self.task.primary_metric))
+        self.rep.log(epoch_line(rec, int(cfg.epochs), self.task.primary_metric, self.task.sample_unit))
         self.progress = Progress(epoch, 0, self.progress.global_step)
         self.meters = EpochMeters()
         if d.is_main:
